@@ -1,0 +1,444 @@
+"""Recipes: what to train, as a typed pydantic model loaded from YAML.
+
+`load_recipe(path, overrides)` reads YAML with `safe_load`, substitutes `${VAR}` / `${VAR:-default}` from the
+environment, applies dotted overrides (`optim.lr=3e-4`) and validates. Unknown keys are errors at every level.
+Any problem raises one `RecipeError` naming the file and the dotted path of the field.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from wmtp_studio.errors import RecipeError
+
+Algorithm = Literal["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp"]
+ALGORITHMS: tuple[Algorithm, ...] = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
+
+
+class Section(BaseModel):
+    """Base of every recipe section: unknown keys are errors, field docstrings are the documentation."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class TinyModel(Section):
+    """A small causal LM built locally from a config (no download), for tests, CPU runs and the quickstart."""
+
+    arch: Literal["llama", "gpt2"] = "llama"
+    """Architecture family of the transformers config to build."""
+    hidden_size: int = Field(128, ge=8)
+    """Width of the residual stream."""
+    num_layers: int = Field(2, ge=1)
+    """Decoder layers in total (with transformer heads the trunk has num_layers - 1 of them)."""
+    num_attention_heads: int = Field(4, ge=1)
+    """Attention heads per layer; must divide hidden_size."""
+    intermediate_size: int | None = None
+    """MLP width; defaults to 4 x hidden_size."""
+    max_position_embeddings: int = Field(512, ge=16)
+    """Longest sequence the model can read."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> TinyModel:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError("num_attention_heads must divide hidden_size")
+        return self
+
+
+class ModelSection(Section):
+    """The network: a base causal LM plus n output heads."""
+
+    name_or_path: str | None = None
+    """Hugging Face model id, a local HF model directory, or a WMTP checkpoint (`runs/<id>/model`). Exclusive
+    with `tiny`."""
+    tiny: TinyModel | None = None
+    """Build a small model from this config instead of loading one."""
+    n_heads: int = Field(4, ge=1, le=16)
+    """Number of output heads n; head k predicts the token k+1 steps ahead. The `ntp` algorithm always uses 1."""
+    heads: Literal["transformer", "linear"] = "transformer"
+    """`transformer`: each head is one decoder layer (Gloeckle et al. 2024); `linear`: a residual block on the
+    final hidden state (Medusa-like)."""
+    head_coefficients: list[float] | None = None
+    """Loss coefficient c_k per head (default 1.0 each); e.g. [1, 0.5, 0.25, 0.125] down-weights far heads."""
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    """Dtype the weights are loaded in (mixed precision is `train.mixed_precision`)."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ModelSection:
+        if (self.name_or_path is None) == (self.tiny is None):
+            raise ValueError("give exactly one of name_or_path and tiny")
+        if self.head_coefficients is not None and len(self.head_coefficients) != self.n_heads:
+            raise ValueError(f"head_coefficients has {len(self.head_coefficients)} entries, n_heads is {self.n_heads}")
+        if self.head_coefficients is not None and any(c < 0 for c in self.head_coefficients):
+            raise ValueError("head_coefficients must be >= 0")
+        return self
+
+
+class TokenizerSection(Section):
+    """Where token ids come from."""
+
+    kind: Literal["model", "bpe"] = "model"
+    """`model`: the base model's own HF tokenizer (or `path`); `bpe`: a byte-level BPE trained locally on the
+    training data and cached."""
+    path: str | None = None
+    """HF tokenizer id or directory (kind `model`); defaults to model.name_or_path."""
+    vocab_size: int = Field(512, ge=260)
+    """Vocabulary size of a locally trained BPE (kind `bpe`)."""
+    cache_dir: str | None = None
+    """Where trained BPE tokenizers are cached; defaults to `$WMTP_HOME/tokenizers` (~/.wmtp/tokenizers)."""
+
+
+class GeneratedData(Section):
+    """Procedurally generated single-function Python problems with asserts (see wmtp_studio.gentask)."""
+
+    family: Literal["basic", "compose"] = "basic"
+    """Template family: `basic` (one operation) or `compose` (two chained operations, harder)."""
+    num_train: int = Field(4000, ge=1)
+    """Problems in the training split."""
+    num_test: int = Field(200, ge=1)
+    """Problems in the held-out test split (disjoint from train)."""
+    incorrect_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    """Fraction of training problems that also get an incorrect solution labelled is_correct = 0."""
+    seed: int = 0
+    """Generator seed (independent of the training seed)."""
+
+
+class DataSection(Section):
+    """Training data."""
+
+    source: Literal["generated", "mbpp", "jsonl", "code_dir"] = "generated"
+    """`generated` task, MBPP (standard fields), generic JSONL (prompt, completion, is_correct?, tests?), or a
+    directory of code files for packed pre-training."""
+    path: str | None = None
+    """MBPP JSON/JSONL file or HF dataset id, JSONL file, or code directory."""
+    split: str = "train"
+    """Split name for HF datasets (MBPP); ignored for files."""
+    generated: GeneratedData = GeneratedData()
+    """Settings of the generated task (source `generated`)."""
+    extensions: list[str] = [".py"]
+    """File suffixes read from a code directory."""
+    max_examples: int | None = Field(None, ge=1)
+    """Use at most this many examples (after a seeded shuffle)."""
+
+    @model_validator(mode="after")
+    def _path_when_needed(self) -> DataSection:
+        if self.source in ("mbpp", "jsonl", "code_dir") and not self.path:
+            raise ValueError(f"data.path is required for source {self.source!r}")
+        return self
+
+
+class TrainSection(Section):
+    """The optimisation budget and batching."""
+
+    steps: int | None = Field(None, ge=1)
+    """Optimiser steps (exclusive with epochs; one of them is required)."""
+    epochs: float | None = Field(None, gt=0)
+    """Passes over the data (converted to steps)."""
+    batch_size: int = Field(8, ge=1)
+    """Sequences per micro-batch per process. Global batch = batch_size x grad_accum x processes."""
+    grad_accum: int = Field(1, ge=1)
+    """Micro-batches accumulated per optimiser step."""
+    seq_len: int = Field(256, ge=8)
+    """Maximum tokens per sequence; longer examples are truncated (or split when packing)."""
+    packing: bool = False
+    """Concatenate examples into full rows; the loss mask never crosses an example boundary."""
+    loss_on: Literal["completion", "all"] = "completion"
+    """Train on completion tokens only (SFT) or on every token (pre-training on raw code)."""
+    seed: int = 0
+    """Seed of every RNG (python, numpy, torch) and of the data order."""
+    grad_clip: float = Field(1.0, gt=0)
+    """Clip the global gradient norm to this value (every algorithm)."""
+    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
+    """`auto`: bf16 on GPU, fp32 on CPU."""
+    distributed: Literal["ddp", "fsdp"] = "ddp"
+    """Multi-process strategy when launched with several processes."""
+    naive_loss: bool = False
+    """Materialise all heads' logits at once (tests and memory benchmarks); default is per-head backward."""
+    max_nonfinite: int = Field(5, ge=1)
+    """Abort after this many consecutive steps with a non-finite loss or gradient."""
+    log_every: int = Field(10, ge=1)
+    """Write a metrics line every this many steps."""
+    hist_every: int = Field(50, ge=1)
+    """Write per-head weight histograms every this many steps."""
+    top_tokens_every: int = Field(200, ge=1)
+    """Record the top-weighted tokens of one batch every this many steps."""
+    checkpoint_every: int = Field(500, ge=1)
+    """Publish a checkpoint every this many steps (and at the end, and on SIGTERM)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    """Complete checkpoints kept on disk."""
+    num_threads: int | None = Field(None, ge=1)
+    """torch CPU threads (default: torch's choice)."""
+
+    @model_validator(mode="after")
+    def _budget(self) -> TrainSection:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of steps and epochs")
+        return self
+
+
+class OptimSection(Section):
+    """AdamW with a cosine schedule and linear warm-up."""
+
+    lr: float = Field(3e-4, gt=0)
+    """Peak learning rate."""
+    weight_decay: float = Field(0.0, ge=0)
+    """AdamW decoupled weight decay (not applied to biases and norms)."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW betas."""
+    eps: float = Field(1e-8, gt=0)
+    """AdamW epsilon."""
+    warmup_steps: int = Field(0, ge=0)
+    """Linear warm-up from 0 to lr over this many steps."""
+    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    """The cosine decays to lr x min_lr_ratio at the last step."""
+
+
+class NTPConfig(Section):
+    """Next-token prediction control: n = 1 head, w = 1."""
+
+    name: Literal["ntp"] = "ntp"
+    """Algorithm name."""
+
+
+class BaselineMTPConfig(Section):
+    """Uniform-weight multi-token prediction: w = 1 for every head and token."""
+
+    name: Literal["baseline-mtp"] = "baseline-mtp"
+    """Algorithm name."""
+
+
+class Stage1Config(Section):
+    """Value pre-training with the trunk frozen (critic-wmtp Stage 1)."""
+
+    steps: int = Field(200, ge=0)
+    """Maximum Stage 1 steps (0 skips Stage 1)."""
+    lr: float = Field(1e-3, gt=0)
+    """Learning rate of the value head in Stage 1."""
+    heldout_fraction: float = Field(0.1, gt=0, lt=1)
+    """Slice of the labelled data held out to measure value loss and explained variance."""
+    eval_every: int = Field(25, ge=1)
+    """Measure held-out value loss every this many Stage 1 steps."""
+    patience: int = Field(4, ge=1)
+    """Stop early after this many held-out measurements without improvement."""
+
+
+class CriticConfig(Section):
+    """critic-wmtp: a value head trained on verifiable is-correct rewards; TD errors become token weights."""
+
+    name: Literal["critic-wmtp"] = "critic-wmtp"
+    """Algorithm name."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Discount gamma in delta_j = gamma V(s_j) - V(s_{j-1})."""
+    gae_lambda: float = Field(0.0, ge=0, le=1)
+    """GAE lambda; 0 uses the one-step TD error."""
+    beta: float = Field(1.0, gt=0)
+    """Temperature in w = exp(norm(delta) / beta)."""
+    w_min: float = Field(0.1, ge=0)
+    """Lower clip of the weights."""
+    w_max: float = Field(5.0, gt=0)
+    """Upper clip of the weights."""
+    norm: Literal["zscore", "none"] = "zscore"
+    """Normalisation of delta over the valid entries of the batch before the exponential."""
+    mean_one: bool = True
+    """Rescale each head's weights to mean 1 over valid entries."""
+    value_coef: float = Field(0.5, ge=0)
+    """c_v in L_total = L + c_v MSE(V, R) (Stage 2 value continual learning)."""
+    value_lr: float = Field(1e-4, gt=0)
+    """Learning rate of the value head in Stage 2."""
+    value_trunk_grad: bool = False
+    """Let the value loss train the trunk (default: value head inputs are detached)."""
+    train_on: Literal["correct", "all"] = "correct"
+    """Stage 2 LM loss on correct examples only (same tokens as baseline) or on all labelled examples."""
+    stage1: Stage1Config = Stage1Config()
+    """Stage 1 settings."""
+
+
+class Rho1Config(Section):
+    """rho1-wmtp: excess loss against a frozen reference model selects or weights tokens (Rho-1)."""
+
+    name: Literal["rho1-wmtp"] = "rho1-wmtp"
+    """Algorithm name."""
+    reference: str
+    """Reference causal LM: HF id, local HF directory, or a WMTP run's `model` directory."""
+    mode: Literal["select", "weighted"] = "select"
+    """`select`: keep the top `ratio` tokens per head; `weighted`: softmax weights of the z-scored excess loss."""
+    ratio: float = Field(0.6, gt=0, le=1)
+    """Fraction of valid entries kept per head (select)."""
+    keep_head0: bool = True
+    """Keep every head-0 entry (select)."""
+    temperature: float = Field(1.0, gt=0)
+    """Softmax temperature T (weighted)."""
+    eps: float = Field(0.05, ge=0)
+    """Lower clip of the weights (weighted)."""
+    w_max: float = Field(3.0, gt=0)
+    """Upper clip of the weights (weighted)."""
+    cache: bool = True
+    """Compute the reference CE once per (reference, tokenizer, data, seq_len) and reuse it; else live."""
+
+
+AlgorithmConfig = Annotated[
+    NTPConfig | BaselineMTPConfig | CriticConfig | Rho1Config, Field(discriminator="name")
+]
+
+
+class EvalSection(Section):
+    """Held-out measurements during training and the evaluations run after it."""
+
+    val_fraction: float = Field(0.05, ge=0, lt=1)
+    """Slice of the training examples held out for per-head validation CE and accuracy."""
+    val_every: int = Field(100, ge=1)
+    """Validate every this many steps (and at the end)."""
+    val_batches: int = Field(4, ge=1)
+    """Micro-batches per validation."""
+    benchmarks: list[str] = []
+    """Evaluations after training (e.g. `generated`, `humaneval`, `mbpp:PATH`), run by the evaluation engine."""
+    n_samples: int = Field(1, ge=1)
+    """Samples per problem for pass@k."""
+    k: list[int] = [1]
+    """k values reported."""
+    temperature: float = Field(0.0, ge=0)
+    """Sampling temperature (0 = greedy)."""
+    top_p: float = Field(0.95, gt=0, le=1)
+    """Nucleus sampling threshold."""
+    max_new_tokens: int = Field(128, ge=1)
+    """Generation budget per sample."""
+
+
+class TrackingSection(Section):
+    """MLflow logging (optional)."""
+
+    mlflow_uri: str | None = None
+    """Tracking URI, e.g. `sqlite:///mlruns.db` or `http://127.0.0.1:5000`; none disables MLflow."""
+    experiment: str = "wmtp"
+    """MLflow experiment name."""
+    run_name: str | None = None
+    """MLflow run name (default: the run directory's name)."""
+
+
+class Recipe(Section):
+    """One experiment: model, tokenizer, data, budget, optimiser, algorithm, evaluation, tracking."""
+
+    name: str = "recipe"
+    """Human-readable name."""
+    model: ModelSection
+    """The network."""
+    tokenizer: TokenizerSection = TokenizerSection()
+    """Token ids."""
+    data: DataSection = DataSection()
+    """Training data."""
+    train: TrainSection
+    """Budget and batching."""
+    optim: OptimSection = OptimSection()
+    """Optimiser and schedule."""
+    algorithm: AlgorithmConfig
+    """Which weighting algorithm; one section per algorithm."""
+    eval: EvalSection = EvalSection()
+    """Validation and post-training evaluation."""
+    tracking: TrackingSection = TrackingSection()
+    """MLflow."""
+
+    @property
+    def n_heads(self) -> int:
+        """Heads actually trained: the NTP control always has one."""
+        return 1 if self.algorithm.name == "ntp" else self.model.n_heads
+
+    @property
+    def head_coefficients(self) -> list[float]:
+        """c_k for the heads actually trained."""
+        coefs = self.model.head_coefficients or [1.0] * self.model.n_heads
+        return coefs[: self.n_heads]
+
+    def canonical_json(self) -> str:
+        """Stable JSON of the full recipe (defaults included): what is frozen in a run directory and hashed."""
+        return json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+
+    def sha256(self) -> str:
+        """Content hash of the canonical JSON."""
+        return hashlib.sha256(self.canonical_json().encode()).hexdigest()
+
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def substitute_env(text: str, source: str, env: dict[str, str] | None = None) -> str:
+    """Replace `${VAR}` and `${VAR:-default}` with environment values; a missing VAR without default is an error."""
+    env = dict(os.environ) if env is None else env
+
+    def repl(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        raise RecipeError(f"{source}: environment variable {name} is not set (use ${{{name}:-default}})")
+
+    return _VAR.sub(repl, text)
+
+
+def apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
+    """Apply one dotted override `a.b.c=value`; the value is parsed as YAML (numbers, booleans, lists)."""
+    key, sep, raw = assignment.partition("=")
+    if not sep or not key.strip():
+        raise RecipeError(f"{source}: override {assignment!r} is not of the form key.path=value")
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts[:-1]):
+        if not isinstance(node.get(part, {}), dict):
+            raise RecipeError(f"{source}: override {key}: {'.'.join(parts[: i + 1])} is not a section")
+        node = node.setdefault(part, {})
+    try:
+        node[parts[-1]] = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{source}: override {key}: value {raw!r} is not valid YAML ({exc})") from None
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    # pydantic puts the discriminator tag in the location (algorithm.critic-wmtp.beta): drop it.
+    parts = [str(p) for p in loc if str(p) not in ALGORITHMS]
+    return ".".join(parts) or "(top level)"
+
+
+def parse_recipe(data: Any, source: str) -> Recipe:
+    """Validate a parsed mapping; raise one RecipeError naming `source` and every failing dotted field path."""
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}")
+    try:
+        return Recipe.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        raise RecipeError(f"{source}: invalid recipe\n  " + "\n  ".join(lines)) from None
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None) -> Recipe:
+    """Load, substitute, override and validate a YAML recipe file."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RecipeError(f"{source}: cannot read recipe ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(substitute_env(text, source, env))
+    except yaml.YAMLError as exc:
+        raise RecipeError(f"{source}: not valid YAML ({exc})") from None
+    data = {} if data is None else data
+    if not isinstance(data, dict):
+        raise RecipeError(f"{source}: a recipe must be a mapping of sections")
+    for assignment in overrides:
+        apply_override(data, assignment, source)
+    return parse_recipe(data, source)
+
+
+def recipe_from_json(text: str, source: str) -> Recipe:
+    """Load a frozen `recipe.json` (as written by `Recipe.canonical_json`)."""
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RecipeError(f"{source}: not valid JSON ({exc})") from None
+    return parse_recipe(data, source)
