@@ -157,8 +157,6 @@ class TrainSection(Section):
     """Clip the global gradient norm to this value (every algorithm)."""
     mixed_precision: Literal["auto", "no", "bf16"] = "auto"
     """`auto`: bf16 on GPU, fp32 on CPU."""
-    distributed: Literal["ddp", "fsdp"] = "ddp"
-    """Multi-process strategy when launched with several processes."""
     naive_loss: bool = False
     """Materialise all heads' logits at once (tests and memory benchmarks); default is per-head backward."""
     max_nonfinite: int = Field(5, ge=1)

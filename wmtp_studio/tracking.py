@@ -1,0 +1,101 @@
+"""MLflow logging: params from an allow-list, metrics in batches, artifacts; never fatal to training.
+
+If the tracking server cannot be reached, a warning is printed and the run continues without MLflow (the
+metrics stay in metrics.jsonl, from which the studio can catch up later).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from wmtp_studio.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+# Recipe fields that become MLflow params. Paths and ${VAR}-substituted values stay out (they may hold secrets).
+PARAM_ALLOW_LIST = (
+    "name", "model.n_heads", "model.heads", "model.head_coefficients", "model.dtype", "model.tiny",
+    "tokenizer.kind", "tokenizer.vocab_size", "data.source", "data.generated", "data.max_examples",
+    "train.steps", "train.epochs", "train.batch_size", "train.grad_accum", "train.seq_len", "train.packing",
+    "train.loss_on", "train.seed", "train.grad_clip", "train.mixed_precision", "optim", "algorithm",
+)
+_SECRET_FREE_ALGO_KEYS = {"reference"}  # a reference path is shown by name only
+
+
+def allowed_params(recipe: Recipe) -> dict[str, str]:
+    """Flat `section.field` -> string params for the allow-listed recipe fields."""
+    dumped = recipe.model_dump(mode="json")
+    out: dict[str, str] = {}
+
+    def flatten(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                flatten(f"{prefix}.{k}", v)
+        else:
+            out[prefix] = str(value)
+
+    for key in PARAM_ALLOW_LIST:
+        node: Any = dumped
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and key == "algorithm":
+            node = {k: v for k, v in node.items() if k not in _SECRET_FREE_ALGO_KEYS}
+        flatten(key, node)
+    out["n_heads_trained"] = str(recipe.n_heads)
+    return out
+
+
+class MlflowLogger:
+    """One MLflow run; metrics are buffered and sent with log_batch."""
+
+    def __init__(self, client: Any, run_id: str) -> None:
+        self.client, self.run_id = client, run_id
+        self.buffer: list[Any] = []
+        self.last_flush = time.monotonic()
+
+    @classmethod
+    def start(cls, recipe: Recipe, run_dir: Path) -> MlflowLogger | None:
+        try:
+            from mlflow.entities import Param
+            from mlflow.tracking import MlflowClient
+
+            client = MlflowClient(tracking_uri=recipe.tracking.mlflow_uri)
+            exp = client.get_experiment_by_name(recipe.tracking.experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(recipe.tracking.experiment)
+            run = client.create_run(exp_id, run_name=recipe.tracking.run_name or run_dir.name,
+                                    tags={"wmtp.algorithm": recipe.algorithm.name})
+            params = [Param(k, v[:6000]) for k, v in allowed_params(recipe).items()]
+            for i in range(0, len(params), 100):
+                client.log_batch(run.info.run_id, params=params[i : i + 100])
+            client.log_artifact(run.info.run_id, str(run_dir / "recipe.json"))
+            return cls(client, run.info.run_id)
+        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+            log.warning("MLflow unavailable (%s); continuing without it", exc)
+            return None
+
+    def log(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        ts = int(time.time() * 1000)
+        self.buffer += [Metric(k, float(v), ts, step) for k, v in metrics.items()]
+        if len(self.buffer) >= 500 or time.monotonic() - self.last_flush > 10:
+            self.flush()
+
+    def flush(self) -> None:
+        try:
+            for i in range(0, len(self.buffer), 1000):
+                self.client.log_batch(self.run_id, metrics=self.buffer[i : i + 1000])
+        except Exception as exc:  # noqa: BLE001
+            log.warning("MLflow log_batch failed (%s); metrics remain in metrics.jsonl", exc)
+        self.buffer = []
+        self.last_flush = time.monotonic()
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.flush()
+        try:
+            self.client.set_terminated(self.run_id, status)
+        except Exception as exc:  # noqa: BLE001
+            log.warning("MLflow set_terminated failed (%s)", exc)

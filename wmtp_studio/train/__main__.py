@@ -1,0 +1,40 @@
+"""`python -m wmtp_studio.train --run-dir DIR [--resume]`: the entry workers launch through `accelerate launch`.
+
+The run directory must hold `recipe.json` (as written by `wmtp train` or the studio). Exit codes: 0 done,
+143 interrupted by SIGTERM after a checkpoint, 2 bad input, 1 training failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from wmtp_studio.errors import StudioError, TrainingAborted
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wmtp_studio.train", description=__doc__)
+    parser.add_argument("--run-dir", required=True, type=Path, help="run directory holding recipe.json")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
+    args = parser.parse_args(argv)
+    if not (args.run_dir / "recipe.json").is_file():
+        print(f"error: {args.run_dir}/recipe.json does not exist", file=sys.stderr)
+        return 2
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    from wmtp_studio.train.loop import quiet_transformers, train
+
+    quiet_transformers()
+    try:
+        return train(args.run_dir, resume=args.resume)
+    except TrainingAborted as exc:
+        print(f"error: training aborted: {exc}", file=sys.stderr)
+        return 1
+    except StudioError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

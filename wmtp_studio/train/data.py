@@ -1,0 +1,217 @@
+"""Training data: sources -> `Example`s -> token ids with masks -> deterministic batches.
+
+Sources: the generated task, MBPP (standard fields; a JSON/JSONL path or an HF dataset id), generic JSONL
+(`prompt`, `completion`, optional `is_correct`, optional `tests`), and a directory of code files (raw text for
+packed pre-training). Each example is `prompt ⧺ completion ⧺ EOS`; prompt and completion are tokenised separately so
+the completion boundary is exact. The batch order is a function of (seed, epoch) only, so a resumed run sees the
+same batches as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from wmtp_studio import prompts
+from wmtp_studio.errors import StudioError
+from wmtp_studio.recipe import DataSection, TrainSection
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training text: the prompt (never trained with loss_on: completion), its completion and reward."""
+
+    prompt: str
+    completion: str
+    is_correct: int = 1
+    tests: tuple[str, ...] = ()
+    id: str = ""
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """Token ids of one example and which of them are completion tokens (EOS included)."""
+
+    ids: list[int]
+    completion: list[bool]
+    reward: float
+
+
+@dataclass
+class Batch:
+    """One micro-batch, right-padded. All tensors (B, S)."""
+
+    input_ids: Tensor  # long
+    token_mask: Tensor  # bool: x_j is a trained token
+    completion_mask: Tensor  # bool: x_j is a completion token (critic states)
+    segment_ids: Tensor  # long: example index inside the row, -1 on padding
+    rewards: Tensor  # float: R of the example each position belongs to
+    ref_ce: Tensor | None = None  # float: CE^ref_j (rho1, cached)
+
+    def to(self, device: torch.device) -> Batch:
+        move = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
+        return Batch(**move)
+
+    @property
+    def tokens(self) -> int:
+        return int((self.segment_ids >= 0).sum())
+
+
+def _read_json_records(path: Path) -> list[dict[str, Any]]:
+    text = path.read_text(encoding="utf-8")
+    try:
+        if path.suffix == ".jsonl":
+            return [json.loads(line) for line in text.splitlines() if line.strip()]
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise StudioError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, list):
+        raise StudioError(f"{path}: expected a JSON array of records")
+    return data
+
+
+def _require(rec: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
+    missing = [f for f in fields if f not in rec]
+    if missing:
+        raise StudioError(f"{where}: missing field(s) {', '.join(missing)}")
+
+
+def _mbpp_records(section: DataSection) -> list[dict[str, Any]]:
+    assert section.path is not None
+    path = Path(section.path)
+    if path.exists():
+        return _read_json_records(path)
+    try:
+        import datasets  # type: ignore[import-not-found]
+    except ImportError:
+        raise StudioError(f"MBPP path {section.path!r} does not exist (and `datasets` is not installed "
+                          "to fetch it as a Hugging Face dataset id)") from None
+    return [dict(r) for r in datasets.load_dataset(section.path, split=section.split)]
+
+
+def load_examples(section: DataSection) -> list[Example]:
+    """Every example of the configured source, in source order."""
+    if section.source == "generated":
+        from wmtp_studio.gentask import generate
+
+        g = section.generated
+        problems = generate("train", g.num_train, family=g.family, seed=g.seed,
+                            incorrect_fraction=g.incorrect_fraction)
+        return [Example(p.prompt, p.completion, p.is_correct, p.tests, p.task_id) for p in problems]
+    if section.source == "mbpp":
+        out = []
+        for i, rec in enumerate(_mbpp_records(section)):
+            _require(rec, ("text", "code", "test_list"), f"{section.path} record {i}")
+            out.append(Example(prompts.mbpp_prompt(rec), prompts.mbpp_completion(rec), 1,
+                               tuple(rec["test_list"]), f"mbpp/{rec.get('task_id', i)}"))
+        return out
+    if section.source == "jsonl":
+        assert section.path is not None
+        path = Path(section.path)
+        if not path.is_file():
+            raise StudioError(f"data.path {section.path!r} is not a file")
+        out = []
+        for i, rec in enumerate(_read_json_records(path)):
+            _require(rec, ("prompt", "completion"), f"{path} line {i + 1}")
+            out.append(Example(str(rec["prompt"]), str(rec["completion"]), int(rec.get("is_correct", 1)),
+                               tuple(rec.get("tests") or ()), str(rec.get("id", i))))
+        return out
+    assert section.path is not None
+    root = Path(section.path)
+    if not root.is_dir():
+        raise StudioError(f"data.path {section.path!r} is not a directory")
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in section.extensions)
+    if not files:
+        raise StudioError(f"no {'/'.join(section.extensions)} files under {root}")
+    return [Example("", p.read_text(encoding="utf-8", errors="replace"), 1, (), str(p.relative_to(root)))
+            for p in files]
+
+
+def encode(examples: list[Example], tokenizer: Any, max_len: int | None) -> list[Encoded]:
+    """Tokenise prompt and completion separately, append EOS; truncate to max_len (None: keep whole)."""
+    eos = tokenizer.eos_token_id
+    out = []
+    for ex in examples:
+        p = tokenizer.encode(ex.prompt, add_special_tokens=False) if ex.prompt else []
+        c = tokenizer.encode(ex.completion, add_special_tokens=False) + [eos]
+        ids = (p + c)[:max_len] if max_len else p + c
+        out.append(Encoded(ids, ([False] * len(p) + [True] * len(c))[: len(ids)], float(ex.is_correct)))
+    return out
+
+
+def split_heldout(n: int, fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic (train, held-out) index split; held-out is empty when fraction is 0."""
+    order = list(range(n))
+    random.Random(f"heldout-{seed}").shuffle(order)
+    k = min(n - 1, math.ceil(n * fraction)) if fraction > 0 else 0
+    return sorted(order[k:]), sorted(order[:k])
+
+
+def epoch_plan(lengths: list[int], batch: int, seed: int, epoch: int, packing: bool, seq_len: int) -> list[list[Any]]:
+    """The batches of one epoch as lists of example indices (or packed rows), a function of (seed, epoch) only.
+
+    Without packing, batches are length-bucketed: the permutation is cut into groups of 50 batches, each group
+    sorted by length, and the batch order shuffled (fewer pad tokens, same data). With packing, a row is a list
+    of (example, start, end) slices filling seq_len tokens; a long example continues on the next row.
+    """
+    rng = random.Random(f"{seed}-{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if packing:
+        rows: list[list[tuple[int, int, int]]] = []
+        row: list[tuple[int, int, int]] = []
+        room = seq_len
+        for i in order:
+            start = 0
+            while start < lengths[i]:
+                take = min(room, lengths[i] - start)
+                row.append((i, start, start + take))
+                start += take
+                room -= take
+                if room == 0:
+                    rows.append(row)
+                    row, room = [], seq_len
+        if row:
+            rows.append(row)
+        return [rows[j : j + batch] for j in range(0, len(rows) - batch + 1, batch)]
+    batches: list[list[Any]] = []
+    group = batch * 50
+    for g in range(0, len(order), group):
+        chunk = sorted(order[g : g + group], key=lambda i: lengths[i])
+        batches += [chunk[j : j + batch] for j in range(0, len(chunk) - batch + 1, batch)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate(rows: list[Any], encoded: list[Encoded], cfg: TrainSection, pad_id: int,
+            ref_ce: list[list[float]] | None) -> Batch:
+    """Build a padded Batch from example indices (no packing) or packed rows of (example, start, end)."""
+    if rows and isinstance(rows[0], int):
+        rows = [[(i, 0, len(encoded[i].ids))] for i in rows]
+    width = max(sum(e - s for _, s, e in row) for row in rows)
+    shape = (len(rows), width)
+    ids = torch.full(shape, pad_id, dtype=torch.long)
+    comp = torch.zeros(shape, dtype=torch.bool)
+    seg = torch.full(shape, -1, dtype=torch.long)
+    rew = torch.zeros(shape)
+    ref = torch.zeros(shape) if ref_ce is not None else None
+    for r, row in enumerate(rows):
+        pos = 0
+        for j, (i, s, e) in enumerate(row):
+            enc = encoded[i]
+            ids[r, pos : pos + e - s] = torch.tensor(enc.ids[s:e])
+            comp[r, pos : pos + e - s] = torch.tensor(enc.completion[s:e])
+            seg[r, pos : pos + e - s] = j
+            rew[r, pos : pos + e - s] = enc.reward
+            if ref is not None and ref_ce is not None:
+                ref[r, pos : pos + e - s] = torch.tensor(ref_ce[i][s:e])
+            pos += e - s
+    trained = comp.clone() if cfg.loss_on == "completion" else seg >= 0
+    return Batch(ids, trained, comp, seg, rew, ref)

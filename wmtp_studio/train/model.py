@@ -1,0 +1,211 @@
+"""Multi-token prediction model over any Hugging Face causal LM (METHOD.md, "Model").
+
+The wrapped HF model stays intact: with transformer heads, head 0 *is* the model's last decoder layer and the
+trunk is the layers before it; heads 1..n-1 are extra decoder layers (copies of the last one at creation). With
+linear heads the trunk is the whole model and heads 1..n-1 are residual blocks on its final hidden state (head 0
+is the identity). All heads share the final norm and the unembedding, so `n = 1` is exactly the original model.
+
+Saved as a directory: the HF model via `save_pretrained` (loadable by `AutoModelForCausalLM` on its own, i.e. the
+head-0 next-token model), `mtp_heads.safetensors` for heads 1..n-1, and `wmtp_config.json` (n, head kind, base id).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from wmtp_studio.errors import StudioError
+
+WMTP_CONFIG = "wmtp_config.json"
+HEADS_FILE = "mtp_heads.safetensors"
+
+
+@dataclass
+class TrunkOutput:
+    """The trunk's hidden state and what the head layers need to run on it."""
+
+    hidden: Tensor  # (B, S, D)
+    layer_args: tuple[Any, ...] = ()
+    layer_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class _StopForward(Exception):
+    """Raised by the capture hook once the trunk output is known, so the head-0 layer is not run twice."""
+
+
+def decoder_parts(hf: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
+    """The decoder layer list and the final norm of a HF causal LM (Llama-like and GPT-2-like layouts)."""
+    base = getattr(hf, "base_model", hf)
+    layers = next((getattr(base, n) for n in ("layers", "h", "blocks") if hasattr(base, n)), None)
+    norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layer_norm") if hasattr(base, n)), None)
+    if not isinstance(layers, nn.ModuleList) or norm is None:
+        raise StudioError(f"unsupported architecture {type(hf).__name__}: cannot find its decoder layers and final norm")
+    return layers, norm
+
+
+class ResidualHead(nn.Module):
+    """Linear head block: h + W2 GELU(W1 LN(h)); W2 starts at zero so a new head starts equal to head 0."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.up = nn.Linear(dim, dim)
+        self.down = nn.Linear(dim, dim)
+        nn.init.zeros_(self.down.weight)
+        nn.init.zeros_(self.down.bias)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.down(nn.functional.gelu(self.up(self.norm(h))))
+
+
+class ValueHead(nn.Module):
+    """V_phi(h_t): Linear(D, D/2) -> GELU -> Linear(D/2, 1) (METHOD.md, critic-wmtp)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, 1))
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h.float()).squeeze(-1)  # (B, S)
+
+
+class MTPModel(nn.Module):
+    """n-head MTP wrapper. `trunk()` once, then `head_logits(k, ...)` per head (memory-efficient path)."""
+
+    def __init__(self, hf: nn.Module, n_heads: int, head_kind: str, base_id: str = "") -> None:
+        super().__init__()
+        if head_kind not in ("transformer", "linear"):
+            raise StudioError(f"unknown head kind {head_kind!r}")
+        self.hf = hf
+        self.n_heads = n_heads
+        self.head_kind = head_kind
+        self.base_id = base_id
+        layers, self._final_norm = decoder_parts(hf)
+        dim = int(hf.config.hidden_size)
+        if head_kind == "transformer":
+            if len(layers) < 2:
+                raise StudioError("transformer heads need a model with at least 2 decoder layers")
+            self.extra_heads = nn.ModuleList(copy.deepcopy(layers[-1]) for _ in range(n_heads - 1))
+        else:
+            self.extra_heads = nn.ModuleList(ResidualHead(dim) for _ in range(n_heads - 1))
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.hf.config.hidden_size)
+
+    def trunk(self, input_ids: Tensor) -> TrunkOutput:
+        """Run the shared trunk. Transformer heads: the input of the last decoder layer; linear: the final hidden."""
+        if self.head_kind == "linear":
+            out = self.hf.base_model(input_ids=input_ids, use_cache=False)
+            return TrunkOutput(out.last_hidden_state)
+        layers, _ = decoder_parts(self.hf)
+        captured: dict[str, Any] = {}
+
+        def capture(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            captured["args"], captured["kwargs"] = args, kwargs
+            raise _StopForward
+
+        handle = layers[-1].register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            self.hf.base_model(input_ids=input_ids, use_cache=False)
+        except _StopForward:
+            pass
+        finally:
+            handle.remove()
+        args = captured["args"]
+        hidden = args[0] if args else captured["kwargs"].pop("hidden_states")
+        return TrunkOutput(hidden, tuple(args[1:]), captured["kwargs"])
+
+    def head_hidden(self, k: int, trunk: TrunkOutput, hidden: Tensor | None = None) -> Tensor:
+        """Head k's final hidden state (B, S, D), computed from `hidden` (default: trunk.hidden)."""
+        h = trunk.hidden if hidden is None else hidden
+        if self.head_kind == "linear":
+            return h if k == 0 else self.extra_heads[k - 1](h)
+        layer = decoder_parts(self.hf)[0][-1] if k == 0 else self.extra_heads[k - 1]
+        out = layer(h, *trunk.layer_args, **trunk.layer_kwargs)
+        out = out[0] if isinstance(out, tuple) else out
+        return self._final_norm(out)
+
+    def unembed(self, h: Tensor) -> Tensor:
+        """Shared unembedding: (B, S, D) -> (B, S, V)."""
+        return self.hf.get_output_embeddings()(h)
+
+    def head_logits(self, k: int, trunk: TrunkOutput, hidden: Tensor | None = None) -> Tensor:
+        """Logits of head k: (B, S, V)."""
+        return self.unembed(self.head_hidden(k, trunk, hidden))
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        """All heads materialised at once (the naive path): (B, S, n, V)."""
+        trunk = self.trunk(input_ids)
+        return torch.stack([self.head_logits(k, trunk) for k in range(self.n_heads)], dim=2)
+
+    def save(self, directory: Path) -> None:
+        """Write the HF model, the extra heads and wmtp_config.json into `directory`."""
+        directory.mkdir(parents=True, exist_ok=True)
+        self.hf.save_pretrained(directory, safe_serialization=True)
+        if self.n_heads > 1:
+            state = {k: v.detach().contiguous().cpu() for k, v in self.extra_heads.state_dict().items()}
+            save_file(state, str(directory / HEADS_FILE))
+        meta = {"n_heads": self.n_heads, "head_kind": self.head_kind, "base_id": self.base_id, "format": 1}
+        (directory / WMTP_CONFIG).write_text(json.dumps(meta, indent=2))
+
+
+def build_tiny_hf(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, inter: int | None,
+                  max_pos: int, special: dict[str, int]) -> nn.Module:
+    """A randomly initialised HF causal LM from a config built locally (nothing downloaded)."""
+    from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+
+    if arch == "gpt2":
+        gcfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
+                          n_inner=inter, n_positions=max_pos, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                          **special)
+        return GPT2LMHeadModel(gcfg)
+    lcfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+                       num_attention_heads=heads, num_key_value_heads=heads,
+                       intermediate_size=inter or 4 * hidden, max_position_embeddings=max_pos,
+                       tie_word_embeddings=True, **special)
+    return LlamaForCausalLM(lcfg)
+
+
+def is_wmtp_dir(path: str | Path) -> bool:
+    """True for a directory written by `MTPModel.save`."""
+    return (Path(path) / WMTP_CONFIG).is_file()
+
+
+def load_hf(name_or_path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
+    """A HF causal LM by id or directory (a WMTP model directory loads as its head-0 model)."""
+    from transformers import AutoModelForCausalLM
+
+    try:
+        return AutoModelForCausalLM.from_pretrained(name_or_path, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise StudioError(f"cannot load model {name_or_path!r}: {exc}") from None
+
+
+def load_mtp(path: str | Path, n_heads: int | None = None, head_kind: str | None = None,
+             dtype: torch.dtype = torch.float32) -> MTPModel:
+    """Load a WMTP model directory (no recipe needed) or wrap a plain HF model.
+
+    With `n_heads`/`head_kind` different from what was saved, heads present in the directory are reused and new
+    ones start as described in the module docstring (e.g. an NTP base fine-tuned with 4 heads).
+    """
+    path = Path(path)
+    saved: dict[str, Any] = json.loads((path / WMTP_CONFIG).read_text()) if is_wmtp_dir(path) else {}
+    n = n_heads or int(saved.get("n_heads", 1))
+    kind = head_kind or str(saved.get("head_kind", "transformer"))
+    base_id = str(saved.get("base_id") or path)
+    model = MTPModel(load_hf(str(path), dtype), n, kind, base_id)
+    heads_file = path / HEADS_FILE
+    if saved and kind == saved.get("head_kind") and heads_file.is_file():
+        state = load_file(str(heads_file))
+        own = model.extra_heads.state_dict()
+        model.extra_heads.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    return model.to(dtype)
+

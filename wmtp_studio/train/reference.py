@@ -1,0 +1,87 @@
+"""rho1-wmtp's reference model: loading, the tokenizer identity check, and CE^ref live or cached.
+
+Rho-1 (arXiv 2404.07965) scores its corpus with the reference once, offline; the cache does the same, keyed by
+(reference weights fingerprint, tokenizer, data set, max length), so any change to one of them recomputes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from wmtp_studio.errors import StudioError
+from wmtp_studio.train.data import Encoded
+from wmtp_studio.train.model import load_hf
+from wmtp_studio.train.tokenizer import check_same_tokenizer, wmtp_home
+
+
+def load_reference(name_or_path: str, base_tokenizer: Any, device: torch.device) -> nn.Module:
+    """The frozen reference LM on `device`, after checking it tokenises exactly like the base."""
+    from transformers import AutoTokenizer
+
+    try:
+        ref_tok = AutoTokenizer.from_pretrained(name_or_path)
+    except (OSError, ValueError) as exc:
+        raise StudioError(f"cannot load the tokenizer of reference {name_or_path!r}: {exc}") from None
+    check_same_tokenizer(base_tokenizer, ref_tok, name_or_path)
+    ref = load_hf(name_or_path).to(device).eval()
+    ref.requires_grad_(False)
+    return ref
+
+
+@torch.no_grad()
+def reference_ce(ref: nn.Module, input_ids: Tensor) -> Tensor:
+    """CE^ref_j = -log p_ref(x_j | x_{<j}) indexed by target position j; entry 0 is 0. (B, S) -> (B, S) fp32."""
+    logits = ref(input_ids=input_ids).logits[:, :-1].float()  # (B, S-1, V): position j-1 predicts x_j
+    ce = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, S-1)
+    return F.pad(ce, (1, 0))
+
+
+def fingerprint(ref: nn.Module, tokenizer: Any, encoded: list[Encoded], max_len: int) -> str:
+    """Cache key of the reference CE: weights, tokenizer, token ids of the data, max length."""
+    h = hashlib.sha256()
+    for name, t in sorted(ref.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+    h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else b"")
+    for e in encoded:
+        h.update(len(e.ids).to_bytes(4, "little"))
+        h.update(torch.tensor(e.ids, dtype=torch.int64).numpy().tobytes())
+    h.update(str(max_len).encode())
+    return h.hexdigest()[:32]
+
+
+def cached_reference_ce(ref: nn.Module, tokenizer: Any, encoded: list[Encoded], max_len: int,
+                        device: torch.device, batch: int = 16, compute: bool = True) -> list[list[float]]:
+    """Per-example CE^ref (list aligned with `encoded`), from `$WMTP_HOME/ref_ce/<key>.pt` or computed now.
+
+    With compute=False (non-main ranks) the file must exist already.
+    """
+    path = wmtp_home() / "ref_ce" / f"{fingerprint(ref, tokenizer, encoded, max_len)}.pt"
+    if path.is_file():
+        cached: list[list[float]] = torch.load(path)
+        return cached
+    if not compute:
+        raise StudioError(f"reference CE cache {path} is missing")
+    pad = int(tokenizer.pad_token_id)
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
+    out: list[list[float]] = [[] for _ in encoded]
+    for start in range(0, len(order), batch):
+        idx = order[start : start + batch]
+        width = max(len(encoded[i].ids) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        for r, i in enumerate(idx):
+            ids[r, : len(encoded[i].ids)] = torch.tensor(encoded[i].ids)
+        ce = reference_ce(ref, ids.to(device)).cpu()  # right padding never changes earlier positions
+        for r, i in enumerate(idx):
+            out[i] = ce[r, : len(encoded[i].ids)].tolist()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(out, tmp)
+    Path(tmp).replace(path)
+    return out

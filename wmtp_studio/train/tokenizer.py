@@ -1,0 +1,85 @@
+"""Tokenizers: the model's own HF tokenizer, or a byte-level BPE trained locally with `tokenizers` and cached."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from wmtp_studio.errors import StudioError
+from wmtp_studio.recipe import Recipe
+
+EOS = "<|endoftext|>"
+PAD = "<|pad|>"
+# Probe strings for the tokenizer identity check (rho1 reference vs base).
+PROBES = ("def f(x):\n    return x + 1\n", "assert add(2, 3) == 5", "  \t\n[DONE]", "héllo wörld 123")
+
+
+def wmtp_home() -> Path:
+    return Path(os.environ.get("WMTP_HOME", Path.home() / ".wmtp"))
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, cache_dir: Path) -> Any:
+    """Train (or load from cache) a byte-level BPE; the cache key is the corpus hash and the vocabulary size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    corpus = list(texts)
+    digest = hashlib.sha256()
+    for t in corpus:
+        digest.update(hashlib.sha256(t.encode()).digest())
+    key = f"bpe-{vocab_size}-{digest.hexdigest()[:16]}"
+    path = cache_dir / key / "tokenizer.json"
+    if not path.is_file():
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        tok.train_from_iterator(corpus, trainer=trainer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".tmp{os.getpid()}")
+        tok.save(str(tmp))
+        os.replace(tmp, path)  # atomic: concurrent runs may train the same tokenizer
+    return PreTrainedTokenizerFast(tokenizer_file=str(path), eos_token=EOS, pad_token=PAD)
+
+
+def load_tokenizer(recipe: Recipe, corpus: Iterable[str] | None = None) -> Any:
+    """The recipe's tokenizer, with eos and pad tokens set (pad falls back to eos)."""
+    spec = recipe.tokenizer
+    if spec.kind == "bpe":
+        if corpus is None:
+            raise StudioError("a bpe tokenizer needs the training corpus")
+        cache = Path(spec.cache_dir) if spec.cache_dir else wmtp_home() / "tokenizers"
+        return train_bpe(corpus, spec.vocab_size, cache)
+    from transformers import AutoTokenizer
+
+    source = spec.path or recipe.model.name_or_path
+    if not source:
+        raise StudioError("tokenizer.kind 'model' needs tokenizer.path or model.name_or_path (use kind: bpe with tiny)")
+    try:
+        tok = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise StudioError(f"cannot load tokenizer {source!r}: {exc}") from None
+    if tok.eos_token_id is None:
+        raise StudioError(f"tokenizer {source!r} has no eos token")
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def check_same_tokenizer(base: Any, ref: Any, ref_name: str) -> None:
+    """Raise unless `ref` tokenises exactly like `base` (vocabulary size, probe ids, special tokens)."""
+    problems = []
+    if len(base) != len(ref):
+        problems.append(f"vocabulary size {len(ref)} != {len(base)}")
+    for s in PROBES:
+        if base.encode(s, add_special_tokens=False) != ref.encode(s, add_special_tokens=False):
+            problems.append(f"different ids for {s!r}")
+            break
+    if base.eos_token_id != ref.eos_token_id:
+        problems.append(f"eos id {ref.eos_token_id} != {base.eos_token_id}")
+    if problems:
+        raise StudioError(f"reference {ref_name!r} does not share the base model's tokenizer: " + "; ".join(problems))

@@ -1,0 +1,167 @@
+"""Token weights of the WMTP algorithms, as pure functions of tensors (METHOD.md).
+
+Every function here runs under `torch.no_grad()`: weights never carry gradient. Shapes use B = batch,
+S = sequence length. "Aligned to head k" means entry [b, t] belongs to head k's prediction at position t, whose
+target is token x_{t+k+1}. baseline-mtp and ntp use w = 1 and need nothing from this module.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def shift_to_head(x: Tensor, k: int, fill: float = 0.0) -> Tensor:
+    """Align a per-target-token quantity to head k: out[:, t] = x[:, t + k + 1], `fill` beyond the end.
+
+    x: (B, S) indexed by target position j. Returns (B, S).
+    """
+    out = torch.full_like(x, fill)
+    shift = k + 1
+    if shift < x.shape[1]:
+        out[:, : x.shape[1] - shift] = x[:, shift:]
+    return out
+
+
+@torch.no_grad()
+def zscore(x: Tensor, mask: Tensor) -> Tensor:
+    """(x - mean) / std over the entries where `mask` is true (population std); 0 where std is 0 or mask false.
+
+    x: (B, S) float; mask: (B, S) bool. Returns (B, S) float32.
+    """
+    x = x.float()
+    n = mask.sum()
+    if n == 0:
+        return torch.zeros_like(x)
+    mean = x[mask].mean()
+    std = x[mask].std(correction=0)
+    z = (x - mean) / std if std > 0 else torch.zeros_like(x)
+    return torch.where(mask, z, torch.zeros_like(z))
+
+
+@torch.no_grad()
+def td_errors(
+    values: Tensor,
+    rewards: Tensor,
+    completion_mask: Tensor,
+    segment_ids: Tensor | None = None,
+    *,
+    gamma: float = 1.0,
+    gae_lambda: float = 0.0,
+) -> Tensor:
+    """TD error of emitting each completion token, indexed by that token's position j (METHOD.md, critic-wmtp).
+
+    values: (B, S), V(s_t) = V_phi(h_t), the value after reading x_{<=t}.
+    rewards: (B, S), the reward R in {0, 1} of the example each position belongs to.
+    completion_mask: (B, S) bool, x_j is a completion token (the tokens that are scored).
+    segment_ids: (B, S) long, example index inside a packed row (None: one example per row).
+    Returns delta: (B, S) float32, zero where x_j is not a completion token (or j = 0).
+
+        delta_j = gamma * V(s_j) - V(s_{j-1})   for a non-final completion token
+        delta_T = R - V(s_{T-1})                for the final completion token of its example
+    With GAE (Schulman et al. 2016): A_j = sum_i (gamma * lambda)^i * delta_{j+i} within the same completion.
+    """
+    values, rewards = values.float(), rewards.float()
+    b, s = values.shape
+    seg = segment_ids if segment_ids is not None else torch.zeros_like(values, dtype=torch.long)
+    valid = completion_mask.clone()
+    valid[:, 0] = False  # x_0 has no preceding state
+    valid[:, 1:] &= seg[:, 1:] == seg[:, :-1]
+    nxt_same = torch.zeros_like(valid)
+    nxt_same[:, :-1] = completion_mask[:, 1:] & (seg[:, 1:] == seg[:, :-1])
+    final = valid & ~nxt_same
+    prev_v = torch.zeros_like(values)
+    prev_v[:, 1:] = values[:, :-1]  # V(s_{j-1})
+    delta = torch.where(final, rewards - prev_v, gamma * values - prev_v)
+    delta = torch.where(valid, delta, torch.zeros_like(delta))
+    if gae_lambda == 0.0:
+        return delta
+    adv = torch.zeros_like(delta)
+    running = torch.zeros(b, dtype=delta.dtype, device=delta.device)
+    for j in range(s - 1, -1, -1):  # reverse scan; restarts after each final token
+        cont = valid[:, j] & ~final[:, j]
+        running = delta[:, j] + gamma * gae_lambda * running * cont
+        adv[:, j] = torch.where(valid[:, j], running, torch.zeros_like(running))
+        running = torch.where(valid[:, j], running, torch.zeros_like(running))
+    return adv
+
+
+@torch.no_grad()
+def critic_weights(
+    delta: Tensor,
+    mask: Tensor,
+    *,
+    beta: float = 1.0,
+    w_min: float = 0.1,
+    w_max: float = 5.0,
+    norm: str = "zscore",
+    mean_one: bool = True,
+) -> Tensor:
+    """critic-wmtp weights for one head: w = clip(exp(norm(delta) / beta), w_min, w_max), rescaled to mean 1.
+
+    delta: (B, S) TD errors aligned to head k (delta[:, t] = delta_{t+k+1}; see `shift_to_head`).
+    mask: (B, S) bool, m_{t,k}. Returns w: (B, S) float32, 0 where mask is false.
+    `norm` is "zscore" (over this head's valid entries of the batch) or "none". With `mean_one` the clipped
+    weights are divided by their mean over valid entries (so they may exceed w_max slightly, as in rho1).
+    """
+    d = zscore(delta, mask) if norm == "zscore" else delta.float()
+    w = torch.exp(d / beta).clamp(w_min, w_max)
+    w = torch.where(mask, w, torch.zeros_like(w))
+    if mean_one and mask.any():
+        w = w / w[mask].mean()
+    return w
+
+
+@torch.no_grad()
+def excess_loss(ce_k: Tensor, ref_ce: Tensor, k: int) -> Tensor:
+    """Rho-1 excess loss of head k: e_{t,k} = CE_{t,k} - CE^ref_{t+k+1}; both score the same token x_{t+k+1}.
+
+    ce_k: (B, S), head k's CE at t (target x_{t+k+1}). ref_ce: (B, S), CE^ref_j = -log p_ref(x_j | x_{<j}) indexed
+    by target position j (entry 0 unused). Returns (B, S); signed, as in Rho-1 (arXiv 2404.07965).
+    """
+    return ce_k.detach().float() - shift_to_head(ref_ce.float(), k)
+
+
+@torch.no_grad()
+def rho1_weights(
+    excess: Tensor,
+    mask: Tensor,
+    *,
+    mode: str = "select",
+    head: int = 0,
+    ratio: float = 0.6,
+    keep_head0: bool = True,
+    temperature: float = 1.0,
+    eps: float = 0.05,
+    w_max: float = 3.0,
+) -> Tensor:
+    """rho1-wmtp weights for one head from its excess loss (Rho-1, arXiv 2404.07965, §2.2).
+
+    excess: (B, S) e_{t,k} of head `head` (see `excess_loss`); mask: (B, S) bool m_{t,k}.
+    Returns w: (B, S) float32, 0 where mask is false.
+
+    select:   among the N valid entries keep the top round(ratio * N) (at least 1) by e: w = 1 kept, 0 otherwise;
+              head 0 keeps every valid entry when keep_head0. The head's loss term is the mean CE over kept entries.
+    weighted: z = zscore(e) over valid entries; w = N * softmax(z / T) (mean 1); clip to [eps, w_max]; rescale
+              to mean 1.
+    """
+    valid = mask.bool()
+    n = int(valid.sum())
+    if n == 0:
+        return torch.zeros_like(excess, dtype=torch.float32)
+    if mode == "select":
+        if head == 0 and keep_head0:
+            return valid.float()
+        keep = max(1, round(ratio * n))
+        scores = torch.where(valid, excess.float(), torch.full_like(excess, float("-inf"), dtype=torch.float32))
+        idx = scores.flatten().topk(keep).indices
+        w = torch.zeros(scores.numel(), dtype=torch.float32, device=excess.device)
+        w[idx] = 1.0
+        return w.view_as(excess)
+    if mode == "weighted":
+        z = zscore(excess, valid)
+        logits = torch.where(valid, z / temperature, torch.full_like(z, float("-inf")))
+        w = n * torch.softmax(logits.flatten(), dim=0).view_as(z)
+        w = torch.where(valid, w.clamp(eps, w_max), torch.zeros_like(w))
+        return w / w[valid].mean()
+    raise ValueError(f"unknown rho1 mode {mode!r}")

@@ -1,0 +1,1 @@
+"""The queue, its tasks and the `wmtp-worker` daemon (the studio backend)."""
