@@ -71,7 +71,7 @@ def _critic_hooks(algo: CriticConfig, batch: Batch, trunk: TrunkOutput, value_he
     def value_loss(h: Tensor) -> Tensor:
         v = value_head(h if algo.value_trunk_grad else h.detach())
         mse, n = value_mse(v, batch)
-        diag.add("value_loss", float(mse) * float(n), float(n))
+        diag.add("value_loss", float(mse.detach()) * float(n), float(n))
         ev = explained_variance(v.detach(), batch.rewards, value_mask(batch))
         if ev is not None:
             diag.add("explained_variance", ev)

@@ -75,7 +75,7 @@ def stage1(model: MTPModel, head: ValueHead, cfg: Stage1Config, train: Iterator[
         opt.zero_grad(set_to_none=True)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             stats = heldout_value_stats(model, head, heldout)
-            log(step, {"train_value_loss": float(loss), **{f"heldout_{k}": v for k, v in stats.items()}})
+            log(step, {"train_value_loss": float(loss.detach()), **{f"heldout_{k}": v for k, v in stats.items()}})
             if stats["value_loss"] < best - 1e-6:
                 best, stale = stats["value_loss"], 0
             else:

@@ -164,7 +164,7 @@ def forward_backward(
         del logits, ce
     if extra_loss is not None:
         extra = extra_loss(h)
-        stats.extra = float(extra)
+        stats.extra = float(extra.detach())
         if naive:
             total = extra if total is None else total + extra
         elif backward:

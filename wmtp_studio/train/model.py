@@ -66,11 +66,18 @@ class ResidualHead(nn.Module):
 
 
 class ValueHead(nn.Module):
-    """V_phi(h_t): Linear(D, D/2) -> GELU -> Linear(D/2, 1) (METHOD.md, critic-wmtp)."""
+    """V_phi(h_t): Linear(D, D/2) -> GELU -> Linear(D/2, 1) (METHOD.md, critic-wmtp).
+
+    Choice (METHOD.md is silent): the input is layer-normalised without parameters first. The trunk output is
+    the un-normalised residual stream, whose scale drifts while the LM trains; without the normalisation the
+    Stage 2 value loss diverged on the tiny recipe (0.06 -> 30 within 40 steps) and its gradient dominated the
+    global clipping norm.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(dim, dim // 2), nn.GELU(), nn.Linear(dim // 2, 1))
+        self.net = nn.Sequential(nn.LayerNorm(dim, elementwise_affine=False), nn.Linear(dim, dim // 2), nn.GELU(),
+                                 nn.Linear(dim // 2, 1))
 
     def forward(self, h: Tensor) -> Tensor:
         return self.net(h.float()).squeeze(-1)  # (B, S)

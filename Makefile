@@ -1,0 +1,41 @@
+# `make check` = lint + types + import contracts + tests (what CI runs). `make quickstart` trains the tiny model.
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# CPU machines pin the CPU build of torch; GPU hosts install without it (`pip install -e .`).
+CONSTRAINTS ?= constraints-cpu.txt
+
+.PHONY: install check lint types contracts test quickstart bench clean
+
+$(BIN)/wmtp: pyproject.toml $(CONSTRAINTS)
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	touch $@
+
+install: $(BIN)/wmtp
+
+lint: install
+	$(BIN)/ruff check wmtp_studio workers tests benchmarks
+	$(BIN)/ruff format --check wmtp_studio workers tests benchmarks
+
+types: install
+	$(BIN)/mypy
+
+contracts: install
+	$(BIN)/lint-imports
+
+test: install
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+check: lint types contracts test
+
+quickstart: install
+	$(BIN)/wmtp train recipes/tiny-ntp.yaml --run-dir runs/tiny-ntp
+
+bench: install
+	$(BIN)/python benchmarks/bench_memory.py
+	$(BIN)/python benchmarks/bench_algorithms.py
+
+clean:
+	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,202 @@
+"""Peak memory and step time: NTP (n=1) vs MTP n=4 naive vs MTP n=4 per-head (METHOD.md, "Loss": memory).
+
+A tiny Llama (hidden 256, 6 layers, vocab 8192: a ~5M-parameter trunk below the head-0 layer), transformer
+heads, random token ids, every token trained. One step = `model.trunk` + `forward_backward` + AdamW step.
+
+CPU: each configuration runs in its own subprocess, so `ru_maxrss` (peak RSS) belongs to that configuration
+alone; we report the absolute peak and the increase over the peak right after building model and optimiser.
+CUDA: one process, `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`, same two numbers.
+
+    python benchmarks/bench_memory.py [--steps 5] [--batch 8] [--seq 256] [--vocab 8192] [--device cpu|cuda]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+
+from wmtp_studio.train.loss import forward_backward, head_mask
+from wmtp_studio.train.model import MTPModel, build_tiny_hf, decoder_parts
+
+# name -> (n heads, naive)
+CONFIGS: dict[str, tuple[int, bool]] = {"ntp": (1, False), "mtp4-naive": (4, True),
+                                        "mtp4-per-head": (4, False)}
+HIDDEN, LAYERS, ATTN_HEADS = 256, 6, 4
+MIB = 2**20
+
+
+@dataclass
+class Result:
+    config: str
+    n_heads: int
+    naive: bool
+    peak_mib: float  # CPU: peak RSS of the process; CUDA: max_memory_allocated
+    base_mib: float  # the same measure right after building model + optimiser, before any step
+    step_s: float  # median step time after warm-up
+    tokens_per_s: float
+
+    @property
+    def increase_mib(self) -> float:
+        return self.peak_mib - self.base_mib
+
+
+def build(n_heads: int, vocab: int, seq: int, device: torch.device) -> MTPModel:
+    torch.manual_seed(0)  # every configuration starts from the same trunk
+    hf = build_tiny_hf("llama", vocab, HIDDEN, LAYERS, ATTN_HEADS, None, seq, {})
+    return MTPModel(hf, n_heads, "transformer", base_id="bench").to(device)
+
+
+def param_counts(model: MTPModel) -> dict[str, int]:
+    def count(m: torch.nn.Module) -> int:
+        return sum(p.numel() for p in m.parameters())
+
+    layers, norm = decoder_parts(model.hf)
+    return {"embedding (tied unembedding)": count(model.hf.get_input_embeddings()),
+            "trunk layers 0..L-2 (no embedding)": sum(count(layer) for layer in layers[:-1]),
+            "head-0 layer + final norm": count(layers[-1]) + count(norm),
+            "extra heads": count(model.extra_heads), "total": count(model)}
+
+
+def rss_mib() -> float:
+    """Peak RSS of this process so far (ru_maxrss is KiB on Linux, bytes on macOS)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / MIB if sys.platform == "darwin" else peak / 1024
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(name: str, args: argparse.Namespace) -> Result:
+    """Build one configuration, warm up, time `args.steps` steps and read its peak memory."""
+    n, naive = CONFIGS[name]
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    model = build(n, args.vocab, args.seq, device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(args.vocab, (args.batch, args.seq), generator=gen).to(device)  # (B, S)
+    mask = torch.ones_like(x, dtype=torch.bool)  # (B, S): every token trained
+    denominators = [float(head_mask(mask, None, k).sum()) for k in range(n)]
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
+    sync(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / MIB if cuda else rss_mib()
+
+    def step() -> float:
+        sync(device)
+        start = time.perf_counter()
+        ctx = torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
+        with ctx:
+            forward_backward(model, model.trunk(x), x, mask, None, lambda _k, _ce, m: m.float(), [1.0] * n,
+                             denominators, naive=naive)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync(device)
+        return time.perf_counter() - start
+
+    for _ in range(args.warmup):
+        step()
+    times = [step() for _ in range(args.steps)]
+    peak = torch.cuda.max_memory_allocated() / MIB if cuda else rss_mib()
+    med = statistics.median(times)
+    return Result(name, n, naive, peak, base, med, args.batch * args.seq / med)
+
+
+def run_child(name: str, args: argparse.Namespace) -> Result:
+    """Measure one configuration in a fresh interpreter so that its peak RSS is its own."""
+    cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
+           "--warmup", str(args.warmup), "--batch", str(args.batch), "--seq", str(args.seq),
+           "--vocab", str(args.vocab),
+           "--device", args.device, "--precision", args.precision]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        raise SystemExit(f"{name} failed:\n{out.stderr}")
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return Result(**data)
+
+
+def report(results: list[Result], args: argparse.Namespace, params: dict[str, int]) -> dict[str, Any]:
+    cuda = args.device.startswith("cuda")
+    measure_name = "CUDA max_memory_allocated" if cuda else "peak RSS (ru_maxrss, one process per config)"
+    print(f"\ntorch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"precision {args.precision}, batch {args.batch} x seq {args.seq}, vocab {args.vocab}, "
+          f"{args.steps} timed steps after {args.warmup} warm-up")
+    print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items()))
+    print(f"memory: {measure_name}; 'increase' = peak minus the value after building model + optimiser\n")
+    print(f"{'config':<15}{'peak MiB':>10}{'base MiB':>10}{'increase':>10}{'step s':>9}{'tok/s':>9}")
+    for r in results:
+        print(f"{r.config:<15}{r.peak_mib:>10.0f}{r.base_mib:>10.0f}{r.increase_mib:>10.0f}"
+              f"{r.step_s:>9.3f}{r.tokens_per_s:>9.0f}")
+    ntp = results[0]
+    ratios: dict[str, dict[str, float]] = {}
+    print(f"\n{'ratio to ntp':<15}{'peak':>10}{'increase':>10}{'step time':>11}")
+    for r in results[1:]:
+        ratios[r.config] = {"peak": r.peak_mib / ntp.peak_mib,
+                            "increase": r.increase_mib / max(ntp.increase_mib, 1e-9),
+                            "step_time": r.step_s / ntp.step_s}
+        q = ratios[r.config]
+        print(f"{r.config:<15}{q['peak']:>9.2f}x{q['increase']:>9.2f}x{q['step_time']:>10.2f}x")
+    ok = ratios["mtp4-per-head"]["peak"] <= 1.10
+    print(f"\ngoal per-head peak <= 1.10x NTP: {'met' if ok else 'NOT met'} "
+          f"({ratios['mtp4-per-head']['peak']:.2f}x)")
+    return {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(),
+            "precision": args.precision, "batch": args.batch, "seq": args.seq, "vocab": args.vocab,
+            "steps": args.steps, "warmup": args.warmup, "memory_measure": measure_name, "params": params,
+            "results": [asdict(r) | {"increase_mib": r.increase_mib} for r in results],
+            "ratios_to_ntp": ratios}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocates optimiser state)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto: bf16 autocast on CUDA (as the trainer), fp32 on CPU")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
+    p.add_argument("--child", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.child:
+        print(json.dumps(asdict(measure(args.child, args))))
+        return
+    params = param_counts(build(4, args.vocab, args.seq, torch.device("cpu")))
+    results: list[Result] = []
+    for name in CONFIGS:
+        if args.device.startswith("cuda"):
+            results.append(measure(name, args))
+            gc.collect()
+            torch.cuda.empty_cache()
+        else:
+            results.append(run_child(name, args))
+        print(f"{name}: done", file=sys.stderr)
+    out = report(results, args, params)
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(out, f, indent=2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Recipes: strict validation with file + dotted path in errors, env substitution, overrides, hashing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import typing
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from wmtp_studio.errors import RecipeError
+from wmtp_studio.recipe import (
+    BaselineMTPConfig,
+    CriticConfig,
+    NTPConfig,
+    Recipe,
+    Rho1Config,
+    Section,
+    load_recipe,
+    recipe_from_json,
+)
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+BASE = """\
+name: unit
+model:
+  tiny: {hidden_size: 32, num_layers: 2, num_attention_heads: 4}
+  n_heads: 4
+train: {steps: 5}
+algorithm: {name: baseline-mtp}
+"""
+
+
+def write(tmp_path: Path, text: str, name: str = "r.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path, overrides: tuple[str, ...] = (), env: dict[str, str] | None = None) -> str:
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path, overrides, env={} if env is None else env)
+    return str(info.value)
+
+
+def test_minimal_recipe_loads_with_defaults(tmp_path: Path) -> None:
+    r = load_recipe(write(tmp_path, BASE), env={})
+    assert isinstance(r.algorithm, BaselineMTPConfig)
+    assert r.model.tiny is not None and r.model.tiny.hidden_size == 32
+    assert (r.train.steps, r.optim.lr, r.train.packing) == (5, 3e-4, False)  # 3e-4 and False are defaults
+    assert r.n_heads == 4 and r.head_coefficients == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_unknown_top_level_key(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE + "foo: 1\n")
+    msg = error_of(path)
+    assert str(path) in msg
+    assert re.search(r"^\s*foo: Extra inputs are not permitted", msg, re.M), msg
+
+
+def test_unknown_nested_key(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("num_attention_heads: 4}", "num_attention_heads: 4, foo: 2}"))
+    msg = error_of(path)
+    assert str(path) in msg
+    assert re.search(r"^\s*model\.tiny\.foo: Extra inputs", msg, re.M), msg
+
+
+def test_unknown_key_in_algorithm_section(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("{name: baseline-mtp}", "{name: critic-wmtp, beta2: 0.5}"))
+    msg = error_of(path)
+    assert str(path) in msg
+    # the discriminator tag is not part of the path the user sees (not algorithm.critic-wmtp.beta2)
+    assert re.search(r"^\s*algorithm\.beta2: Extra inputs", msg, re.M), msg
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "cls"),
+    [
+        ("{name: ntp}", NTPConfig),
+        ("{name: baseline-mtp}", BaselineMTPConfig),
+        ("{name: critic-wmtp, beta: 0.5}", CriticConfig),
+        ("{name: rho1-wmtp, reference: some/model, mode: weighted}", Rho1Config),
+    ],
+)
+def test_algorithm_name_picks_its_config(tmp_path: Path, algorithm: str, cls: type) -> None:
+    r = load_recipe(write(tmp_path, BASE.replace("{name: baseline-mtp}", algorithm)), env={})
+    assert type(r.algorithm) is cls
+
+
+def test_algorithm_fields_belong_to_their_algorithm(tmp_path: Path) -> None:
+    critic = load_recipe(write(tmp_path, BASE.replace("baseline-mtp}", "critic-wmtp, beta: 0.5}")), env={})
+    assert isinstance(critic.algorithm, CriticConfig)
+    assert (critic.algorithm.beta, critic.algorithm.w_max, critic.algorithm.stage1.steps) == (0.5, 5.0, 200)
+    # `beta` is a critic field: baseline-mtp rejects it
+    msg = error_of(write(tmp_path, BASE.replace("baseline-mtp}", "baseline-mtp, beta: 0.5}"), "b.yaml"))
+    assert re.search(r"^\s*algorithm\.beta: Extra inputs", msg, re.M), msg
+    # rho1-wmtp requires its reference model
+    msg = error_of(write(tmp_path, BASE.replace("baseline-mtp}", "rho1-wmtp}"), "c.yaml"))
+    assert re.search(r"^\s*algorithm\.reference: Field required", msg, re.M), msg
+
+
+def test_unknown_algorithm_name(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("baseline-mtp}", "magic-wmtp}"))
+    msg = error_of(path)
+    assert str(path) in msg and "algorithm" in msg and "magic-wmtp" in msg
+
+
+def test_env_substitution(tmp_path: Path) -> None:
+    path = write(
+        tmp_path, BASE.replace("steps: 5", "steps: ${STEPS}").replace("name: unit", "name: ${N:-dflt}")
+    )
+    r = load_recipe(path, env={"STEPS": "7"})
+    assert (r.train.steps, r.name) == (7, "dflt")  # ${N:-dflt} falls back to its default
+    r = load_recipe(path, env={"STEPS": "8", "N": "mine"})
+    assert (r.train.steps, r.name) == (8, "mine")  # a set variable wins over the default
+
+
+def test_env_missing_variable_is_named(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("steps: 5", "steps: ${WMTP_UNIT_STEPS}"))
+    msg = error_of(path, env={"OTHER": "1"})
+    assert str(path) in msg and "WMTP_UNIT_STEPS" in msg
+
+
+def test_dotted_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
+    overrides = ("optim.lr=3e-3", "train.packing=true", "model.head_coefficients=[1,0.5,0.25,0.125]")
+    r = load_recipe(write(tmp_path, BASE), overrides, env={})
+    assert isinstance(r.optim.lr, float) and r.optim.lr == pytest.approx(3e-3, rel=1e-12)
+    assert r.train.packing is True
+    assert r.model.head_coefficients == [1.0, 0.5, 0.25, 0.125]
+    assert r.head_coefficients == [1.0, 0.5, 0.25, 0.125]
+
+
+def test_override_of_a_missing_key_names_its_path(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    msg = error_of(path, ("optim.momentum=0.9",))
+    assert str(path) in msg
+    assert re.search(r"^\s*optim\.momentum: Extra inputs", msg, re.M), msg
+    msg = error_of(path, ("train.steps=many",))  # a bad value is reported at its path too
+    assert re.search(r"^\s*train\.steps: ", msg, re.M), msg
+
+
+def test_ntp_always_trains_one_head(tmp_path: Path) -> None:
+    text = BASE.replace("baseline-mtp}", "ntp}").replace(
+        "\n  n_heads: 4\n", "\n  n_heads: 4\n  head_coefficients: [1, 0.5, 0.25, 0.125]\n"
+    )
+    r = load_recipe(write(tmp_path, text), env={})
+    assert r.model.n_heads == 4
+    assert r.n_heads == 1 and r.head_coefficients == [1.0]
+
+
+def test_canonical_json_and_sha256_ignore_key_order(tmp_path: Path) -> None:
+    shuffled = """\
+algorithm: {name: baseline-mtp}
+train: {steps: 5}
+model:
+  n_heads: 4
+  tiny: {num_attention_heads: 4, num_layers: 2, hidden_size: 32}
+name: unit
+"""
+    a = load_recipe(write(tmp_path, BASE, "a.yaml"), env={})
+    b = load_recipe(write(tmp_path, shuffled, "b.yaml"), env={})
+    assert a.canonical_json() == b.canonical_json()
+    assert a.sha256() == b.sha256() == hashlib.sha256(a.canonical_json().encode()).hexdigest()
+    assert json.loads(a.canonical_json())["optim"]["lr"] == 3e-4  # defaults are part of what is hashed
+    c = load_recipe(write(tmp_path, BASE, "c.yaml"), ("train.steps=6",), env={})
+    assert c.sha256() != a.sha256()
+    assert recipe_from_json(a.canonical_json(), "recipe.json") == a
+
+
+def _models_in(annotation: object) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def test_every_field_of_every_section_has_a_docstring() -> None:
+    seen: dict[str, type[BaseModel]] = {}
+    todo: list[type[BaseModel]] = [Recipe, *Section.__subclasses__()]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ in seen:
+            continue
+        seen[cls.__name__] = cls
+        todo.extend(cls.__subclasses__())
+        for field in cls.model_fields.values():
+            todo.extend(_models_in(field.annotation))
+    # the walk reaches the nested and the union members, not only the top level
+    assert {"Recipe", "TinyModel", "Stage1Config", "CriticConfig", "Rho1Config", "GeneratedData"} <= set(seen)
+    missing = [
+        f"{name}.{field_name}"
+        for name, cls in seen.items()
+        for field_name, field in cls.model_fields.items()
+        if not (field.description or "").strip()
+    ]
+    assert missing == []
+    assert all(issubclass(cls, Section) for cls in seen.values())  # so every section forbids unknown keys
+
+
+def test_every_shipped_recipe_loads() -> None:
+    paths = sorted(RECIPES.glob("*.yaml"))
+    assert paths, f"no recipes in {RECIPES}"
+    for path in paths:
+        assert isinstance(load_recipe(path, env={}), Recipe), path
