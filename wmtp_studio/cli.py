@@ -18,11 +18,18 @@ from rich.console import Console
 from wmtp_studio.errors import StudioError, TrainingAborted
 from wmtp_studio.recipe import Recipe, load_recipe, recipe_from_json
 
-app = typer.Typer(name="wmtp", help="Train and evaluate Weighted Multi-Token Prediction code models.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+app = typer.Typer(
+    name="wmtp",
+    help="Train and evaluate Weighted Multi-Token Prediction code models.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
 err = Console(stderr=True)
 
-SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Dotted override, e.g. optim.lr=3e-4 (repeatable).")]
+SetOpt = Annotated[
+    list[str] | None, typer.Option("--set", help="Dotted override, e.g. optim.lr=3e-4 (repeatable).")
+]
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -39,11 +46,15 @@ def _freeze(recipe: Recipe, run_dir: Path, resume: bool) -> None:
         old = recipe_from_json(frozen.read_text(), str(frozen))
         if old.sha256() != recipe.sha256():
             changed = [k for k in Recipe.model_fields if getattr(old, k) != getattr(recipe, k)]
-            raise StudioError(f"--resume: the recipe differs from the one frozen in {frozen} "
-                              f"(sections: {', '.join(changed)}); resume with the same recipe and overrides")
+            raise StudioError(
+                f"--resume: the recipe differs from the one frozen in {frozen} "
+                f"(sections: {', '.join(changed)}); resume with the same recipe and overrides"
+            )
         return
     if frozen.exists():
-        raise StudioError(f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir")
+        raise StudioError(
+            f"{run_dir} already holds a run; pass --resume to continue it or choose another --run-dir"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
     frozen.write_text(recipe.canonical_json())
 
@@ -53,7 +64,9 @@ def train(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML file.")],
     set_: SetOpt = None,
     run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>-<time>).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue the run in --run-dir from its latest checkpoint.")] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue the run in --run-dir from its latest checkpoint.")
+    ] = False,
 ) -> None:
     """Train a recipe in this process (CPU or one GPU); for several GPUs use
     `accelerate launch -m wmtp_studio.train --run-dir DIR`."""
@@ -61,7 +74,11 @@ def train(
         recipe = load_recipe(recipe_path, set_ or [])
         if resume and run_dir is None:
             raise StudioError("--resume needs --run-dir")
-        run_dir = run_dir or Path(os.environ.get("WMTP_RUNS_DIR", "runs")) / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = (
+            run_dir
+            or Path(os.environ.get("WMTP_RUNS_DIR", "runs"))
+            / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        )
         _freeze(recipe, run_dir, resume)
     except StudioError as exc:
         raise fail(str(exc)) from None
@@ -80,14 +97,20 @@ def _train_with_progress(run_dir: Path, resume: bool) -> int:
     from wmtp_studio.train.loop import train as run_training
 
     quiet_transformers()
-    columns = (TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("[bold]train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
     with Progress(*columns, console=err, transient=False) as bar:
         task = bar.add_task("train", total=None, info="preparing data and model")
 
         def on_step(step: int, total: int, m: dict[str, float]) -> None:
-            bar.update(task, completed=step, total=total,
-                       info=f"loss {m['loss']:.4f}  {m['tokens_per_s']:.0f} tok/s")
+            bar.update(
+                task, completed=step, total=total, info=f"loss {m['loss']:.4f}  {m['tokens_per_s']:.0f} tok/s"
+            )
 
         try:
             code = run_training(run_dir, resume=resume, progress=on_step)
@@ -122,6 +145,8 @@ def wmtp_main() -> None:
 
 def studio_main() -> None:
     """`wmtp-studio`: the dashboard and the headless studio commands are not in this release yet."""
-    err.print("wmtp-studio: the studio (run store, queue and dashboard) is not in this release yet; "
-              "train directly with `wmtp train RECIPE`.")
+    err.print(
+        "wmtp-studio: the studio (run store, queue and dashboard) is not in this release yet; "
+        "train directly with `wmtp train RECIPE`."
+    )
     sys.exit(2)

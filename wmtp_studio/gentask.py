@@ -5,9 +5,11 @@ model should emit (the completion) and three asserts. Family "basic" applies one
 two through a named intermediate ("Let y be x plus 3. Return y times 2."). Incorrect variants (a constant off
 by one, a wrong operator, swapped operands) feed algorithms that need labelled wrong answers.
 
-The train/test split is decided by a hash of what the function *does* (its outputs on fixed probe inputs), so
-a held-out problem is never a renamed train problem, and equivalent specs ("x plus 1, plus 2" and "x plus 3")
-fall on the same side. Standard library only: this module is imported by torch-free code.
+The train/test split is decided by a hash of what the function *does* (its outputs on fixed probe inputs of
+every type; one behaviour in five is held out), so a held-out problem is never a renamed train problem, and
+equivalent specs ("x plus 1, plus 2" and "x plus 3", `s * 3` and `x * 3`) fall on the same side, in both
+families. Problems differ from one another by spec (operations and constants), function name and argument
+name. Standard library only: this module is imported by torch-free code.
 """
 
 from __future__ import annotations
@@ -62,36 +64,107 @@ _OPS: tuple[_Op, ...] = (
     _Op("int", "int", "{c} minus {a}", "{c} - {a}", (_ints(1, 9),), ("{a} - {c}", "{c} + {a}")),
     _Op("int", "int", "the larger of {a} and {c}", "max({a}, {c})", (_ints(0, 9),), ("min({a}, {c})",)),
     _Op("int", "int", "the smaller of {a} and {c}", "min({a}, {c})", (_ints(0, 9),), ("max({a}, {c})",)),
-    _Op("int", "bool", "True if {a} is greater than {c}, else False", "{a} > {c}", (_ints(0, 9),),
-        ("{a} >= {c}", "{a} < {c}")),
-    _Op("int", "bool", "True if {a} is less than {c}, else False", "{a} < {c}", (_ints(1, 9),),
-        ("{a} <= {c}", "{a} > {c}")),
+    _Op(
+        "int",
+        "bool",
+        "True if {a} is greater than {c}, else False",
+        "{a} > {c}",
+        (_ints(0, 9),),
+        ("{a} >= {c}", "{a} < {c}"),
+    ),
+    _Op(
+        "int",
+        "bool",
+        "True if {a} is less than {c}, else False",
+        "{a} < {c}",
+        (_ints(1, 9),),
+        ("{a} <= {c}", "{a} > {c}"),
+    ),
     _Op("str", "str", "{a} repeated {c} times", "{a} * {c}", (_ints(2, 4),), ()),
-    _Op("str", "str", "the first {c} characters of {a}", "{a}[:{c}]", (_ints(1, 5),),
-        ("{a}[-{c}:]", "{a}[{c}:]")),
-    _Op("str", "str", "the last {c} characters of {a}", "{a}[-{c}:]", (_ints(1, 5),),
-        ("{a}[:{c}]", "{a}[{c}:]")),
+    _Op(
+        "str",
+        "str",
+        "the first {c} characters of {a}",
+        "{a}[:{c}]",
+        (_ints(1, 5),),
+        ("{a}[-{c}:]", "{a}[{c}:]"),
+    ),
+    _Op(
+        "str",
+        "str",
+        "the last {c} characters of {a}",
+        "{a}[-{c}:]",
+        (_ints(1, 5),),
+        ("{a}[:{c}]", "{a}[{c}:]"),
+    ),
     _Op("str", "str", "{a} followed by {c}", "{a} + {c}", (_CHARS,), ("{c} + {a}",)),
     _Op("str", "str", "{c} followed by {a}", "{c} + {a}", (_CHARS,), ("{a} + {c}",)),
-    _Op("str", "str", "{a} with every {c} replaced by {d}", "{a}.replace({c}, {d})", (_CHARS[:5], _CHARS[:5]),
-        ("{a}.replace({d}, {c})",)),
-    _Op("str", "int", "the number of times {c} appears in {a}", "{a}.count({c})", (_CHARS,),
-        ("len({a})", "{a}.count({c}) + 1")),
+    _Op(
+        "str",
+        "str",
+        "{a} with every {c} replaced by {d}",
+        "{a}.replace({c}, {d})",
+        (_CHARS[:5], _CHARS[:5]),
+        ("{a}.replace({d}, {c})",),
+    ),
+    _Op(
+        "str",
+        "int",
+        "the number of times {c} appears in {a}",
+        "{a}.count({c})",
+        (_CHARS,),
+        ("len({a})", "{a}.count({c}) + 1"),
+    ),
     _Op("str", "int", "the length of {a} plus {c}", "len({a}) + {c}", (_ints(1, 9),), ("len({a}) - {c}",)),
-    _Op("list", "list", "the list of elements of {a} that are greater than {c}",
-        "[v for v in {a} if v > {c}]", (_ints(0, 9),),
-        ("[v for v in {a} if v >= {c}]", "[v for v in {a} if v < {c}]")),
-    _Op("list", "list", "the list of elements of {a} that are less than {c}", "[v for v in {a} if v < {c}]",
-        (_ints(1, 9),), ("[v for v in {a} if v <= {c}]", "[v for v in {a} if v > {c}]")),
-    _Op("list", "list", "the list of elements of {a}, each plus {c}", "[v + {c} for v in {a}]",
-        (_ints(1, 9),), ("[v - {c} for v in {a}]", "[v * {c} for v in {a}]")),
-    _Op("list", "list", "the first {c} elements of {a}", "{a}[:{c}]", (_ints(1, 5),),
-        ("{a}[-{c}:]", "{a}[{c}:]")),
+    _Op(
+        "list",
+        "list",
+        "the list of elements of {a} that are greater than {c}",
+        "[v for v in {a} if v > {c}]",
+        (_ints(0, 9),),
+        ("[v for v in {a} if v >= {c}]", "[v for v in {a} if v < {c}]"),
+    ),
+    _Op(
+        "list",
+        "list",
+        "the list of elements of {a} that are less than {c}",
+        "[v for v in {a} if v < {c}]",
+        (_ints(1, 9),),
+        ("[v for v in {a} if v <= {c}]", "[v for v in {a} if v > {c}]"),
+    ),
+    _Op(
+        "list",
+        "list",
+        "the list of elements of {a}, each plus {c}",
+        "[v + {c} for v in {a}]",
+        (_ints(1, 9),),
+        ("[v - {c} for v in {a}]", "[v * {c} for v in {a}]"),
+    ),
+    _Op(
+        "list",
+        "list",
+        "the first {c} elements of {a}",
+        "{a}[:{c}]",
+        (_ints(1, 5),),
+        ("{a}[-{c}:]", "{a}[{c}:]"),
+    ),
     _Op("list", "list", "{a} with {c} added at the end", "{a} + [{c}]", (_ints(0, 9),), ("[{c}] + {a}",)),
-    _Op("list", "int", "the number of times {c} appears in {a}", "{a}.count({c})", (_ints(0, 9),),
-        ("len({a})", "{a}.count({c}) + 1")),
-    _Op("list", "int", "the sum of {a} plus {c}", "sum({a}) + {c}", (_ints(1, 9),),
-        ("sum({a}) - {c}", "len({a}) + {c}")),
+    _Op(
+        "list",
+        "int",
+        "the number of times {c} appears in {a}",
+        "{a}.count({c})",
+        (_ints(0, 9),),
+        ("len({a})", "{a}.count({c}) + 1"),
+    ),
+    _Op(
+        "list",
+        "int",
+        "the sum of {a} plus {c}",
+        "sum({a}) + {c}",
+        (_ints(1, 9),),
+        ("sum({a}) - {c}", "len({a}) + {c}"),
+    ),
 )
 
 # Generic names, so that the docstring, not the name, carries the task; they multiply the prompts per spec.
@@ -101,14 +174,25 @@ _NAMES: tuple[str, ...] = tuple(
     for noun in ("value", "result", "answer", "output", "item", "thing", "number", "data")
 )
 _ARGS: dict[str, tuple[str, str, str]] = {  # three per type, so a spec has len(_NAMES) * 3 prompts
-    "int": ("x", "n", "k"), "str": ("s", "text", "word"), "list": ("xs", "nums", "items"),
+    "int": ("x", "n", "k"),
+    "str": ("s", "text", "word"),
+    "list": ("xs", "nums", "items"),
 }
 _TEMPS: dict[str, str] = {"int": "y", "str": "t", "list": "ys"}  # the intermediate of a "compose" body
 _PROBES: dict[str, list[object]] = {
     "int": list(range(21)),
     "str": ["", "a", "ab", "bad", "cab", "face", "head", "bead", "egg", "gah", "hedge", "decade", "abcdefgh"],
-    "list": [[], [0], [4, 2], [0, 5, 9], [3, 3, 1], [6, 1, 8, 2], [7, 0, 7, 4, 9], [2, 9, 5, 1, 6, 3],
-             [1, 2, 3, 4, 5, 6, 7, 8, 9]],
+    "list": [
+        [],
+        [0],
+        [4, 2],
+        [0, 5, 9],
+        [3, 3, 1],
+        [6, 1, 8, 2],
+        [7, 0, 7, 4, 9],
+        [2, 9, 5, 1, 6, 3],
+        [1, 2, 3, 4, 5, 6, 7, 8, 9],
+    ],
 }
 _ALL_PROBES: list[object] = [value for values in _PROBES.values() for value in values]
 _MAX_REPR = 40  # longer expected values make unreadable asserts (e.g. a string repeated twice over)
@@ -178,21 +262,32 @@ def _is_test(outputs: list[str]) -> bool:
 @cache
 def _partition(family: str) -> tuple[tuple[Spec, ...], tuple[Spec, ...]]:
     """(train, test): every usable spec of a family, in a fixed order."""
-    steps = [_Step(op, op.expr, consts) for op in _OPS for consts in itertools.product(*op.domains)
-             if len(set(consts)) == len(consts)]
+    steps = [
+        _Step(op, op.expr, consts)
+        for op in _OPS
+        for consts in itertools.product(*op.domains)
+        if len(set(consts)) == len(consts)
+    ]
     firsts = {step: _apply(_step_fn(step.expr, step.consts), _ALL_PROBES) for step in steps}
     candidates: Iterator[tuple[Spec, list[object]]]
     if family == "basic":
         candidates = (((step,), firsts[step]) for step in steps)
     else:
-        candidates = (((a, b), _apply(_step_fn(b.expr, b.consts), firsts[a]))
-                      for a in steps for b in steps if b.op.in_type == a.op.out_type)
+        candidates = (
+            ((a, b), _apply(_step_fn(b.expr, b.consts), firsts[a]))
+            for a in steps
+            for b in steps
+            if b.op.in_type == a.op.out_type
+        )
     train: list[Spec] = []
     test: list[Spec] = []
     for spec, values in candidates:
         outputs = [repr(value) for value in values]
-        own = [out for value, out in zip(_ALL_PROBES, outputs, strict=True)
-               if type(value).__name__ == spec[0].op.in_type]
+        own = [
+            out
+            for value, out in zip(_ALL_PROBES, outputs, strict=True)
+            if type(value).__name__ == spec[0].op.in_type
+        ]
         assertable = [out for out in own if out != "!" and len(out) <= _MAX_REPR]
         # A constant function (e.g. "the remainder of x divided by 2, greater than 5") cannot be tested.
         if len(set(own)) > 1 and len(assertable) >= 3:
@@ -211,9 +306,9 @@ def _mutants(spec: Spec) -> tuple[Spec, ...]:
             if isinstance(value, int) and isinstance(lowest, int):
                 for shifted in (value - 1, value + 1):
                     if shifted >= lowest - 1:  # x // 1 is a plausible slip; x // 0 is not
-                        consts = (*step.consts[:j], shifted, *step.consts[j + 1:])
+                        consts = (*step.consts[:j], shifted, *step.consts[j + 1 :])
                         variants.append(_Step(step.op, step.expr, consts))
-        out.extend((*spec[:i], variant, *spec[i + 1:]) for variant in variants)
+        out.extend((*spec[:i], variant, *spec[i + 1 :]) for variant in variants)
     return tuple(out)
 
 
@@ -270,7 +365,7 @@ def _compiled(arg: str, body: str) -> Callable[[object], object]:
 
 
 def _doc(spec: Spec, arg: str) -> str:
-    """"Return <first>." or "Let y be <first>. Return <second>.", matching `_body` line for line."""
+    """ "Return <first>." or "Let y be <first>. Return <second>.", matching `_body` line for line."""
     first = _render(spec[0].op.doc, arg, spec[0].consts)
     if len(spec) == 1:
         return f"Return {first}."
@@ -323,8 +418,14 @@ def space_size(split: Literal["train", "test"], family: Literal["basic", "compos
     return len(_partition(family)[split == "test"]) * len(_NAMES) * 3
 
 
-def generate(split: Literal["train", "test"], n: int, *, family: Literal["basic", "compose"] = "basic",
-             seed: int = 0, incorrect_fraction: float = 0.0) -> list[GenProblem]:
+def generate(
+    split: Literal["train", "test"],
+    n: int,
+    *,
+    family: Literal["basic", "compose"] = "basic",
+    seed: int = 0,
+    incorrect_fraction: float = 0.0,
+) -> list[GenProblem]:
     """n distinct correct problems, plus one incorrect variant for round(n * incorrect_fraction) of them.
 
     Deterministic in its arguments; train and test never share a behaviour, whatever n and seed.

@@ -75,7 +75,9 @@ class ModelSection(Section):
         if (self.name_or_path is None) == (self.tiny is None):
             raise ValueError("give exactly one of name_or_path and tiny")
         if self.head_coefficients is not None and len(self.head_coefficients) != self.n_heads:
-            raise ValueError(f"head_coefficients has {len(self.head_coefficients)} entries, n_heads is {self.n_heads}")
+            raise ValueError(
+                f"head_coefficients has {len(self.head_coefficients)} entries, n_heads is {self.n_heads}"
+            )
         if self.head_coefficients is not None and any(c < 0 for c in self.head_coefficients):
             raise ValueError("head_coefficients must be >= 0")
         return self
@@ -414,7 +416,9 @@ def parse_recipe(data: Any, source: str) -> Recipe:
         raise RecipeError(f"{source}: invalid recipe\n  " + "\n  ".join(lines)) from None
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None) -> Recipe:
+def load_recipe(
+    path: str | Path, overrides: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Recipe:
     """Load, substitute, override and validate a YAML recipe file."""
     source = str(path)
     try:

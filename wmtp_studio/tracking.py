@@ -17,10 +17,29 @@ log = logging.getLogger(__name__)
 
 # Recipe fields that become MLflow params. Paths and ${VAR}-substituted values stay out (they may hold secrets).
 PARAM_ALLOW_LIST = (
-    "name", "model.n_heads", "model.heads", "model.head_coefficients", "model.dtype", "model.tiny",
-    "tokenizer.kind", "tokenizer.vocab_size", "data.source", "data.generated", "data.max_examples",
-    "train.steps", "train.epochs", "train.batch_size", "train.grad_accum", "train.seq_len", "train.packing",
-    "train.loss_on", "train.seed", "train.grad_clip", "train.mixed_precision", "optim", "algorithm",
+    "name",
+    "model.n_heads",
+    "model.heads",
+    "model.head_coefficients",
+    "model.dtype",
+    "model.tiny",
+    "tokenizer.kind",
+    "tokenizer.vocab_size",
+    "data.source",
+    "data.generated",
+    "data.max_examples",
+    "train.steps",
+    "train.epochs",
+    "train.batch_size",
+    "train.grad_accum",
+    "train.seq_len",
+    "train.packing",
+    "train.loss_on",
+    "train.seed",
+    "train.grad_clip",
+    "train.mixed_precision",
+    "optim",
+    "algorithm",
 )
 _SECRET_FREE_ALGO_KEYS = {"reference"}  # a reference path is shown by name only
 
@@ -65,14 +84,17 @@ class MlflowLogger:
             client = MlflowClient(tracking_uri=recipe.tracking.mlflow_uri)
             exp = client.get_experiment_by_name(recipe.tracking.experiment)
             exp_id = exp.experiment_id if exp else client.create_experiment(recipe.tracking.experiment)
-            run = client.create_run(exp_id, run_name=recipe.tracking.run_name or run_dir.name,
-                                    tags={"wmtp.algorithm": recipe.algorithm.name})
+            run = client.create_run(
+                exp_id,
+                run_name=recipe.tracking.run_name or run_dir.name,
+                tags={"wmtp.algorithm": recipe.algorithm.name},
+            )
             params = [Param(k, v[:6000]) for k, v in allowed_params(recipe).items()]
             for i in range(0, len(params), 100):
                 client.log_batch(run.info.run_id, params=params[i : i + 100])
             client.log_artifact(run.info.run_id, str(run_dir / "recipe.json"))
             return cls(client, run.info.run_id)
-        except Exception as exc:  # noqa: BLE001 - tracking must never stop training
+        except Exception as exc:
             log.warning("MLflow unavailable (%s); continuing without it", exc)
             return None
 
@@ -88,7 +110,7 @@ class MlflowLogger:
         try:
             for i in range(0, len(self.buffer), 1000):
                 self.client.log_batch(self.run_id, metrics=self.buffer[i : i + 1000])
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("MLflow log_batch failed (%s); metrics remain in metrics.jsonl", exc)
         self.buffer = []
         self.last_flush = time.monotonic()
@@ -97,5 +119,5 @@ class MlflowLogger:
         self.flush()
         try:
             self.client.set_terminated(self.run_id, status)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             log.warning("MLflow set_terminated failed (%s)", exc)

@@ -6,6 +6,8 @@ import sys
 
 
 def main() -> None:
-    print("wmtp-worker: the worker daemon is not in this release yet; train directly with `wmtp train RECIPE`.",
-          file=sys.stderr)
+    print(
+        "wmtp-worker: the worker daemon is not in this release yet; train directly with `wmtp train RECIPE`.",
+        file=sys.stderr,
+    )
     sys.exit(2)

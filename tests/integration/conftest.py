@@ -13,8 +13,14 @@ from wmtp_studio.recipe import load_recipe
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 # Small and fast: 600 generated problems, short runs, a log line every step.
-FAST = ["data.generated.num_train=600", "train.log_every=1", "train.batch_size=16", "eval.val_every=5",
-        "train.hist_every=5", "train.top_tokens_every=5"]
+FAST = [
+    "data.generated.num_train=600",
+    "train.log_every=1",
+    "train.batch_size=16",
+    "eval.val_every=5",
+    "train.hist_every=5",
+    "train.top_tokens_every=5",
+]
 
 
 @pytest.fixture(scope="session", autouse=True)

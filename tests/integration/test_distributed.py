@@ -16,9 +16,24 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path) -> None:
     single = make_run(tmp_path / "single", "tiny-baseline-mtp.yaml", *common, "train.batch_size=8")
     assert train(single) == 0
     ddp = make_run(tmp_path / "ddp", "tiny-baseline-mtp.yaml", *common, "train.batch_size=4")
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-           "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-           "-m", "wmtp_studio.train", "--run-dir", str(ddp)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "-m",
+        "wmtp_studio.train",
+        "--run-dir",
+        str(ddp),
+    ]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "HF_HUB_OFFLINE": "1", "MASTER_PORT": "29533"}
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
     assert res.returncode == 0, res.stderr[-3000:]

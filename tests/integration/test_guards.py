@@ -16,8 +16,15 @@ from wmtp_studio.train.loop import train
 
 def test_nonfinite_losses_abort_after_k_in_a_row_and_no_nan_is_checkpointed(tmp_path: Path) -> None:
     # lr 1e30 turns the weights into inf/NaN after the first update; every later step is non-finite.
-    run = make_run(tmp_path / "r", "tiny-ntp.yaml", "train.steps=20", "optim.lr=1e30", "optim.warmup_steps=0",
-                   "train.max_nonfinite=3", "train.checkpoint_every=1")
+    run = make_run(
+        tmp_path / "r",
+        "tiny-ntp.yaml",
+        "train.steps=20",
+        "optim.lr=1e30",
+        "optim.warmup_steps=0",
+        "train.max_nonfinite=3",
+        "train.checkpoint_every=1",
+    )
     with pytest.raises(TrainingAborted, match="3 consecutive steps"):
         train(run)
     stream = lines(run)
@@ -33,8 +40,13 @@ def test_nonfinite_losses_abort_after_k_in_a_row_and_no_nan_is_checkpointed(tmp_
 
 def test_mlflow_receives_allow_listed_params_and_batched_metrics(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    run = make_run(tmp_path / "r", "tiny-baseline-mtp.yaml", "train.steps=6", f"tracking.mlflow_uri={uri}",
-                   "tracking.experiment=guards")
+    run = make_run(
+        tmp_path / "r",
+        "tiny-baseline-mtp.yaml",
+        "train.steps=6",
+        f"tracking.mlflow_uri={uri}",
+        "tracking.experiment=guards",
+    )
     assert train(run) == 0
     from mlflow.tracking import MlflowClient
 

@@ -46,8 +46,13 @@ def test_sigterm_checkpoint_then_resume_equals_straight_run(tmp_path: Path) -> N
 
 
 def test_resume_without_checkpoint_starts_fresh_and_checkpoints_publish_atomically(tmp_path: Path) -> None:
-    run = make_run(tmp_path / "r", "tiny-ntp.yaml", "train.steps=6", "train.checkpoint_every=2",
-                   "train.keep_checkpoints=2")
+    run = make_run(
+        tmp_path / "r",
+        "tiny-ntp.yaml",
+        "train.steps=6",
+        "train.checkpoint_every=2",
+        "train.keep_checkpoints=2",
+    )
     assert train(run, resume=True) == 0
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["latest", "step_4", "step_6"]  # pruned to 2, no staging dirs left behind

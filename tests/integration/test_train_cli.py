@@ -17,8 +17,13 @@ STEPS = 40
 
 def wmtp(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-c", "from wmtp_studio.cli import wmtp_main; wmtp_main()", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})
+    return subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+    )
 
 
 def sets(*extra: str) -> list[str]:
@@ -56,8 +61,14 @@ def test_ntp_trains_and_writes_a_reloadable_model(ntp_run: Path) -> None:
 def test_tiny_recipe_trains_end_to_end(recipe: str, ntp_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     extra = ["algorithm.stage1.steps=20", "algorithm.stage1.eval_every=5"] if "critic" in recipe else []
-    res = wmtp("train", str(RECIPES / recipe), "--run-dir", str(run), *sets(*extra),
-               env={"WMTP_RHO1_REFERENCE": str(ntp_run / "model")})
+    res = wmtp(
+        "train",
+        str(RECIPES / recipe),
+        "--run-dir",
+        str(run),
+        *sets(*extra),
+        env={"WMTP_RHO1_REFERENCE": str(ntp_run / "model")},
+    )
     assert res.returncode == 0, res.stderr
     first, last = first_last(run, "loss")
     assert last < first - 0.5, (first, last)
@@ -88,20 +99,29 @@ def test_bad_recipe_exits_2_naming_the_field_and_creates_nothing(tmp_path: Path)
     assert "algorithm.beta" in res.stderr and str(bad) in res.stderr.replace("\n", "")
     assert "Traceback" not in res.stderr
     assert not (tmp_path / "run").exists()
-    res = wmtp("train", str(RECIPES / "tiny-ntp.yaml"), "--set", "optim.lrr=1", "--run-dir", str(tmp_path / "r2"))
+    res = wmtp(
+        "train", str(RECIPES / "tiny-ntp.yaml"), "--set", "optim.lrr=1", "--run-dir", str(tmp_path / "r2")
+    )
     assert res.returncode == 2 and "optim.lrr" in res.stderr and not (tmp_path / "r2").exists()
 
 
 def test_rho1_reference_with_another_tokenizer_is_refused(ntp_run: Path, tmp_path: Path) -> None:
-    res = wmtp("train", str(RECIPES / "tiny-rho1-wmtp.yaml"), "--run-dir", str(tmp_path / "run"),
-               *sets("tokenizer.vocab_size=600"), env={"WMTP_RHO1_REFERENCE": str(ntp_run / "model")})
+    res = wmtp(
+        "train",
+        str(RECIPES / "tiny-rho1-wmtp.yaml"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        *sets("tokenizer.vocab_size=600"),
+        env={"WMTP_RHO1_REFERENCE": str(ntp_run / "model")},
+    )
     assert res.returncode == 2, res.stderr
     assert "does not share the base model's tokenizer" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_resume_with_a_different_recipe_is_refused(ntp_run: Path) -> None:
-    res = wmtp("train", str(RECIPES / "tiny-ntp.yaml"), "--run-dir", str(ntp_run), "--resume",
-               *sets("optim.lr=1e-3"))
+    res = wmtp(
+        "train", str(RECIPES / "tiny-ntp.yaml"), "--run-dir", str(ntp_run), "--resume", *sets("optim.lr=1e-3")
+    )
     assert res.returncode == 2 and "differs" in res.stderr and "optim" in res.stderr
     frozen = json.loads((ntp_run / "recipe.json").read_text())
     assert frozen["optim"]["lr"] == 3e-3  # nothing stored was changed

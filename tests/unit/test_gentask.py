@@ -31,15 +31,41 @@ print(json.dumps(verdicts))
 # Inputs of every kind the functions take; two functions equal on all of them count as the same task.
 PROBES: list[object] = [
     *range(21),
-    "", "a", "ab", "bad", "cab", "face", "head", "bead", "egg", "gah", "hedge", "decade", "abcdefgh", "hhh",
-    [], [0], [4, 2], [0, 5, 9], [3, 3, 1], [6, 1, 8, 2], [7, 0, 7, 4, 9], [2, 9, 5, 1, 6, 3],
+    "",
+    "a",
+    "ab",
+    "bad",
+    "cab",
+    "face",
+    "head",
+    "bead",
+    "egg",
+    "gah",
+    "hedge",
+    "decade",
+    "abcdefgh",
+    "hhh",
+    [],
+    [0],
+    [4, 2],
+    [0, 5, 9],
+    [3, 3, 1],
+    [6, 1, 8, 2],
+    [7, 0, 7, 4, 9],
+    [2, 9, 5, 1, 6, 3],
     [1, 2, 3, 4, 5, 6, 7, 8, 9],
 ]
 
 
 def run_programs(texts: list[str]) -> list[str]:
-    result = subprocess.run([sys.executable, "-I", "-c", RUNNER], input=json.dumps(texts),
-                            capture_output=True, text=True, timeout=120, check=True)
+    result = subprocess.run(
+        [sys.executable, "-I", "-c", RUNNER],
+        input=json.dumps(texts),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     verdicts: list[str] = json.loads(result.stdout)
     assert len(verdicts) == len(texts)
     return verdicts
@@ -84,10 +110,18 @@ def test_same_arguments_give_the_same_list(family: Family) -> None:
 def test_another_process_with_another_hash_seed_gets_the_same_list() -> None:
     """Training and evaluation run in different processes; str hashing must not leak into the data."""
     call = "generate('train', 200, family='compose', seed=3, incorrect_fraction=0.5)"
-    code = ("import json, dataclasses\nfrom wmtp_studio.gentask import generate\n"
-            f"print(json.dumps([dataclasses.astuple(p) for p in {call}]))")
-    result = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": "12345"},
-                            capture_output=True, text=True, timeout=60, check=True)
+    code = (
+        "import json, dataclasses\nfrom wmtp_studio.gentask import generate\n"
+        f"print(json.dumps([dataclasses.astuple(p) for p in {call}]))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, "PYTHONHASHSEED": "12345"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
     here = generate("train", 200, family="compose", seed=3, incorrect_fraction=0.5)
     assert json.loads(result.stdout) == json.loads(json.dumps([astuple(p) for p in here]))
 
@@ -105,7 +139,10 @@ def test_sizes_count_one_incorrect_variant_per_chosen_problem(n: int, fraction: 
         original = by_id[variant.task_id.removesuffix("/bad")]
         assert variant.task_id == original.task_id + "/bad"
         assert (variant.prompt, variant.tests, variant.entry_point) == (
-            original.prompt, original.tests, original.entry_point)
+            original.prompt,
+            original.tests,
+            original.entry_point,
+        )
         assert variant.completion != original.completion
 
 

@@ -39,9 +39,15 @@ def _uniform(_k: int, _ce: Tensor, m: Tensor) -> Tensor:
     return m.float()
 
 
-def algorithm_hooks(recipe: Recipe, batch: Batch, trunk: TrunkOutput, value_head: ValueHead | None,
-                    reference: nn.Module | None, diag: StepDiagnostics, value_scale: float
-                    ) -> tuple[WeightFn, ExtraLossFn | None]:
+def algorithm_hooks(
+    recipe: Recipe,
+    batch: Batch,
+    trunk: TrunkOutput,
+    value_head: ValueHead | None,
+    reference: nn.Module | None,
+    diag: StepDiagnostics,
+    value_scale: float,
+) -> tuple[WeightFn, ExtraLossFn | None]:
     """Weights function and extra loss of one micro-batch; `value_scale` divides the value loss (processes x accum)."""
     algo = recipe.algorithm
     match algo:
@@ -51,22 +57,45 @@ def algorithm_hooks(recipe: Recipe, batch: Batch, trunk: TrunkOutput, value_head
             assert value_head is not None
             return _critic_hooks(algo, batch, trunk, value_head, diag, value_scale)
         case Rho1Config():
-            ref_ce = batch.ref_ce if batch.ref_ce is not None else reference_ce(reference, batch.input_ids)
+            if batch.ref_ce is not None:
+                ref_ce = batch.ref_ce
+            else:
+                assert reference is not None, "live rho1 needs the reference model"
+                ref_ce = reference_ce(reference, batch.input_ids)
             return _rho1_weights_fn(algo, ref_ce, diag), None
     raise AssertionError(f"unhandled algorithm {algo}")
 
 
-def _critic_hooks(algo: CriticConfig, batch: Batch, trunk: TrunkOutput, value_head: ValueHead,
-                  diag: StepDiagnostics, value_scale: float) -> tuple[WeightFn, ExtraLossFn]:
+def _critic_hooks(
+    algo: CriticConfig,
+    batch: Batch,
+    trunk: TrunkOutput,
+    value_head: ValueHead,
+    diag: StepDiagnostics,
+    value_scale: float,
+) -> tuple[WeightFn, ExtraLossFn]:
     with torch.no_grad():
         values = value_head(trunk.hidden.detach())  # (B, S) V(s_t) before this step's update
-        delta = td_errors(values, batch.rewards, batch.completion_mask, batch.segment_ids,
-                          gamma=algo.gamma, gae_lambda=algo.gae_lambda)  # (B, S) indexed by target token
+        delta = td_errors(
+            values,
+            batch.rewards,
+            batch.completion_mask,
+            batch.segment_ids,
+            gamma=algo.gamma,
+            gae_lambda=algo.gae_lambda,
+        )  # (B, S) indexed by target token
 
     def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
         # Head k at t predicts x_{t+k+1}, so it takes delta_{t+k+1}.
-        return critic_weights(shift_to_head(delta, k), m, beta=algo.beta, w_min=algo.w_min, w_max=algo.w_max,
-                              norm=algo.norm, mean_one=algo.mean_one)
+        return critic_weights(
+            shift_to_head(delta, k),
+            m,
+            beta=algo.beta,
+            w_min=algo.w_min,
+            w_max=algo.w_max,
+            norm=algo.norm,
+            mean_one=algo.mean_one,
+        )
 
     def value_loss(h: Tensor) -> Tensor:
         v = value_head(h if algo.value_trunk_grad else h.detach())
@@ -83,8 +112,17 @@ def _critic_hooks(algo: CriticConfig, batch: Batch, trunk: TrunkOutput, value_he
 def _rho1_weights_fn(algo: Rho1Config, ref_ce: Tensor, diag: StepDiagnostics) -> WeightFn:
     def weights_for(k: int, ce: Tensor, m: Tensor) -> Tensor:
         e = excess_loss(ce, ref_ce, k)  # (B, S): CE_{t,k} - CE^ref_{t+k+1}
-        w = rho1_weights(e, m, mode=algo.mode, head=k, ratio=algo.ratio, keep_head0=algo.keep_head0,
-                         temperature=algo.temperature, eps=algo.eps, w_max=algo.w_max)
+        w = rho1_weights(
+            e,
+            m,
+            mode=algo.mode,
+            head=k,
+            ratio=algo.ratio,
+            keep_head0=algo.keep_head0,
+            temperature=algo.temperature,
+            eps=algo.eps,
+            w_max=algo.w_max,
+        )
         n = float(m.sum())
         if n == 0:
             return w

@@ -31,8 +31,11 @@ def staging_dir(run_dir: Path, step: int) -> Path:
 
 
 def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state(),
-                             "torch": torch.get_rng_state()}
+    state: dict[str, Any] = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -70,8 +73,10 @@ def publish(run_dir: Path, step: int, keep: int) -> Path:
     with open(pointer, "rb") as fh:
         os.fsync(fh.fileno())
     os.replace(pointer, checkpoints_dir(run_dir) / LATEST)
-    done = sorted((p for p in checkpoints_dir(run_dir).glob("step_*") if p.is_dir()),
-                  key=lambda p: int(p.name.split("_")[1]))
+    done = sorted(
+        (p for p in checkpoints_dir(run_dir).glob("step_*") if p.is_dir()),
+        key=lambda p: int(p.name.split("_")[1]),
+    )
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final

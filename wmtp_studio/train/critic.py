@@ -56,8 +56,15 @@ def heldout_value_stats(model: MTPModel, head: ValueHead, batches: list[Batch]) 
     return stats
 
 
-def stage1(model: MTPModel, head: ValueHead, cfg: Stage1Config, train: Iterator[Batch], heldout: list[Batch],
-           log: Callable[[int, dict[str, float]], None], grad_clip: float) -> int:
+def stage1(
+    model: MTPModel,
+    head: ValueHead,
+    cfg: Stage1Config,
+    train: Iterator[Batch],
+    heldout: list[Batch],
+    log: Callable[[int, dict[str, float]], None],
+    grad_clip: float,
+) -> int:
     """Train the value head with the trunk frozen; stop after cfg.steps or `patience` evals without improvement.
 
     Returns the number of Stage 1 steps taken. `log(step, metrics)` receives train and held-out metrics.
@@ -75,7 +82,10 @@ def stage1(model: MTPModel, head: ValueHead, cfg: Stage1Config, train: Iterator[
         opt.zero_grad(set_to_none=True)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             stats = heldout_value_stats(model, head, heldout)
-            log(step, {"train_value_loss": float(loss.detach()), **{f"heldout_{k}": v for k, v in stats.items()}})
+            log(
+                step,
+                {"train_value_loss": float(loss.detach()), **{f"heldout_{k}": v for k, v in stats.items()}},
+            )
             if stats["value_loss"] < best - 1e-6:
                 best, stale = stats["value_loss"], 0
             else:

@@ -91,8 +91,10 @@ def _mbpp_records(section: DataSection) -> list[dict[str, Any]]:
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
-        raise StudioError(f"MBPP path {section.path!r} does not exist (and `datasets` is not installed "
-                          "to fetch it as a Hugging Face dataset id)") from None
+        raise StudioError(
+            f"MBPP path {section.path!r} does not exist (and `datasets` is not installed "
+            "to fetch it as a Hugging Face dataset id)"
+        ) from None
     return [dict(r) for r in datasets.load_dataset(section.path, split=section.split)]
 
 
@@ -102,15 +104,23 @@ def load_examples(section: DataSection) -> list[Example]:
         from wmtp_studio.gentask import generate
 
         g = section.generated
-        problems = generate("train", g.num_train, family=g.family, seed=g.seed,
-                            incorrect_fraction=g.incorrect_fraction)
+        problems = generate(
+            "train", g.num_train, family=g.family, seed=g.seed, incorrect_fraction=g.incorrect_fraction
+        )
         return [Example(p.prompt, p.completion, p.is_correct, p.tests, p.task_id) for p in problems]
     if section.source == "mbpp":
         out = []
         for i, rec in enumerate(_mbpp_records(section)):
             _require(rec, ("text", "code", "test_list"), f"{section.path} record {i}")
-            out.append(Example(prompts.mbpp_prompt(rec), prompts.mbpp_completion(rec), 1,
-                               tuple(rec["test_list"]), f"mbpp/{rec.get('task_id', i)}"))
+            out.append(
+                Example(
+                    prompts.mbpp_prompt(rec),
+                    prompts.mbpp_completion(rec),
+                    1,
+                    tuple(rec["test_list"]),
+                    f"mbpp/{rec.get('task_id', i)}",
+                )
+            )
         return out
     if section.source == "jsonl":
         assert section.path is not None
@@ -120,8 +130,15 @@ def load_examples(section: DataSection) -> list[Example]:
         out = []
         for i, rec in enumerate(_read_json_records(path)):
             _require(rec, ("prompt", "completion"), f"{path} line {i + 1}")
-            out.append(Example(str(rec["prompt"]), str(rec["completion"]), int(rec.get("is_correct", 1)),
-                               tuple(rec.get("tests") or ()), str(rec.get("id", i))))
+            out.append(
+                Example(
+                    str(rec["prompt"]),
+                    str(rec["completion"]),
+                    int(rec.get("is_correct", 1)),
+                    tuple(rec.get("tests") or ()),
+                    str(rec.get("id", i)),
+                )
+            )
         return out
     assert section.path is not None
     root = Path(section.path)
@@ -130,8 +147,10 @@ def load_examples(section: DataSection) -> list[Example]:
     files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in section.extensions)
     if not files:
         raise StudioError(f"no {'/'.join(section.extensions)} files under {root}")
-    return [Example("", p.read_text(encoding="utf-8", errors="replace"), 1, (), str(p.relative_to(root)))
-            for p in files]
+    return [
+        Example("", p.read_text(encoding="utf-8", errors="replace"), 1, (), str(p.relative_to(root)))
+        for p in files
+    ]
 
 
 def encode(examples: list[Example], tokenizer: Any, max_len: int | None) -> list[Encoded]:
@@ -140,7 +159,7 @@ def encode(examples: list[Example], tokenizer: Any, max_len: int | None) -> list
     out = []
     for ex in examples:
         p = tokenizer.encode(ex.prompt, add_special_tokens=False) if ex.prompt else []
-        c = tokenizer.encode(ex.completion, add_special_tokens=False) + [eos]
+        c = [*tokenizer.encode(ex.completion, add_special_tokens=False), eos]
         ids = (p + c)[:max_len] if max_len else p + c
         out.append(Encoded(ids, ([False] * len(p) + [True] * len(c))[: len(ids)], float(ex.is_correct)))
     return out
@@ -154,7 +173,9 @@ def split_heldout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[k:]), sorted(order[:k])
 
 
-def epoch_plan(lengths: list[int], batch: int, seed: int, epoch: int, packing: bool, seq_len: int) -> list[list[Any]]:
+def epoch_plan(
+    lengths: list[int], batch: int, seed: int, epoch: int, packing: bool, seq_len: int
+) -> list[list[Any]]:
     """The batches of one epoch as lists of example indices (or packed rows), a function of (seed, epoch) only.
 
     Without packing, batches are length-bucketed: the permutation is cut into groups of 50 batches, each group
@@ -190,8 +211,9 @@ def epoch_plan(lengths: list[int], batch: int, seed: int, epoch: int, packing: b
     return batches
 
 
-def collate(rows: list[Any], encoded: list[Encoded], cfg: TrainSection, pad_id: int,
-            ref_ce: list[list[float]] | None) -> Batch:
+def collate(
+    rows: list[Any], encoded: list[Encoded], cfg: TrainSection, pad_id: int, ref_ce: list[list[float]] | None
+) -> Batch:
     """Build a padded Batch from example indices (no packing) or packed rows of (example, start, end)."""
     if rows and isinstance(rows[0], int):
         rows = [[(i, 0, len(encoded[i].ids))] for i in rows]

@@ -56,12 +56,26 @@ class MetricsWriter:
     def offset(self) -> int:
         return self._fh.tell() if self._fh else 0
 
-    def write(self, kind: Kind, step: int, *, metrics: dict[str, float] | None = None, event: str | None = None,
-              data: dict[str, Any] | None = None) -> None:
+    def write(
+        self,
+        kind: Kind,
+        step: int,
+        *,
+        metrics: dict[str, float] | None = None,
+        event: str | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
         if not self._fh:
             return
-        line = MetricLine(seq=self.seq, step=step, time=time.time(), kind=kind, metrics=metrics or {},
-                          event=event, data=data or {})
+        line = MetricLine(
+            seq=self.seq,
+            step=step,
+            time=time.time(),
+            kind=kind,
+            metrics=metrics or {},
+            event=event,
+            data=data or {},
+        )
         self._fh.write(line.model_dump_json(exclude_defaults=False).encode() + b"\n")
         self._fh.flush()
         self.seq += 1

@@ -82,10 +82,21 @@ def _build_model(recipe: Recipe, tokenizer: Any, source: Path | None) -> MTPMode
         return load_mtp(source or str(recipe.model.name_or_path), recipe.n_heads, recipe.model.heads, dtype)
     tiny = recipe.model.tiny
     assert tiny is not None
-    special = {"eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id,
-               "bos_token_id": tokenizer.eos_token_id}
-    hf = build_tiny_hf(tiny.arch, len(tokenizer), tiny.hidden_size, tiny.num_layers, tiny.num_attention_heads,
-                       tiny.intermediate_size, tiny.max_position_embeddings, special)
+    special = {
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        "bos_token_id": tokenizer.eos_token_id,
+    }
+    hf = build_tiny_hf(
+        tiny.arch,
+        len(tokenizer),
+        tiny.hidden_size,
+        tiny.num_layers,
+        tiny.num_attention_heads,
+        tiny.intermediate_size,
+        tiny.max_position_embeddings,
+        special,
+    )
     return MTPModel(hf, recipe.n_heads, recipe.model.heads, base_id=f"tiny-{tiny.arch}").to(dtype)
 
 
@@ -119,8 +130,10 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
     mp = cfg.mixed_precision
-    accel = Accelerator(cpu=not torch.cuda.is_available(),
-                        mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mp == "auto" else mp)
+    accel = Accelerator(
+        cpu=not torch.cuda.is_available(),
+        mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mp == "auto" else mp,
+    )
     set_seed(cfg.seed)
     examples = load_examples(recipe.data)
     if recipe.data.max_examples:
@@ -132,8 +145,10 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     encoded = encode(examples, tokenizer, cfg.seq_len if not cfg.packing else None)
     lm = [e for e in encoded if e.reward == 1.0 or (algo.name == "critic-wmtp" and algo.train_on == "all")]
     if algo.name == "critic-wmtp" and all(e.reward == 1.0 for e in encoded):
-        raise StudioError("critic-wmtp needs examples labelled is_correct: 0 (set data.generated."
-                          "incorrect_fraction > 0, or label candidates with `wmtp label`)")
+        raise StudioError(
+            "critic-wmtp needs examples labelled is_correct: 0 (set data.generated."
+            "incorrect_fraction > 0, or label candidates with `wmtp label`)"
+        )
     tr_idx, val_idx = split_heldout(len(lm), recipe.eval.val_fraction, cfg.seed)
     train_data, val_data = [lm[i] for i in tr_idx], [lm[i] for i in val_idx]
     model = _build_model(recipe, tokenizer, resume_from / "model" if resume_from else None).to(accel.device)
@@ -146,17 +161,35 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
             if accel.is_main_process:
                 cached_reference_ce(reference, tokenizer, train_data, cfg.seq_len, accel.device)
             accel.wait_for_everyone()
-            ref_ce = cached_reference_ce(reference, tokenizer, train_data, cfg.seq_len, accel.device, compute=False)
+            ref_ce = cached_reference_ce(
+                reference, tokenizer, train_data, cfg.seq_len, accel.device, compute=False
+            )
             reference = None  # cached: the reference is not needed any more
     value_lr = algo.value_lr if algo.name == "critic-wmtp" else 0.0
     optimizer = _optimizer(recipe, model, value_head, value_lr)
     per_step = cfg.batch_size * accel.num_processes * cfg.grad_accum
     total = cfg.steps or max(1, math.ceil((cfg.epochs or 1) * len(train_data) / per_step))
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, recipe.optim.warmup_steps, total, recipe.optim.min_lr_ratio))
-    return Setup(recipe, run_dir, accel, tokenizer, model, value_head, reference, train_data, val_data, encoded,
-                 ref_ce, optimizer, scheduler, total, MetricsWriter(run_dir / "metrics.jsonl", enabled=False),
-                 None)
+        optimizer, lambda s: lr_factor(s, recipe.optim.warmup_steps, total, recipe.optim.min_lr_ratio)
+    )
+    return Setup(
+        recipe,
+        run_dir,
+        accel,
+        tokenizer,
+        model,
+        value_head,
+        reference,
+        train_data,
+        val_data,
+        encoded,
+        ref_ce,
+        optimizer,
+        scheduler,
+        total,
+        MetricsWriter(run_dir / "metrics.jsonl", enabled=False),
+        None,
+    )
 
 
 def _load_tok(recipe: Recipe, examples: list[Any], saved: Path | None) -> Any:
@@ -169,8 +202,14 @@ def _load_tok(recipe: Recipe, examples: list[Any], saved: Path | None) -> Any:
 
 def _plan(s: Setup, data: list[Encoded], epoch: int, seed_offset: int = 0) -> list[list[Any]]:
     cfg = s.recipe.train
-    return epoch_plan([len(e.ids) for e in data], cfg.batch_size * s.world, cfg.seed + seed_offset, epoch,
-                      cfg.packing, cfg.seq_len)
+    return epoch_plan(
+        [len(e.ids) for e in data],
+        cfg.batch_size * s.world,
+        cfg.seed + seed_offset,
+        epoch,
+        cfg.packing,
+        cfg.seq_len,
+    )
 
 
 def next_batch(s: Setup, state: State) -> Batch:
@@ -180,7 +219,9 @@ def next_batch(s: Setup, state: State) -> Batch:
         s.plans = {state.epoch: _plan(s, s.train_data, state.epoch)}
         plan = s.plans[state.epoch]
         if not plan:
-            raise StudioError(f"not enough training data for one global batch of {s.recipe.train.batch_size * s.world}")
+            raise StudioError(
+                f"not enough training data for one global batch of {s.recipe.train.batch_size * s.world}"
+            )
     if state.batch_index >= len(plan):
         state.epoch, state.batch_index = state.epoch + 1, 0
         return next_batch(s, state)
@@ -245,11 +286,22 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
     for i, batch in enumerate(micro):
         with s.accel.autocast():
             trunk = s.model.trunk(batch.input_ids)
-            weights_for, extra = algorithm_hooks(s.recipe, batch, trunk, s.value_head, s.reference, diag,
-                                                 value_scale=s.world * cfg.grad_accum)
-            stats = forward_backward(s.model, trunk, batch.input_ids, batch.token_mask, batch.segment_ids,
-                                     weights_for, s.recipe.head_coefficients, denominators, extra_loss=extra,
-                                     naive=cfg.naive_loss, detail=detail and i == 0)
+            weights_for, extra = algorithm_hooks(
+                s.recipe, batch, trunk, s.value_head, s.reference, diag, value_scale=s.world * cfg.grad_accum
+            )
+            stats = forward_backward(
+                s.model,
+                trunk,
+                batch.input_ids,
+                batch.token_mask,
+                batch.segment_ids,
+                weights_for,
+                s.recipe.head_coefficients,
+                denominators,
+                extra_loss=extra,
+                naive=cfg.naive_loss,
+                detail=detail and i == 0,
+            )
         heads = _merge(heads, stats) if i else stats
     params = [p for g in s.optimizer.param_groups for p in g["params"]]
     _all_reduce_grads(params, s.world)
@@ -271,8 +323,9 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
 
 
 def _merge(a: HeadStats, b: HeadStats) -> HeadStats:
-    out = HeadStats(loss=a.loss + b.loss, extra=a.extra + b.extra, hist=a.hist, weights=a.weights,
-                    w_entropy=a.w_entropy)
+    out = HeadStats(
+        loss=a.loss + b.loss, extra=a.extra + b.extra, hist=a.hist, weights=a.weights, w_entropy=a.w_entropy
+    )
     for name in ("ce_sum", "correct", "count", "w_sum", "w_sq"):
         setattr(out, name, [x + y for x, y in zip(getattr(a, name), getattr(b, name), strict=True)])
     out.w_min = [min(x, y) for x, y in zip(a.w_min, b.w_min, strict=True)]
@@ -288,8 +341,12 @@ def head_metrics(h: HeadStats, prefix: str = "") -> dict[str, float]:
         mean = h.w_sum[k] / c
         out |= {f"head{k}/{prefix}ce": h.ce_sum[k] / c, f"head{k}/{prefix}acc": h.correct[k] / c}
         if not prefix:
-            out |= {f"head{k}/w_mean": mean, f"head{k}/w_std": math.sqrt(max(0.0, h.w_sq[k] / c - mean * mean)),
-                    f"head{k}/w_min": h.w_min[k], f"head{k}/w_max": h.w_max[k]}
+            out |= {
+                f"head{k}/w_mean": mean,
+                f"head{k}/w_std": math.sqrt(max(0.0, h.w_sq[k] / c - mean * mean)),
+                f"head{k}/w_min": h.w_min[k],
+                f"head{k}/w_max": h.w_max[k],
+            }
             if h.w_entropy:
                 out[f"head{k}/w_entropy"] = h.w_entropy[k]
     return out
@@ -299,15 +356,25 @@ def head_metrics(h: HeadStats, prefix: str = "") -> dict[str, float]:
 def validate(s: Setup) -> dict[str, float]:
     """Per-head CE and accuracy (w = 1) on the held-out slice; rank 0 only, no collectives."""
     cfg = s.recipe.train
-    plan = epoch_plan([len(e.ids) for e in s.val_data], cfg.batch_size, cfg.seed, -1, cfg.packing, cfg.seq_len)
+    plan = epoch_plan(
+        [len(e.ids) for e in s.val_data], cfg.batch_size, cfg.seed, -1, cfg.packing, cfg.seq_len
+    )
     total: HeadStats | None = None
     for rows in plan[: s.recipe.eval.val_batches]:
         b = collate(rows, s.val_data, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device)
         with s.accel.autocast():
             trunk = s.model.trunk(b.input_ids)
-            stats = forward_backward(s.model, trunk, b.input_ids, b.token_mask, b.segment_ids,
-                                     lambda _k, _c, m: m.float(), [1.0] * s.recipe.n_heads,
-                                     [1.0] * s.recipe.n_heads, backward=False)
+            stats = forward_backward(
+                s.model,
+                trunk,
+                b.input_ids,
+                b.token_mask,
+                b.segment_ids,
+                lambda _k, _c, m: m.float(),
+                [1.0] * s.recipe.n_heads,
+                [1.0] * s.recipe.n_heads,
+                backward=False,
+            )
         total = _merge(total, stats) if total else stats
     if total is None:
         return {}
@@ -329,8 +396,11 @@ def _top_tokens(s: Setup, r: StepResult) -> dict[str, Any]:
         per_head.append(aligned)
         top += [(wt, k, j) for j, wt in enumerate(aligned) if wt > 0]
     top.sort(reverse=True)
-    return {"tokens": tokens, "weights": per_head,
-            "top": [{"head": k, "pos": j, "token": tokens[j], "weight": wt} for wt, k, j in top[:20]]}
+    return {
+        "tokens": tokens,
+        "weights": per_head,
+        "top": [{"head": k, "pos": j, "token": tokens[j], "weight": wt} for wt, k, j in top[:20]],
+    }
 
 
 def save_checkpoint(s: Setup, state: State) -> None:
@@ -353,7 +423,9 @@ def save_checkpoint(s: Setup, state: State) -> None:
             save_file(s.value_head.state_dict(), str(staging / "value_head.safetensors"))
         torch.save(s.optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(s.scheduler.state_dict(), staging / "scheduler.pt")
-        s.writer.write("event", state.step, event="checkpoint", data={"path": f"checkpoints/step_{state.step}"})
+        s.writer.write(
+            "event", state.step, event="checkpoint", data={"path": f"checkpoints/step_{state.step}"}
+        )
         state.seq, state.metrics_offset = s.writer.seq, s.writer.offset
         ckpt.write_json(staging / "trainer_state.json", asdict(state))
         ckpt.publish(s.run_dir, state.step, s.recipe.train.keep_checkpoints)
@@ -364,8 +436,12 @@ def restore(s: Setup, path: Path) -> State:
     """Load value head, optimiser, scheduler, RNG and trainer state (the model was built from path/model)."""
     state = State(**ckpt.read_json(path / "trainer_state.json"))
     if s.value_head is not None:
-        s.value_head.load_state_dict(load_file(str(path / "value_head.safetensors"), device=str(s.accel.device)))
-    s.optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=s.accel.device, weights_only=True))
+        s.value_head.load_state_dict(
+            load_file(str(path / "value_head.safetensors"), device=str(s.accel.device))
+        )
+    s.optimizer.load_state_dict(
+        torch.load(path / "optimizer.pt", map_location=s.accel.device, weights_only=True)
+    )
     s.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = path / f"rng_{s.accel.process_index}.pt"
     if rng.is_file():
@@ -398,23 +474,44 @@ def _run_stage1(s: Setup, state: State) -> None:
     def stream() -> Iterator[Batch]:  # every process sees the same batches: value heads stay identical
         epoch = 0
         while True:
-            for rows in epoch_plan([len(e.ids) for e in train_part], cfg.batch_size, cfg.seed + 1, epoch,
-                                   cfg.packing, cfg.seq_len):
+            for rows in epoch_plan(
+                [len(e.ids) for e in train_part],
+                cfg.batch_size,
+                cfg.seed + 1,
+                epoch,
+                cfg.packing,
+                cfg.seq_len,
+            ):
                 yield collate(rows, train_part, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device)
             epoch += 1
 
     held_plan = epoch_plan([len(e.ids) for e in held], cfg.batch_size, cfg.seed, -1, cfg.packing, cfg.seq_len)
-    held_batches = [collate(r, held, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device) for r in held_plan]
-    steps = stage1(s.model, s.value_head, algo.stage1, stream(), held_batches,
-                   lambda step, m: s.writer.write("stage1", step, metrics=m), cfg.grad_clip)
+    held_batches = [
+        collate(r, held, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device) for r in held_plan
+    ]
+    steps = stage1(
+        s.model,
+        s.value_head,
+        algo.stage1,
+        stream(),
+        held_batches,
+        lambda step, m: s.writer.write("stage1", step, metrics=m),
+        cfg.grad_clip,
+    )
     state.stage1_done = True
     s.writer.write("event", 0, event="stage1_done", data={"steps": steps})
 
 
 def _log_step(s: Setup, state: State, r: StepResult, elapsed: float, tokens: int) -> dict[str, float]:
-    metrics = {"loss": r.loss, "grad_norm": r.grad_norm, "lr": s.scheduler.get_last_lr()[0],
-               "tokens_per_s": tokens / max(elapsed, 1e-9), "tokens_seen": float(state.tokens_seen),
-               "epoch": float(state.epoch), "nonfinite_total": float(state.nonfinite_total)}
+    metrics = {
+        "loss": r.loss,
+        "grad_norm": r.grad_norm,
+        "lr": float(s.scheduler.get_last_lr()[0]),
+        "tokens_per_s": tokens / max(elapsed, 1e-9),
+        "tokens_seen": float(state.tokens_seen),
+        "epoch": float(state.epoch),
+        "nonfinite_total": float(state.nonfinite_total),
+    }
     metrics |= head_metrics(r.heads) | r.diag.means()
     s.writer.write("train", state.step, metrics=metrics)
     if s.mlflow:
@@ -440,13 +537,23 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
     s = setup(run_dir, latest)
     state = restore(s, latest) if latest else State()
     main = s.accel.is_main_process
-    s.writer = MetricsWriter(run_dir / "metrics.jsonl", seq=state.seq,
-                             offset=state.metrics_offset if latest else 0, enabled=main)
+    s.writer = MetricsWriter(
+        run_dir / "metrics.jsonl", seq=state.seq, offset=state.metrics_offset if latest else 0, enabled=main
+    )
     if main and s.recipe.tracking.mlflow_uri:
         s.mlflow = MlflowLogger.start(s.recipe, run_dir)
-    s.writer.write("event", state.step, event="resumed" if latest else "start",
-                   data={"total_steps": s.total_steps, "processes": s.world, "n_heads": s.recipe.n_heads,
-                         "algorithm": s.recipe.algorithm.name, "train_examples": len(s.train_data)})
+    s.writer.write(
+        "event",
+        state.step,
+        event="resumed" if latest else "start",
+        data={
+            "total_steps": s.total_steps,
+            "processes": s.world,
+            "n_heads": s.recipe.n_heads,
+            "algorithm": s.recipe.algorithm.name,
+            "train_examples": len(s.train_data),
+        },
+    )
     if s.recipe.algorithm.name == "critic-wmtp" and not state.stage1_done:
         _run_stage1(s, state)
     cfg = s.recipe.train
@@ -458,12 +565,21 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
             r = train_step(s, state, detail, stop["requested"])
             tick_tokens += r.tokens
             if not r.finite:
-                s.writer.write("event", state.step, event="nonfinite",
-                               data={"loss": str(r.loss), "grad_norm": str(r.grad_norm),
-                                     "streak": state.nonfinite_streak})
+                s.writer.write(
+                    "event",
+                    state.step,
+                    event="nonfinite",
+                    data={
+                        "loss": str(r.loss),
+                        "grad_norm": str(r.grad_norm),
+                        "streak": state.nonfinite_streak,
+                    },
+                )
                 if state.nonfinite_streak >= cfg.max_nonfinite:
-                    raise TrainingAborted(f"{state.nonfinite_streak} consecutive steps with a non-finite loss "
-                                          f"or gradient (last loss {r.loss}, grad norm {r.grad_norm})")
+                    raise TrainingAborted(
+                        f"{state.nonfinite_streak} consecutive steps with a non-finite loss "
+                        f"or gradient (last loss {r.loss}, grad norm {r.grad_norm})"
+                    )
                 continue
             if main:
                 if state.step % cfg.log_every == 0 or state.step == s.total_steps:
@@ -473,7 +589,9 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                     if progress:
                         progress(state.step, s.total_steps, metrics)
                 if detail and r.heads.hist and state.step % cfg.hist_every == 0:
-                    s.writer.write("hist", state.step, data={"edges": list(HIST_EDGES), "heads": r.heads.hist})
+                    s.writer.write(
+                        "hist", state.step, data={"edges": list(HIST_EDGES), "heads": r.heads.hist}
+                    )
                 if detail and r.heads.weights and state.step % cfg.top_tokens_every == 0:
                     s.writer.write("top_tokens", state.step, data=_top_tokens(s, r))
                 if s.val_data and (state.step % s.recipe.eval.val_every == 0 or state.step == s.total_steps):

@@ -45,7 +45,9 @@ def head_mask(token_mask: Tensor, segment_ids: Tensor | None, k: int) -> Tensor:
 def token_ce(logits: Tensor, targets: Tensor) -> Tensor:
     """Per-token cross-entropy in fp32: (B, S, V), (B, S) -> (B, S)."""
     b, s, v = logits.shape
-    return F.cross_entropy(logits.float().reshape(b * s, v), targets.reshape(b * s), reduction="none").view(b, s)
+    return F.cross_entropy(logits.float().reshape(b * s, v), targets.reshape(b * s), reduction="none").view(
+        b, s
+    )
 
 
 def weighted_mtp_loss(
@@ -98,8 +100,9 @@ class HeadStats:
     extra: float = 0.0
 
 
-def _record(stats: HeadStats, logits: Tensor, targets: Tensor, m: Tensor, ce: Tensor, w: Tensor,
-            detail: bool) -> None:
+def _record(
+    stats: HeadStats, logits: Tensor, targets: Tensor, m: Tensor, ce: Tensor, w: Tensor, detail: bool
+) -> None:
     with torch.no_grad():
         mf = m.float()
         stats.ce_sum.append(float((ce * mf).sum()))
@@ -116,7 +119,7 @@ def _record(stats: HeadStats, logits: Tensor, targets: Tensor, m: Tensor, ce: Te
         p = wv / wv.sum() if has and wv.sum() > 0 else wv
         ent = float(-(p * torch.log(p.clamp_min(1e-30))).sum() / torch.log(torch.tensor(max(2, wv.numel()))))
         stats.w_entropy.append(ent if has else 0.0)
-        edges = torch.tensor(HIST_EDGES + (float("inf"),), device=wv.device)
+        edges = torch.tensor((*HIST_EDGES, float("inf")), device=wv.device)
         stats.hist.append(torch.histogram(wv.cpu(), bins=edges.cpu())[0].tolist() if has else [0.0] * 21)
         stats.weights.append(w.detach())
 

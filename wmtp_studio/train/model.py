@@ -46,7 +46,9 @@ def decoder_parts(hf: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
     layers = next((getattr(base, n) for n in ("layers", "h", "blocks") if hasattr(base, n)), None)
     norm = next((getattr(base, n) for n in ("norm", "ln_f", "final_layer_norm") if hasattr(base, n)), None)
     if not isinstance(layers, nn.ModuleList) or norm is None:
-        raise StudioError(f"unsupported architecture {type(hf).__name__}: cannot find its decoder layers and final norm")
+        raise StudioError(
+            f"unsupported architecture {type(hf).__name__}: cannot find its decoder layers and final norm"
+        )
     return layers, norm
 
 
@@ -76,8 +78,12 @@ class ValueHead(nn.Module):
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.LayerNorm(dim, elementwise_affine=False), nn.Linear(dim, dim // 2), nn.GELU(),
-                                 nn.Linear(dim // 2, 1))
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim, elementwise_affine=False),
+            nn.Linear(dim, dim // 2),
+            nn.GELU(),
+            nn.Linear(dim // 2, 1),
+        )
 
     def forward(self, h: Tensor) -> Tensor:
         return self.net(h.float()).squeeze(-1)  # (B, S)
@@ -86,7 +92,7 @@ class ValueHead(nn.Module):
 class MTPModel(nn.Module):
     """n-head MTP wrapper. `trunk()` once, then `head_logits(k, ...)` per head (memory-efficient path)."""
 
-    def __init__(self, hf: nn.Module, n_heads: int, head_kind: str, base_id: str = "") -> None:
+    def __init__(self, hf: Any, n_heads: int, head_kind: str, base_id: str = "") -> None:
         super().__init__()
         if head_kind not in ("transformer", "linear"):
             raise StudioError(f"unknown head kind {head_kind!r}")
@@ -164,20 +170,44 @@ class MTPModel(nn.Module):
         (directory / WMTP_CONFIG).write_text(json.dumps(meta, indent=2))
 
 
-def build_tiny_hf(arch: str, vocab_size: int, hidden: int, layers: int, heads: int, inter: int | None,
-                  max_pos: int, special: dict[str, int]) -> nn.Module:
+def build_tiny_hf(
+    arch: str,
+    vocab_size: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    inter: int | None,
+    max_pos: int,
+    special: dict[str, Any],
+) -> nn.Module:
     """A randomly initialised HF causal LM from a config built locally (nothing downloaded)."""
     from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
 
     if arch == "gpt2":
-        gcfg = GPT2Config(vocab_size=vocab_size, n_embd=hidden, n_layer=layers, n_head=heads,
-                          n_inner=inter, n_positions=max_pos, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
-                          **special)
+        gcfg = GPT2Config(
+            vocab_size=vocab_size,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=heads,
+            n_inner=inter,
+            n_positions=max_pos,
+            resid_pdrop=0.0,
+            embd_pdrop=0.0,
+            attn_pdrop=0.0,
+            **special,
+        )
         return GPT2LMHeadModel(gcfg)
-    lcfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                       num_attention_heads=heads, num_key_value_heads=heads,
-                       intermediate_size=inter or 4 * hidden, max_position_embeddings=max_pos,
-                       tie_word_embeddings=True, **special)
+    lcfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        intermediate_size=inter or 4 * hidden,
+        max_position_embeddings=max_pos,
+        tie_word_embeddings=True,
+        **special,
+    )
     return LlamaForCausalLM(lcfg)
 
 
@@ -196,8 +226,12 @@ def load_hf(name_or_path: str, dtype: torch.dtype = torch.float32) -> nn.Module:
         raise StudioError(f"cannot load model {name_or_path!r}: {exc}") from None
 
 
-def load_mtp(path: str | Path, n_heads: int | None = None, head_kind: str | None = None,
-             dtype: torch.dtype = torch.float32) -> MTPModel:
+def load_mtp(
+    path: str | Path,
+    n_heads: int | None = None,
+    head_kind: str | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> MTPModel:
     """Load a WMTP model directory (no recipe needed) or wrap a plain HF model.
 
     With `n_heads`/`head_kind` different from what was saved, heads present in the directory are reused and new
@@ -215,4 +249,3 @@ def load_mtp(path: str | Path, n_heads: int | None = None, head_kind: str | None
         own = model.extra_heads.state_dict()
         model.extra_heads.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return model.to(dtype)
-

@@ -48,7 +48,9 @@ def fingerprint(ref: nn.Module, tokenizer: Any, encoded: list[Encoded], max_len:
     for name, t in sorted(ref.state_dict().items()):
         h.update(name.encode())
         h.update(t.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
-    h.update(tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else b"")
+    h.update(
+        tokenizer.backend_tokenizer.to_str().encode() if hasattr(tokenizer, "backend_tokenizer") else b""
+    )
     for e in encoded:
         h.update(len(e.ids).to_bytes(4, "little"))
         h.update(torch.tensor(e.ids, dtype=torch.int64).numpy().tobytes())
@@ -56,8 +58,15 @@ def fingerprint(ref: nn.Module, tokenizer: Any, encoded: list[Encoded], max_len:
     return h.hexdigest()[:32]
 
 
-def cached_reference_ce(ref: nn.Module, tokenizer: Any, encoded: list[Encoded], max_len: int,
-                        device: torch.device, batch: int = 16, compute: bool = True) -> list[list[float]]:
+def cached_reference_ce(
+    ref: nn.Module,
+    tokenizer: Any,
+    encoded: list[Encoded],
+    max_len: int,
+    device: torch.device,
+    batch: int = 16,
+    compute: bool = True,
+) -> list[list[float]]:
     """Per-example CE^ref (list aligned with `encoded`), from `$WMTP_HOME/ref_ce/<key>.pt` or computed now.
 
     With compute=False (non-main ranks) the file must exist already.

@@ -36,8 +36,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, cache_dir: Path) -> Any:
         tok = Tokenizer(models.BPE())
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS, PAD],
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOS, PAD],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
         tok.train_from_iterator(corpus, trainer=trainer)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
@@ -58,7 +62,9 @@ def load_tokenizer(recipe: Recipe, corpus: Iterable[str] | None = None) -> Any:
 
     source = spec.path or recipe.model.name_or_path
     if not source:
-        raise StudioError("tokenizer.kind 'model' needs tokenizer.path or model.name_or_path (use kind: bpe with tiny)")
+        raise StudioError(
+            "tokenizer.kind 'model' needs tokenizer.path or model.name_or_path (use kind: bpe with tiny)"
+        )
     try:
         tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -82,4 +88,6 @@ def check_same_tokenizer(base: Any, ref: Any, ref_name: str) -> None:
     if base.eos_token_id != ref.eos_token_id:
         problems.append(f"eos id {ref.eos_token_id} != {base.eos_token_id}")
     if problems:
-        raise StudioError(f"reference {ref_name!r} does not share the base model's tokenizer: " + "; ".join(problems))
+        raise StudioError(
+            f"reference {ref_name!r} does not share the base model's tokenizer: " + "; ".join(problems)
+        )

@@ -153,7 +153,9 @@ def rho1_weights(
         if head == 0 and keep_head0:
             return valid.float()
         keep = max(1, round(ratio * n))
-        scores = torch.where(valid, excess.float(), torch.full_like(excess, float("-inf"), dtype=torch.float32))
+        scores = torch.where(
+            valid, excess.float(), torch.full_like(excess, float("-inf"), dtype=torch.float32)
+        )
         idx = scores.flatten().topk(keep).indices
         w = torch.zeros(scores.numel(), dtype=torch.float32, device=excess.device)
         w[idx] = 1.0
