@@ -127,7 +127,7 @@ class DataSection(Section):
     extensions: list[str] = [".py"]
     """File suffixes read from a code directory."""
     max_examples: int | None = Field(None, ge=1)
-    """Use at most this many examples (after a seeded shuffle)."""
+    """Use at most this many examples (a sample drawn with train.seed, kept in source order)."""
 
     @model_validator(mode="after")
     def _path_when_needed(self) -> DataSection:

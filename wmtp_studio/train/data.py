@@ -64,17 +64,29 @@ class Batch:
         return int((self.segment_ids >= 0).sum())
 
 
-def _read_json_records(path: Path) -> list[dict[str, Any]]:
+def _read_json_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """Records of a JSON array or a JSONL file, each with where it is ("line 7" / "record 3") for messages."""
     text = path.read_text(encoding="utf-8")
-    try:
-        if path.suffix == ".jsonl":
-            return [json.loads(line) for line in text.splitlines() if line.strip()]
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise StudioError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(data, list):
-        raise StudioError(f"{path}: expected a JSON array of records")
-    return data
+    out: list[tuple[str, Any]] = []
+    if path.suffix == ".jsonl":
+        for n, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    out.append((f"line {n}", json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise StudioError(f"{path} line {n}: not valid JSON ({exc})") from None
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise StudioError(f"{path}: not valid JSON ({exc})") from None
+        if not isinstance(data, list):
+            raise StudioError(f"{path}: expected a JSON array of records")
+        out = [(f"record {i}", rec) for i, rec in enumerate(data)]
+    for where, rec in out:
+        if not isinstance(rec, dict):
+            raise StudioError(f"{path} {where}: expected a JSON object")
+    return out
 
 
 def _require(rec: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
@@ -83,7 +95,7 @@ def _require(rec: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
         raise StudioError(f"{where}: missing field(s) {', '.join(missing)}")
 
 
-def _mbpp_records(section: DataSection) -> list[dict[str, Any]]:
+def _mbpp_records(section: DataSection) -> list[tuple[str, dict[str, Any]]]:
     assert section.path is not None
     path = Path(section.path)
     if path.exists():
@@ -95,7 +107,8 @@ def _mbpp_records(section: DataSection) -> list[dict[str, Any]]:
             f"MBPP path {section.path!r} does not exist (and `datasets` is not installed "
             "to fetch it as a Hugging Face dataset id)"
         ) from None
-    return [dict(r) for r in datasets.load_dataset(section.path, split=section.split)]
+    rows = datasets.load_dataset(section.path, split=section.split)
+    return [(f"row {i}", dict(r)) for i, r in enumerate(rows)]
 
 
 def load_examples(section: DataSection) -> list[Example]:
@@ -110,8 +123,8 @@ def load_examples(section: DataSection) -> list[Example]:
         return [Example(p.prompt, p.completion, p.is_correct, p.tests, p.task_id) for p in problems]
     if section.source == "mbpp":
         out = []
-        for i, rec in enumerate(_mbpp_records(section)):
-            _require(rec, ("text", "code", "test_list"), f"{section.path} record {i}")
+        for i, (where, rec) in enumerate(_mbpp_records(section)):
+            _require(rec, ("text", "code", "test_list"), f"{section.path} {where}")
             out.append(
                 Example(
                     prompts.mbpp_prompt(rec),
@@ -128,8 +141,8 @@ def load_examples(section: DataSection) -> list[Example]:
         if not path.is_file():
             raise StudioError(f"data.path {section.path!r} is not a file")
         out = []
-        for i, rec in enumerate(_read_json_records(path)):
-            _require(rec, ("prompt", "completion"), f"{path} line {i + 1}")
+        for i, (where, rec) in enumerate(_read_json_records(path)):
+            _require(rec, ("prompt", "completion"), f"{path} {where}")
             out.append(
                 Example(
                     str(rec["prompt"]),
@@ -169,7 +182,7 @@ def split_heldout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     """Deterministic (train, held-out) index split; held-out is empty when fraction is 0."""
     order = list(range(n))
     random.Random(f"heldout-{seed}").shuffle(order)
-    k = min(n - 1, math.ceil(n * fraction)) if fraction > 0 else 0
+    k = min(n - 1, math.ceil(n * fraction - 1e-9)) if fraction > 0 else 0  # 100 * 0.07 is 7.000000000000001
     return sorted(order[k:]), sorted(order[:k])
 
 

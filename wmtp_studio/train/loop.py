@@ -9,6 +9,7 @@ token count over the whole step and every process, so 2 processes x batch 2 equa
 from __future__ import annotations
 
 import math
+import random
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -136,8 +137,11 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     )
     set_seed(cfg.seed)
     examples = load_examples(recipe.data)
-    if recipe.data.max_examples:
-        examples = examples[: recipe.data.max_examples]
+    if recipe.data.max_examples and len(examples) > recipe.data.max_examples:
+        keep = sorted(
+            random.Random(f"max-examples-{cfg.seed}").sample(range(len(examples)), recipe.data.max_examples)
+        )
+        examples = [examples[i] for i in keep]
     if not examples:
         raise StudioError("the data source yielded no examples")
     tok_source = resume_from / "model" if resume_from else None

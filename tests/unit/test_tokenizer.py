@@ -1,0 +1,112 @@
+"""The locally trained byte-level BPE: cache, special tokens, lossless round trip, and the identity check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from wmtp_studio.errors import StudioError
+from wmtp_studio.recipe import ModelSection, NTPConfig, Recipe, TinyModel, TokenizerSection, TrainSection
+from wmtp_studio.train.tokenizer import EOS, PAD, PROBES, check_same_tokenizer, load_tokenizer, train_bpe
+
+CODE = [
+    'def add(a, b):\n    """Return a plus b."""\n    return a + b\n',
+    "def first(xs):\n\tfor x in xs:\n\t\treturn x\n\treturn None\n",
+    "class Node:\n    def __init__(self, data):\n        self.data = data\n        self.left = None\n",
+    "assert add(2, 3) == 5\nassert first([1, 2]) == 1\nprint('héllo wörld')\n",
+    "import re\n\ndef words(text):\n    return re.findall(r'\\w+', text.lower())\n",
+] * 4
+PROSE = [
+    "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm afternoon sun.",
+    "Many people enjoy reading novels, walking along rivers, and talking with old friends at dinner.",
+    "Mountains rise above quiet villages; farmers harvest wheat and barley before the autumn rains.",
+] * 4
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("WMTP_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_train_bpe_second_call_loads_the_cache_without_retraining(home: Path) -> None:
+    cache = home / "tokenizers"
+    first = train_bpe(CODE, vocab_size=300, cache_dir=cache)
+    [saved] = cache.rglob("tokenizer.json")
+    mtime = saved.stat().st_mtime_ns
+    second = train_bpe(iter(CODE), vocab_size=300, cache_dir=cache)  # any iterable of the same texts
+    assert list(cache.rglob("tokenizer.json")) == [saved]
+    assert saved.stat().st_mtime_ns == mtime
+    for s in (*PROBES, *CODE[:5]):
+        assert second.encode(s, add_special_tokens=False) == first.encode(s, add_special_tokens=False)
+    assert len(first) == len(second) == 300
+
+
+def test_train_bpe_other_vocab_size_is_another_cache_entry(home: Path) -> None:
+    cache = home / "tokenizers"
+    small = train_bpe(CODE, vocab_size=300, cache_dir=cache)
+    large = train_bpe(CODE, vocab_size=320, cache_dir=cache)
+    assert len(small) == 300 and len(large) == 320
+    entries = sorted(p.parent.name for p in cache.rglob("tokenizer.json"))
+    assert len(entries) == 2 and entries[0].startswith("bpe-300-") and entries[1].startswith("bpe-320-")
+
+
+def test_eos_and_pad_exist_and_differ(home: Path) -> None:
+    tok = train_bpe(CODE, vocab_size=300, cache_dir=home / "tokenizers")
+    assert (tok.eos_token, tok.pad_token) == (EOS, PAD)
+    assert tok.eos_token_id is not None and tok.pad_token_id is not None
+    assert tok.eos_token_id != tok.pad_token_id
+    assert tok.encode(EOS, add_special_tokens=False) == [tok.eos_token_id]  # one token, never split
+    assert tok.encode("def f():", add_special_tokens=True) == tok.encode("def f():", add_special_tokens=False)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "def f(x):\n\tif x:\n\t\treturn 'ünïcödé ✓ 日本語'\n",
+        "from . import models\nprint(a , b) ; x = y .z ? 1 : 2  # spaces before punctuation\n",
+        '  leading and trailing spaces  \n\n\n\t \t\nx = "it\'s"\r\n',
+        "emoji 🐍 and a NUL-free byte soup: \x7f\x1b[0m",
+    ],
+)
+def test_decode_encode_round_trips_code(home: Path, text: str) -> None:
+    tok = train_bpe(CODE, vocab_size=300, cache_dir=home / "tokenizers")
+    ids = tok.encode(text, add_special_tokens=False)
+    assert tok.decode(ids) == text
+
+
+def test_load_tokenizer_bpe_caches_under_wmtp_home(home: Path) -> None:
+    recipe = Recipe(
+        model=ModelSection(tiny=TinyModel()),
+        tokenizer=TokenizerSection(kind="bpe", vocab_size=300),
+        train=TrainSection(steps=1),
+        algorithm=NTPConfig(),
+    )
+    tok = load_tokenizer(recipe, CODE)
+    assert len(tok) == 300
+    assert len(list((home / "tokenizers").rglob("tokenizer.json"))) == 1
+    with pytest.raises(StudioError, match="corpus"):
+        load_tokenizer(recipe, None)
+
+
+def test_check_same_tokenizer_accepts_identical_tokenizers(home: Path) -> None:
+    a = train_bpe(CODE, vocab_size=300, cache_dir=home / "a")
+    b = train_bpe(CODE, vocab_size=300, cache_dir=home / "b")  # trained twice, independently
+    check_same_tokenizer(a, b, "ref-model")
+    check_same_tokenizer(a, a, "ref-model")
+
+
+def test_check_same_tokenizer_rejects_another_vocabulary_size(home: Path) -> None:
+    base = train_bpe(CODE, vocab_size=300, cache_dir=home / "tokenizers")
+    ref = train_bpe(CODE, vocab_size=320, cache_dir=home / "tokenizers")
+    with pytest.raises(StudioError, match=r"'runs/ref/model'.*vocabulary size 320 != 300"):
+        check_same_tokenizer(base, ref, "runs/ref/model")
+
+
+def test_check_same_tokenizer_rejects_same_size_with_other_merges(home: Path) -> None:
+    base = train_bpe(CODE, vocab_size=300, cache_dir=home / "tokenizers")
+    ref = train_bpe(PROSE, vocab_size=300, cache_dir=home / "tokenizers")
+    assert len(base) == len(ref) == 300 and base.eos_token_id == ref.eos_token_id
+    with pytest.raises(StudioError, match=r"'prose-ref'.*different ids"):
+        check_same_tokenizer(base, ref, "prose-ref")
