@@ -4,10 +4,10 @@ Uses the real trainer: one run directory per algorithm with a `recipe.json` deri
 `recipes/tiny-baseline-mtp.yaml`, `loop.setup`, then `loop.train_step` (critic runs `loop._run_stage1` first,
 as the trainer does). The rho1 reference is a baseline run trained for a few steps and exported. Every
 algorithm trains on the same batches (critic with `train_on: correct` trains on the correct examples, like
-baseline), which the script checks; steps are timed round-robin over the algorithms (the order rotating every
-round) so that machine noise hits all of them alike. Goal: <= 1.05x baseline.
+baseline), which the script checks. Steps are timed round-robin: step i of every algorithm runs back to back
+(the order rotating every step), so that machine noise hits all of them alike. Goal: <= 1.05x baseline.
 
-    python benchmarks/bench_algorithms.py [--steps 5] [--rounds 4] [--warmup 2] [--json OUT]
+    python benchmarks/bench_algorithms.py [--steps 10] [--rounds 5] [--warmup 2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -91,13 +91,15 @@ def run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Timing], dict[s
     from wmtp_studio.train import loop
 
     loop.quiet_transformers()
-    common = [f"train.steps={args.total_steps}"]
+    common = [f"train.steps={args.total_steps}", *args.set]
     if args.threads:
         common.append(f"train.num_threads={args.threads}")
     ref = reference_model(root, common, args.ref_steps)
-    overrides = {"baseline-mtp": [],
-                 "critic-wmtp": ["algorithm.name=critic-wmtp", f"algorithm.stage1.steps={args.stage1_steps}"],
-                 "rho1-wmtp": ["algorithm.name=rho1-wmtp", f"algorithm.reference={ref}"]}
+    overrides = {
+        "baseline-mtp": [],
+        "critic-wmtp": ["algorithm.name=critic-wmtp", f"algorithm.stage1.steps={args.stage1_steps}"],
+        "rho1-wmtp": ["algorithm.name=rho1-wmtp", f"algorithm.reference={ref}"],
+    }
     setups, states, timings = {}, {}, {}
     for name in ALGORITHMS:
         start = time.perf_counter()
@@ -112,62 +114,107 @@ def run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Timing], dict[s
             loop.train_step(s, states[name], detail=False, stop_requested=False)
         print(f"{name}: set up, {args.warmup} warm-up steps done", file=sys.stderr)
     for r in range(args.rounds):
-        order = ALGORITHMS[r % 3 :] + ALGORITHMS[: r % 3]
-        for name in order:
-            for _ in range(args.steps):
+        for j in range(args.steps):  # step i of every algorithm runs back to back, on the same batch
+            i = r * args.steps + j
+            for name in ALGORITHMS[i % 3 :] + ALGORITHMS[: i % 3]:
                 timed_step(setups[name], states[name], timings[name])
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     s0 = setups["baseline-mtp"]
-    env = {"torch": torch.__version__, "device": str(s0.accel.device), "threads": torch.get_num_threads(),
-           "mixed_precision": str(s0.accel.mixed_precision), "n_heads": s0.recipe.n_heads,
-           "batch_size": s0.recipe.train.batch_size, "seq_len": s0.recipe.train.seq_len,
-           "vocab": len(s0.tokenizer), "params": sum(p.numel() for p in s0.model.parameters()),
-           "train_examples": len(s0.train_data), "loadavg": os.getloadavg()}
+    env = {
+        "torch": torch.__version__,
+        "device": str(s0.accel.device),
+        "threads": torch.get_num_threads(),
+        "mixed_precision": str(s0.accel.mixed_precision),
+        "n_heads": s0.recipe.n_heads,
+        "batch_size": s0.recipe.train.batch_size,
+        "seq_len": s0.recipe.train.seq_len,
+        "vocab": len(s0.tokenizer),
+        "params": sum(p.numel() for p in s0.model.parameters()),
+        "train_examples": len(s0.train_data),
+        "loadavg": os.getloadavg(),
+    }
     return timings, env
 
 
 def same_data(timings: dict[str, Timing]) -> bool:
     base = timings["baseline-mtp"]
-    return all((t.batches, t.tokens, t.trained) == (base.batches, base.tokens, base.trained)
-               for t in timings.values())
+    return all(
+        (t.batches, t.tokens, t.trained) == (base.batches, base.tokens, base.trained)
+        for t in timings.values()
+    )
 
 
 def report(timings: dict[str, Timing], env: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
     base = timings["baseline-mtp"].median_s
     same = same_data(timings)
-    print(f"\ntorch {env['torch']}, device {env['device']}, threads {env['threads']}, mixed precision "
-          f"{env['mixed_precision']}; tiny Llama {env['params'] / 1e6:.2f}M params, {env['n_heads']} heads, "
-          f"vocab {env['vocab']}, batch {env['batch_size']} x seq <= {env['seq_len']}")
-    print(f"{args.rounds} rounds x {args.steps} steps per algorithm (round-robin), "
-          f"after {args.warmup} warm-up; "
-          f"load average at the end {env['loadavg'][0]:.2f}")
-    print(f"same batches and trained tokens for every algorithm: {'yes' if same else 'NO'} "
-          f"({sum(timings['baseline-mtp'].tokens)} tokens per algorithm timed)\n")
-    print(f"{'algorithm':<14}{'median s':>10}{'min s':>8}{'max s':>8}{'vs baseline':>13}{'setup s':>9}"
-          f"{'stage1 s':>10}")
-    ratios = {}
+    print(
+        f"\ntorch {env['torch']}, device {env['device']}, threads {env['threads']}, mixed precision "
+        f"{env['mixed_precision']}; tiny Llama {env['params'] / 1e6:.2f}M params, {env['n_heads']} heads, "
+        f"vocab {env['vocab']}, batch {env['batch_size']} x seq <= {env['seq_len']}"
+    )
+    print(
+        f"{args.rounds} rounds x {args.steps} steps per algorithm (round-robin), "
+        f"after {args.warmup} warm-up; "
+        f"load average at the end {env['loadavg'][0]:.2f}"
+    )
+    print(
+        f"same batches and trained tokens for every algorithm: {'yes' if same else 'NO'} "
+        f"({sum(timings['baseline-mtp'].tokens)} tokens per algorithm timed)\n"
+    )
+    print(
+        f"{'algorithm':<14}{'median s':>10}{'min s':>8}{'max s':>8}{'vs baseline':>13}{'paired':>10}"
+        f"{'setup s':>9}{'stage1 s':>10}"
+    )
+    ratios, paired = {}, {}
     for name, t in timings.items():
         ratios[name] = t.median_s / base
-        print(f"{name:<14}{t.median_s:>10.4f}{min(t.step_s):>8.4f}{max(t.step_s):>8.4f}{ratios[name]:>12.3f}x"
-              f"{t.setup_s:>9.1f}{t.stage1_s:>10.1f}")
+        # Same batch, adjacent in time: the median of per-step ratios is the least noisy comparison.
+        paired[name] = statistics.median(
+            a / b for a, b in zip(t.step_s, timings["baseline-mtp"].step_s, strict=True)
+        )
+        print(
+            f"{name:<14}{t.median_s:>10.4f}{min(t.step_s):>8.4f}{max(t.step_s):>8.4f}{ratios[name]:>12.3f}x"
+            f"{paired[name]:>9.3f}x{t.setup_s:>9.1f}{t.stage1_s:>10.1f}"
+        )
     for name in ALGORITHMS[1:]:
-        print(f"goal {name} <= {GOAL:.2f}x baseline: {'met' if ratios[name] <= GOAL else 'NOT met'} "
-              f"({ratios[name]:.3f}x)")
-    return {"env": env, "steps": args.steps, "rounds": args.rounds, "warmup": args.warmup,
-            "same_batches": same, "ratios_to_baseline": ratios,
-            "results": {n: asdict(t) | {"median_s": t.median_s} for n, t in timings.items()}}
+        print(
+            f"goal {name} <= {GOAL:.2f}x baseline: {'met' if ratios[name] <= GOAL else 'NOT met'} "
+            f"({ratios[name]:.3f}x; paired per-step ratio {paired[name]:.3f}x)"
+        )
+    return {
+        "env": env,
+        "overrides": args.set,
+        "steps": args.steps,
+        "rounds": args.rounds,
+        "warmup": args.warmup,
+        "same_batches": same,
+        "ratios_to_baseline": ratios,
+        "paired_ratios_to_baseline": paired,
+        "results": {n: asdict(t) | {"median_s": t.median_s} for n, t in timings.items()},
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--steps", type=int, default=5, help="timed steps per algorithm per round")
-    p.add_argument("--rounds", type=int, default=4, help="round-robin rounds over the algorithms")
+    p.add_argument("--steps", type=int, default=10, help="timed steps per algorithm per round")
+    p.add_argument("--rounds", type=int, default=5, help="rounds of round-robin steps")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps per algorithm first")
     p.add_argument("--stage1-steps", type=int, default=20, help="critic Stage 1 steps (untimed)")
     p.add_argument("--ref-steps", type=int, default=5, help="training steps of the rho1 reference")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the recipe's, 2)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="the trainer uses CUDA when available; cpu hides the GPUs")
+    p.add_argument(
+        "--device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="the trainer uses CUDA when available; cpu hides the GPUs",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe override for every run, e.g. train.batch_size=128 (repeatable)",
+    )
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = p.parse_args()
     if args.device == "cpu":

@@ -4,10 +4,10 @@ A tiny Llama (hidden 256, 6 layers, vocab 8192: a ~5M-parameter trunk below the 
 heads, random token ids, every token trained. One step = `model.trunk` + `forward_backward` + AdamW step.
 
 CPU: each configuration runs in its own subprocess, so `ru_maxrss` (peak RSS) belongs to that configuration
-alone; we report the absolute peak and the increase over the peak right after building model and optimiser.
+alone; we report the absolute peak and the increase over the RSS right after building model and optimiser.
 CUDA: one process, `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`, same two numbers.
 
-    python benchmarks/bench_memory.py [--steps 5] [--batch 8] [--seq 256] [--vocab 8192] [--device cpu|cuda]
+    python benchmarks/bench_memory.py [--steps 5] [--rounds 1] [--device cpu|cuda] [--json OUT]
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ import argparse
 import contextlib
 import gc
 import json
+import os
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -29,9 +31,7 @@ import torch
 from wmtp_studio.train.loss import forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, build_tiny_hf, decoder_parts
 
-# name -> (n heads, naive)
-CONFIGS: dict[str, tuple[int, bool]] = {"ntp": (1, False), "mtp4-naive": (4, True),
-                                        "mtp4-per-head": (4, False)}
+CONFIGS = {"ntp": (1, False), "mtp4-naive": (4, True), "mtp4-per-head": (4, False)}  # name: (heads, naive)
 HIDDEN, LAYERS, ATTN_HEADS = 256, 6, 4
 MIB = 2**20
 
@@ -42,7 +42,7 @@ class Result:
     n_heads: int
     naive: bool
     peak_mib: float  # CPU: peak RSS of the process; CUDA: max_memory_allocated
-    base_mib: float  # the same measure right after building model + optimiser, before any step
+    base_mib: float  # right after building model + optimiser, before any step (CPU: current RSS)
     step_s: float  # median step time after warm-up
     tokens_per_s: float
 
@@ -62,10 +62,13 @@ def param_counts(model: MTPModel) -> dict[str, int]:
         return sum(p.numel() for p in m.parameters())
 
     layers, norm = decoder_parts(model.hf)
-    return {"embedding (tied unembedding)": count(model.hf.get_input_embeddings()),
-            "trunk layers 0..L-2 (no embedding)": sum(count(layer) for layer in layers[:-1]),
-            "head-0 layer + final norm": count(layers[-1]) + count(norm),
-            "extra heads": count(model.extra_heads), "total": count(model)}
+    return {
+        "embedding (tied unembedding)": count(model.hf.get_input_embeddings()),
+        "trunk layers 0..L-2 (no embedding)": sum(count(layer) for layer in layers[:-1]),
+        "head-0 layer + final norm": count(layers[-1]) + count(norm),
+        "extra heads": count(model.extra_heads),
+        "total": count(model),
+    }
 
 
 def rss_mib() -> float:
@@ -74,9 +77,18 @@ def rss_mib() -> float:
     return peak / MIB if sys.platform == "darwin" else peak / 1024
 
 
+def current_rss_mib() -> float:
+    """Resident set size now (Linux /proc); elsewhere the peak so far."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except OSError:
+        return rss_mib()
+    return pages * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
-        torch.cuda.synchronize()
+        torch.cuda.synchronize()  # kernels are asynchronous: time what ran, not what was queued
 
 
 def measure(name: str, args: argparse.Namespace) -> Result:
@@ -95,15 +107,24 @@ def measure(name: str, args: argparse.Namespace) -> Result:
     sync(device)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated() / MIB if cuda else rss_mib()
+    base = torch.cuda.memory_allocated() / MIB if cuda else current_rss_mib()
 
     def step() -> float:
         sync(device)
         start = time.perf_counter()
         ctx = torch.autocast(device.type, torch.bfloat16) if bf16 else contextlib.nullcontext()
         with ctx:
-            forward_backward(model, model.trunk(x), x, mask, None, lambda _k, _ce, m: m.float(), [1.0] * n,
-                             denominators, naive=naive)
+            forward_backward(
+                model,
+                model.trunk(x),
+                x,
+                mask,
+                None,
+                lambda _k, _ce, m: m.float(),
+                [1.0] * n,
+                denominators,
+                naive=naive,
+            )
         opt.step()
         opt.zero_grad(set_to_none=True)
         sync(device)
@@ -119,12 +140,9 @@ def measure(name: str, args: argparse.Namespace) -> Result:
 
 def run_child(name: str, args: argparse.Namespace) -> Result:
     """Measure one configuration in a fresh interpreter so that its peak RSS is its own."""
-    cmd = [sys.executable, __file__, "--child", name, "--steps", str(args.steps),
-           "--warmup", str(args.warmup), "--batch", str(args.batch), "--seq", str(args.seq),
-           "--vocab", str(args.vocab),
-           "--device", args.device, "--precision", args.precision]
-    if args.threads:
-        cmd += ["--threads", str(args.threads)]
+    cmd = [sys.executable, __file__, "--child", name]
+    for opt in ("steps", "warmup", "batch", "seq", "vocab", "device", "precision", "threads"):
+        cmd += [f"--{opt}", str(getattr(args, opt))]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{name} failed:\n{out.stderr}")
@@ -132,47 +150,69 @@ def run_child(name: str, args: argparse.Namespace) -> Result:
     return Result(**data)
 
 
+def combine(rs: list[Result]) -> Result:
+    """One configuration over rounds: the median of each number."""
+    fields = ("peak_mib", "base_mib", "step_s", "tokens_per_s")
+    medians = {f: statistics.median(getattr(r, f) for r in rs) for f in fields}
+    return Result(rs[0].config, rs[0].n_heads, rs[0].naive, **medians)
+
+
 def report(results: list[Result], args: argparse.Namespace, params: dict[str, int]) -> dict[str, Any]:
     cuda = args.device.startswith("cuda")
     measure_name = "CUDA max_memory_allocated" if cuda else "peak RSS (ru_maxrss, one process per config)"
-    print(f"\ntorch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"precision {args.precision}, batch {args.batch} x seq {args.seq}, vocab {args.vocab}, "
-          f"{args.steps} timed steps after {args.warmup} warm-up")
+    print(
+        f"\ntorch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+        f"precision {args.precision}, batch {args.batch} x seq {args.seq}, vocab {args.vocab}, "
+        f"{args.steps} timed steps after {args.warmup} warm-up, median of {args.rounds} round(s); "
+        f"load average {os.getloadavg()[0]:.2f}"
+    )
     print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items()))
-    print(f"memory: {measure_name}; 'increase' = peak minus the value after building model + optimiser\n")
+    base = "allocated" if cuda else "current RSS"
+    print(f"memory: {measure_name}; base = {base} after building model + optimiser; increase = peak - base\n")
     print(f"{'config':<15}{'peak MiB':>10}{'base MiB':>10}{'increase':>10}{'step s':>9}{'tok/s':>9}")
     for r in results:
-        print(f"{r.config:<15}{r.peak_mib:>10.0f}{r.base_mib:>10.0f}{r.increase_mib:>10.0f}"
-              f"{r.step_s:>9.3f}{r.tokens_per_s:>9.0f}")
+        print(
+            f"{r.config:<15}{r.peak_mib:>10.0f}{r.base_mib:>10.0f}{r.increase_mib:>10.0f}"
+            f"{r.step_s:>9.3f}{r.tokens_per_s:>9.0f}"
+        )
     ntp = results[0]
     ratios: dict[str, dict[str, float]] = {}
     print(f"\n{'ratio to ntp':<15}{'peak':>10}{'increase':>10}{'step time':>11}")
     for r in results[1:]:
-        ratios[r.config] = {"peak": r.peak_mib / ntp.peak_mib,
-                            "increase": r.increase_mib / max(ntp.increase_mib, 1e-9),
-                            "step_time": r.step_s / ntp.step_s}
+        ratios[r.config] = {
+            "peak": r.peak_mib / ntp.peak_mib,
+            "increase": r.increase_mib / max(ntp.increase_mib, 1e-9),
+            "step_time": r.step_s / ntp.step_s,
+        }
         q = ratios[r.config]
         print(f"{r.config:<15}{q['peak']:>9.2f}x{q['increase']:>9.2f}x{q['step_time']:>10.2f}x")
     ok = ratios["mtp4-per-head"]["peak"] <= 1.10
-    print(f"\ngoal per-head peak <= 1.10x NTP: {'met' if ok else 'NOT met'} "
-          f"({ratios['mtp4-per-head']['peak']:.2f}x)")
-    return {"torch": torch.__version__, "device": args.device, "threads": torch.get_num_threads(),
-            "precision": args.precision, "batch": args.batch, "seq": args.seq, "vocab": args.vocab,
-            "steps": args.steps, "warmup": args.warmup, "memory_measure": measure_name, "params": params,
-            "results": [asdict(r) | {"increase_mib": r.increase_mib} for r in results],
-            "ratios_to_ntp": ratios}
+    print(
+        f"\ngoal per-head peak <= 1.10x NTP: {'met' if ok else 'NOT met'} "
+        f"({ratios['mtp4-per-head']['peak']:.3f}x)"
+    )
+    settings = {k: v for k, v in vars(args).items() if k not in ("child", "json")}
+    return settings | {
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "loadavg": os.getloadavg(),
+        "memory_measure": measure_name,
+        "params": params,
+        "results": [asdict(r) | {"increase_mib": r.increase_mib} for r in results],
+        "ratios_to_ntp": ratios,
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocates optimiser state)")
+    p.add_argument("--rounds", type=int, default=1, help="round-robin repeats of the three configs (medians)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
-                   help="auto: bf16 autocast on CUDA (as the trainer), fp32 on CPU")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     p.add_argument("--child", choices=tuple(CONFIGS), help=argparse.SUPPRESS)
@@ -183,16 +223,17 @@ def main() -> None:
         print(json.dumps(asdict(measure(args.child, args))))
         return
     params = param_counts(build(4, args.vocab, args.seq, torch.device("cpu")))
-    results: list[Result] = []
-    for name in CONFIGS:
-        if args.device.startswith("cuda"):
-            results.append(measure(name, args))
-            gc.collect()
-            torch.cuda.empty_cache()
-        else:
-            results.append(run_child(name, args))
-        print(f"{name}: done", file=sys.stderr)
-    out = report(results, args, params)
+    runs: dict[str, list[Result]] = {name: [] for name in CONFIGS}
+    for r in range(args.rounds):  # round-robin, so that slow spells of a shared machine hit every config
+        for name in CONFIGS:
+            if args.device.startswith("cuda"):
+                runs[name].append(measure(name, args))
+                gc.collect()
+                torch.cuda.empty_cache()
+            else:
+                runs[name].append(run_child(name, args))
+            print(f"round {r + 1}: {name} done", file=sys.stderr)
+    out = report([combine(rs) for rs in runs.values()], args, params)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=2)
