@@ -33,7 +33,7 @@ SetOpt = Annotated[
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
     return typer.Exit(code)
 
 
@@ -112,12 +112,18 @@ def _train_with_progress(run_dir: Path, resume: bool) -> int:
                 task, completed=step, total=total, info=f"loss {m['loss']:.4f}  {m['tokens_per_s']:.0f} tok/s"
             )
 
+        failure: tuple[str, int] | None = None  # reported after the bar has stopped
+        code = 1
         try:
             code = run_training(run_dir, resume=resume, progress=on_step)
         except TrainingAborted as exc:
-            raise fail(f"training aborted: {exc}", 1) from None
+            failure = (f"training aborted: {exc}", 1)
         except StudioError as exc:
-            raise fail(str(exc)) from None
+            failure = (str(exc), 2)
+        if failure is not None:
+            bar.update(task, info="[red]failed")
+    if failure is not None:
+        raise fail(*failure)
     if code == EXIT_INTERRUPTED:
         err.print(f"interrupted: checkpoint saved; continue with --run-dir {run_dir} --resume")
     return code

@@ -12,7 +12,10 @@ from wmtp_studio.train.loop import train
 from wmtp_studio.train.loss import forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, build_tiny_hf
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device"),
+]
 
 
 def test_per_head_equals_naive_on_cuda() -> None:
@@ -25,9 +28,18 @@ def test_per_head_equals_naive_on_cuda() -> None:
 
     def run(naive: bool) -> tuple[float, list[torch.Tensor]]:
         model.zero_grad()
-        st = forward_backward(model, model.trunk(x), x, tm, None, lambda k, ce, m: m * (1 + ce.sigmoid()),
-                              [1, 0.5, 0.25, 0.125], den, naive=naive)
-        return st.loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+        st = forward_backward(
+            model,
+            model.trunk(x),
+            x,
+            tm,
+            None,
+            lambda k, ce, m: m * (1 + ce.sigmoid()),
+            [1, 0.5, 0.25, 0.125],
+            den,
+            naive=naive,
+        )
+        return float(st.loss), [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
     la, ga = run(False)
     lb, gb = run(True)

@@ -166,7 +166,7 @@ def test_per_head_backward_equals_naive(arch: str, kind: str) -> None:
     assert not torch.allclose(all_logits[:, :, 1], all_logits[:, :, 2])  # the heads really differ
     seq, g_seq = run(model, naive=False)
     nai, g_nai = run(model, naive=True)
-    assert seq.loss == pytest.approx(nai.loss, rel=1e-5, abs=1e-5)
+    assert float(seq.loss) == pytest.approx(float(nai.loss), rel=1e-5, abs=1e-5)
     assert set(g_seq) == set(g_nai) == {n for n, _ in model.named_parameters()}  # trunk included
     for name in g_seq:
         assert_close(g_seq[name], g_nai[name], atol=1e-5, rtol=1e-5, msg=name)
@@ -176,7 +176,7 @@ def test_per_head_backward_equals_naive(arch: str, kind: str) -> None:
     assert not w.requires_grad
     with torch.no_grad():
         ref = weighted_mtp_loss(all_logits, x, mask, w, COEFS)
-    assert float(ref) == pytest.approx(seq.loss, rel=1e-5, abs=1e-5)
+    assert float(ref) == pytest.approx(float(seq.loss), rel=1e-5, abs=1e-5)
 
 
 @pytest.mark.parametrize(("arch", "kind"), [("llama", "transformer"), ("gpt2", "linear")])
@@ -188,7 +188,7 @@ def test_per_head_backward_with_extra_loss_equals_naive(arch: str, kind: str) ->
 
     seq, g_seq = run(model, naive=False, extra=extra)
     nai, g_nai = run(model, naive=True, extra=extra)
-    assert seq.extra == pytest.approx(nai.extra, rel=1e-6)
+    assert float(seq.extra) == pytest.approx(float(nai.extra), rel=1e-6)
     assert set(g_seq) == set(g_nai)
     for name in g_seq:
         assert_close(g_seq[name], g_nai[name], atol=1e-5, rtol=1e-5, msg=name)

@@ -6,6 +6,7 @@ and the loss in loss.py. Diagnostics specific to an algorithm are accumulated in
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -22,17 +23,26 @@ from wmtp_studio.train.weights import critic_weights, excess_loss, rho1_weights,
 
 @dataclass
 class StepDiagnostics:
-    """Sums over the micro-batches of a step of what only some algorithms produce."""
+    """Sums over the micro-batches of a step of what only some algorithms produce (device tensors until read)."""
 
-    sums: dict[str, float] = field(default_factory=dict)
-    counts: dict[str, float] = field(default_factory=dict)
+    sums: dict[str, Tensor] = field(default_factory=dict)
+    counts: dict[str, Tensor] = field(default_factory=dict)
 
-    def add(self, name: str, value: float, count: float = 1.0) -> None:
-        self.sums[name] = self.sums.get(name, 0.0) + value
-        self.counts[name] = self.counts.get(name, 0.0) + count
+    def add(self, name: str, value: Tensor, count: Tensor | float = 1.0) -> None:
+        value = value.detach().float()
+        count = torch.as_tensor(count, dtype=torch.float32, device=value.device)
+        self.sums[name] = self.sums[name] + value if name in self.sums else value
+        self.counts[name] = self.counts[name] + count if name in self.counts else count
 
     def means(self) -> dict[str, float]:
-        return {k: v / self.counts[k] for k, v in self.sums.items() if self.counts[k] > 0}
+        """Per-name means (one host read); NaN-valued entries (e.g. undefined explained variance) are left out."""
+        out = {}
+        for k, v in self.sums.items():
+            c = float(self.counts[k])
+            mean = float(v) / c if c > 0 else math.nan
+            if math.isfinite(mean):
+                out[k] = mean
+        return out
 
 
 def _uniform(_k: int, _ce: Tensor, m: Tensor) -> Tensor:
@@ -74,10 +84,12 @@ def _critic_hooks(
     diag: StepDiagnostics,
     value_scale: float,
 ) -> tuple[WeightFn, ExtraLossFn]:
+    # One value forward serves the TD errors (detached) and the value loss, unless the value loss must reach the
+    # trunk, in which case it runs again on the head loop's trunk output.
+    values = value_head(trunk.hidden.detach())  # (B, S) V(s_t), before this step's update
     with torch.no_grad():
-        values = value_head(trunk.hidden.detach())  # (B, S) V(s_t) before this step's update
         delta = td_errors(
-            values,
+            values.detach(),
             batch.rewards,
             batch.completion_mask,
             batch.segment_ids,
@@ -98,12 +110,10 @@ def _critic_hooks(
         )
 
     def value_loss(h: Tensor) -> Tensor:
-        v = value_head(h if algo.value_trunk_grad else h.detach())
+        v = value_head(h) if algo.value_trunk_grad else values
         mse, n = value_mse(v, batch)
-        diag.add("value_loss", float(mse.detach()) * float(n), float(n))
-        ev = explained_variance(v.detach(), batch.rewards, value_mask(batch))
-        if ev is not None:
-            diag.add("explained_variance", ev)
+        diag.add("value_loss", mse * n, n)
+        diag.add("explained_variance", explained_variance(v.detach(), batch.rewards, value_mask(batch)))
         return algo.value_coef * mse / value_scale
 
     return weights_for, value_loss
@@ -123,15 +133,13 @@ def _rho1_weights_fn(algo: Rho1Config, ref_ce: Tensor, diag: StepDiagnostics) ->
             eps=algo.eps,
             w_max=algo.w_max,
         )
-        n = float(m.sum())
-        if n == 0:
-            return w
-        diag.add(f"head{k}/excess_mean", float(e[m].sum()), n)
+        n = m.float().sum()
+        diag.add(f"head{k}/excess_mean", (e * m).sum(), n)
         if algo.mode == "select":
-            kept = float((w * m).sum())
+            kept = (w * m).sum()
             diag.add(f"head{k}/selected_fraction", kept, n)
             # The head's term is the mean CE over kept entries: with the loss's denominator N, scale by N / K.
-            return w * (n / max(kept, 1.0))
+            return w * (n / kept.clamp(min=1.0))
         return w
 
     return weights_for

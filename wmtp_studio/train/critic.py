@@ -7,6 +7,7 @@ P(success | x_{<=t}).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -29,12 +30,15 @@ def value_mse(values: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
     return (((values - batch.rewards) ** 2) * m).sum() / m.sum().clamp(min=1), m.sum()
 
 
-def explained_variance(values: Tensor, rewards: Tensor, mask: Tensor) -> float | None:
-    """1 - Var(R - V) / Var(R) over masked entries; None when R is constant."""
-    v, r = values[mask].float(), rewards[mask].float()
-    if r.numel() < 2 or r.var(correction=0) == 0:
-        return None
-    return float(1 - (r - v).var(correction=0) / r.var(correction=0))
+def explained_variance(values: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
+    """1 - Var(R - V) / Var(R) over masked entries, as a 0-d tensor; NaN when R is constant (undefined)."""
+    m = mask.float()
+    n = m.sum().clamp(min=1)
+    r, v = rewards.float(), values.float()
+    var_r = ((r - (r * m).sum() / n) ** 2 * m).sum() / n
+    res = r - v
+    var_res = ((res - (res * m).sum() / n) ** 2 * m).sum() / n
+    return torch.where(var_r > 0, 1 - var_res / var_r.clamp(min=1e-12), torch.full_like(var_r, math.nan))
 
 
 @torch.no_grad()
@@ -50,8 +54,8 @@ def heldout_value_stats(model: MTPModel, head: ValueHead, batches: list[Batch]) 
         rews.append(b.rewards[m])
         masks.append(torch.ones_like(v[m], dtype=torch.bool))
     stats = {"value_loss": loss_sum / max(count, 1.0)}
-    ev = explained_variance(torch.cat(vals), torch.cat(rews), torch.cat(masks)) if vals else None
-    if ev is not None:
+    ev = float(explained_variance(torch.cat(vals), torch.cat(rews), torch.cat(masks))) if vals else math.nan
+    if math.isfinite(ev):
         stats["explained_variance"] = ev
     return stats
 

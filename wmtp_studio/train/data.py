@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -54,14 +54,11 @@ class Batch:
     segment_ids: Tensor  # long: example index inside the row, -1 on padding
     rewards: Tensor  # float: R of the example each position belongs to
     ref_ce: Tensor | None = None  # float: CE^ref_j (rho1, cached)
+    tokens: int = 0  # non-pad tokens, counted on the CPU
 
     def to(self, device: torch.device) -> Batch:
-        move = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in vars(self).items()}
-        return Batch(**move)
-
-    @property
-    def tokens(self) -> int:
-        return int((self.segment_ids >= 0).sum())
+        moved = {k: v.to(device, non_blocking=True) for k, v in vars(self).items() if isinstance(v, Tensor)}
+        return replace(self, **moved)  # type: ignore[arg-type]
 
 
 def _read_json_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
@@ -249,4 +246,4 @@ def collate(
                 ref[r, pos : pos + e - s] = torch.tensor(ref_ce[i][s:e])
             pos += e - s
     trained = comp.clone() if cfg.loss_on == "completion" else seg >= 0
-    return Batch(ids, trained, comp, seg, rew, ref)
+    return Batch(ids, trained, comp, seg, rew, ref, int((seg >= 0).sum()))

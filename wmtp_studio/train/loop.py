@@ -29,7 +29,7 @@ from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
 from wmtp_studio.train.critic import stage1
 from wmtp_studio.train.data import Batch, Encoded, collate, encode, epoch_plan, load_examples, split_heldout
 from wmtp_studio.train.events import MetricsWriter
-from wmtp_studio.train.loss import HIST_EDGES, HeadStats, forward_backward, head_mask
+from wmtp_studio.train.loss import HIST_EDGES, STAT_FIELDS, HeadStats, forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, ValueHead, build_tiny_hf, load_mtp
 from wmtp_studio.train.reference import cached_reference_ce, load_reference
 from wmtp_studio.train.tokenizer import load_tokenizer
@@ -217,7 +217,7 @@ def _plan(s: Setup, data: list[Encoded], epoch: int, seed_offset: int = 0) -> li
 
 
 def next_batch(s: Setup, state: State) -> Batch:
-    """This process's slice of the next global micro-batch; advances the data position."""
+    """This process's slice of the next global micro-batch (on the CPU); advances the data position."""
     plan = s.plans.get(state.epoch)
     if plan is None:
         s.plans = {state.epoch: _plan(s, s.train_data, state.epoch)}
@@ -233,7 +233,7 @@ def next_batch(s: Setup, state: State) -> Batch:
     state.batch_index += 1
     b = s.recipe.train.batch_size
     mine = rows[s.accel.process_index * b : (s.accel.process_index + 1) * b]
-    return collate(mine, s.train_data, s.recipe.train, s.tokenizer.pad_token_id, s.ref_ce).to(s.accel.device)
+    return collate(mine, s.train_data, s.recipe.train, s.tokenizer.pad_token_id, s.ref_ce)  # on the CPU
 
 
 def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
@@ -259,12 +259,12 @@ def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
             bucket, size = [], 0
 
 
-def _reduce(s: Setup, values: list[float]) -> list[float]:
-    if s.world == 1:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=s.accel.device)
-    dist.all_reduce(t)
-    return t.tolist()
+def _reduce(s: Setup, values: torch.Tensor) -> list[float]:
+    """Sum a vector over processes and read it (the step's one host sync besides the grad norm)."""
+    if s.world > 1:
+        values = values.to(s.accel.device, torch.float64)
+        dist.all_reduce(values)
+    return [float(v) for v in values.tolist()]
 
 
 @dataclass
@@ -284,10 +284,14 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
     cfg = s.recipe.train
     micro = [next_batch(s, state) for _ in range(cfg.grad_accum)]
     n = s.recipe.n_heads
-    local = [float(sum(head_mask(b.token_mask, b.segment_ids, k).sum() for b in micro)) for k in range(n)]
-    denominators = _reduce(s, local)  # per-head valid entries of the whole step, every process
-    diag, heads = StepDiagnostics(), HeadStats()
-    for i, batch in enumerate(micro):
+    counts = torch.tensor(  # per-head valid entries of the whole step, every process (masks built on the CPU)
+        [float(sum(int(head_mask(b.token_mask, b.segment_ids, k).sum()) for b in micro)) for k in range(n)]
+    )
+    denominators = _reduce(s, counts)
+    diag = StepDiagnostics()
+    heads: HeadStats | None = None
+    for i, cpu_batch in enumerate(micro):
+        batch = cpu_batch.to(s.accel.device)
         with s.accel.autocast():
             trunk = s.model.trunk(batch.input_ids)
             weights_for, extra = algorithm_hooks(
@@ -306,12 +310,20 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
                 naive=cfg.naive_loss,
                 detail=detail and i == 0,
             )
-        heads = _merge(heads, stats) if i else stats
+        heads = heads.merge(stats) if heads is not None else stats
+    assert heads is not None
     params = [p for g in s.optimizer.param_groups for p in g["params"]]
     _all_reduce_grads(params, s.world)
     grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     tokens = sum(b.tokens for b in micro)
-    loss, tokens_all, stop = _reduce(s, [heads.loss + heads.extra, float(tokens), float(stop_requested)])
+    local = torch.stack(
+        [
+            (heads.loss + heads.extra).double().cpu(),
+            torch.tensor(float(tokens), dtype=torch.float64),
+            torch.tensor(float(stop_requested), dtype=torch.float64),
+        ]
+    )
+    loss, tokens_all, stop = _reduce(s, local)
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
     if finite:
         s.optimizer.step()
@@ -326,33 +338,24 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
     return StepResult(loss, grad_norm, int(tokens_all), finite, stop > 0, heads, diag, micro[0])
 
 
-def _merge(a: HeadStats, b: HeadStats) -> HeadStats:
-    out = HeadStats(
-        loss=a.loss + b.loss, extra=a.extra + b.extra, hist=a.hist, weights=a.weights, w_entropy=a.w_entropy
-    )
-    for name in ("ce_sum", "correct", "count", "w_sum", "w_sq"):
-        setattr(out, name, [x + y for x, y in zip(getattr(a, name), getattr(b, name), strict=True)])
-    out.w_min = [min(x, y) for x, y in zip(a.w_min, b.w_min, strict=True)]
-    out.w_max = [max(x, y) for x, y in zip(a.w_max, b.w_max, strict=True)]
-    return out
-
-
 def head_metrics(h: HeadStats, prefix: str = "") -> dict[str, float]:
-    """Per-head scalars from summed stats: CE, accuracy, weight mean/std/min/max, entropy."""
+    """Per-head scalars from summed stats: CE, accuracy, weight mean/std/min/max, entropy (one host read)."""
     out: dict[str, float] = {}
-    for k, count in enumerate(h.count):
-        c = max(count, 1.0)
-        mean = h.w_sum[k] / c
-        out |= {f"head{k}/{prefix}ce": h.ce_sum[k] / c, f"head{k}/{prefix}acc": h.correct[k] / c}
+    for k, row in enumerate(h.stats.tolist()):
+        v = dict(zip(STAT_FIELDS, row, strict=True))
+        c = max(v["count"], 1.0)
+        out |= {f"head{k}/{prefix}ce": v["ce_sum"] / c, f"head{k}/{prefix}acc": v["correct"] / c}
         if not prefix:
+            mean = v["w_sum"] / c
+            valid = v["count"] > 0
             out |= {
                 f"head{k}/w_mean": mean,
-                f"head{k}/w_std": math.sqrt(max(0.0, h.w_sq[k] / c - mean * mean)),
-                f"head{k}/w_min": h.w_min[k],
-                f"head{k}/w_max": h.w_max[k],
+                f"head{k}/w_std": math.sqrt(max(0.0, v["w_sq"] / c - mean * mean)),
+                f"head{k}/w_min": v["w_min"] if valid else 0.0,
+                f"head{k}/w_max": v["w_max"] if valid else 0.0,
             }
-            if h.w_entropy:
-                out[f"head{k}/w_entropy"] = h.w_entropy[k]
+            if h.hist is not None:
+                out[f"head{k}/w_entropy"] = v["w_entropy"]
     return out
 
 
@@ -379,7 +382,7 @@ def validate(s: Setup) -> dict[str, float]:
                 [1.0] * s.recipe.n_heads,
                 backward=False,
             )
-        total = _merge(total, stats) if total else stats
+        total = total.merge(stats) if total else stats
     if total is None:
         return {}
     out = head_metrics(total, prefix="val_")
@@ -394,9 +397,10 @@ def _top_tokens(s: Setup, r: StepResult) -> dict[str, Any]:
     tokens = [s.tokenizer.decode([int(t)]) for t in ids[:valid]]
     per_head, top = [], []
     for k, w in enumerate(r.heads.weights):
+        row = w[0].tolist()
         aligned = [0.0] * valid  # weight of head k on target token j is w[j - k - 1]
         for j in range(k + 1, valid):
-            aligned[j] = round(float(w[0, j - k - 1]), 4)
+            aligned[j] = round(float(row[j - k - 1]), 4)
         per_head.append(aligned)
         top += [(wt, k, j) for j, wt in enumerate(aligned) if wt > 0]
     top.sort(reverse=True)
@@ -592,9 +596,9 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                     tick, tick_tokens = now, 0
                     if progress:
                         progress(state.step, s.total_steps, metrics)
-                if detail and r.heads.hist and state.step % cfg.hist_every == 0:
+                if detail and r.heads.hist is not None and state.step % cfg.hist_every == 0:
                     s.writer.write(
-                        "hist", state.step, data={"edges": list(HIST_EDGES), "heads": r.heads.hist}
+                        "hist", state.step, data={"edges": list(HIST_EDGES), "heads": r.heads.hist.tolist()}
                     )
                 if detail and r.heads.weights and state.step % cfg.top_tokens_every == 0:
                     s.writer.write("top_tokens", state.step, data=_top_tokens(s, r))

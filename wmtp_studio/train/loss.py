@@ -82,46 +82,62 @@ WeightFn = Callable[[int, Tensor, Tensor], Tensor]
 ExtraLossFn = Callable[[Tensor], Tensor]
 
 
+# Per-head statistics kept as one (n, len(STAT_FIELDS)) device tensor and read once, when a step is logged.
+STAT_FIELDS = ("ce_sum", "correct", "count", "w_sum", "w_sq", "w_min", "w_max", "w_entropy")
+
+
 @dataclass
 class HeadStats:
-    """Detached per-head sums of one micro-batch, for diagnostics (reduced by the caller)."""
+    """Detached per-head statistics of one or more micro-batches, on the device (no host sync until read)."""
 
-    loss: float = 0.0  # sum over heads of the (scaled) terms actually back-propagated
-    ce_sum: list[float] = field(default_factory=list)
-    correct: list[float] = field(default_factory=list)
-    count: list[float] = field(default_factory=list)
-    w_sum: list[float] = field(default_factory=list)
-    w_sq: list[float] = field(default_factory=list)
-    w_min: list[float] = field(default_factory=list)
-    w_max: list[float] = field(default_factory=list)
-    w_entropy: list[float] = field(default_factory=list)
-    hist: list[list[float]] = field(default_factory=list)
-    weights: list[Tensor] = field(default_factory=list)  # (B, S) per head, for the top-token view
-    extra: float = 0.0
+    loss: Tensor  # scalar: sum over heads of the terms back-propagated
+    extra: Tensor  # scalar: the extra (value) loss
+    stats: Tensor  # (n, len(STAT_FIELDS)); entropy only filled with detail
+    hist: Tensor | None = None  # (n, len(HIST_EDGES)) weight histogram counts, with detail
+    weights: list[Tensor] = field(default_factory=list)  # (B, S) per head, with detail (top-token view)
+
+    def merge(self, other: HeadStats) -> HeadStats:
+        """Sums, mins and maxes over micro-batches; detail (histogram, weights) is kept from the first."""
+        col = {name: i for i, name in enumerate(STAT_FIELDS)}
+        merged = self.stats + other.stats
+        merged[:, col["w_min"]] = torch.minimum(self.stats[:, col["w_min"]], other.stats[:, col["w_min"]])
+        merged[:, col["w_max"]] = torch.maximum(self.stats[:, col["w_max"]], other.stats[:, col["w_max"]])
+        merged[:, col["w_entropy"]] = self.stats[:, col["w_entropy"]]
+        return HeadStats(self.loss + other.loss, self.extra + other.extra, merged, self.hist, self.weights)
 
 
-def _record(
-    stats: HeadStats, logits: Tensor, targets: Tensor, m: Tensor, ce: Tensor, w: Tensor, detail: bool
-) -> None:
-    with torch.no_grad():
-        mf = m.float()
-        stats.ce_sum.append(float((ce * mf).sum()))
-        stats.correct.append(float(((logits.argmax(-1) == targets).float() * mf).sum()))
-        stats.count.append(float(mf.sum()))
-        wv = w[m].float()
-        has = wv.numel() > 0
-        stats.w_sum.append(float(wv.sum()))
-        stats.w_sq.append(float((wv * wv).sum()))
-        stats.w_min.append(float(wv.min()) if has else 0.0)
-        stats.w_max.append(float(wv.max()) if has else 0.0)
-        if not detail:
-            return
-        p = wv / wv.sum() if has and wv.sum() > 0 else wv
-        ent = float(-(p * torch.log(p.clamp_min(1e-30))).sum() / torch.log(torch.tensor(max(2, wv.numel()))))
-        stats.w_entropy.append(ent if has else 0.0)
-        edges = torch.tensor((*HIST_EDGES, float("inf")), device=wv.device)
-        stats.hist.append(torch.histogram(wv.cpu(), bins=edges.cpu())[0].tolist() if has else [0.0] * 21)
-        stats.weights.append(w.detach())
+@torch.no_grad()
+def _head_stats(logits: Tensor, targets: Tensor, m: Tensor, ce: Tensor, w: Tensor, detail: bool) -> Tensor:
+    """One row of STAT_FIELDS for one head: (len(STAT_FIELDS),)."""
+    mf = m.float()
+    wf = w.float() * mf
+    big = torch.finfo(torch.float32).max
+    count = mf.sum()
+    entropy = torch.zeros((), device=w.device)
+    if detail:  # normalised entropy of the weight distribution over valid entries (1 = uniform)
+        p = wf / wf.sum().clamp(min=1e-30)
+        entropy = -(p * p.clamp(min=1e-30).log()).sum() / count.clamp(min=2).log()
+    return torch.stack(
+        [
+            (ce * mf).sum(),
+            ((logits.argmax(-1) == targets).float() * mf).sum(),
+            count,
+            wf.sum(),
+            (wf * wf).sum(),
+            torch.where(m, w.float(), torch.full_like(wf, big)).min(),
+            torch.where(m, w.float(), torch.full_like(wf, -big)).max(),
+            entropy,
+        ]
+    )
+
+
+@torch.no_grad()
+def weight_histogram(w: Tensor, m: Tensor) -> Tensor:
+    """Counts of valid weights in the fixed bins [e_i, e_{i+1}) of HIST_EDGES, the last bin [5, inf): (21,)."""
+    edges = torch.tensor(HIST_EDGES[1:], device=w.device, dtype=torch.float32)
+    idx = torch.bucketize(w.float().flatten(), edges, right=True)
+    counts = torch.zeros(len(HIST_EDGES), device=w.device)
+    return counts.scatter_add_(0, idx, m.float().flatten())
 
 
 def forward_backward(
@@ -148,7 +164,9 @@ def forward_backward(
     `extra_loss` receives the detached trunk output (requires grad) and its result is added to the loss.
     `detail` also records histograms, entropy and the weights themselves (on logging steps only).
     """
-    stats = HeadStats()
+    rows, hists, kept = [], [], []
+    loss = torch.zeros((), device=input_ids.device)
+    extra_value = torch.zeros((), device=input_ids.device)
     h = trunk.hidden.detach().requires_grad_(True) if not naive else trunk.hidden
     total: Tensor | None = None
     for k in range(model.n_heads):
@@ -158,8 +176,11 @@ def forward_backward(
         ce = token_ce(logits, targets)
         w = weights_for(k, ce.detach(), m).detach()
         term = head_coefs[k] * (w * m * ce).sum() / max(1.0, denominators[k])
-        _record(stats, logits, targets, m, ce.detach(), w, detail)
-        stats.loss += float(term.detach())
+        rows.append(_head_stats(logits, targets, m, ce.detach(), w, detail))
+        if detail:
+            hists.append(weight_histogram(w, m))
+            kept.append(w)
+        loss = loss + term.detach()
         if naive:
             total = term if total is None else total + term
         elif backward:
@@ -167,7 +188,7 @@ def forward_backward(
         del logits, ce
     if extra_loss is not None:
         extra = extra_loss(h)
-        stats.extra = float(extra.detach())
+        extra_value = extra.detach()
         if naive:
             total = extra if total is None else total + extra
         elif backward:
@@ -176,4 +197,5 @@ def forward_backward(
         total.backward()
     elif backward and h.grad is not None:
         trunk.hidden.backward(h.grad)
-    return stats
+    hist = torch.stack(hists) if hists else None
+    return HeadStats(loss, extra_value, torch.stack(rows), hist, kept)

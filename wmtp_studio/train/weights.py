@@ -23,19 +23,22 @@ def shift_to_head(x: Tensor, k: int, fill: float = 0.0) -> Tensor:
     return out
 
 
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean of x over entries where mask is true (0 when there are none), as a 0-d tensor: no host sync."""
+    m = mask.to(x.dtype)
+    return (x * m).sum() / m.sum().clamp(min=1)
+
+
 @torch.no_grad()
 def zscore(x: Tensor, mask: Tensor) -> Tensor:
-    """(x - mean) / std over the entries where `mask` is true (population std); 0 where std is 0 or mask false.
+    """(x - mean) / std over the entries where `mask` is true (population std); 0 where std is ~0 or mask false.
 
-    x: (B, S) float; mask: (B, S) bool. Returns (B, S) float32.
+    x: (B, S) float; mask: (B, S) bool. Returns (B, S) float32. Written without host syncs (GPU-friendly).
     """
     x = x.float()
-    n = mask.sum()
-    if n == 0:
-        return torch.zeros_like(x)
-    mean = x[mask].mean()
-    std = x[mask].std(correction=0)
-    z = (x - mean) / std if std > 0 else torch.zeros_like(x)
+    mean = masked_mean(x, mask)
+    std = masked_mean((x - mean) ** 2, mask).sqrt()
+    z = torch.where(std > 1e-8, (x - mean) / std.clamp(min=1e-8), torch.zeros_like(x))
     return torch.where(mask, z, torch.zeros_like(z))
 
 
@@ -107,8 +110,8 @@ def critic_weights(
     d = zscore(delta, mask) if norm == "zscore" else delta.float()
     w = torch.exp(d / beta).clamp(w_min, w_max)
     w = torch.where(mask, w, torch.zeros_like(w))
-    if mean_one and mask.any():
-        w = w / w[mask].mean()
+    if mean_one:
+        w = torch.where(mask, w / masked_mean(w, mask), torch.zeros_like(w))
     return w
 
 
@@ -146,24 +149,22 @@ def rho1_weights(
               to mean 1.
     """
     valid = mask.bool()
-    n = int(valid.sum())
-    if n == 0:
-        return torch.zeros_like(excess, dtype=torch.float32)
+    n = valid.sum()  # 0-d tensor: no host sync
     if mode == "select":
         if head == 0 and keep_head0:
             return valid.float()
-        keep = max(1, round(ratio * n))
+        keep = (n.double() * ratio).round().clamp(min=1)  # round half to even, like Python's round
         scores = torch.where(
             valid, excess.float(), torch.full_like(excess, float("-inf"), dtype=torch.float32)
         )
-        idx = scores.flatten().topk(keep).indices
-        w = torch.zeros(scores.numel(), dtype=torch.float32, device=excess.device)
-        w[idx] = 1.0
-        return w.view_as(excess)
+        order = scores.flatten().argsort(descending=True, stable=True)
+        rank = torch.empty_like(order)
+        rank[order] = torch.arange(order.numel(), device=order.device)
+        return ((rank.view_as(excess) < keep) & valid).float()
     if mode == "weighted":
         z = zscore(excess, valid)
         logits = torch.where(valid, z / temperature, torch.full_like(z, float("-inf")))
         w = n * torch.softmax(logits.flatten(), dim=0).view_as(z)
         w = torch.where(valid, w.clamp(eps, w_max), torch.zeros_like(w))
-        return w / w[valid].mean()
+        return torch.where(valid, w / masked_mean(w, valid), torch.zeros_like(w))
     raise ValueError(f"unknown rho1 mode {mode!r}")
