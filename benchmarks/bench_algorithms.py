@@ -76,6 +76,7 @@ def reference_model(root: Path, common: list[str], steps: int) -> Path:
 
 def timed_step(s: Any, state: Any, t: Timing) -> None:
     from wmtp_studio.train import loop
+    from wmtp_studio.train.loss import STAT_FIELDS
 
     sync()
     start = time.perf_counter()
@@ -84,7 +85,7 @@ def timed_step(s: Any, state: Any, t: Timing) -> None:
     t.step_s.append(time.perf_counter() - start)
     t.batches.append(hashlib.sha256(r.batch.input_ids.cpu().numpy().tobytes()).hexdigest()[:12])
     t.tokens.append(r.tokens)
-    t.trained.append(r.heads.count[0])
+    t.trained.append(float(r.heads.stats[0, STAT_FIELDS.index("count")]))  # one read, after timing
 
 
 def run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Timing], dict[str, Any]]:

@@ -157,8 +157,8 @@ class TrainSection(Section):
     """Seed of every RNG (python, numpy, torch) and of the data order."""
     grad_clip: float = Field(1.0, gt=0)
     """Clip the global gradient norm to this value (every algorithm)."""
-    mixed_precision: Literal["auto", "no", "bf16"] = "auto"
-    """`auto`: bf16 on GPU, fp32 on CPU."""
+    mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
+    """`auto`: bf16 autocast on GPU, fp32 on CPU; `fp32` or `bf16` to force one."""
     naive_loss: bool = False
     """Materialise all heads' logits at once (tests and memory benchmarks); default is per-head backward."""
     max_nonfinite: int = Field(5, ge=1)

@@ -130,10 +130,10 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     cfg, algo = recipe.train, recipe.algorithm
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    mp = cfg.mixed_precision
+    mp = {"fp32": "no", "bf16": "bf16"}.get(cfg.mixed_precision, "bf16" if torch.cuda.is_available() else "no")
     accel = Accelerator(
         cpu=not torch.cuda.is_available(),
-        mixed_precision=("bf16" if torch.cuda.is_available() else "no") if mp == "auto" else mp,
+        mixed_precision=mp,
     )
     set_seed(cfg.seed)
     examples = load_examples(recipe.data)
@@ -521,6 +521,8 @@ def _log_step(s: Setup, state: State, r: StepResult, elapsed: float, tokens: int
         "nonfinite_total": float(state.nonfinite_total),
     }
     metrics |= head_metrics(r.heads) | r.diag.means()
+    if torch.cuda.is_available():
+        metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     s.writer.write("train", state.step, metrics=metrics)
     if s.mlflow:
         s.mlflow.log(metrics, state.step)
