@@ -130,7 +130,9 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     cfg, algo = recipe.train, recipe.algorithm
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
-    mp = {"fp32": "no", "bf16": "bf16"}.get(cfg.mixed_precision, "bf16" if torch.cuda.is_available() else "no")
+    mp = {"fp32": "no", "bf16": "bf16"}.get(
+        cfg.mixed_precision, "bf16" if torch.cuda.is_available() else "no"
+    )
     accel = Accelerator(
         cpu=not torch.cuda.is_available(),
         mixed_precision=mp,
