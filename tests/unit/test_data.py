@@ -33,8 +33,8 @@ from wmtp_studio.train.data import (
 from wmtp_studio.train.loss import head_mask
 from wmtp_studio.train.tokenizer import train_bpe
 
-# The shared data folder sits next to the repository checkout (…/main/tests/unit/ -> …/shared/data/mbpp).
-MBPP = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "mbpp"
+# MBPP fixtures vendored under tests/data (CC BY 4.0, see its README).
+MBPP = Path(__file__).resolve().parents[1] / "data" / "mbpp"
 F, T = False, True
 
 CORPUS = [

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-Kind = Literal["train", "val", "stage1", "hist", "top_tokens", "event"]
+Kind = Literal["train", "val", "stage1", "hist", "top_tokens", "event", "eval"]
 
 
 class MetricLine(BaseModel):
@@ -29,7 +29,8 @@ class MetricLine(BaseModel):
     time: float
     """Unix time the line was written."""
     kind: Kind
-    """train/val/stage1: `metrics` holds scalars; hist: `data` holds edges and per-head counts;
+    """train/val/stage1/eval: `metrics` holds scalars (eval: pass@k and its CI, `data` the protocol); hist: `data`
+    holds edges and per-head counts;
     top_tokens: `data` holds tokens and per-head weights of one sequence; event: `event` names it."""
     metrics: dict[str, float] = {}
     """Scalar name -> value (e.g. `loss`, `head1/ce`, `head1/w_std`)."""
