@@ -41,3 +41,22 @@ def mbpp_program(record: Mapping[str, Any], completion: str) -> str:
     """The program that decides an MBPP sample: completion, then test_setup_code, then the asserts."""
     setup = str(record.get("test_setup_code") or "").replace("\r\n", "\n")
     return completion.rstrip() + "\n" + setup + "\n" + "\n".join(record["test_list"]) + "\n"
+
+
+def mbpp_entry_point(record: Mapping[str, Any]) -> str | None:
+    """The function MBPP's asserts exercise: the first name they call that the reference solution defines."""
+    import ast
+
+    try:
+        defined = {
+            n.name
+            for n in ast.parse(mbpp_code(record)).body
+            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+        }
+        for test in record["test_list"]:
+            for node in ast.walk(ast.parse(test)):
+                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defined:
+                    return node.func.id
+    except SyntaxError:
+        return None
+    return None

@@ -51,11 +51,13 @@ def test_mbpp_from_the_test_split_takes_shots_from_prompt_json() -> None:
     shots = {r["task_id"]: r for r in json.loads((MBPP_DIR / "prompt.json").read_text())}
     for task, rec in zip(bench.tasks, records, strict=True):
         assert task.task_id == f"mbpp/{rec['task_id']}"
-        assert task.stop == ("[DONE]",) and task.entry_point is None
+        assert task.stop == ("[DONE]",) and task.entry_point == prompts.mbpp_entry_point(rec)
         assert task.prompt.endswith("[BEGIN]\n")
         assert task.prompt.count("[BEGIN]\n") == 4 and task.prompt.count("[DONE]") == 3
     task, rec = bench.tasks[0], records[0]
     assert task.prompt == prompts.mbpp_prompt(rec, [shots[2], shots[3], shots[4]])
+    assert task.entry_point == "remove_Occ"  # the function the asserts call, defined by the reference
+    assert {t.task_id: t.entry_point for t in bench.tasks}["mbpp/126"] == "sum"  # shadows a built-in
     for i in (2, 3, 4):
         assert shots[i]["text"] in task.prompt
     code = prompts.mbpp_code(rec).rstrip()

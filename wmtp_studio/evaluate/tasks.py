@@ -229,7 +229,7 @@ def _mbpp_benchmark(
                 task_id=f"mbpp/{rec['task_id']}",
                 prompt=prompts.mbpp_prompt(rec, shots),
                 stop=prompts.MBPP_STOP,
-                entry_point=None,
+                entry_point=prompts.mbpp_entry_point(rec),
                 kind="assert",
                 # mbpp_program(rec, "") is "\n" + setup + asserts: what follows the completion and its newline
                 test_program=prompts.mbpp_program(rec, "")[1:],
