@@ -46,17 +46,18 @@ def mbpp_program(record: Mapping[str, Any], completion: str) -> str:
 def mbpp_entry_point(record: Mapping[str, Any]) -> str | None:
     """The function MBPP's asserts exercise: the first name they call that the reference solution defines."""
     import ast
+    import warnings
 
     try:
-        defined = {
-            n.name
-            for n in ast.parse(mbpp_code(record)).body
-            if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
-        }
-        for test in record["test_list"]:
-            for node in ast.walk(ast.parse(test)):
-                if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defined:
-                    return node.func.id
+        with warnings.catch_warnings():  # MBPP has regexes such as "\d" in plain strings
+            warnings.simplefilter("ignore")
+            tree = ast.parse(mbpp_code(record))
+            tests = [ast.parse(t) for t in record["test_list"]]
     except SyntaxError:
         return None
+    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    for test in tests:
+        for node in ast.walk(test):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defined:
+                return node.func.id
     return None

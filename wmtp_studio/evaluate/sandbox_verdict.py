@@ -16,6 +16,7 @@ from __future__ import annotations
 import ast
 import io
 import itertools
+import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -58,7 +59,9 @@ def make_plan(program: str, entry_points: Collection[str] = ()) -> Plan:
     the program may legitimately define them even when they are built-in names (MBPP task 126 defines `sum`), so
     they are always evaluated in the child. Any other module-level rebinding of a built-in is ignored.
     """
-    tree = ast.parse(program)
+    with warnings.catch_warnings():  # e.g. "invalid escape sequence" in a program's regexes: not our concern
+        warnings.simplefilter("ignore")
+        tree = ast.parse(program)
     lines = io.StringIO(program, newline="").readlines()  # split where the tokenizer does: \n, \r\n, \r
     starts = list(itertools.accumulate((len(line) for line in lines), initial=0))
 
@@ -89,7 +92,9 @@ def make_plan(program: str, entry_points: Collection[str] = ()) -> Plan:
     for start, end, text in sorted(edits, reverse=True):
         source = source[:start] + text + source[end:]
     try:
-        ast.parse(source)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ast.parse(source)
     except SyntaxError:  # a rewrite we did not foresee: run the program as written, judged by its exit alone
         return Plan(program, (), len(sites) + unjudged)
     return Plan(source, tuple(sites), unjudged)
