@@ -36,6 +36,8 @@ quickstart: install
 bench: install
 	$(BIN)/python benchmarks/bench_memory.py
 	$(BIN)/python benchmarks/bench_algorithms.py
+	$(BIN)/python benchmarks/bench_sandbox.py
+	$(BIN)/python benchmarks/bench_speculative.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
