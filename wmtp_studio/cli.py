@@ -93,8 +93,9 @@ def _train_with_progress(run_dir: Path, resume: bool) -> int:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from wmtp_studio.train.loop import EXIT_INTERRUPTED, quiet_transformers
+    from wmtp_studio.train.loop import EXIT_INTERRUPTED
     from wmtp_studio.train.loop import train as run_training
+    from wmtp_studio.train.model import quiet_transformers
 
     quiet_transformers()
     columns = (
@@ -170,9 +171,10 @@ def _progress_bar() -> Any:
 def _print_passk(results: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
-    table = Table(
-        title=f"{results['benchmark']}: {results['n_problems']} problems, tier {results['isolation_tier']}"
+    err.print(
+        f"{results['benchmark']}: {results['n_problems']} problems, isolation tier {results['isolation_tier']}"
     )
+    table = Table()
     for col in ("k", "pass@k", "95% CI"):
         table.add_column(col, justify="right")
     for p in results["pass_at_k"]:

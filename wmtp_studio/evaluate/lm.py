@@ -93,11 +93,13 @@ def evaluate_lm(
 
     from wmtp_studio.evaluate.generate import greedy_decode, self_speculative_decode
     from wmtp_studio.evaluate.run import resolve_model_dir
-    from wmtp_studio.train.model import load_mtp
+    from wmtp_studio.train.model import generation_budget, load_mtp, quiet_transformers
 
+    quiet_transformers()
     model_dir, _ = resolve_model_dir(model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_mtp(model_dir).eval()
+    max_new_tokens = generation_budget(model, max_new_tokens)
     examples, loss_on = heldout_examples(spec, limit)
     results: dict[str, Any] = {
         "model": str(model_dir),

@@ -211,10 +211,12 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
     from transformers import AutoTokenizer
 
     from wmtp_studio.evaluate.generate import SamplingConfig, generate
-    from wmtp_studio.train.model import load_mtp
+    from wmtp_studio.train.model import generation_budget, load_mtp, quiet_transformers
 
+    quiet_transformers()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_mtp(model_dir).eval()
+    max_new = generation_budget(model, req.max_new_tokens)
     total = len(bench.tasks) * req.n
     samples = []
     groups: dict[tuple[str, ...], list[Task]] = {}  # tasks may carry their own stop sequences
@@ -225,7 +227,7 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
             n=req.n,
             temperature=req.temperature,
             top_p=req.top_p,
-            max_new_tokens=req.max_new_tokens,
+            max_new_tokens=max_new,
             stop=stop,
             seed=req.seed,
             batch_size=req.batch_size,
@@ -255,7 +257,7 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
         "n": req.n,
         "temperature": req.temperature,
         "top_p": req.top_p,
-        "max_new_tokens": req.max_new_tokens,
+        "max_new_tokens": max_new,
         "stop": sorted({s for g in groups for s in g}),
         "seed": req.seed,
     }
@@ -416,11 +418,13 @@ def _sample_candidates(
     from transformers import AutoTokenizer
 
     from wmtp_studio.evaluate.generate import SamplingConfig, generate
-    from wmtp_studio.train.model import load_mtp
+    from wmtp_studio.train.model import generation_budget, load_mtp, quiet_transformers
 
+    quiet_transformers()
     model_dir, _ = resolve_model_dir(model_path)
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = load_mtp(model_dir).eval()
+    max_new_tokens = generation_budget(model, max_new_tokens)
     prompts = {r["prompt"]: r for r in rows}
     ids = {f"p{i}": p for i, p in enumerate(prompts)}
     cfg = SamplingConfig(

@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.run_dir}/recipe.json does not exist", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    from wmtp_studio.train.loop import quiet_transformers, train
+    from wmtp_studio.train.loop import train
+    from wmtp_studio.train.model import quiet_transformers
 
     quiet_transformers()
     try:

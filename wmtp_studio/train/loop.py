@@ -625,11 +625,3 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
         if s.mlflow:
             s.mlflow.end()
         s.writer.close()
-
-
-def quiet_transformers() -> None:
-    """No progress bars or advisory warnings from transformers in logs and tests."""
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()

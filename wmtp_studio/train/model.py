@@ -283,3 +283,17 @@ def load_mtp(
         own = model.extra_heads.state_dict()
         model.extra_heads.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
     return model.to(dtype)
+
+
+def quiet_transformers() -> None:
+    """No progress bars or advisory warnings from transformers in logs and tests."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
+def generation_budget(model: MTPModel, requested: int) -> int:
+    """New tokens that fit beside a prompt: at most half of the model's positions (its max_position_embeddings)."""
+    room = getattr(model.hf.config, "max_position_embeddings", None)
+    return min(requested, room // 2) if isinstance(room, int) else requested
