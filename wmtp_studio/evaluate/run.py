@@ -17,6 +17,7 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.evaluate.passk import PassAtK, summarize
 from wmtp_studio.evaluate.sandbox import Result, Sandbox, Tier
 from wmtp_studio.evaluate.tasks import Benchmark, Task, stdio_passed
+from wmtp_studio.records import read_records
 
 
 @dataclass(frozen=True)
@@ -251,7 +252,7 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
         Verdict(s.prompt_id, s.index, s.text, ok, status, tier, s.finish_reason, s.n_tokens)
         for s, (ok, status, tier) in zip(samples, judged, strict=True)
     ]
-    slug = bench.name.replace("/", "_").replace(":", "_")
+    slug = bench.name.replace("/", "_").replace(":", "_") + (f"_limit{req.limit}" if req.limit else "")
     out = req.out or ((run_dir / "eval" / slug) if run_dir else Path(f"eval-{slug}"))
     sampling = {
         "n": req.n,
@@ -352,7 +353,7 @@ def label_file(
     rewards of critic-wmtp need incorrect candidates too). Program = prompt + completion + tests.
     """
     rows: list[dict[str, Any]] = []
-    for where, rec in _jsonl(path):
+    for where, rec in read_records(path):
         if (
             not isinstance(rec.get("prompt"), str)
             or not isinstance(rec.get("tests"), list)
@@ -387,24 +388,6 @@ def label_file(
             )
     tmp.replace(out)
     return {"rows": len(rows), "correct": sum(r.passed for r in results)}
-
-
-def _jsonl(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StudioError(f"cannot read {path}: {exc.strerror}") from None
-    out = []
-    for n, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise StudioError(f"{path} line {n}: not valid JSON ({exc})") from None
-            if not isinstance(rec, dict):
-                raise StudioError(f"{path} line {n}: expected a JSON object")
-            out.append((f"line {n}", rec))
-    return out
 
 
 def _sample_candidates(

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from wmtp_studio import gentask, prompts
 from wmtp_studio.errors import StudioError
+from wmtp_studio.records import read_records, require_fields
 
 CODE_STOP = ("\ndef", "\nclass", "\nif", "\nprint", "\n#")  # METHOD.md, as in Chen et al. 2021
 # A generated-task completion ends with EOS; these only cut a runaway continuation (a blank line ends the body).
@@ -156,12 +157,12 @@ def _humaneval() -> Benchmark:
 
 
 def _mbpp(path: Path) -> Benchmark:
-    records = _read_records(path)
+    records = read_records(path)
     shots_source = next(
         (p for p in (path.with_name("prompt.json"), path.with_name("prompt.jsonl")) if p.exists()), None
     )
     if shots_source is not None:
-        shots = _mbpp_shots(_read_records(shots_source), shots_source)
+        shots = _mbpp_shots(read_records(shots_source), shots_source)
     else:
         shots_source = path
         shots = _mbpp_shots(records, path)
@@ -204,7 +205,7 @@ def _mbpp_shots(records: list[tuple[str, dict[str, Any]]], origin: Path | str) -
 
 def _check_mbpp(rec: dict[str, Any], where: str, *, shot: bool = False) -> None:
     fields = ("task_id", "text", "test_list", "code") if shot else ("task_id", "text", "test_list")
-    _require(rec, fields, where)
+    require_fields(rec, fields, where)
     tests = rec["test_list"]
     if not isinstance(tests, list) or not tests or not all(isinstance(t, str) for t in tests):
         raise StudioError(f"{where}: test_list must be a non-empty list of assert strings")
@@ -254,9 +255,9 @@ _CALLS_CHECK = re.compile(r"^check\(", re.MULTILINE)
 
 def _jsonl(path: Path) -> Benchmark:
     tasks = []
-    for where, rec in _read_records(path):
+    for where, rec in read_records(path):
         at = f"{path} {where}"
-        _require(rec, ("task_id", "prompt"), at)
+        require_fields(rec, ("task_id", "prompt"), at)
         test = _jsonl_tests(rec, at)
         stop = rec.get("stop", CODE_STOP)
         if not isinstance(stop, list | tuple) or not all(isinstance(s, str) and s for s in stop):
@@ -302,7 +303,7 @@ def _jsonl_tests(rec: dict[str, Any], at: str) -> str:
 
 def _codecontests(path: Path) -> Benchmark:
     tasks = []
-    for where, rec in _read_records(path):
+    for where, rec in read_records(path):
         at = f"{path} {where}"
         task_id, statement = rec.get("task_id", rec.get("name")), rec.get("prompt", rec.get("description"))
         if task_id is None or not isinstance(statement, str):
@@ -385,38 +386,6 @@ def _generated(arg: str) -> Benchmark:
 
 
 # --- reading records ---------------------------------------------------------------------------------------
-
-
-def _read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """(where, record) for a JSON array ("record 3") or a JSONL file ("line 7"), decided by the content."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise StudioError(f"cannot read {path}: {exc.strerror or exc}") from None
-    if text.lstrip().startswith("["):
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StudioError(f"{path}: not a valid JSON array ({exc})") from None
-        records = [(f"record {i}", rec) for i, rec in enumerate(data)]
-    else:
-        records = []
-        for number, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    records.append((f"line {number}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise StudioError(f"{path} line {number}: not valid JSON ({exc})") from None
-    for where, rec in records:
-        if not isinstance(rec, dict):
-            raise StudioError(f"{path} {where}: expected a JSON object, got {type(rec).__name__}")
-    return records
-
-
-def _require(rec: dict[str, Any], fields: Sequence[str], where: str) -> None:
-    missing = [f for f in fields if f not in rec]
-    if missing:
-        raise StudioError(f"{where}: missing field(s) {', '.join(missing)}")
 
 
 def _unique(tasks: list[Task], source: str) -> tuple[Task, ...]:

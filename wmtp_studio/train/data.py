@@ -9,7 +9,6 @@ same batches as an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, replace
@@ -22,6 +21,7 @@ from torch import Tensor
 from wmtp_studio import prompts
 from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import DataSection, TrainSection
+from wmtp_studio.records import read_records, require_fields
 
 
 @dataclass(frozen=True)
@@ -61,42 +61,11 @@ class Batch:
         return replace(self, **moved)  # type: ignore[arg-type]
 
 
-def _read_json_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
-    """Records of a JSON array or a JSONL file, each with where it is ("line 7" / "record 3") for messages."""
-    text = path.read_text(encoding="utf-8")
-    out: list[tuple[str, Any]] = []
-    if path.suffix == ".jsonl":
-        for n, line in enumerate(text.splitlines(), start=1):
-            if line.strip():
-                try:
-                    out.append((f"line {n}", json.loads(line)))
-                except json.JSONDecodeError as exc:
-                    raise StudioError(f"{path} line {n}: not valid JSON ({exc})") from None
-    else:
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise StudioError(f"{path}: not valid JSON ({exc})") from None
-        if not isinstance(data, list):
-            raise StudioError(f"{path}: expected a JSON array of records")
-        out = [(f"record {i}", rec) for i, rec in enumerate(data)]
-    for where, rec in out:
-        if not isinstance(rec, dict):
-            raise StudioError(f"{path} {where}: expected a JSON object")
-    return out
-
-
-def _require(rec: dict[str, Any], fields: tuple[str, ...], where: str) -> None:
-    missing = [f for f in fields if f not in rec]
-    if missing:
-        raise StudioError(f"{where}: missing field(s) {', '.join(missing)}")
-
-
 def _mbpp_records(section: DataSection) -> list[tuple[str, dict[str, Any]]]:
     assert section.path is not None
     path = Path(section.path)
     if path.exists():
-        return _read_json_records(path)
+        return read_records(path)
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
@@ -121,7 +90,7 @@ def load_examples(section: DataSection) -> list[Example]:
     if section.source == "mbpp":
         out = []
         for i, (where, rec) in enumerate(_mbpp_records(section)):
-            _require(rec, ("text", "code", "test_list"), f"{section.path} {where}")
+            require_fields(rec, ("text", "code", "test_list"), f"{section.path} {where}")
             out.append(
                 Example(
                     prompts.mbpp_prompt(rec),
@@ -138,8 +107,8 @@ def load_examples(section: DataSection) -> list[Example]:
         if not path.is_file():
             raise StudioError(f"data.path {section.path!r} is not a file")
         out = []
-        for i, (where, rec) in enumerate(_read_json_records(path)):
-            _require(rec, ("prompt", "completion"), f"{path} {where}")
+        for i, (where, rec) in enumerate(read_records(path)):
+            require_fields(rec, ("prompt", "completion"), f"{path} {where}")
             out.append(
                 Example(
                     str(rec["prompt"]),
