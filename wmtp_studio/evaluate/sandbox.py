@@ -59,6 +59,7 @@ from wmtp_studio.evaluate.sandbox_judge import decode_report, judge
 from wmtp_studio.evaluate.sandbox_verdict import Plan, make_plan
 
 _MAX_REPORT_BYTES = 32 << 20
+_PLAN_LOCK = threading.Lock()  # run_many plans programs from several threads
 _GRACE_S = 5.0  # how long a cancelled run may take to be cleaned up and reported
 
 
@@ -154,7 +155,9 @@ class Sandbox:
         `entry_points`: the names the tests exercise, which the program may define even if they shadow built-ins.
         """
         try:
-            plan = make_plan(program, entry_points)
+            # CPython 3.11's ast is not thread-safe ("AST constructor recursion depth mismatch").
+            with _PLAN_LOCK:
+                plan = make_plan(program, entry_points)
         except (
             SyntaxError,
             ValueError,
