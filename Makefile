@@ -16,8 +16,8 @@ $(BIN)/wmtp: pyproject.toml $(CONSTRAINTS)
 install: $(BIN)/wmtp
 
 lint: install
-	$(BIN)/ruff check wmtp_studio workers tests benchmarks
-	$(BIN)/ruff format --check wmtp_studio workers tests benchmarks
+	$(BIN)/ruff check wmtp_studio workers tests benchmarks migrations
+	$(BIN)/ruff format --check wmtp_studio workers tests benchmarks migrations
 
 types: install
 	$(BIN)/mypy

@@ -1,0 +1,1 @@
+"""Alembic schema history of the studio database; `store.upgrade()` applies it."""

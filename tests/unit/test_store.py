@@ -1,0 +1,251 @@
+"""The store on a real SQLite file: claims with fencing, priorities, dependencies, the reaper, metric ingestion.
+
+With `WMTP_TEST_POSTGRES_URL=postgresql+psycopg://...` set, every test also runs on that (emptied) database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import Engine
+
+from wmtp_studio import store
+from wmtp_studio.errors import StudioError
+from wmtp_studio.models import Evaluation, Run, utcnow
+from wmtp_studio.recipe import Recipe, load_recipe
+from wmtp_studio.settings import Settings
+from wmtp_studio.train.events import MetricLine
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+POSTGRES_URL = os.environ.get("WMTP_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgresql", marks=pytest.mark.skipif(not POSTGRES_URL, reason="WMTP_TEST_POSTGRES_URL unset")
+        ),
+    ]
+)
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    if request.param == "sqlite":
+        engine = store.make_engine(f"sqlite:///{tmp_path / 'studio.db'}")
+    else:
+        engine = store.make_engine(POSTGRES_URL or "")
+        with engine.begin() as conn:
+            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
+    store.upgrade(engine=engine)
+    return engine
+
+
+def recipe(*overrides: str) -> Recipe:
+    return load_recipe(RECIPES / "tiny-ntp.yaml", list(overrides))
+
+
+def new_run(engine: Engine, tmp_path: Path, **kw: object) -> Run:
+    return store.create_run(engine=engine, recipe=recipe(), runs_dir=tmp_path / "runs", **kw)  # type: ignore[arg-type]
+
+
+def test_settings_defaults_and_env(tmp_path: Path) -> None:
+    s = Settings.from_env({"WMTP_HOME": str(tmp_path)})
+    assert s.database_url == f"sqlite:///{tmp_path}/studio.db"
+    assert s.queue_url == f"sqlite:///{tmp_path}/queue.db"
+    assert s.runs_dir == tmp_path / "runs"
+    assert s.mlflow_uri == f"sqlite:///{tmp_path}/mlflow.db"
+    pg = Settings.from_env(
+        {"WMTP_HOME": str(tmp_path), "WMTP_DATABASE_URL": "postgresql+psycopg://db/studio"}
+    )
+    assert pg.database_url == "postgresql+psycopg://db/studio"
+
+
+def test_sqlite_pragmas(engine: Engine) -> None:
+    if engine.dialect.name != "sqlite":
+        pytest.skip("SQLite only")
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 30000
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+
+
+def test_create_run_freezes_recipe(engine: Engine, tmp_path: Path) -> None:
+    r = recipe("train.seed=7")
+    cs = store.create_comparison_set(engine=engine, name="c", base=r, factor="seed", diff={"seed": [7]})
+    run = store.create_run(engine=engine, recipe=r, runs_dir=tmp_path / "runs", comparison_set_id=cs.id)
+    assert (run.status, run.algorithm, run.seed, run.recipe_sha256) == ("queued", "ntp", 7, r.sha256())
+    assert run.run_dir == str(tmp_path / "runs" / str(run.id))
+    assert json.loads((Path(run.run_dir) / "recipe.json").read_text()) == json.loads(r.canonical_json())
+    assert run.created_at.tzinfo is not None
+    assert [x.id for x in store.list_runs(engine=engine, comparison_set_id=cs.id)] == [run.id]
+    assert store.list_runs(engine=engine, status="running") == []
+
+
+def test_claim_renew_finish_with_fencing(engine: Engine, tmp_path: Path) -> None:
+    run = new_run(engine, tmp_path)
+    assert run.id is not None
+    claimed = store.claim_next_run(engine=engine, owner="w1", gpus_free=0, lease_s=60)
+    assert claimed is not None and claimed.id == run.id
+    assert (claimed.status, claimed.lease_owner, claimed.fencing_token, claimed.attempts) == (
+        "running",
+        "w1",
+        1,
+        1,
+    )
+    assert store.claim_next_run(engine=engine, owner="w2", gpus_free=0, lease_s=60) is None
+    assert store.renew_lease(engine=engine, run_id=run.id, owner="w1", token=1, lease_s=60)
+    assert not store.renew_lease(engine=engine, run_id=run.id, owner="w1", token=0, lease_s=60)
+    assert not store.renew_lease(engine=engine, run_id=run.id, owner="w2", token=1, lease_s=60)
+
+    # The lease expires, the reaper re-queues, w2 claims: w1's token (1) is now stale.
+    assert store.requeue_expired_leases(engine=engine, now=utcnow() + timedelta(seconds=61)) == [run.id]
+    again = store.claim_next_run(engine=engine, owner="w2", gpus_free=0, lease_s=60)
+    assert again is not None and again.fencing_token == 2 and again.attempts == 2
+    assert not store.finish_run(engine=engine, run_id=run.id, owner="w1", token=1, status="succeeded")
+    assert store.finish_run(
+        engine=engine, run_id=run.id, owner="w2", token=2, status="failed", exit_code=1, error_tail="boom"
+    )
+    done = store.get_run(engine=engine, run_id=run.id)
+    assert done is not None
+    assert (done.status, done.exit_code, done.error_tail, done.lease_owner) == ("failed", 1, "boom", None)
+    assert done.finished_at is not None
+    with pytest.raises(StudioError):
+        store.finish_run(engine=engine, run_id=run.id, owner="w2", token=2, status="running")
+
+
+def test_priority_then_oldest_and_gpu_fit(engine: Engine, tmp_path: Path) -> None:
+    low = new_run(engine, tmp_path)
+    big = new_run(engine, tmp_path, priority=5, gpus_requested=4)
+    high_old = new_run(engine, tmp_path, priority=5)
+    high_new = new_run(engine, tmp_path, priority=5)
+    order = []
+    while (run := store.claim_next_run(engine=engine, owner="w", gpus_free=2, lease_s=60)) is not None:
+        order.append(run.id)
+    assert order == [high_old.id, high_new.id, low.id]  # `big` needs 4 GPUs, only 2 are free
+    assert store.set_priority(engine=engine, run_id=big.id or 0, priority=9).priority == 9
+    claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=4, lease_s=60)
+    assert claimed is not None and claimed.id == big.id
+
+
+def test_dependency_waits_then_queues(engine: Engine, tmp_path: Path) -> None:
+    base = new_run(engine, tmp_path)
+    child = new_run(engine, tmp_path, depends_on_run_id=base.id)
+    grandchild = new_run(engine, tmp_path, depends_on_run_id=child.id)
+    assert child.status == grandchild.status == "waiting"
+    claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=60)
+    assert claimed is not None and claimed.id == base.id
+    assert store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=60) is None
+    assert store.finish_run(engine=engine, run_id=base.id or 0, owner="w", token=1, status="succeeded")
+    assert store.get_run(engine=engine, run_id=child.id or 0).status == "queued"  # type: ignore[union-attr]
+    claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=60)
+    assert claimed is not None and claimed.id == child.id
+    # The child fails: the grandchild fails with it, without ever starting.
+    assert store.finish_run(engine=engine, run_id=child.id or 0, owner="w", token=1, status="failed")
+    gc = store.get_run(engine=engine, run_id=grandchild.id or 0)
+    assert gc is not None and gc.status == "failed" and gc.attempts == 0
+    assert gc.error_tail == f"dependency run {child.id} failed; this run never started"
+    # A run created on an already-succeeded dependency is queued at once.
+    assert new_run(engine, tmp_path, depends_on_run_id=base.id).status == "queued"
+
+
+def test_reaper_gives_up_after_k_crashes(engine: Engine, tmp_path: Path) -> None:
+    run = new_run(engine, tmp_path, max_attempts=3)
+    later = utcnow() + timedelta(seconds=10)
+    assert store.requeue_expired_leases(engine=engine, now=later) == []  # nothing is running
+    for crash in (1, 2, 3):
+        claimed = store.claim_next_run(engine=engine, owner=f"w{crash}", gpus_free=0, lease_s=1)
+        assert claimed is not None and claimed.id == run.id
+        assert store.requeue_expired_leases(engine=engine, now=utcnow()) == []  # lease still valid
+        requeued = store.requeue_expired_leases(engine=engine, now=utcnow() + timedelta(seconds=2))
+        assert requeued == ([run.id] if crash < 3 else [])
+    dead = store.get_run(engine=engine, run_id=run.id or 0)
+    assert dead is not None
+    assert (dead.status, dead.consecutive_crashes, dead.attempts) == ("failed", 3, 3)
+    assert dead.error_tail == "gave up: the lease expired 3 times in a row"
+    retried = store.retry_run(engine=engine, run_id=run.id or 0)
+    assert (retried.status, retried.consecutive_crashes, retried.error_tail) == ("queued", 0, None)
+    with pytest.raises(StudioError):
+        store.retry_run(engine=engine, run_id=run.id or 0)
+
+
+def test_cancel(engine: Engine, tmp_path: Path) -> None:
+    queued = new_run(engine, tmp_path)
+    running = new_run(engine, tmp_path)
+    dependent = new_run(engine, tmp_path, depends_on_run_id=running.id)
+    assert store.request_cancel(engine=engine, run_id=queued.id or 0).status == "cancelled"
+    claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=60)
+    assert claimed is not None and claimed.id == running.id
+    flagged = store.request_cancel(engine=engine, run_id=running.id or 0)
+    assert (flagged.status, flagged.cancel_requested) == ("running", True)
+    assert store.finish_run(engine=engine, run_id=running.id or 0, owner="w", token=1, status="cancelled")
+    assert store.get_run(engine=engine, run_id=dependent.id or 0).status == "failed"  # type: ignore[union-attr]
+    with pytest.raises(StudioError):
+        store.request_cancel(engine=engine, run_id=999)
+
+
+def lines() -> list[MetricLine]:
+    t = 1.0e9
+    return [
+        MetricLine(seq=0, step=0, time=t, kind="event", event="start"),
+        MetricLine(seq=1, step=1, time=t, kind="train", metrics={"loss": 2.5, "head1/ce": 3.0}),
+        MetricLine(seq=2, step=1, time=t, kind="hist", data={"edges": [0, 1], "counts": [[3]]}),
+        MetricLine(seq=3, step=2, time=t, kind="train", metrics={"loss": 2.0, "head1/ce": 2.75}),
+        MetricLine(seq=4, step=2, time=t, kind="val", metrics={"loss": 2.25}),
+        MetricLine(seq=5, step=2, time=t, kind="eval", metrics={"pass@1": 0.5}, data={"n": 10}),
+    ]
+
+
+def test_ingestion_is_idempotent_and_cursor_works(engine: Engine, tmp_path: Path) -> None:
+    run_id = new_run(engine, tmp_path).id or 0
+    assert store.last_seq(engine=engine, run_id=run_id) == -1
+    # 6 points (2 + 2 + 1 + 1) and 3 blobs (event, hist, the eval line's data).
+    assert store.ingest_metric_lines(engine=engine, run_id=run_id, lines=lines()) == 9
+    assert store.ingest_metric_lines(engine=engine, run_id=run_id, lines=lines()) == 0
+    assert store.ingest_metric_lines(engine=engine, run_id=run_id, lines=lines()[2:4]) == 0
+    assert store.last_seq(engine=engine, run_id=run_id) == 5
+    points = store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1)
+    assert [(p.seq, p.name, p.value) for p in points] == [
+        (1, "train/head1/ce", 3.0),
+        (1, "train/loss", 2.5),
+        (3, "train/head1/ce", 2.75),
+        (3, "train/loss", 2.0),
+        (4, "val/loss", 2.25),
+        (5, "eval/pass@1", 0.5),
+    ]
+    since = store.metric_points_since(engine=engine, run_id=run_id, after_seq=1, names=["train/loss"])
+    assert [(p.seq, p.step, p.value) for p in since] == [(3, 2, 2.0)]
+    blobs = store.metric_blobs_since(engine=engine, run_id=run_id, after_seq=-1)
+    assert [(b.seq, b.kind) for b in blobs] == [(0, "event"), (2, "hist"), (5, "eval")]
+    assert blobs[1].payload == {"event": None, "data": {"edges": [0, 1], "counts": [[3]]}}
+    more = [MetricLine(seq=6, step=3, time=1.0, kind="train", metrics={"loss": 1.5})]
+    assert store.ingest_metric_lines(engine=engine, run_id=run_id, lines=more) == 1
+    assert store.last_seq(engine=engine, run_id=run_id) == 6
+
+
+def test_evaluations_and_workers(engine: Engine, tmp_path: Path) -> None:
+    run_id = new_run(engine, tmp_path).id or 0
+    result = Evaluation(
+        run_id=run_id, benchmark="humaneval", k=1, pass_at_k=0.25, ci_low=0.2, ci_high=0.3, n_problems=164
+    )
+    ev = store.record_evaluation(engine=engine, evaluation=result)
+    assert [e.id for e in store.list_evaluations(engine=engine, run_id=run_id)] == [ev.id]
+    store.register_worker(engine=engine, worker_id="h:1", host="h", pid=1, slots=["0", "1"], version="0.1.0")
+    assert store.heartbeat(engine=engine, worker_id="h:1", current_run_ids=[run_id])
+    assert not store.heartbeat(engine=engine, worker_id="nobody", current_run_ids=[])
+    (w,) = store.list_workers(engine=engine, alive_within_s=60)
+    assert (w.slots, w.current_run_ids, w.heartbeat_at.tzinfo is not None) == (["0", "1"], [run_id], True)
+    store.unregister_worker(engine=engine, worker_id="h:1")
+    assert store.list_workers(engine=engine) == []
+
+
+def test_saved_recipes(engine: Engine) -> None:
+    store.save_recipe(engine=engine, name="a", yaml_text="x: 1", recipe=recipe())
+    store.save_recipe(engine=engine, name="a", yaml_text="x: 2", recipe=recipe("train.seed=3"))
+    (saved,) = store.list_saved_recipes(engine=engine)
+    assert (saved.yaml_text, saved.sha256) == ("x: 2", recipe("train.seed=3").sha256())

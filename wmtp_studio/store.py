@@ -1,0 +1,430 @@
+"""Every read and write of the studio database, as keyword-only functions of an `Engine` (database.py makes
+the engine: `store.make_engine(url)`, then `store.upgrade(engine=...)` on start).
+
+Each function is one transaction. On SQLite writers are serialized by `BEGIN IMMEDIATE`; on PostgreSQL claims
+use `FOR UPDATE SKIP LOCKED`. Runs are claimed with a lease and a fencing token: a worker whose token is stale (its
+lease expired and the run was claimed again) can no longer renew or finish the run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import aliased
+from sqlmodel import Session, col, select
+
+from wmtp_studio.database import check_models_match_migrations as check_models_match_migrations
+from wmtp_studio.database import make_engine as make_engine
+from wmtp_studio.database import read_session as _read
+from wmtp_studio.database import upgrade as upgrade
+from wmtp_studio.database import write_session as _write
+from wmtp_studio.errors import StudioError
+from wmtp_studio.models import (
+    FINISHED_STATUSES,
+    ComparisonSet,
+    Evaluation,
+    MetricBlob,
+    MetricPoint,
+    Run,
+    SavedRecipe,
+    Worker,
+    utcnow,
+)
+from wmtp_studio.recipe import Recipe
+from wmtp_studio.train.events import MetricLine
+
+SCALAR_KINDS = ("train", "val", "stage1", "eval")
+
+
+def _run(s: Session, run_id: int) -> Run:
+    run = s.get(Run, run_id)
+    if run is None:
+        raise StudioError(f"no run with id {run_id}")
+    return run
+
+
+# --- recipes and comparison sets -------------------------------------------------------------------------------
+
+
+def save_recipe(*, engine: Engine, name: str, yaml_text: str, recipe: Recipe) -> SavedRecipe:
+    """Save (or overwrite) a named recipe with its YAML and canonical form."""
+    with _write(engine) as s:
+        row = s.exec(select(SavedRecipe).where(SavedRecipe.name == name)).first()
+        row = row or SavedRecipe(name=name, yaml_text="", canonical_json="", sha256="")
+        row.yaml_text, row.canonical_json, row.sha256 = yaml_text, recipe.canonical_json(), recipe.sha256()
+        row.updated_at = utcnow()
+        s.add(row)
+        return row
+
+
+def list_saved_recipes(*, engine: Engine) -> list[SavedRecipe]:
+    with _read(engine) as s:
+        return list(s.exec(select(SavedRecipe).order_by(col(SavedRecipe.name))))
+
+
+def create_comparison_set(
+    *, engine: Engine, name: str, base: Recipe, factor: str, diff: dict[str, Any]
+) -> ComparisonSet:
+    """A comparison set: `base` expanded over `factor` (e.g. `algorithm x seed`), the values in `diff`."""
+    with _write(engine) as s:
+        row = ComparisonSet(name=name, base_recipe_sha256=base.sha256(), factor=factor, diff=diff)
+        s.add(row)
+        return row
+
+
+def get_comparison_set(*, engine: Engine, comparison_set_id: int) -> ComparisonSet | None:
+    with _read(engine) as s:
+        return s.get(ComparisonSet, comparison_set_id)
+
+
+# --- runs: creation and listing --------------------------------------------------------------------------------
+
+
+def create_run(
+    *,
+    engine: Engine,
+    recipe: Recipe,
+    runs_dir: Path,
+    comparison_set_id: int | None = None,
+    priority: int = 0,
+    max_attempts: int = 3,
+    depends_on_run_id: int | None = None,
+    gpus_requested: int = 0,
+    diff: dict[str, Any] | None = None,
+) -> Run:
+    """Store a run (`queued`, or `waiting` on its dependency) and freeze runs_dir/<id>/recipe.json."""
+    with _write(engine) as s:
+        if depends_on_run_id is not None:
+            _run(s, depends_on_run_id)
+        run = Run(
+            comparison_set_id=comparison_set_id,
+            recipe_json=recipe.canonical_json(),
+            recipe_sha256=recipe.sha256(),
+            algorithm=recipe.algorithm.name,
+            seed=recipe.train.seed,
+            status="queued" if depends_on_run_id is None else "waiting",
+            priority=priority,
+            max_attempts=max_attempts,
+            depends_on_run_id=depends_on_run_id,
+            gpus_requested=gpus_requested,
+            diff=diff,
+        )
+        s.add(run)
+        s.flush()  # assigns the id
+        run_dir = runs_dir / str(run.id)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "recipe.json").write_text(run.recipe_json)
+        run.run_dir = str(run_dir)
+        _promote_waiting(s)  # the dependency may already be finished
+        return run
+
+
+def get_run(*, engine: Engine, run_id: int) -> Run | None:
+    with _read(engine) as s:
+        return s.get(Run, run_id)
+
+
+def list_runs(
+    *,
+    engine: Engine,
+    status: str | None = None,
+    comparison_set_id: int | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[Run]:
+    """Runs, newest first, optionally filtered."""
+    query = select(Run).order_by(col(Run.id).desc()).limit(limit).offset(offset)
+    if status is not None:
+        query = query.where(Run.status == status)
+    if comparison_set_id is not None:
+        query = query.where(Run.comparison_set_id == comparison_set_id)
+    with _read(engine) as s:
+        return list(s.exec(query))
+
+
+# --- runs: claims, leases and the reaper -----------------------------------------------------------------------
+
+
+def _promote_waiting(s: Session) -> list[int]:
+    """Waiting runs whose dependency succeeded become queued; failed/cancelled dependencies fail them (chains)."""
+    promoted: list[int] = []
+    while True:
+        dep = aliased(Run)
+        rows = s.exec(
+            select(Run, dep.status)
+            .join(dep, col(Run.depends_on_run_id) == dep.id)
+            .where(Run.status == "waiting", col(dep.status).in_(FINISHED_STATUSES))
+        ).all()
+        if not rows:
+            return promoted
+        for run, dep_status in rows:
+            if dep_status == "succeeded":
+                run.status = "queued"
+                promoted.append(run.id or 0)
+            else:
+                run.status, run.finished_at = "failed", utcnow()
+                run.error_tail = (
+                    f"dependency run {run.depends_on_run_id} {dep_status}; this run never started"
+                )
+            s.add(run)
+        s.flush()
+
+
+def claim_next_run(*, engine: Engine, owner: str, gpus_free: int, lease_s: float) -> Run | None:
+    """Atomically take the best queued run that fits in `gpus_free` GPUs: highest priority, then oldest."""
+    with _write(engine) as s:
+        _promote_waiting(s)
+        run = s.exec(
+            select(Run)
+            .where(Run.status == "queued", Run.gpus_requested <= gpus_free)
+            .order_by(col(Run.priority).desc(), col(Run.id))
+            .limit(1)
+            .with_for_update(skip_locked=True)
+        ).first()
+        if run is None:
+            return None
+        now = utcnow()
+        run.status, run.lease_owner, run.lease_expires_at = "running", owner, now + timedelta(seconds=lease_s)
+        run.fencing_token += 1
+        run.attempts += 1
+        run.started_at, run.finished_at, run.exit_code, run.error_tail = now, None, None, None
+        s.add(run)
+        return run
+
+
+def _fenced(run_id: int, owner: str, token: int) -> sa.ColumnElement[bool]:
+    """The run is still running under this owner's claim (no later claim has bumped the token)."""
+    return sa.and_(
+        col(Run.id) == run_id,
+        col(Run.lease_owner) == owner,
+        col(Run.fencing_token) == token,
+        col(Run.status) == "running",
+    )
+
+
+def renew_lease(*, engine: Engine, run_id: int, owner: str, token: int, lease_s: float) -> bool:
+    """Extend the lease; False if it is no longer ours (stale token: the run was re-claimed or finished)."""
+    expires = utcnow() + timedelta(seconds=lease_s)
+    with _write(engine) as s:
+        result = s.exec(sa.update(Run).where(_fenced(run_id, owner, token)).values(lease_expires_at=expires))
+        return bool(result.rowcount == 1)
+
+
+def finish_run(
+    *,
+    engine: Engine,
+    run_id: int,
+    owner: str,
+    token: int,
+    status: str,
+    exit_code: int | None = None,
+    error_tail: str | None = None,
+) -> bool:
+    """Record how a run ended (or `queued`: handed back on a graceful shutdown); False if the token is stale."""
+    if status not in (*FINISHED_STATUSES, "queued"):
+        raise StudioError(f"cannot finish a run as {status!r}")
+    values: dict[str, Any] = {"status": status, "exit_code": exit_code, "error_tail": error_tail}
+    values |= {
+        "lease_owner": None,
+        "lease_expires_at": None,
+        "finished_at": None if status == "queued" else utcnow(),
+    }
+    if status == "succeeded":
+        values["consecutive_crashes"] = 0
+    with _write(engine) as s:
+        result = s.exec(sa.update(Run).where(_fenced(run_id, owner, token)).values(**values))
+        if result.rowcount != 1:
+            return False
+        _promote_waiting(s)
+        return True
+
+
+def requeue_expired_leases(*, engine: Engine, now: datetime | None = None) -> list[int]:
+    """The reaper: running runs whose lease expired go back to the queue (their ids are returned), or fail after
+    `max_attempts` crashes in a row, or become cancelled if that was asked for."""
+    now = now or utcnow()
+    requeued: list[int] = []
+    with _write(engine) as s:
+        expired = s.exec(select(Run).where(Run.status == "running", col(Run.lease_expires_at) < now)).all()
+        for run in expired:
+            run.consecutive_crashes += 1
+            run.lease_owner, run.lease_expires_at = None, None
+            if run.cancel_requested:
+                run.status, run.finished_at = "cancelled", now
+            elif run.consecutive_crashes >= run.max_attempts:
+                run.status, run.finished_at = "failed", now
+                run.error_tail = f"gave up: the lease expired {run.consecutive_crashes} times in a row"
+            else:
+                run.status = "queued"
+                requeued.append(run.id or 0)
+            s.add(run)
+        s.flush()
+        _promote_waiting(s)
+    return requeued
+
+
+# --- runs: user intents ----------------------------------------------------------------------------------------
+
+
+def request_cancel(*, engine: Engine, run_id: int) -> Run:
+    """Queued/waiting runs are cancelled now; a running one is flagged for its worker to stop."""
+    with _write(engine) as s:
+        run = _run(s, run_id)
+        if run.status in ("queued", "waiting"):
+            run.status, run.finished_at = "cancelled", utcnow()
+        elif run.status == "running":
+            run.cancel_requested = True
+        s.add(run)
+        s.flush()
+        _promote_waiting(s)
+        return run
+
+
+def set_priority(*, engine: Engine, run_id: int, priority: int) -> Run:
+    with _write(engine) as s:
+        run = _run(s, run_id)
+        run.priority = priority
+        s.add(run)
+        return run
+
+
+def retry_run(*, engine: Engine, run_id: int) -> Run:
+    """Put a failed or cancelled run back in the queue (or waiting, if its dependency has not succeeded)."""
+    with _write(engine) as s:
+        run = _run(s, run_id)
+        if run.status not in ("failed", "cancelled"):
+            raise StudioError(f"run {run_id} is {run.status}; only failed or cancelled runs can be retried")
+        dep = s.get(Run, run.depends_on_run_id) if run.depends_on_run_id is not None else None
+        run.status = "queued" if dep is None or dep.status == "succeeded" else "waiting"
+        run.consecutive_crashes, run.cancel_requested = 0, False
+        run.finished_at, run.exit_code, run.error_tail = None, None, None
+        s.add(run)
+        return run
+
+
+# --- metrics and evaluations -----------------------------------------------------------------------------------
+
+
+def ingest_metric_lines(*, engine: Engine, run_id: int, lines: Sequence[MetricLine]) -> int:
+    """Store metric lines in one transaction; rows already present (same run and seq) are skipped, so a batch
+    can be ingested again safely. Scalars of train/val/stage1/eval lines become points named `<kind>/<metric>`;
+    hist/top_tokens/event lines, and the `data` of eval lines, become blobs. Returns the rows inserted."""
+    points = [
+        {"run_id": run_id, "seq": ln.seq, "name": f"{ln.kind}/{k}", "step": ln.step, "value": v}
+        for ln in lines
+        if ln.kind in SCALAR_KINDS
+        for k, v in ln.metrics.items()
+    ]
+    blobs = [
+        {
+            "run_id": run_id,
+            "seq": ln.seq,
+            "step": ln.step,
+            "kind": ln.kind,
+            "payload": ln.model_dump(include={"event", "data"}),
+        }
+        for ln in lines
+        if ln.kind not in SCALAR_KINDS or ln.data
+    ]
+    insert = postgresql.insert if engine.dialect.name == "postgresql" else sqlite.insert
+    inserted = 0
+    with _write(engine) as s:
+        for table, rows in ((MetricPoint, points), (MetricBlob, blobs)):
+            if rows:  # ON CONFLICT DO NOTHING: rows of an already ingested (run, seq) are skipped
+                stmt = (
+                    insert(table).on_conflict_do_nothing().returning(col(table.seq))
+                )  # counts only new rows
+                inserted += len(s.connection().execute(stmt, rows).all())
+    return inserted
+
+
+def metric_points_since(
+    *, engine: Engine, run_id: int, after_seq: int, names: Sequence[str] | None = None
+) -> list[MetricPoint]:
+    """Points with seq > after_seq in stream order: poll with the largest seq seen as the cursor."""
+    query = select(MetricPoint).where(MetricPoint.run_id == run_id, MetricPoint.seq > after_seq)
+    if names is not None:
+        query = query.where(col(MetricPoint.name).in_(names))
+    with _read(engine) as s:
+        return list(s.exec(query.order_by(col(MetricPoint.seq), col(MetricPoint.name))))
+
+
+def metric_blobs_since(
+    *, engine: Engine, run_id: int, after_seq: int, kind: str | None = None
+) -> list[MetricBlob]:
+    query = select(MetricBlob).where(MetricBlob.run_id == run_id, MetricBlob.seq > after_seq)
+    if kind is not None:
+        query = query.where(MetricBlob.kind == kind)
+    with _read(engine) as s:
+        return list(s.exec(query.order_by(col(MetricBlob.seq))))
+
+
+def last_seq(*, engine: Engine, run_id: int) -> int:
+    """The largest seq stored for the run (points or blobs), -1 if none: where a restarted tailer resumes."""
+    with _read(engine) as s:
+        seqs = [
+            s.exec(select(sa.func.max(table.seq)).where(table.run_id == run_id)).one()
+            for table in (MetricPoint, MetricBlob)
+        ]
+    return max((q for q in seqs if q is not None), default=-1)
+
+
+def record_evaluation(*, engine: Engine, evaluation: Evaluation) -> Evaluation:
+    """Store one pass@k result (built by the caller as an `Evaluation` row) of an existing run."""
+    with _write(engine) as s:
+        _run(s, evaluation.run_id)
+        s.add(evaluation)
+        return evaluation
+
+
+def list_evaluations(*, engine: Engine, run_id: int) -> list[Evaluation]:
+    with _read(engine) as s:
+        query = select(Evaluation).where(Evaluation.run_id == run_id)
+        return list(s.exec(query.order_by(col(Evaluation.benchmark), col(Evaluation.k))))
+
+
+# --- workers ---------------------------------------------------------------------------------------------------
+
+
+def register_worker(
+    *, engine: Engine, worker_id: str, host: str, pid: int, slots: list[str], version: str
+) -> Worker:
+    """Insert or refresh a worker row (a restarted daemon with the same id takes its row over)."""
+    now = utcnow()
+    with _write(engine) as s:
+        row = s.get(Worker, worker_id) or Worker(id=worker_id, host=host, pid=pid)
+        row.host, row.pid, row.slots, row.version = host, pid, slots, version
+        row.started_at, row.heartbeat_at, row.current_run_ids = now, now, []
+        s.add(row)
+        return row
+
+
+def heartbeat(*, engine: Engine, worker_id: str, current_run_ids: list[int]) -> bool:
+    """Mark the worker alive now with the runs it holds; False if it is not registered."""
+    with _write(engine) as s:
+        result = s.exec(
+            sa.update(Worker)
+            .where(col(Worker.id) == worker_id)
+            .values(heartbeat_at=utcnow(), current_run_ids=current_run_ids)
+        )
+        return bool(result.rowcount == 1)
+
+
+def list_workers(*, engine: Engine, alive_within_s: float | None = None) -> list[Worker]:
+    """Registered workers; with `alive_within_s`, only those that heartbeated that recently."""
+    query = select(Worker).order_by(col(Worker.id))
+    if alive_within_s is not None:
+        query = query.where(Worker.heartbeat_at >= utcnow() - timedelta(seconds=alive_within_s))
+    with _read(engine) as s:
+        return list(s.exec(query))
+
+
+def unregister_worker(*, engine: Engine, worker_id: str) -> None:
+    with _write(engine) as s:
+        s.exec(sa.delete(Worker).where(col(Worker.id) == worker_id))
