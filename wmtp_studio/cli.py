@@ -1,4 +1,4 @@
-"""Command lines: `wmtp` (train, validate, eval, eval-samples, eval-lm, label) and `wmtp-studio` (the studio; arrives with the store and dashboard).
+"""Command line `wmtp` (train, validate, eval, eval-samples, eval-lm, label); `wmtp-studio` is studio_cli.py.
 
 torch/transformers are imported inside the commands that need them, so `--help` and recipe validation are fast.
 Bad input exits 2 with a one-paragraph message, never a traceback.
@@ -7,7 +7,6 @@ Bad input exits 2 with a one-paragraph message, never a traceback.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -339,12 +338,3 @@ def eval_lm(
 
 def wmtp_main() -> None:
     app()
-
-
-def studio_main() -> None:
-    """`wmtp-studio`: the dashboard and the headless studio commands are not in this release yet."""
-    err.print(
-        "wmtp-studio: the studio (run store, queue and dashboard) is not in this release yet; "
-        "train directly with `wmtp train RECIPE`."
-    )
-    sys.exit(2)

@@ -1,0 +1,149 @@
+"""`wmtp-studio` headless commands as real subprocesses on a real SQLite studio database in a temp home."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from wmtp_studio.recipe import ALGORITHMS
+
+ROOT = Path(__file__).resolve().parents[2]
+RECIPES = ROOT / "recipes"
+ENTRY = "from wmtp_studio.studio_cli import studio_main; studio_main()"
+
+
+@pytest.fixture
+def studio(tmp_path: Path) -> Any:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
+    env |= {
+        "WMTP_HOME": str(tmp_path / "home"),
+        "WMTP_DATABASE_URL": f"sqlite:///{tmp_path / 'home' / 'studio.db'}",
+        "WMTP_TINY_STEPS": "20",
+    }
+
+    def call(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run(
+            [sys.executable, "-c", ENTRY, *args],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert proc.returncode == code, (proc.stdout, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        return proc
+
+    return call
+
+
+def runs_json(studio: Any, *args: str) -> list[dict[str, Any]]:
+    return json.loads(studio("runs", "--json", *args).stdout)
+
+
+def test_submit_and_compare_queue_runs_with_frozen_recipes(studio: Any, tmp_path: Path) -> None:
+    run_id = int(studio("submit", str(RECIPES / "tiny-ntp.yaml"), "--priority", "3", "--gpus", "1").stdout)
+    out = studio(
+        "compare",
+        str(RECIPES / "tiny-rho1-wmtp.yaml"),
+        "--algorithms",
+        ",".join(ALGORITHMS),
+        "--seeds",
+        "0,1,2",
+    ).stdout
+    assert out.startswith("comparison set 1: tiny-rho1-wmtp, 4 algorithm(s) x 3 seed(s)")
+    runs = runs_json(studio)
+    assert len(runs) == 13 and runs[-1]["id"] == run_id  # newest first
+    single = runs[-1]
+    assert (single["algorithm"], single["seed"], single["status"]) == ("ntp", 0, "queued")
+    assert (single["priority"], single["gpus_requested"], single["comparison_set_id"]) == (3, 1, None)
+    in_set = runs_json(studio, "--set", "1")
+    assert sorted((r["algorithm"], r["seed"]) for r in in_set) == sorted(
+        (a, s) for a in ALGORITHMS for s in (0, 1, 2)
+    )
+    for r in in_set:
+        assert r["status"] == "queued" and r["attempts"] == 0 and r["created_at"]
+        frozen = json.loads((Path(r["run_dir"]) / "recipe.json").read_text())
+        assert (frozen["algorithm"]["name"], frozen["train"]["seed"]) == (r["algorithm"], r["seed"])
+        assert frozen["train"]["steps"] == 20  # ${WMTP_TINY_STEPS} substituted before freezing
+        assert Path(r["run_dir"]).parent == tmp_path / "home" / "runs"
+    assert runs_json(studio, "--status", "running") == []
+    assert "queued" in studio("runs").stdout  # the human table
+
+
+def test_invalid_input_exits_2_and_stores_nothing(studio: Any, tmp_path: Path) -> None:
+    studio("submit", str(RECIPES / "tiny-ntp.yaml"))
+    before = runs_json(studio)
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((RECIPES / "tiny-ntp.yaml").read_text().replace("  batch_size: 32", "  batch_sise: 32"))
+    for args in (
+        ("submit", str(bad)),
+        ("compare", str(bad), "--seeds", "0,1"),
+        ("compare", str(RECIPES / "tiny-ntp.yaml"), "--set", "optim.lr=-1"),
+    ):
+        err = studio(*args, code=2).stderr
+        assert "error:" in err and "invalid recipe" in err
+    assert "train.batch_sise" in studio("submit", str(bad), code=2).stderr
+    err = studio("compare", str(RECIPES / "tiny-ntp.yaml"), "--algorithms", "ntp,mtp", code=2).stderr
+    assert "'mtp'" in err and "valid ones are ntp, baseline-mtp, critic-wmtp, rho1-wmtp" in err
+    assert "rho1-wmtp needs a reference" in studio("compare", str(RECIPES / "tiny-ntp.yaml"), code=2).stderr
+    assert (
+        "expected comma-separated integers"
+        in studio(
+            "compare", str(RECIPES / "tiny-ntp.yaml"), "--algorithms", "ntp", "--seeds", "0,x", code=2
+        ).stderr
+    )
+    assert (
+        "seeds are repeated"
+        in studio(
+            "compare", str(RECIPES / "tiny-ntp.yaml"), "--algorithms", "ntp", "--seeds", "0,0", code=2
+        ).stderr
+    )
+    assert "expected one of queued" in studio("runs", "--status", "done", code=2).stderr
+    assert "no run with id 99" in studio("show", "99", code=2).stderr
+    assert runs_json(studio) == before  # nothing stored, nothing changed
+    assert not list((tmp_path / "home" / "runs").glob("2"))
+
+
+def test_cancel_retry_priority_and_show(studio: Any) -> None:
+    studio("compare", str(RECIPES / "tiny-rho1-wmtp.yaml"), "--algorithms", "ntp,rho1-wmtp")
+    ntp = next(r for r in runs_json(studio) if r["algorithm"] == "ntp")
+    rid = str(ntp["id"])
+    assert studio("cancel", rid).stdout.strip() == f"run {rid}: cancelled"
+    assert runs_json(studio, "--status", "cancelled")[0]["id"] == ntp["id"]
+    assert "already cancelled" in studio("cancel", rid, code=2).stderr
+    assert studio("retry", rid).stdout.strip() == f"run {rid}: queued"
+    assert "only failed or cancelled runs can be retried" in studio("retry", rid, code=2).stderr
+    studio("priority", rid, "7")
+    assert {r["id"]: r["priority"] for r in runs_json(studio)}[ntp["id"]] == 7
+
+    shown = studio("show", rid).stdout
+    assert f"run {rid}: tiny-ntp-s0 (ntp, seed 0)" in shown
+    assert 'algorithm.name: "rho1-wmtp" -> "ntp"' in shown
+    assert 'algorithm.reference: "runs/tiny-ntp/model" -> null' in shown
+    details = json.loads(studio("show", rid, "--json").stdout)
+    assert details["diff"]["name"] == ["tiny-rho1-wmtp", "tiny-ntp-s0"]
+    assert details["recipe"]["algorithm"] == {"name": "ntp"}
+    assert (details["status"], details["priority"], details["latest_metrics"], details["evaluations"]) == (
+        "queued",
+        7,
+        {},
+        [],
+    )
+
+
+def test_db_upgrade_workers_and_help(studio: Any) -> None:
+    first = studio("db", "upgrade").stdout
+    assert "(head)" in first and studio("db", "upgrade").stdout == first  # idempotent
+    assert json.loads(studio("workers", "--json").stdout) == []
+    assert "no workers registered" in studio("workers").stdout
+    help_text = studio().stdout  # no arguments: help, exit 0
+    assert "dashboard is not in this release" in help_text
+    for command in ("submit", "compare", "runs", "show", "cancel", "retry", "priority", "workers", "db"):
+        assert command in help_text
