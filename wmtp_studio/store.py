@@ -344,6 +344,19 @@ def ingest_metric_lines(*, engine: Engine, run_id: int, lines: Sequence[MetricLi
     return inserted
 
 
+def truncate_metrics(*, engine: Engine, run_id: int, from_seq: int) -> int:
+    """Delete the run's points and blobs with seq >= from_seq (a run restarting from a checkpoint rewrites its
+    stream from there on, exactly as the trainer cuts metrics.jsonl back). Returns the rows deleted."""
+    deleted = 0
+    with _write(engine) as s:
+        for table in (MetricPoint, MetricBlob):
+            result = s.execute(
+                sa.delete(table).where(col(table.run_id) == run_id, col(table.seq) >= from_seq)
+            )
+            deleted += int(getattr(result, "rowcount", 0) or 0)
+    return deleted
+
+
 def metric_points_since(
     *, engine: Engine, run_id: int, after_seq: int, names: Sequence[str] | None = None
 ) -> list[MetricPoint]:

@@ -228,6 +228,20 @@ def test_ingestion_is_idempotent_and_cursor_works(engine: Engine, tmp_path: Path
     assert store.last_seq(engine=engine, run_id=run_id) == 6
 
 
+def test_truncate_metrics_cuts_the_stream_back_to_a_checkpoint(engine: Engine, tmp_path: Path) -> None:
+    run_id = new_run(engine, tmp_path).id or 0
+    store.ingest_metric_lines(engine=engine, run_id=run_id, lines=lines())  # seq 0..5: 6 points, 3 blobs
+    # A checkpoint recorded seq 3 as the next line: rows with seq 3, 4, 5 go (2 + 1 points, 1 blob).
+    assert store.truncate_metrics(engine=engine, run_id=run_id, from_seq=3) == 5
+    assert store.last_seq(engine=engine, run_id=run_id) == 2
+    resumed = [MetricLine(seq=3, step=1, time=1.0, kind="event", event="resumed")]
+    assert store.ingest_metric_lines(engine=engine, run_id=run_id, lines=resumed) == 1
+    events = [
+        b.payload["event"] for b in store.metric_blobs_since(engine=engine, run_id=run_id, after_seq=-1)
+    ]
+    assert events == ["start", None, "resumed"]
+
+
 def test_evaluations_and_workers(engine: Engine, tmp_path: Path) -> None:
     run_id = new_run(engine, tmp_path).id or 0
     result = Evaluation(

@@ -1,0 +1,242 @@
+"""Supervise one claimed run: start the trainer, tail its metrics into the database, keep the lease, stop it.
+
+Data-flow hops 4-6 of DESIGN.md. The trainer runs in a new session (so its whole process tree can be signalled
+as one group and swept afterwards), writes only files, and is watched every `poll_s`:
+
+- new complete lines of `run_dir/metrics.jsonl` are validated and ingested in one transaction per poll
+  (idempotent on (run, seq), so re-reading after a truncation or a restart never duplicates);
+- the lease is renewed about every `lease_s / 3`; a refused renewal means another worker holds the run now
+  (fencing): the trainer is killed at once and nothing is recorded;
+- a cancel request (database) or a worker shutdown (`stop`) sends SIGTERM to the group; the trainer checkpoints
+  and exits 143; after `grace_s` the group is SIGKILLed.
+
+On exit the status, exit code and the tail of `train.log` are recorded with the fencing token.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import ValidationError
+from sqlalchemy.engine import Engine
+
+from wmtp_studio import store
+from wmtp_studio.models import Run
+from wmtp_studio.train.events import MetricLine
+
+ERROR_TAIL_LINES = 40
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """How a supervised job ended. `status` is succeeded, failed, cancelled, queued (handed back after a worker
+    shutdown, to resume from its checkpoint later) or fenced (another worker holds the run; nothing recorded)."""
+
+    status: str
+    exit_code: int | None
+    error_tail: str
+    ingested: int
+    """Rows inserted into the database by this supervision."""
+    malformed: int = 0
+    """metrics.jsonl lines that did not validate (skipped)."""
+    pid: int | None = None
+    """The trainer's pid, which is also its session and process-group id."""
+
+
+def launch_command(run: Run, *, gpus: Sequence[int], processes: int) -> list[str]:
+    """The trainer command: plain Python on CPU, `accelerate launch` on GPUs. `--resume` is always passed (the
+    trainer starts fresh when there is no checkpoint)."""
+    train = ["-m", "wmtp_studio.train", "--run-dir", run.run_dir, "--resume"]
+    if not gpus:
+        return [sys.executable, *train]
+    multi = ["--multi_gpu"] if processes > 1 else []
+    return [
+        sys.executable,
+        *("-m", "accelerate.commands.launch", "--num_processes", str(processes), *multi),
+        *("--mixed_precision", "no", "--dynamo_backend", "no"),
+        *train,
+    ]
+
+
+class MetricsTail:
+    """Reads complete lines of a growing metrics.jsonl by byte offset; starts over if the file got shorter."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.offset, self.malformed = path, 0, 0
+
+    def read(self) -> list[MetricLine]:
+        try:
+            with open(self.path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size < self.offset:  # the trainer resumed and cut the file back:
+                    self.offset = 0  # re-read from the start (ingestion is idempotent)
+                fh.seek(self.offset)
+                chunk = fh.read()
+        except FileNotFoundError:
+            return []
+        end = chunk.rfind(b"\n") + 1  # a partial last line is left for the next poll
+        self.offset += end
+        lines: list[MetricLine] = []
+        for raw in chunk[:end].splitlines():
+            if not raw.strip():
+                continue
+            try:
+                lines.append(MetricLine.model_validate_json(raw))
+            except ValidationError:
+                self.malformed += 1
+        return lines
+
+
+def rewind(engine: Engine, run_id: int, run_dir: Path) -> None:
+    """Cut metrics.jsonl and the stored stream back to the latest checkpoint (or to nothing), as the trainer will.
+
+    The trainer resumes from its latest complete checkpoint and rewrites the stream from the seq recorded there;
+    doing the same before launch means no stale line past that point is ever read or kept.
+    """
+    pointer = run_dir / "checkpoints" / "latest"  # published atomically by the trainer (train/checkpoint.py)
+    latest = run_dir / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
+    state = json.loads((latest / "trainer_state.json").read_text()) if latest else {}
+    offset, seq = int(state.get("metrics_offset", 0)), int(state.get("seq", 0))
+    path = run_dir / "metrics.jsonl"
+    if path.exists() and path.stat().st_size > offset:
+        os.truncate(path, offset)
+    store.truncate_metrics(engine=engine, run_id=run_id, from_seq=seq)
+
+
+def session_pids(sid: int) -> list[int]:
+    """Live (non-zombie) processes whose session id is `sid`, from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rfind(")") + 2 :].split()  # state ppid pgrp session ...
+        if fields[0] != "Z" and int(fields[3]) == sid:
+            pids.append(int(entry))
+    return pids
+
+
+def _signal_group(pgid: int, sig: signal.Signals) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
+
+
+def kill_session(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL the child's group, reap it, then SIGKILL any straggler left in its session until none is."""
+    _signal_group(proc.pid, signal.SIGKILL)
+    proc.wait()
+    for _ in range(50):
+        left = session_pids(proc.pid)
+        if not left:
+            return
+        for pid in left:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.1)
+
+
+def _tail_of(log_path: Path) -> str:
+    try:
+        text = log_path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    return "\n".join(text.splitlines()[-ERROR_TAIL_LINES:])
+
+
+def supervise(
+    *,
+    engine: Engine,
+    run: Run,
+    owner: str,
+    token: int,
+    gpus: Sequence[int] = (),
+    lease_s: float = 60,
+    poll_s: float = 0.5,
+    grace_s: float = 30,
+    stop: threading.Event | None = None,
+    log_path: Path | None = None,
+) -> JobOutcome:
+    """Run the claimed `run` (held by `owner` with fencing `token`) to its end and record how it ended."""
+    assert run.id is not None
+    run_id, run_dir = run.id, Path(run.run_dir)
+    log_path = log_path or run_dir / "train.log"
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    cmd = launch_command(run, gpus=gpus, processes=max(1, len(gpus)))
+    rewind(engine, run_id, run_dir)
+    tail, ingested = MetricsTail(run_dir / "metrics.jsonl"), 0
+
+    def ingest() -> None:
+        nonlocal ingested
+        lines = tail.read()
+        if lines:
+            ingested += store.ingest_metric_lines(engine=engine, run_id=run_id, lines=lines)
+
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,
+        )
+    stopping: str | None = None  # "cancelled" or "queued" once we have sent SIGTERM
+    kill_at, next_renew = 0.0, 0.0
+    try:
+        while proc.poll() is None:
+            ingest()
+            now = time.monotonic()
+            if now >= next_renew:
+                if not store.renew_lease(
+                    engine=engine, run_id=run_id, owner=owner, token=token, lease_s=lease_s
+                ):
+                    kill_session(proc)  # fenced: another worker owns the run; record nothing
+                    return JobOutcome("fenced", proc.returncode, "", ingested, tail.malformed, proc.pid)
+                next_renew = now + lease_s / 3
+            if stopping is None:
+                current = store.get_run(engine=engine, run_id=run_id)
+                if current is not None and current.cancel_requested:
+                    stopping = "cancelled"
+                elif stop is not None and stop.is_set():
+                    stopping = "queued"
+                if stopping is not None:
+                    _signal_group(proc.pid, signal.SIGTERM)
+                    kill_at = now + grace_s
+            elif now >= kill_at:
+                _signal_group(proc.pid, signal.SIGKILL)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=poll_s)
+        kill_session(proc)  # stragglers of a finished trainer (e.g. accelerate's children)
+        ingest()
+    finally:
+        if proc.returncode is None:
+            kill_session(proc)
+    code = proc.returncode
+    if code == 0:
+        status, error_tail = "succeeded", ""
+    elif stopping is not None:
+        status, error_tail = stopping, ""
+    else:
+        status, error_tail = "failed", _tail_of(log_path)
+    recorded = store.finish_run(
+        engine=engine,
+        run_id=run_id,
+        owner=owner,
+        token=token,
+        status=status,
+        exit_code=code,
+        error_tail=error_tail or None,
+    )
+    return JobOutcome(status if recorded else "fenced", code, error_tail, ingested, tail.malformed, proc.pid)
