@@ -117,6 +117,19 @@ def _print_runs(runs: Sequence[Run], as_json: bool) -> None:
     out.print(table)
 
 
+def _wake_workers(run_ids: list[int]) -> None:
+    """Tell workers through the queue that runs are waiting (only ids travel). The runs are already stored, and
+    workers also poll the store, so a queue that cannot be reached only costs latency: warn, do not fail."""
+    try:
+        from workers.tasks import announce
+
+        announce(run_ids)
+    except Exception as exc:  # the queue is an optimisation over the store, never a requirement
+        err.print(
+            f"warning: could not notify workers through the queue ({exc}); they will find the runs by polling"
+        )
+
+
 def _ints(text: str, option: str) -> list[int]:
     try:
         return [int(x) for x in text.split(",") if x.strip()]
@@ -138,6 +151,7 @@ def submit(
         run = store.create_run(
             engine=engine, recipe=recipe, runs_dir=_runs_dir(), priority=priority, gpus_requested=gpus
         )
+    _wake_workers([run.id or 0])
     if as_json:
         _print_runs([run], True)
     else:
@@ -182,6 +196,7 @@ def compare(
             )
             for recipe, diff in expanded
         ]
+    _wake_workers([r.id or 0 for r in runs])
     if as_json:
         _print_runs(runs, True)
         return

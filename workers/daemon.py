@@ -1,13 +1,213 @@
-"""`wmtp-worker`: the GPU-host daemon. Not in this release yet; the command is declared so installs are stable."""
+"""`wmtp-worker`: the daemon of one host. Registers itself, heartbeats, and runs up to `--slots` jobs at once.
+
+Design (DESIGN.md hops 3-6): the loop in the main thread fills free slots by claiming runs from the store
+(`claim_next_run`, by priority, when the run's GPUs fit in the free ones) and supervises each claimed run in its
+own thread. It wakes up on Huey `run_job` tasks (a Huey consumer runs in-process, one thread, with short polling)
+and also polls the store every `--poll-s`, so a lost Huey message delays nothing for long. It reaps expired
+leases of dead workers on start and periodically (and announces re-queued runs on Huey). SIGTERM or SIGINT:
+running jobs checkpoint and go back to the queue (`supervise` does it), the worker unregisters and exits 0.
+"""
 
 from __future__ import annotations
 
-import sys
+import argparse
+import logging
+import os
+import signal
+import socket
+import subprocess
+import threading
+import time
+from types import FrameType
+
+from sqlalchemy.engine import Engine
+
+from wmtp_studio import __version__, store
+from wmtp_studio.errors import StudioError
+from wmtp_studio.models import Run
+from wmtp_studio.settings import Settings
+from workers import tasks
+from workers.queue import huey
+from workers.supervise import supervise
+
+log = logging.getLogger("wmtp_worker")
 
 
-def main() -> None:
-    print(
-        "wmtp-worker: the worker daemon is not in this release yet; train directly with `wmtp train RECIPE`.",
-        file=sys.stderr,
+def detect_gpus() -> list[int]:
+    """GPU indices from `nvidia-smi -L` (none if it is missing or fails)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [i for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
+
+
+class Worker:
+    """Slots, free GPUs and the job threads of one daemon; `fill` claims runs until slots or GPUs run out."""
+
+    def __init__(
+        self, *, engine: Engine, worker_id: str, gpus: list[int], slots: int, lease_s: float
+    ) -> None:
+        self.engine, self.worker_id, self.slots, self.lease_s = engine, worker_id, slots, lease_s
+        self.free_gpus = list(gpus)
+        self.jobs: dict[int, threading.Thread] = {}
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+
+    def fill(self) -> None:
+        while not self.stop.is_set():
+            with self.lock:
+                if len(self.jobs) >= self.slots:
+                    return
+                run = store.claim_next_run(
+                    engine=self.engine,
+                    owner=self.worker_id,
+                    gpus_free=len(self.free_gpus),
+                    lease_s=self.lease_s,
+                )
+                if run is None or run.id is None:
+                    return
+                gpus, self.free_gpus = (
+                    self.free_gpus[: run.gpus_requested],
+                    self.free_gpus[run.gpus_requested :],
+                )
+                thread = threading.Thread(target=self._job, args=(run, gpus), name=f"run-{run.id}")
+                self.jobs[run.id] = thread
+            log.info("claimed run %s (attempt %s, gpus %s)", run.id, run.attempts, gpus or "none")
+            thread.start()
+
+    def _job(self, run: Run, gpus: list[int]) -> None:
+        assert run.id is not None
+        try:
+            outcome = supervise(
+                engine=self.engine,
+                run=run,
+                owner=self.worker_id,
+                token=run.fencing_token,
+                gpus=gpus,
+                lease_s=self.lease_s,
+                stop=self.stop,
+            )
+            log.info("run %s ended: %s (exit code %s)", run.id, outcome.status, outcome.exit_code)
+        except (
+            Exception
+        ):  # a job thread is a process edge: report; the lease expires and the reaper re-queues
+            log.exception("supervising run %s failed", run.id)
+        finally:
+            with self.lock:
+                del self.jobs[run.id]
+                self.free_gpus = sorted(self.free_gpus + gpus)
+            self.wake.set()
+
+    def running(self) -> list[int]:
+        with self.lock:
+            return sorted(self.jobs)
+
+    def join(self) -> None:
+        with self.lock:
+            threads = list(self.jobs.values())
+        for thread in threads:
+            thread.join()
+
+
+def reap(engine: Engine) -> None:
+    requeued = store.requeue_expired_leases(engine=engine)
+    if requeued:
+        log.info("re-queued runs with expired leases: %s", requeued)
+        tasks.announce(requeued)
+
+
+def serve(worker: Worker, *, poll_s: float, heartbeat_s: float, reap_s: float) -> None:
+    """The main loop: claim, heartbeat, reap, then sleep until a wake-up or the next deadline."""
+    next_beat = next_reap = 0.0
+    while not worker.stop.is_set():
+        worker.wake.clear()
+        worker.fill()
+        now = time.monotonic()
+        if now >= next_beat:
+            store.heartbeat(
+                engine=worker.engine, worker_id=worker.worker_id, current_run_ids=worker.running()
+            )
+            next_beat = now + heartbeat_s
+        if now >= next_reap:
+            reap(worker.engine)
+            next_reap = now + reap_s
+        worker.wake.wait(timeout=max(0.0, min(poll_s, next_beat - now, next_reap - now)))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="wmtp-worker", description="Run queued WMTP Studio jobs on this host.")
+    p.add_argument("--cpu", action="store_true", help="offer no GPU (CPU jobs only)")
+    p.add_argument("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: auto-detect)")
+    p.add_argument("--slots", type=int, default=None, help="jobs at once (default: 1 per GPU, or 1 on CPU)")
+    p.add_argument(
+        "--lease-s", type=float, default=60.0, help="lease of a claimed run, renewed while it runs"
     )
-    sys.exit(2)
+    p.add_argument(
+        "--poll-s", type=float, default=2.0, help="poll the store this often besides Huey wake-ups"
+    )
+    args = p.parse_args(argv)
+    if args.cpu and args.gpus:
+        p.error("--cpu and --gpus exclude each other")
+    try:
+        args.gpu_list = (
+            [] if args.cpu else [int(g) for g in args.gpus.split(",")] if args.gpus else detect_gpus()
+        )
+    except ValueError:
+        p.error(f"--gpus must be comma-separated integers, not {args.gpus!r}")
+    args.slots = args.slots or max(1, len(args.gpu_list))
+    if args.slots < 1 or args.lease_s <= 0 or args.poll_s <= 0:
+        p.error("--slots, --lease-s and --poll-s must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    settings = Settings.from_env()
+    engine = store.make_engine(settings.database_url)
+    store.upgrade(engine=engine)
+    host, pid = socket.gethostname(), os.getpid()
+    worker = Worker(
+        engine=engine, worker_id=f"{host}:{pid}", gpus=args.gpu_list, slots=args.slots, lease_s=args.lease_s
+    )
+    slot_names = [f"gpu{g}" for g in args.gpu_list] or ["cpu"] * args.slots
+    store.register_worker(
+        engine=engine, worker_id=worker.worker_id, host=host, pid=pid, slots=slot_names, version=__version__
+    )
+    tasks.on_wake(lambda _run_id: worker.wake.set())
+    consumer = huey.create_consumer(
+        workers=1,
+        periodic=False,
+        initial_delay=0.05,
+        max_delay=0.5,
+        check_worker_health=False,
+        shutdown_timeout=5,
+    )
+    consumer.start()  # installs Huey's signal handlers; ours replace them below
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: checkpointing running jobs and shutting down", signal.Signals(signum).name)
+        worker.stop.set()
+        worker.wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    log.info("worker %s: %s slot(s), gpus %s", worker.worker_id, args.slots, args.gpu_list or "none")
+    try:
+        serve(
+            worker,
+            poll_s=args.poll_s,
+            heartbeat_s=min(5.0, args.lease_s / 3),
+            reap_s=min(30.0, args.lease_s / 2),
+        )
+    except StudioError as exc:
+        log.error("%s", exc)
+        worker.stop.set()
+    finally:
+        worker.stop.set()  # also on an unexpected error: jobs go back to the queue
+        worker.join()
+        consumer.stop(graceful=True)
+        store.unregister_worker(engine=engine, worker_id=worker.worker_id)
+        log.info("worker %s stopped", worker.worker_id)

@@ -1,0 +1,31 @@
+"""The Huey instance (DESIGN.md hop 3). Only run ids travel through it; job state lives in the studio database.
+
+`WMTP_QUEUE_URL` picks the backend: `sqlite:///<path>` (default `<home>/queue.db`, `SqliteHuey`) or
+`redis://...` (`RedisHuey`). Huey delivers at most once, so a lost message must cost nothing: workers also poll
+the store, and a reaper re-queues runs whose lease expired.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from huey import Huey, RedisHuey, SqliteHuey
+
+from wmtp_studio.errors import StudioError
+from wmtp_studio.settings import Settings
+
+QUEUE_NAME = "wmtp"
+
+
+def make_huey(url: str) -> Huey:
+    """A Huey for `url`; results are not stored (tasks only wake workers up)."""
+    if url.startswith("sqlite:///"):
+        path = Path(url.removeprefix("sqlite:///")).expanduser()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return SqliteHuey(QUEUE_NAME, filename=str(path), results=False)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        return RedisHuey(QUEUE_NAME, url=url, results=False)
+    raise StudioError(f"WMTP_QUEUE_URL must be sqlite:///<path> or redis://..., not {url!r}")
+
+
+huey = make_huey(Settings.from_env().queue_url)
