@@ -23,15 +23,16 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from wmtp_studio import store
-from wmtp_studio.models import Run
+from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.train.events import MetricLine
 
 ERROR_TAIL_LINES = 40
@@ -184,50 +185,26 @@ def supervise(
             ingested += store.ingest_metric_lines(engine=engine, run_id=run_id, lines=lines)
 
     with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            cmd,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,
-        )
-    stopping: str | None = None  # "cancelled" or "queued" once we have sent SIGTERM
-    kill_at, next_renew = 0.0, 0.0
-    try:
-        while proc.poll() is None:
-            ingest()
-            now = time.monotonic()
-            if now >= next_renew:
-                if not store.renew_lease(
-                    engine=engine, run_id=run_id, owner=owner, token=token, lease_s=lease_s
-                ):
-                    kill_session(proc)  # fenced: another worker owns the run; record nothing
-                    return JobOutcome("fenced", proc.returncode, "", ingested, tail.malformed, proc.pid)
-                next_renew = now + lease_s / 3
-            if stopping is None:
-                current = store.get_run(engine=engine, run_id=run_id)
-                if current is not None and current.cancel_requested:
-                    stopping = "cancelled"
-                elif stop is not None and stop.is_set():
-                    stopping = "queued"
-                if stopping is not None:
-                    _signal_group(proc.pid, signal.SIGTERM)
-                    kill_at = now + grace_s
-            elif now >= kill_at:
-                _signal_group(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=poll_s)
-        kill_session(proc)  # stragglers of a finished trainer (e.g. accelerate's children)
-        ingest()
-    finally:
-        if proc.returncode is None:
-            kill_session(proc)
+        proc = _start(cmd, log, env)
+    watch = _Watch(engine, run_id, owner, token, lease_s, poll_s, grace_s, stop, ingest)
+    if not watch.follow(proc):
+        return JobOutcome("fenced", proc.returncode, "", ingested, tail.malformed, proc.pid)
     code = proc.returncode
-    if code == 0:
+    if code == 0 and watch.stopping is None:
+        for i, benchmark in enumerate(_benchmarks(run)):  # the recipe's evaluations, after training
+            out = Path(run.run_dir) / "eval" / f"{i}-{_slug(benchmark)}"
+            with open(log_path, "ab") as log:
+                ev = _start(eval_command(run, benchmark, out), log, env)
+            if not watch.follow(ev):
+                return JobOutcome("fenced", ev.returncode, "", ingested, tail.malformed, proc.pid)
+            if watch.stopping is not None or ev.returncode != 0:
+                code = ev.returncode
+                break
+            _record_results(engine, run_id, out / "results.json")
+    if code == 0 and watch.stopping is None:
         status, error_tail = "succeeded", ""
-    elif stopping is not None:
-        status, error_tail = stopping, ""
+    elif watch.stopping is not None:
+        status, error_tail = watch.stopping, ""
     else:
         status, error_tail = "failed", _tail_of(log_path)
     recorded = store.finish_run(
@@ -240,3 +217,134 @@ def supervise(
         error_tail=error_tail or None,
     )
     return JobOutcome(status if recorded else "fenced", code, error_tail, ingested, tail.malformed, proc.pid)
+
+
+def _start(cmd: list[str], log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """A job process in its own session (so its whole tree can be signalled and found), output to the log."""
+    return subprocess.Popen(
+        cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
+    )
+
+
+class _Watch:
+    """Follows one job process: ingests metrics, renews the lease (fenced), turns cancel/stop into SIGTERM then,
+    after the grace period, SIGKILL of the group. `stopping` says why we stopped it ("cancelled" or "queued")."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        run_id: int,
+        owner: str,
+        token: int,
+        lease_s: float,
+        poll_s: float,
+        grace_s: float,
+        stop: threading.Event | None,
+        ingest: Callable[[], None],
+    ) -> None:
+        self.engine, self.run_id, self.owner, self.token = engine, run_id, owner, token
+        self.lease_s, self.poll_s, self.grace_s, self.stop, self.ingest = (
+            lease_s,
+            poll_s,
+            grace_s,
+            stop,
+            ingest,
+        )
+        self.stopping: str | None = None
+        self.next_renew = 0.0
+
+    def follow(self, proc: subprocess.Popen[bytes]) -> bool:
+        """Until `proc` ends; False when fenced (another worker owns the run: the process is killed)."""
+        kill_at = 0.0
+        try:
+            while proc.poll() is None:
+                self.ingest()
+                now = time.monotonic()
+                if now >= self.next_renew:
+                    if not store.renew_lease(
+                        engine=self.engine,
+                        run_id=self.run_id,
+                        owner=self.owner,
+                        token=self.token,
+                        lease_s=self.lease_s,
+                    ):
+                        kill_session(proc)
+                        return False
+                    self.next_renew = now + self.lease_s / 3
+                if self.stopping is None:
+                    current = store.get_run(engine=self.engine, run_id=self.run_id)
+                    if current is not None and current.cancel_requested:
+                        self.stopping = "cancelled"
+                    elif self.stop is not None and self.stop.is_set():
+                        self.stopping = "queued"
+                    if self.stopping is not None:
+                        _signal_group(proc.pid, signal.SIGTERM)
+                        kill_at = now + self.grace_s
+                elif now >= kill_at:
+                    _signal_group(proc.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    proc.wait(timeout=self.poll_s)
+            kill_session(proc)  # stragglers of a finished process (e.g. accelerate's children)
+            self.ingest()
+        finally:
+            if proc.returncode is None:
+                kill_session(proc)
+        return True
+
+
+def _benchmarks(run: Run) -> list[str]:
+    recipe = json.loads(run.recipe_json)
+    return list(recipe.get("eval", {}).get("benchmarks", []))
+
+
+def _slug(text: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
+
+
+def eval_command(run: Run, benchmark: str, out: Path) -> list[str]:
+    """`wmtp eval` of the run's model on one of its recipe's benchmarks, with the recipe's sampling settings."""
+    ev = json.loads(run.recipe_json).get("eval", {})
+    ks = [k for k in ev.get("k", [1]) if k <= ev.get("n_samples", 1)] or [1]
+    return [
+        sys.executable,
+        "-c",
+        "from wmtp_studio.cli import wmtp_main; wmtp_main()",
+        "eval",
+        run.run_dir,
+        "--benchmark",
+        benchmark,
+        "--n",
+        str(ev.get("n_samples", 1)),
+        "--temperature",
+        str(ev.get("temperature", 0.0)),
+        "--top-p",
+        str(ev.get("top_p", 0.95)),
+        "--k",
+        ",".join(map(str, ks)),
+        "--max-new-tokens",
+        str(ev.get("max_new_tokens", 128)),
+        "--out",
+        str(out),
+    ]
+
+
+def _record_results(engine: Engine, run_id: int, path: Path) -> None:
+    results = json.loads(path.read_text())
+    for p in results["pass_at_k"]:
+        store.record_evaluation(
+            engine=engine,
+            evaluation=Evaluation(
+                run_id=run_id,
+                benchmark=results["benchmark"],
+                k=p["k"],
+                pass_at_k=p["value"],
+                ci_low=p["ci_low"],
+                ci_high=p["ci_high"],
+                n_problems=results["n_problems"],
+                protocol={
+                    "protocol": results["protocol"],
+                    "sampling": results["sampling"],
+                    "isolation_tier": results["isolation_tier"],
+                },
+            ),
+        )

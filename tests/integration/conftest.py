@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 # Small and fast: 600 generated problems, short runs, a log line every step.
 FAST = [
+    "eval.benchmarks=[]",  # post-training evaluations only where a test asks for them
     "data.generated.num_train=600",
     "train.log_every=1",
     "train.batch_size=16",

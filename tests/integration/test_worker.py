@@ -26,7 +26,14 @@ pytestmark = pytest.mark.slow
 STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
 WORKER = "from workers.daemon import main; main()"
 ENQUEUE = "import sys; from workers.tasks import announce; announce([int(a) for a in sys.argv[1:]])"
-TINY = ["--set", "data.generated.num_train=600", "--set", "train.batch_size=16"]
+TINY = [
+    "--set",
+    "data.generated.num_train=600",
+    "--set",
+    "train.batch_size=16",
+    "--set",
+    "eval.benchmarks=[]",
+]
 
 
 @pytest.fixture
