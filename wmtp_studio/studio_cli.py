@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from wmtp_studio import store
+from wmtp_studio.cli import SetOpt, err, fail
 from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.database import MIGRATIONS
 from wmtp_studio.errors import StudioError
@@ -42,11 +43,6 @@ studio_app = typer.Typer(
 db_app = typer.Typer(help="The studio database.", no_args_is_help=True)
 studio_app.add_typer(db_app, name="db")
 out = Console(highlight=False, width=None if sys.stdout.isatty() else 120)  # pipes: no truncated cells
-err = Console(stderr=True)
-
-SetOpt = Annotated[
-    list[str] | None, typer.Option("--set", help="Dotted override, e.g. optim.lr=3e-4 (repeatable).")
-]
 
 RecipeArg = Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML file.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -61,13 +57,6 @@ def _main(ctx: typer.Context) -> None:
         typer.echo("The dashboard is not in this release; use the commands below.\n")
         typer.echo(ctx.get_help())
         raise typer.Exit(0)
-
-
-def fail(message: str, code: int = 2) -> typer.Exit:
-    """Print a one-paragraph error (the same form as `wmtp`'s; not imported from cli.py, which may import
-    this module to serve `wmtp-studio`)."""
-    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
-    return typer.Exit(code)
 
 
 @contextmanager

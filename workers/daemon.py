@@ -156,7 +156,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         )
     except ValueError:
         p.error(f"--gpus must be comma-separated integers, not {args.gpus!r}")
-    args.slots = args.slots or max(1, len(args.gpu_list))
+    if args.slots is None:
+        args.slots = max(1, len(args.gpu_list))
     if args.slots < 1 or args.lease_s <= 0 or args.poll_s <= 0:
         p.error("--slots, --lease-s and --poll-s must be positive")
     return args
