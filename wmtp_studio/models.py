@@ -100,6 +100,8 @@ class Run(SQLModel, table=True):
     )
 
     id: int | None = Field(default=None, primary_key=True)
+    name: str = ""
+    """The recipe's name (an expanded comparison run's is `<base>-<algorithm>-s<seed>`)."""
     comparison_set_id: int | None = Field(default=None, foreign_key="comparisonset.id", index=True)
     recipe_json: str = Field(sa_type=sa.Text)
     """Canonical recipe JSON (`Recipe.canonical_json()`), frozen as runs/<id>/recipe.json."""
@@ -129,6 +131,16 @@ class Run(SQLModel, table=True):
     gpus_requested: int = 0
     diff: dict[str, Any] | None = _json(nullable=True)
     """How this run differs from its comparison set's base recipe."""
+    total_steps: int = 0
+    """The recipe's optimizer step budget (`train.steps`): progress is last_step / total_steps."""
+    last_step: int = 0
+    """The largest training step ingested so far."""
+    mlflow_run_id: str | None = None
+    """The MLflow run this run is forwarded to, once created."""
+    mlflow_synced_seq: int = -1
+    """Largest metric seq already forwarded to MLflow (-1: none): forwarding resumes after it."""
+    mlflow_done: bool = False
+    """The finished run's status, evaluations and artifacts are in MLflow."""
 
 
 class MetricPoint(SQLModel, table=True):
@@ -166,6 +178,8 @@ class Evaluation(SQLModel, table=True):
     ci_high: float
     n_problems: int
     protocol: dict[str, Any] = _json()
+    per_problem: dict[str, Any] | None = _json(nullable=True)
+    """{task id: {"n": samples, "c": correct}}: what paired comparisons between runs are computed from."""
     created_at: datetime = _time()
 
 
@@ -181,3 +195,13 @@ class Worker(SQLModel, table=True):
     current_run_ids: list[int] = Field(default_factory=list, sa_type=sa.JSON, nullable=False)
     started_at: datetime = _time()
     version: str = ""
+    gpu_stats: list[dict[str, Any]] = Field(default_factory=list, sa_type=sa.JSON, nullable=False)
+    """Per GPU at the last heartbeat: {"index", "memory_used_mib", "memory_total_mib", "utilization_pct"}."""
+
+
+class StudioFlag(SQLModel, table=True):
+    """A studio-wide setting stored in the database, e.g. `queue_paused` (workers claim nothing while true)."""
+
+    name: str = Field(primary_key=True)
+    value: Any = Field(default=None, sa_type=sa.JSON, nullable=True)
+    updated_at: datetime = _time()

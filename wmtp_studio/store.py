@@ -33,6 +33,7 @@ from wmtp_studio.models import (
     MetricPoint,
     Run,
     SavedRecipe,
+    StudioFlag,
     Worker,
     utcnow,
 )
@@ -103,6 +104,8 @@ def create_run(
         if depends_on_run_id is not None:
             _run(s, depends_on_run_id)
         run = Run(
+            name=recipe.name,
+            total_steps=recipe.train.steps,
             comparison_set_id=comparison_set_id,
             recipe_json=recipe.canonical_json(),
             recipe_sha256=recipe.sha256(),
@@ -180,6 +183,9 @@ def claim_next_run(*, engine: Engine, owner: str, gpus_free: int, lease_s: float
     """Atomically take the best queued run that fits in `gpus_free` GPUs: highest priority, then oldest."""
     with _write(engine) as s:
         _promote_waiting(s)
+        paused = s.get(StudioFlag, "queue_paused")
+        if paused is not None and paused.value:
+            return None
         run = s.exec(
             select(Run)
             .where(Run.status == "queued", Run.gpus_requested <= gpus_free)
@@ -341,6 +347,13 @@ def ingest_metric_lines(*, engine: Engine, run_id: int, lines: Sequence[MetricLi
                     insert(table).on_conflict_do_nothing().returning(col(table.seq))
                 )  # counts only new rows
                 inserted += len(s.connection().execute(stmt, rows).all())
+        steps = [ln.step for ln in lines if ln.kind == "train"]
+        if steps:
+            s.exec(
+                sa.update(Run)
+                .where(col(Run.id) == run_id, col(Run.last_step) < max(steps))
+                .values(last_step=max(steps))
+            )
     return inserted
 
 
@@ -418,14 +431,20 @@ def register_worker(
         return row
 
 
-def heartbeat(*, engine: Engine, worker_id: str, current_run_ids: list[int]) -> bool:
-    """Mark the worker alive now with the runs it holds; False if it is not registered."""
+def heartbeat(
+    *,
+    engine: Engine,
+    worker_id: str,
+    current_run_ids: list[int],
+    gpu_stats: list[dict[str, Any]] | None = None,
+) -> bool:
+    """Mark the worker alive now with the runs it holds (and its GPUs' memory and utilisation, when it can read
+    them); False if it is not registered."""
+    values: dict[str, Any] = {"heartbeat_at": utcnow(), "current_run_ids": current_run_ids}
+    if gpu_stats is not None:
+        values["gpu_stats"] = gpu_stats
     with _write(engine) as s:
-        result = s.exec(
-            sa.update(Worker)
-            .where(col(Worker.id) == worker_id)
-            .values(heartbeat_at=utcnow(), current_run_ids=current_run_ids)
-        )
+        result = s.exec(sa.update(Worker).where(col(Worker.id) == worker_id).values(**values))
         return bool(result.rowcount == 1)
 
 
@@ -441,3 +460,25 @@ def list_workers(*, engine: Engine, alive_within_s: float | None = None) -> list
 def unregister_worker(*, engine: Engine, worker_id: str) -> None:
     with _write(engine) as s:
         s.exec(sa.delete(Worker).where(col(Worker.id) == worker_id))
+
+
+# --- studio flags ----------------------------------------------------------------------------------------------
+
+
+def set_flag(*, engine: Engine, name: str, value: Any) -> None:
+    """Set a studio-wide flag (JSON value), e.g. `queue_paused`."""
+    with _write(engine) as s:
+        row = s.get(StudioFlag, name) or StudioFlag(name=name)
+        row.value, row.updated_at = value, utcnow()
+        s.add(row)
+
+
+def get_flag(*, engine: Engine, name: str, default: Any = None) -> Any:
+    with _read(engine) as s:
+        row = s.get(StudioFlag, name)
+        return default if row is None else row.value
+
+
+def queue_paused(*, engine: Engine) -> bool:
+    """True while the queue is paused: workers finish what they run but claim nothing new."""
+    return bool(get_flag(engine=engine, name="queue_paused", default=False))

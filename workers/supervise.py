@@ -341,6 +341,7 @@ def _record_results(engine: Engine, run_id: int, path: Path) -> None:
                 ci_low=p["ci_low"],
                 ci_high=p["ci_high"],
                 n_problems=results["n_problems"],
+                per_problem=results.get("per_problem"),
                 protocol={
                     "protocol": results["protocol"],
                     "sampling": results["sampling"],

@@ -263,3 +263,30 @@ def test_saved_recipes(engine: Engine) -> None:
     store.save_recipe(engine=engine, name="a", yaml_text="x: 2", recipe=recipe("train.seed=3"))
     (saved,) = store.list_saved_recipes(engine=engine)
     assert (saved.yaml_text, saved.sha256) == ("x: 2", recipe("train.seed=3").sha256())
+
+
+def test_paused_queue_claims_nothing_until_resumed(engine: Engine, tmp_path: Path) -> None:
+    run = new_run(engine, tmp_path)
+    assert (run.name, run.total_steps, run.last_step) == ("tiny-ntp", 600, 0)
+    store.set_flag(engine=engine, name="queue_paused", value=True)
+    assert store.queue_paused(engine=engine)
+    assert store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30) is None
+    store.set_flag(engine=engine, name="queue_paused", value=False)
+    claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
+    assert claimed is not None and claimed.id == run.id
+
+
+def test_ingest_advances_last_step_monotonically(engine: Engine, tmp_path: Path) -> None:
+    run = new_run(engine, tmp_path)
+    assert run.id is not None
+    lines = [
+        MetricLine(seq=i, step=s, time=0.0, kind="train", metrics={"loss": 1.0})
+        for i, s in enumerate((5, 10))
+    ]
+    store.ingest_metric_lines(engine=engine, run_id=run.id, lines=lines)
+    # a val line at a later step does not count as training progress; an old train line does not go back
+    later = [MetricLine(seq=2, step=50, time=0.0, kind="val", metrics={"loss": 1.0})]
+    store.ingest_metric_lines(engine=engine, run_id=run.id, lines=later)
+    store.ingest_metric_lines(engine=engine, run_id=run.id, lines=lines[:1])
+    stored = store.get_run(engine=engine, run_id=run.id)
+    assert stored is not None and stored.last_step == 10
