@@ -1,0 +1,1 @@
+"""One module per screen; each screen takes a `StudioContext` and reads the store from Textual workers."""

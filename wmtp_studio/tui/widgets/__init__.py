@@ -1,0 +1,1 @@
+"""Reusable widgets of the dashboard (charts, heatmaps, highlighted tokens)."""
