@@ -482,3 +482,33 @@ def get_flag(*, engine: Engine, name: str, default: Any = None) -> Any:
 def queue_paused(*, engine: Engine) -> bool:
     """True while the queue is paused: workers finish what they run but claim nothing new."""
     return bool(get_flag(engine=engine, name="queue_paused", default=False))
+
+
+# --- dashboard reads -------------------------------------------------------------------------------------------
+
+
+def point_rows_since(
+    *, engine: Engine, run_id: int, after_seq: int, limit: int | None = None
+) -> list[tuple[int, str, int, float]]:
+    """(seq, name, step, value) of the run's points with seq > after_seq in stream order, at most `limit` rows:
+    plain tuples, several times cheaper than `metric_points_since` on a long run's first load."""
+    query = (
+        select(MetricPoint.seq, MetricPoint.name, MetricPoint.step, MetricPoint.value)
+        .where(MetricPoint.run_id == run_id, MetricPoint.seq > after_seq)
+        .order_by(col(MetricPoint.seq), col(MetricPoint.name))
+        .limit(limit)
+    )
+    with _read(engine) as s:
+        return [(seq, name, step, value) for seq, name, step, value in s.exec(query)]
+
+
+
+def queue_runs(*, engine: Engine, finished_limit: int = 20) -> list[Run]:
+    """The queue as workers see it: running runs, then queued ones in claim order (priority, then age), then
+    waiting ones; after them the `finished_limit` latest failed or cancelled runs (what can be retried)."""
+    order = sa.case({"running": 0, "queued": 1, "waiting": 2}, value=col(Run.status))
+    active = select(Run).where(col(Run.status).in_(("running", "queued", "waiting")))
+    retryable = select(Run).where(col(Run.status).in_(("failed", "cancelled")))
+    with _read(engine) as s:
+        rows = list(s.exec(active.order_by(order, col(Run.priority).desc(), col(Run.id))))
+        return rows + list(s.exec(retryable.order_by(col(Run.finished_at).desc()).limit(finished_limit)))

@@ -1,0 +1,38 @@
+"""The store's dashboard reads on a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from wmtp_studio import store
+from wmtp_studio.recipe import load_recipe
+from wmtp_studio.train.events import MetricLine
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+
+def test_point_rows_since_is_ordered_paged_and_per_run(tmp_path: Path) -> None:
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'studio.db'}")
+    store.upgrade(engine=engine)
+    recipe = load_recipe(RECIPES / "tiny-ntp.yaml", [])
+    a, b = (store.create_run(engine=engine, recipe=recipe, runs_dir=tmp_path / "runs") for _ in range(2))
+    assert a.id is not None and b.id is not None
+    lines = [
+        MetricLine(seq=0, step=0, time=0.0, kind="event", event="start"),
+        MetricLine(seq=1, step=5, time=1.0, kind="train", metrics={"loss": 3.0, "lr": 0.1}),
+        MetricLine(seq=2, step=10, time=2.0, kind="train", metrics={"loss": 2.5, "lr": 0.2}),
+        MetricLine(seq=3, step=10, time=3.0, kind="val", metrics={"val_loss": 2.75}),
+    ]
+    store.ingest_metric_lines(engine=engine, run_id=a.id, lines=lines)
+    store.ingest_metric_lines(engine=engine, run_id=b.id, lines=lines[:2])
+    rows = store.point_rows_since(engine=engine, run_id=a.id, after_seq=-1)
+    assert rows == [
+        (1, "train/loss", 5, 3.0),
+        (1, "train/lr", 5, 0.1),
+        (2, "train/loss", 10, 2.5),
+        (2, "train/lr", 10, 0.2),
+        (3, "val/val_loss", 10, 2.75),
+    ]
+    assert store.point_rows_since(engine=engine, run_id=a.id, after_seq=1, limit=3) == rows[2:5]
+    assert store.point_rows_since(engine=engine, run_id=a.id, after_seq=3) == []
+    assert len(store.point_rows_since(engine=engine, run_id=b.id, after_seq=-1)) == 2
