@@ -8,7 +8,9 @@ lease expired and the run was claimed again) can no longer renew or finish the r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -100,12 +102,54 @@ def create_run(
     diff: dict[str, Any] | None = None,
 ) -> Run:
     """Store a run (`queued`, or `waiting` on its dependency) and freeze runs_dir/<id>/recipe.json."""
-    with _write(engine) as s:
+    with submission(engine=engine, runs_dir=runs_dir) as sub:
+        return sub.add_run(
+            recipe=recipe,
+            comparison_set_id=comparison_set_id,
+            priority=priority,
+            max_attempts=max_attempts,
+            depends_on_run_id=depends_on_run_id,
+            gpus_requested=gpus_requested,
+            diff=diff,
+        )
+
+
+class Submission:
+    """Runs and comparison sets added in one transaction (see `submission`)."""
+
+    def __init__(self, session: Session, runs_dir: Path) -> None:
+        self._s, self._runs_dir = session, runs_dir
+
+    def add_comparison_set(
+        self, *, name: str, base: Recipe, factor: str, diff: dict[str, Any]
+    ) -> ComparisonSet:
+        row = ComparisonSet(name=name, base_recipe_sha256=base.sha256(), factor=factor, diff=diff)
+        self._s.add(row)
+        self._s.flush()  # assigns the id
+        return row
+
+    def add_run(
+        self,
+        *,
+        recipe: Recipe,
+        comparison_set_id: int | None = None,
+        priority: int = 0,
+        max_attempts: int = 3,
+        depends_on_run_id: int | None = None,
+        gpus_requested: int = 0,
+        diff: dict[str, Any] | None = None,
+    ) -> Run:
+        """Add a run (`queued`, or `waiting` on its dependency) and freeze runs_dir/<id>/recipe.json."""
         if depends_on_run_id is not None:
-            _run(s, depends_on_run_id)
+            dep = _run(self._s, depends_on_run_id)
+            if dep.status in ("failed", "cancelled"):
+                raise StudioError(
+                    f"run {depends_on_run_id} is {dep.status}: a run depending on it would never start "
+                    f"(retry it first with `wmtp-studio retry {depends_on_run_id}`)"
+                )
         run = Run(
             name=recipe.name,
-            total_steps=recipe.train.steps,
+            total_steps=recipe.train.steps or 0,
             comparison_set_id=comparison_set_id,
             recipe_json=recipe.canonical_json(),
             recipe_sha256=recipe.sha256(),
@@ -118,14 +162,23 @@ def create_run(
             gpus_requested=gpus_requested,
             diff=diff,
         )
-        s.add(run)
-        s.flush()  # assigns the id
-        run_dir = runs_dir / str(run.id)
+        self._s.add(run)
+        self._s.flush()  # assigns the id
+        run_dir = self._runs_dir / str(run.id)
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "recipe.json").write_text(run.recipe_json)
         run.run_dir = str(run_dir)
-        _promote_waiting(s)  # the dependency may already be finished
+        _promote_waiting(self._s)  # the dependency may already be finished
         return run
+
+
+@contextmanager
+def submission(*, engine: Engine, runs_dir: Path) -> Iterator[Submission]:
+    """One transaction for several runs and sets: everything added is stored, or nothing (an exception inside
+    the block rolls it all back; recipe.json files already written for ids that were never stored are
+    overwritten when those ids are used)."""
+    with _write(engine) as s:
+        yield Submission(s, runs_dir)
 
 
 def get_run(*, engine: Engine, run_id: int) -> Run | None:
@@ -482,6 +535,49 @@ def get_flag(*, engine: Engine, name: str, default: Any = None) -> Any:
 def queue_paused(*, engine: Engine) -> bool:
     """True while the queue is paused: workers finish what they run but claim nothing new."""
     return bool(get_flag(engine=engine, name="queue_paused", default=False))
+
+
+# --- runs overview ---------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunOverview:
+    """A run with what the dashboard's runs table shows beyond the row itself."""
+
+    run: Run
+    comparison_set: str | None
+    """The name of the run's comparison set."""
+    loss: float | None
+    """The latest `train/loss` point."""
+    pass_at_1: float | None
+    """pass@1 of the run's first recorded evaluation with k = 1."""
+
+
+def runs_overview(*, engine: Engine, limit: int = 1000) -> list[RunOverview]:
+    """The newest `limit` runs with their latest train loss and pass@1: one query, whose correlated subqueries
+    are index seeks per run (ix_metricpoint_run_name_step, ix_evaluation_run_id)."""
+    loss = (
+        select(MetricPoint.value)
+        .where(MetricPoint.run_id == Run.id, MetricPoint.name == "train/loss")
+        .order_by(col(MetricPoint.step).desc())
+        .limit(1)
+        .scalar_subquery()
+    )
+    pass1 = (
+        select(Evaluation.pass_at_k)
+        .where(Evaluation.run_id == Run.id, Evaluation.k == 1)
+        .order_by(col(Evaluation.id))
+        .limit(1)
+        .scalar_subquery()
+    )
+    query = (
+        select(Run, ComparisonSet.name, loss, pass1)
+        .outerjoin(ComparisonSet, col(Run.comparison_set_id) == ComparisonSet.id)
+        .order_by(col(Run.id).desc())
+        .limit(limit)
+    )
+    with _read(engine) as s:
+        return [RunOverview(run, name, lo, p1) for run, name, lo, p1 in s.exec(query)]
 
 
 # --- dashboard reads -------------------------------------------------------------------------------------------

@@ -26,12 +26,12 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from wmtp_studio import store
 from wmtp_studio.cli import SetOpt, err, fail
-from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.database import MIGRATIONS
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, RUN_STATUSES, Run, Worker, utcnow
 from wmtp_studio.recipe import ALGORITHMS, load_recipe
 from wmtp_studio.settings import Settings
+from wmtp_studio.submit import submit_comparison, submit_run, wake_workers
 
 studio_app = typer.Typer(
     name="wmtp-studio",
@@ -107,16 +107,10 @@ def _print_runs(runs: Sequence[Run], as_json: bool) -> None:
 
 
 def _wake_workers(run_ids: list[int]) -> None:
-    """Tell workers through the queue that runs are waiting (only ids travel). The runs are already stored, and
-    workers also poll the store, so a queue that cannot be reached only costs latency: warn, do not fail."""
-    try:
-        from workers.tasks import announce
-
-        announce(run_ids)
-    except Exception as exc:  # the queue is an optimisation over the store, never a requirement
-        err.print(
-            f"warning: could not notify workers through the queue ({exc}); they will find the runs by polling"
-        )
+    """Tell workers through the queue that runs are waiting; a queue that cannot be reached only warns."""
+    warning = wake_workers(Settings.from_env(), run_ids)
+    if warning:
+        err.print(f"warning: {warning}")
 
 
 def _ints(text: str, option: str) -> list[int]:
@@ -137,8 +131,8 @@ def submit(
     """Queue one run of a recipe (with overrides) and print its id."""
     with _studio() as engine:
         recipe = load_recipe(recipe_path, set_ or [])
-        run = store.create_run(
-            engine=engine, recipe=recipe, runs_dir=_runs_dir(), priority=priority, gpus_requested=gpus
+        run = submit_run(
+            engine=engine, settings=Settings.from_env(), recipe=recipe, priority=priority, gpus=gpus
         )
     _wake_workers([run.id or 0])
     if as_json:
@@ -165,26 +159,15 @@ def compare(
         base = load_recipe(recipe_path, set_ or [])
         algos = [a.strip() for a in algorithms.split(",") if a.strip()]
         seed_list = _ints(seeds, "--seeds")
-        expanded = expand(base, algos, seed_list)  # every check before the first write
-        cset = store.create_comparison_set(
+        cset, runs = submit_comparison(
             engine=engine,
-            name=base.name,
-            base=base,
-            factor=FACTOR,
-            diff={"algorithm": algos, "seed": seed_list},
+            settings=Settings.from_env(),
+            recipe=base,
+            algorithms=algos,
+            seeds=seed_list,
+            priority=priority,
+            gpus=gpus,
         )
-        runs = [
-            store.create_run(
-                engine=engine,
-                recipe=recipe,
-                runs_dir=_runs_dir(),
-                comparison_set_id=cset.id,
-                priority=priority,
-                gpus_requested=gpus,
-                diff=diff,
-            )
-            for recipe, diff in expanded
-        ]
     _wake_workers([r.id or 0 for r in runs])
     if as_json:
         _print_runs(runs, True)

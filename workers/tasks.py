@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from workers.queue import huey
+from wmtp_studio.settings import Settings
+from workers.queue import huey, make_huey
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +25,7 @@ def on_wake(hook: Callable[[int], None]) -> None:
     _wake_hooks.append(hook)
 
 
-@huey.task()
-def run_job(run_id: int) -> None:
+def _wake(run_id: int) -> None:
     """Wake-up signal: run `run_id` (or any better one) is claimable."""
     if not _wake_hooks:
         log.warning("run_job(%s) consumed outside wmtp-worker: nothing claims it here", run_id)
@@ -33,7 +33,15 @@ def run_job(run_id: int) -> None:
         hook(run_id)
 
 
-def announce(run_ids: list[int]) -> None:
-    """Enqueue one wake-up per run id (after submit, or after the reaper re-queued runs)."""
+TASK_NAME = "workers.tasks.run_job"
+run_job = huey.task(name=TASK_NAME)(_wake)
+
+
+def announce(run_ids: list[int], queue_url: str | None = None) -> None:
+    """Enqueue one wake-up per run id (after submit, or after the reaper re-queued runs), on this process's
+    queue or on the queue at `queue_url` (a caller holding other settings than the environment's)."""
+    task = run_job
+    if queue_url is not None and queue_url != Settings.from_env().queue_url:  # the URL `huey` was made from
+        task = make_huey(queue_url).task(name=TASK_NAME)(_wake)
     for run_id in run_ids:
-        run_job(run_id)
+        task(run_id)

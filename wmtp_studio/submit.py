@@ -1,0 +1,129 @@
+"""From recipes to stored runs: one run, a comparison set, the quickstart. Shared by the CLI and the dashboard.
+
+Everything is checked before the first write and each call is one transaction, so a bad recipe or factor stores
+nothing. A recipe naming an earlier run's model as `run:N` (runrefs.py) makes the new runs depend on run N: they
+wait until it succeeded and then train from its model. Relative local paths are made absolute here, so workers
+started elsewhere find them. Only run ids then travel through the queue (`wake_workers`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from sqlalchemy.engine import Engine
+
+from wmtp_studio import store
+from wmtp_studio.compare import FACTOR, expand
+from wmtp_studio.errors import StudioError
+from wmtp_studio.models import ComparisonSet, Run
+from wmtp_studio.recipe import Recipe, load_recipe
+from wmtp_studio.runrefs import absolutize_local_paths, run_refs
+from wmtp_studio.settings import Settings
+
+QUICKSTART_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
+
+
+def _prepare(engine: Engine, recipe: Recipe) -> tuple[Recipe, int | None]:
+    """(recipe with local paths made absolute, the run it depends on); refuses unknown or unusable runs."""
+    refs = run_refs(recipe)
+    if len(refs) > 1:
+        raise StudioError(
+            f"{recipe.name}: names runs {', '.join(f'run:{r}' for r in sorted(refs))}; a run can depend on "
+            "one earlier run only (use the same run:N for the model and the reference)"
+        )
+    dep = next(iter(refs), None)
+    if dep is not None:
+        row = store.get_run(engine=engine, run_id=dep)
+        if row is None:
+            raise StudioError(f"{recipe.name}: run:{dep} names no run (list them with `wmtp-studio runs`)")
+    return absolutize_local_paths(recipe, Path.cwd()), dep
+
+
+def submit_run(
+    *, engine: Engine, settings: Settings, recipe: Recipe, priority: int = 0, gpus: int = 0
+) -> Run:
+    """Store one run of `recipe` (waiting on its `run:N` dependency, if any)."""
+    recipe, dep = _prepare(engine, recipe)
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        return sub.add_run(recipe=recipe, priority=priority, gpus_requested=gpus, depends_on_run_id=dep)
+
+
+def submit_comparison(
+    *,
+    engine: Engine,
+    settings: Settings,
+    recipe: Recipe,
+    algorithms: Sequence[str],
+    seeds: Sequence[int],
+    priority: int = 0,
+    gpus: int = 0,
+) -> tuple[ComparisonSet, list[Run]]:
+    """Store a comparison set: `recipe` expanded over algorithms x seeds (compare.py), in one transaction."""
+    recipe, dep = _prepare(engine, recipe)
+    expanded = expand(recipe, algorithms, seeds)  # every check before the first write
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        cset = sub.add_comparison_set(
+            name=recipe.name,
+            base=recipe,
+            factor=FACTOR,
+            diff={"algorithm": list(algorithms), "seed": list(seeds)},
+        )
+        runs = [
+            sub.add_run(
+                recipe=r,
+                comparison_set_id=cset.id,
+                priority=priority,
+                gpus_requested=gpus,
+                depends_on_run_id=dep,
+                diff=diff,
+            )
+            for r, diff in expanded
+        ]
+    return cset, runs
+
+
+def quickstart_recipes() -> tuple[Recipe, Recipe]:
+    """(pre-training base, fine-tune) of the quickstart, shipped with the package. The fine-tune names its base
+    as `run:0`, replaced by the base run's id when submitted."""
+    folder = resources.files("wmtp_studio") / "quickstart"
+    with resources.as_file(folder) as path:
+        return load_recipe(path / "base.yaml"), load_recipe(path / "finetune.yaml")
+
+
+def submit_quickstart(*, engine: Engine, settings: Settings) -> tuple[ComparisonSet, list[Run]]:
+    """The quickstart comparison (DESIGN.md): a tiny NTP base pre-trained on the generated task, then fine-tunes
+    of that base with every algorithm on its harder `compose` family, each evaluated on the held-out split.
+    Returns the set and all runs, the base first; one transaction."""
+    base, finetune = quickstart_recipes()
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        base_run = sub.add_run(recipe=base, priority=1)
+        data = finetune.model_dump(mode="json")
+        ref = f"run:{base_run.id}"
+        data["model"]["name_or_path"] = data["tokenizer"]["path"] = data["algorithm"]["reference"] = ref
+        finetune = type(finetune).model_validate(data)
+        expanded = expand(finetune, QUICKSTART_ALGORITHMS, [0])
+        cset = sub.add_comparison_set(
+            name=finetune.name,
+            base=finetune,
+            factor=FACTOR,
+            diff={"algorithm": list(QUICKSTART_ALGORITHMS), "seed": [0]},
+        )
+        runs = [
+            sub.add_run(recipe=r, comparison_set_id=cset.id, depends_on_run_id=base_run.id, diff=diff)
+            for r, diff in expanded
+        ]
+    return cset, [base_run, *runs]
+
+
+def wake_workers(settings: Settings, run_ids: Sequence[int]) -> str | None:
+    """Tell workers through the queue that runs are claimable (only ids travel); returns a warning if the queue
+    cannot be reached. The runs are stored already and workers also poll the store, so that only costs latency."""
+    try:
+        from workers.tasks import announce
+
+        announce(list(run_ids), queue_url=settings.queue_url)
+    except Exception as exc:  # the queue is an optimisation over the store, never a requirement
+        return f"could not notify workers through the queue ({exc}); they will find the runs by polling"
+    return None
