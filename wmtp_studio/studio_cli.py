@@ -31,7 +31,7 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, RUN_STATUSES, Run, Worker, utcnow
 from wmtp_studio.recipe import ALGORITHMS, load_recipe
 from wmtp_studio.settings import Settings
-from wmtp_studio.submit import submit_comparison, submit_run, wake_workers
+from wmtp_studio.submit import submit_comparison, submit_quickstart, submit_run, wake_workers
 
 studio_app = typer.Typer(
     name="wmtp-studio",
@@ -173,6 +173,20 @@ def compare(
         _print_runs(runs, True)
         return
     typer.echo(f"comparison set {cset.id}: {base.name}, {len(algos)} algorithm(s) x {len(seed_list)} seed(s)")
+    _print_runs(runs, False)
+
+
+@studio_app.command()
+def quickstart(as_json: JsonOpt = False) -> None:
+    """Queue the quickstart comparison: a tiny NTP base pre-trained on the generated task, then its fine-tunes
+    with ntp, baseline-mtp, critic-wmtp and rho1-wmtp, each evaluated on held-out problems (~10 min on 2 cores)."""
+    with _studio() as engine:
+        cset, runs = submit_quickstart(engine=engine, settings=Settings.from_env())
+    _wake_workers([r.id or 0 for r in runs])
+    if as_json:
+        _print_runs(runs, True)
+        return
+    typer.echo(f"comparison set {cset.id}: {cset.name}, fine-tuned from run {runs[0].id} once it succeeds")
     _print_runs(runs, False)
 
 
