@@ -1,0 +1,168 @@
+"""The dashboard: `wmtp-studio` without arguments. Four modes (Runs, Compare, Recipes, Queue; keys 1-4 and the
+command palette), a help panel (F1 or ?), the embedded worker and the quickstart offer on a first start.
+
+`create_app` is the one way to build it, for the CLI, `wmtp-studio serve` and the tests alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterable
+from datetime import datetime
+from pathlib import Path
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.binding import Binding
+from textual.screen import Screen
+
+from wmtp_studio import store
+from wmtp_studio.errors import StudioError
+from wmtp_studio.models import utcnow
+from wmtp_studio.settings import Settings
+from wmtp_studio.tui.context import StudioContext
+from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
+from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
+from wmtp_studio.tui.screens.queue import QueueScreen
+from wmtp_studio.tui.screens.runs import RunsScreen
+
+QUICKSTART_QUESTION = (
+    "The studio has no runs yet. Queue the quickstart comparison?\n\n"
+    "It pre-trains a tiny model on a generated code task, fine-tunes it with ntp, baseline-mtp, critic-wmtp "
+    "and rho1-wmtp, and evaluates pass@k on held-out problems: a few minutes per run on a CPU."
+)
+MODES = (
+    ("runs", "Runs", "Every run, live: open, compare, cancel, retry, reprioritise"),
+    ("compare", "Compare", "Curves and pass@k of runs side by side"),
+    ("recipes", "Recipes", "Recipes: edit, validate, submit"),
+    ("queue", "Queue", "The queue and the workers: pause, reprioritise, cancel, retry"),
+)
+
+
+class StudioApp(App[None]):
+    TITLE = "WMTP Studio"
+    CSS_PATH = "studio.tcss"
+    BINDINGS = [
+        *(Binding(str(i), f"switch_mode('{mode}')", label) for i, (mode, label, _) in enumerate(MODES, 1)),
+        Binding("f1,question_mark", "toggle_help", "Help"),
+    ]
+
+    def __init__(
+        self,
+        ctx: StudioContext,
+        *,
+        embedded_worker: bool = True,
+        offer_quickstart: bool = True,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        super().__init__()
+        self.ctx, self.clock = ctx, clock
+        self.want_worker, self.offer_quickstart = embedded_worker, offer_quickstart
+        self.embedded: EmbeddedWorker | None = None
+        self._worker_lock, self._closing = threading.Lock(), False
+        self.add_mode("runs", lambda: RunsScreen(ctx, clock=clock))
+        self.add_mode("compare", self._compare_screen)
+        self.add_mode("recipes", self._recipes_screen)
+        self.add_mode("queue", lambda: QueueScreen(ctx, embedded_pid=self.embedded_pid, clock=clock))
+
+    def _compare_screen(self) -> Screen[None]:
+        from wmtp_studio.tui.screens.compare import CompareScreen
+
+        return CompareScreen(self.ctx)
+
+    def _recipes_screen(self) -> Screen[None]:
+        from wmtp_studio.tui.screens.recipes import RecipesScreen
+
+        return RecipesScreen(self.ctx)
+
+    def embedded_pid(self) -> int | None:
+        return None if self.embedded is None else self.embedded.pid
+
+    def on_mount(self) -> None:
+        self.switch_mode("runs")
+        self.start_up()
+
+    def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
+        for mode, label, help_text in MODES:
+            yield SystemCommand(label, help_text, lambda mode=mode: self.switch_mode(mode))
+        yield SystemCommand("Quickstart", "Queue the quickstart comparison", self.queue_quickstart)
+        yield from super().get_system_commands(screen)
+
+    def action_toggle_help(self) -> None:
+        if self.screen.query("HelpPanel"):
+            self.action_hide_help_panel()
+        else:
+            self.action_show_help_panel()
+
+    # --- embedded worker and quickstart --------------------------------------------------------------------
+
+    @work(thread=True, group="startup")
+    def start_up(self) -> None:
+        """Start the embedded worker if no live worker is registered; offer the quickstart to an empty studio."""
+        if self.want_worker:
+            with self._worker_lock:
+                if not self._closing:
+                    self.embedded = start_if_needed(engine=self.ctx.engine, settings=self.ctx.settings)
+            if self.embedded is not None:
+                note = f"started an embedded worker (pid {self.embedded.pid}, log {self.embedded.log_path})"
+                self.call_from_thread(self.notify, note, timeout=6)
+        if self.offer_quickstart and not store.list_runs(engine=self.ctx.engine, limit=1):
+            self.call_from_thread(
+                self.push_screen, ConfirmModal(QUICKSTART_QUESTION), self._quickstart_answer
+            )
+
+    def _quickstart_answer(self, yes: bool | None) -> None:
+        if yes:
+            self.queue_quickstart()
+
+    @work(thread=True, group="quickstart")
+    def queue_quickstart(self) -> None:
+        from wmtp_studio.submit import submit_quickstart, wake_workers
+
+        try:
+            cset, runs = submit_quickstart(engine=self.ctx.engine, settings=self.ctx.settings)
+        except StudioError as exc:
+            self.call_from_thread(self.push_screen, ErrorModal(str(exc), title="Quickstart not queued"))
+            return
+        warning = wake_workers(self.ctx.settings, [r.id or 0 for r in runs])
+        self.call_from_thread(
+            self.notify, f"queued the quickstart: comparison set {cset.id}, {len(runs)} runs"
+        )
+        if warning:
+            self.call_from_thread(self.notify, warning, severity="warning", timeout=10)
+
+    async def action_quit(self) -> None:
+        if self.embedded is not None and self.embedded.proc.poll() is None:
+            self.notify("stopping the embedded worker: its jobs checkpoint and go back to the queue")
+            await self._stop_worker()
+        self.exit()
+
+    async def on_unmount(self) -> None:
+        await self._stop_worker()
+
+    async def _stop_worker(self) -> None:
+        with self._worker_lock:
+            self._closing, worker = True, self.embedded
+        if worker is not None:
+            await asyncio.to_thread(worker.stop)
+
+
+def create_app(
+    *,
+    settings: Settings | None = None,
+    embedded_worker: bool = True,
+    offer_quickstart: bool = True,
+    recipes_dir: Path | None = None,
+    poll_s: float = 0.5,
+    clock: Callable[[], datetime] = utcnow,
+) -> StudioApp:
+    """The dashboard on the studio database of `settings` (default: from the environment), upgraded first."""
+    settings = settings or Settings.from_env()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = store.make_engine(settings.database_url)
+    store.upgrade(engine=engine)
+    if recipes_dir is None and (Path.cwd() / "recipes").is_dir():
+        recipes_dir = Path.cwd() / "recipes"
+    ctx = StudioContext(engine=engine, settings=settings, recipes_dir=recipes_dir, poll_s=poll_s)
+    return StudioApp(ctx, embedded_worker=embedded_worker, offer_quickstart=offer_quickstart, clock=clock)

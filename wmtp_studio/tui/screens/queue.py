@@ -1,0 +1,214 @@
+"""The queue and workers screen: what runs next and who runs it; reprioritise, cancel, retry, pause the queue.
+
+The queue table lists running runs, then queued ones in the order workers claim them (priority, then age), then
+waiting ones, then the latest failed or cancelled runs (which can be retried). The workers table shows every
+registered worker with its GPUs' memory and utilisation and the age of its heartbeat; the dashboard's own
+embedded worker is marked as such.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Label
+from textual.worker import get_current_worker
+
+from wmtp_studio import store
+from wmtp_studio.errors import StudioError
+from wmtp_studio.models import FINISHED_STATUSES, Run, Worker, utcnow
+from wmtp_studio.tui.context import StudioContext
+from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
+from wmtp_studio.tui.screens.runs import duration, status_text
+from wmtp_studio.tui.tablesync import Cell, current_key, sync_rows
+
+QUEUE_COLUMNS = ("id", "name", "algorithm", "status", "prio", "gpus", "attempts", "after", "worker", "age")
+WORKER_COLUMNS = ("worker", "kind", "host", "slots", "gpu memory", "gpu util", "heartbeat", "runs")
+
+
+@dataclass(frozen=True)
+class QueueState:
+    runs: list[Run]
+    workers: list[Worker]
+    paused: bool
+
+
+def gpu_cells(stats: list[dict[str, Any]]) -> tuple[str, str]:
+    """Memory used/total (GiB) and utilisation per GPU, or '-' for a worker without GPU statistics."""
+    if not stats:
+        return "-", "-"
+    memory = " ".join(
+        f"{g.get('memory_used_mib', 0) / 1024:.0f}/{g.get('memory_total_mib', 0) / 1024:.0f}G" for g in stats
+    )
+    return memory, " ".join(f"{g.get('utilization_pct', 0):.0f}%" for g in stats)
+
+
+class QueueScreen(Screen[None]):
+    """Queue and workers. `embedded_pid` tells which worker process the dashboard started itself."""
+
+    DEFAULT_CSS = """
+    QueueScreen #queue-state { height: 1; padding: 0 1; text-style: bold; }
+    QueueScreen #queue-state.paused { background: $warning; color: $text; }
+    QueueScreen #queue { height: 2fr; }
+    QueueScreen #workers { height: 1fr; border-top: solid $primary; }
+    """
+    BINDINGS = [
+        Binding("p", "toggle_pause", "Pause/resume"),
+        Binding("plus,equals_sign", "priority(1)", "Prio+"),
+        Binding("minus", "priority(-1)", "Prio-"),
+        Binding("x", "cancel_run", "Cancel"),
+        Binding("r", "retry_run", "Retry"),
+    ]
+
+    def __init__(
+        self,
+        ctx: StudioContext,
+        *,
+        embedded_pid: Callable[[], int | None] = lambda: None,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        super().__init__()
+        self.ctx, self.embedded_pid, self.clock = ctx, embedded_pid, clock
+        self.runs: dict[str, Run] = {}
+        self.paused = False
+        self.sub_title = "Queue and workers"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Label("", id="queue-state")
+        yield DataTable(id="queue", cursor_type="row", zebra_stripes=True)
+        yield DataTable(id="workers", cursor_type="row")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for table_id, columns in (("#queue", QUEUE_COLUMNS), ("#workers", WORKER_COLUMNS)):
+            table = self.query_one(table_id, DataTable)
+            for name in columns:
+                table.add_column(name, key=name)
+        self.query_one("#queue", DataTable).focus()
+        self.refresh_queue()
+        self.set_interval(self.ctx.poll_s, self.refresh_queue)
+
+    @work(thread=True, exclusive=True, group="queue-poll")
+    def refresh_queue(self) -> None:
+        engine = self.ctx.engine
+        state = QueueState(
+            store.queue_runs(engine=engine),
+            store.list_workers(engine=engine),
+            store.queue_paused(engine=engine),
+        )
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.show_state, state)
+
+    def show_state(self, state: QueueState) -> None:
+        now = self.clock()
+        self.runs = {str(r.id): r for r in state.runs}
+        self.paused = state.paused
+        counts = {s: sum(r.status == s for r in state.runs) for s in ("running", "queued", "waiting")}
+        summary = ", ".join(f"{n} {s}" for s, n in counts.items())
+        label = self.query_one("#queue-state", Label)
+        label.update(
+            f"Queue PAUSED: workers claim nothing new (p resumes) · {summary}"
+            if state.paused
+            else f"Queue running · {summary}"
+        )
+        label.set_class(state.paused, "paused")
+        sync_rows(
+            self.query_one("#queue", DataTable), [(str(r.id), self._run_cells(r, now)) for r in state.runs]
+        )
+        rows = [(w.id, self._worker_cells(w, now)) for w in state.workers]
+        sync_rows(self.query_one("#workers", DataTable), rows)
+
+    @staticmethod
+    def _run_cells(r: Run, now: datetime) -> list[Cell]:
+        since = {"running": r.started_at, "failed": r.finished_at, "cancelled": r.finished_at}.get(
+            r.status, r.created_at
+        )
+        return [
+            str(r.id),
+            r.name,
+            r.algorithm,
+            status_text(r),
+            str(r.priority),
+            str(r.gpus_requested),
+            str(r.attempts),
+            "-" if r.depends_on_run_id is None else f"run {r.depends_on_run_id}",
+            r.lease_owner or "-",
+            "-" if since is None else duration((now - since).total_seconds()),
+        ]
+
+    def _worker_cells(self, w: Worker, now: datetime) -> list[Cell]:
+        memory, util = gpu_cells(w.gpu_stats)
+        embedded = w.pid == self.embedded_pid()
+        return [
+            w.id,
+            "embedded" if embedded else "external",
+            w.host,
+            ",".join(w.slots),
+            memory,
+            util,
+            duration((now - w.heartbeat_at).total_seconds()) + " ago",
+            ",".join(map(str, w.current_run_ids)) or "-",
+        ]
+
+    # --- intents -------------------------------------------------------------------------------------------
+
+    def selected(self) -> Run | None:
+        key = current_key(self.query_one("#queue", DataTable))
+        return None if key is None else self.runs.get(key)
+
+    def action_toggle_pause(self) -> None:
+        paused = not self.paused
+        self.intent(lambda: store.set_flag(engine=self.ctx.engine, name="queue_paused", value=paused))
+        self.notify("queue paused: running jobs go on, nothing new starts" if paused else "queue resumed")
+
+    def action_priority(self, delta: int) -> None:
+        run = self.selected()
+        if run is not None and run.id is not None:
+            run_id, run.priority = run.id, run.priority + delta
+            value = run.priority
+            self.intent(lambda: store.set_priority(engine=self.ctx.engine, run_id=run_id, priority=value))
+
+    def action_cancel_run(self) -> None:
+        run = self.selected()
+        if run is None or run.id is None:
+            return
+        if run.status in FINISHED_STATUSES:
+            self.notify(f"run {run.id} is already {run.status}", severity="warning")
+            return
+        run_id = run.id
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.intent(lambda: store.request_cancel(engine=self.ctx.engine, run_id=run_id))
+
+        self.app.push_screen(ConfirmModal(f"Cancel run {run_id} ({run.name}, {run.status})?"), answered)
+
+    def action_retry_run(self) -> None:
+        run = self.selected()
+        if run is not None and run.id is not None:
+            run_id = run.id
+            self.intent(lambda: store.retry_run(engine=self.ctx.engine, run_id=run_id))
+
+    @on(DataTable.RowSelected, "#queue")
+    def _opened(self, event: DataTable.RowSelected) -> None:
+        run = self.selected()
+        if run is not None and run.id is not None:
+            from wmtp_studio.tui.screens.run import RunScreen
+
+            self.app.push_screen(RunScreen(self.ctx, run.id))
+
+    @work(thread=True, group="queue-intent")
+    def intent(self, write: Callable[[], object]) -> None:
+        """Write one intent to the store, then refresh; a refused intent is shown in a modal."""
+        try:
+            write()
+        except StudioError as exc:
+            self.app.call_from_thread(self.app.push_screen, ErrorModal(str(exc), title="Not done"))
+        self.app.call_from_thread(self.refresh_queue)

@@ -1,0 +1,308 @@
+"""The runs screen: every run, live, with filter, sort and grouping; opens runs and comparisons.
+
+The store is read in a thread worker every `ctx.poll_s` (`runs_overview`: one query); only cells that changed are
+written to the table, and the rows are rebuilt only when their order changes. Intents (cancel, retry, priority)
+go through store.py, also from thread workers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Header, Input
+from textual.worker import get_current_worker
+
+from wmtp_studio import store
+from wmtp_studio.errors import StudioError
+from wmtp_studio.models import FINISHED_STATUSES, RUN_STATUSES, Run, utcnow
+from wmtp_studio.store import RunOverview
+from wmtp_studio.tui.context import StudioContext
+from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
+from wmtp_studio.tui.tablesync import Cell, current_key, sync_rows
+
+COLUMNS = (
+    ("mark", " "),
+    ("id", "id"),
+    ("name", "name"),
+    ("set", "set"),
+    ("algorithm", "algorithm"),
+    ("seed", "seed"),
+    ("status", "status"),
+    ("prio", "prio"),
+    ("progress", "progress"),
+    ("eta", "ETA"),
+    ("step", "step"),
+    ("loss", "loss"),
+    ("pass1", "pass@1"),
+    ("worker", "worker"),
+)
+SORTABLE = tuple(key for key, _ in COLUMNS if key != "mark")
+GROUPS: tuple[str | None, ...] = (None, "set", "algorithm", "status")
+STATUS_STYLE = {"running": "bold cyan", "succeeded": "green", "failed": "bold red", "cancelled": "dim"}
+
+
+def duration(seconds: float) -> str:
+    s = int(seconds)
+    return (
+        f"{s}s" if s < 60 else f"{s // 60}m{s % 60:02d}s" if s < 3600 else f"{s // 3600}h{s // 60 % 60:02d}m"
+    )
+
+
+def progress_bar(run: Run, width: int = 8) -> str:
+    frac = min(1.0, run.last_step / run.total_steps) if run.total_steps else 0.0
+    full = round(frac * width)
+    return "█" * full + "░" * (width - full) + f" {frac:4.0%}"
+
+
+def eta_seconds(run: Run, now: datetime) -> float | None:
+    """Remaining steps at the rate of last_step over the time since the run started (running runs only)."""
+    if run.status != "running" or run.started_at is None or run.last_step <= 0:
+        return None
+    elapsed = (now - run.started_at).total_seconds()
+    return max(0.0, run.total_steps - run.last_step) * elapsed / run.last_step if elapsed > 0 else None
+
+
+def status_text(run: Run) -> Text:
+    label = "cancelling" if run.cancel_requested and run.status == "running" else run.status
+    return Text(label, style=STATUS_STYLE.get(run.status, ""))
+
+
+def group_of(o: RunOverview, group: str) -> str:
+    if group == "set":
+        return o.comparison_set or "(no set)"
+    return o.run.algorithm if group == "algorithm" else o.run.status
+
+
+def sort_value(o: RunOverview, column: str, now: datetime) -> Any:
+    """What a column sorts by (missing values last)."""
+    r = o.run
+    values: dict[str, Any] = {
+        "id": r.id,
+        "name": r.name,
+        "set": o.comparison_set,
+        "algorithm": r.algorithm,
+        "seed": r.seed,
+        "status": RUN_STATUSES.index(r.status) if r.status in RUN_STATUSES else 99,
+        "prio": r.priority,
+        "progress": r.last_step / r.total_steps if r.total_steps else 0.0,
+        "eta": eta_seconds(r, now),
+        "step": r.last_step,
+        "loss": o.loss,
+        "pass1": o.pass_at_1,
+        "worker": r.lease_owner,
+    }
+    value = values[column]
+    return (value is None, value if value is not None else 0)
+
+
+class RunsScreen(Screen[None]):
+    """All runs (newest first by default). Enter opens a run; space marks runs for a comparison."""
+
+    DEFAULT_CSS = """
+    RunsScreen #filter { dock: top; height: 3; }
+    RunsScreen DataTable { height: 1fr; }
+    """
+    BINDINGS = [
+        Binding("enter", "open_run", "Open"),
+        Binding("space", "mark", "Mark"),
+        Binding("c", "compare", "Compare"),
+        Binding("x", "cancel_run", "Cancel"),
+        Binding("r", "retry_run", "Retry"),
+        Binding("plus,equals_sign", "priority(1)", "Prio+"),
+        Binding("minus", "priority(-1)", "Prio-"),
+        Binding("s", "cycle_sort", "Sort"),
+        Binding("g", "cycle_group", "Group"),
+        Binding("slash", "focus_filter", "Filter"),
+        Binding("escape", "focus_table", "Table", show=False),
+    ]
+
+    def __init__(
+        self, ctx: StudioContext, *, limit: int = 1000, clock: Callable[[], datetime] = utcnow
+    ) -> None:
+        super().__init__()
+        self.ctx, self.limit, self.clock = ctx, limit, clock
+        self.overviews: dict[str, RunOverview] = {}
+        self.marked: set[int] = set()
+        self.sort_column, self.reverse = "id", True
+        self.group: str | None = None
+        self.sub_title = "Runs"
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        yield Input(placeholder="filter: name, algorithm or status  (/)", id="filter")
+        yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._set_columns()
+        self.query_one("#runs", DataTable).focus()
+        self.refresh_runs()
+        self.set_interval(self.ctx.poll_s, self.refresh_runs)
+
+    # --- reading and showing -------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="runs-poll")
+    def refresh_runs(self) -> None:
+        rows = store.runs_overview(engine=self.ctx.engine, limit=self.limit)
+        if not get_current_worker().is_cancelled:
+            self.app.call_from_thread(self.show_runs, rows)
+
+    def show_runs(self, rows: list[RunOverview]) -> None:
+        self.overviews = {str(o.run.id): o for o in rows}
+        self._redraw()
+
+    def _set_columns(self) -> None:
+        table = self.query_one("#runs", DataTable)
+        table.clear(columns=True)
+        if self.group is not None:
+            table.add_column(self.group, key="group")
+        for key, label in COLUMNS:
+            arrow = (" ▼" if self.reverse else " ▲") if key == self.sort_column else ""
+            table.add_column(label + arrow, key=key)
+
+    def _redraw(self) -> None:
+        now = self.clock()
+        needle = self.query_one("#filter", Input).value.strip().lower()
+        shown = [o for o in self.overviews.values() if self._matches(o, needle)]
+        shown.sort(key=lambda o: sort_value(o, self.sort_column, now), reverse=self.reverse)
+        if self.group is not None:
+            group = self.group
+            shown.sort(key=lambda o: group_of(o, group))  # stable: sorted blocks, sorted within
+        sync_rows(self.query_one("#runs", DataTable), [(str(o.run.id), self._cells(o, now)) for o in shown])
+
+    @staticmethod
+    def _matches(o: RunOverview, needle: str) -> bool:
+        r = o.run
+        return not needle or any(needle in text.lower() for text in (r.name, r.algorithm, r.status))
+
+    def _cells(self, o: RunOverview, now: datetime) -> list[Cell]:
+        r = o.run
+        eta = eta_seconds(r, now)
+        cells: list[Cell] = [] if self.group is None else [group_of(o, self.group)]
+        return [
+            *cells,
+            "●" if r.id in self.marked else "",
+            str(r.id),
+            r.name,
+            o.comparison_set or "-",
+            r.algorithm,
+            str(r.seed),
+            status_text(r),
+            str(r.priority),
+            progress_bar(r),
+            "-" if eta is None else duration(eta),
+            f"{r.last_step}/{r.total_steps}",
+            "-" if o.loss is None else f"{o.loss:.4f}",
+            "-" if o.pass_at_1 is None else f"{o.pass_at_1:.3f}",
+            r.lease_owner or "-",
+        ]
+
+    # --- filter, sort, group -------------------------------------------------------------------------------
+
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self) -> None:
+        self._redraw()
+
+    @on(Input.Submitted, "#filter")
+    def action_focus_table(self) -> None:
+        self.query_one("#runs", DataTable).focus()
+
+    def action_focus_filter(self) -> None:
+        self.query_one("#filter", Input).focus()
+
+    @on(DataTable.HeaderSelected)
+    def _header_selected(self, event: DataTable.HeaderSelected) -> None:
+        column = str(event.column_key.value)
+        if column in SORTABLE:
+            self.sort_by(column, reverse=not self.reverse if column == self.sort_column else False)
+
+    def action_cycle_sort(self) -> None:
+        self.sort_by(SORTABLE[(SORTABLE.index(self.sort_column) + 1) % len(SORTABLE)], reverse=False)
+
+    def sort_by(self, column: str, *, reverse: bool) -> None:
+        self.sort_column, self.reverse = column, reverse
+        self._set_columns()
+        self._redraw()
+        self.notify(f"sorted by {column}{' (descending)' if reverse else ''}", timeout=2)
+
+    def action_cycle_group(self) -> None:
+        self.group = GROUPS[(GROUPS.index(self.group) + 1) % len(GROUPS)]
+        self._set_columns()
+        self._redraw()
+        self.notify(f"grouped by {self.group}" if self.group else "not grouped", timeout=2)
+
+    # --- actions -------------------------------------------------------------------------------------------
+
+    def selected(self) -> RunOverview | None:
+        key = current_key(self.query_one("#runs", DataTable))
+        return None if key is None else self.overviews.get(key)
+
+    @on(DataTable.RowSelected, "#runs")
+    def action_open_run(self) -> None:
+        o = self.selected()
+        if o is not None and o.run.id is not None:
+            from wmtp_studio.tui.screens.run import RunScreen
+
+            self.app.push_screen(RunScreen(self.ctx, o.run.id))
+
+    def action_mark(self) -> None:
+        o = self.selected()
+        if o is not None and o.run.id is not None:
+            self.marked ^= {o.run.id}
+            self._redraw()
+
+    def action_compare(self) -> None:
+        from wmtp_studio.tui.screens.compare import CompareScreen
+
+        o = self.selected()
+        if self.marked:
+            self.app.push_screen(CompareScreen(self.ctx, run_ids=sorted(self.marked)))
+        elif o is not None and o.run.comparison_set_id is not None:
+            self.app.push_screen(CompareScreen(self.ctx, comparison_set_id=o.run.comparison_set_id))
+        else:
+            self.notify("mark runs with space, or select a run of a comparison set", severity="warning")
+
+    def action_cancel_run(self) -> None:
+        o = self.selected()
+        if o is None or o.run.id is None:
+            return
+        run_id = o.run.id
+        if o.run.status in FINISHED_STATUSES:
+            self.notify(f"run {run_id} is already {o.run.status}", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.intent(lambda: store.request_cancel(engine=self.ctx.engine, run_id=run_id))
+
+        self.app.push_screen(ConfirmModal(f"Cancel run {run_id} ({o.run.name}, {o.run.status})?"), answered)
+
+    def action_retry_run(self) -> None:
+        o = self.selected()
+        if o is not None and o.run.id is not None:
+            run_id = o.run.id
+            self.intent(lambda: store.retry_run(engine=self.ctx.engine, run_id=run_id))
+
+    def action_priority(self, delta: int) -> None:
+        o = self.selected()
+        if o is not None and o.run.id is not None:
+            run_id, value = o.run.id, o.run.priority + delta
+            o.run.priority = value  # shown at once; a second key press before the next poll adds up
+            self._redraw()
+            self.intent(lambda: store.set_priority(engine=self.ctx.engine, run_id=run_id, priority=value))
+
+    @work(thread=True, group="runs-intent")
+    def intent(self, write: Callable[[], object]) -> None:
+        """Write one intent to the store, then refresh; a refused intent is shown in a modal."""
+        try:
+            write()
+        except StudioError as exc:
+            self.app.call_from_thread(self.app.push_screen, ErrorModal(str(exc), title="Not done"))
+        self.app.call_from_thread(self.refresh_runs)
