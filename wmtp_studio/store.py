@@ -608,3 +608,65 @@ def queue_runs(*, engine: Engine, finished_limit: int = 20) -> list[Run]:
     with _read(engine) as s:
         rows = list(s.exec(active.order_by(order, col(Run.priority).desc(), col(Run.id))))
         return rows + list(s.exec(retryable.order_by(col(Run.finished_at).desc()).limit(finished_limit)))
+
+
+# --- MLflow sync -----------------------------------------------------------------------------------------------
+
+
+def runs_to_sync(*, engine: Engine, limit: int = 500) -> list[Run]:
+    """Started runs whose MLflow copy is behind: stored points after their cursor, or the final state (status,
+    evaluations, artifacts) not forwarded yet. Oldest first."""
+    unsynced = sa.exists().where(
+        col(MetricPoint.run_id) == col(Run.id), col(MetricPoint.seq) > col(Run.mlflow_synced_seq)
+    )
+    query = (
+        select(Run)
+        .where(col(Run.started_at).is_not(None), sa.or_(col(Run.mlflow_done).is_(False), unsynced))
+        .order_by(col(Run.id))
+        .limit(limit)
+    )
+    with _read(engine) as s:
+        return list(s.exec(query))
+
+
+def points_to_forward(*, engine: Engine, run_id: int, after_seq: int, max_points: int) -> list[MetricPoint]:
+    """The run's points after `after_seq` in stream order, at most `max_points` of them and only whole lines
+    (every point of a seq), so that the last seq returned can become the cursor."""
+    query = (
+        select(MetricPoint)
+        .where(MetricPoint.run_id == run_id, MetricPoint.seq > after_seq)
+        .order_by(col(MetricPoint.seq), col(MetricPoint.name))
+    )
+    with _read(engine) as s:
+        rows = list(s.exec(query.limit(max_points + 1)))
+        if len(rows) <= max_points:
+            return rows
+        cut = rows[max_points].seq  # that line may be incomplete: stop before it
+        whole = [p for p in rows if p.seq < cut]
+        return whole or list(s.exec(query.where(MetricPoint.seq == cut)))
+
+
+def set_mlflow_run(*, engine: Engine, run_id: int, mlflow_run_id: str) -> str:
+    """Record the run's MLflow run unless one is recorded already; returns the one recorded (first wins)."""
+    with _write(engine) as s:
+        run = _run(s, run_id)
+        if run.mlflow_run_id is None:
+            run.mlflow_run_id = mlflow_run_id
+            s.add(run)
+        return run.mlflow_run_id
+
+
+def mark_mlflow_synced(
+    *, engine: Engine, run_id: int, synced_seq: int | None = None, done: bool | None = None
+) -> None:
+    """Advance the run's MLflow cursor to `synced_seq` (never back) and/or set whether its final state is in
+    MLflow."""
+    with _write(engine) as s:
+        if synced_seq is not None:
+            s.exec(
+                sa.update(Run)
+                .where(col(Run.id) == run_id, col(Run.mlflow_synced_seq) < synced_seq)
+                .values(mlflow_synced_seq=synced_seq)
+            )
+        if done is not None:
+            s.exec(sa.update(Run).where(col(Run.id) == run_id).values(mlflow_done=done))

@@ -2,18 +2,25 @@
 
 If the tracking server cannot be reached, a warning is printed and the run continues without MLflow (the
 metrics stay in metrics.jsonl, from which the studio can catch up later).
+
+`wmtp train` logs by itself when `tracking.mlflow_uri` is set. Under the studio the worker forwards the stored
+metrics (workers/mlflow_sync.py) and launches the trainer with `WMTP_TRAINER_MLFLOW=off`, so nothing is logged twice.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
 
-from wmtp_studio.recipe import Recipe
+from wmtp_studio.recipe import Recipe, recipe_from_json
 
 log = logging.getLogger(__name__)
+
+TRAINER_MLFLOW_ENV = "WMTP_TRAINER_MLFLOW"
+"""Set to `off` in the trainer's environment when something else forwards its metrics to MLflow."""
 
 # Recipe fields that become MLflow params. Paths and ${VAR}-substituted values stay out (they may hold secrets).
 PARAM_ALLOW_LIST = (
@@ -45,7 +52,8 @@ _SECRET_FREE_ALGO_KEYS = {"reference"}  # a reference path is shown by name only
 
 
 def allowed_params(recipe: Recipe) -> dict[str, str]:
-    """Flat `section.field` -> string params for the allow-listed recipe fields."""
+    """Flat `section.field` -> string params for the allow-listed recipe fields. Pass the recipe as stored (its
+    secret-looking `${VAR}` references unresolved), not the trainer's resolved one."""
     dumped = recipe.model_dump(mode="json")
     out: dict[str, str] = {}
 
@@ -67,6 +75,14 @@ def allowed_params(recipe: Recipe) -> dict[str, str]:
     return out
 
 
+def artifact_location(uri: str) -> str | None:
+    """Experiments' artifacts go beside a `sqlite:` tracking database (MLflow would otherwise write ./mlruns in
+    the current directory); None lets a tracking server or a file store choose."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlflow-artifacts").as_uri()
+
+
 class MlflowLogger:
     """One MLflow run; metrics are buffered and sent with log_batch."""
 
@@ -77,19 +93,26 @@ class MlflowLogger:
 
     @classmethod
     def start(cls, recipe: Recipe, run_dir: Path) -> MlflowLogger | None:
+        """A run at `recipe.tracking.mlflow_uri` (resolved); everything logged comes from the stored recipe.json."""
+        if os.environ.get(TRAINER_MLFLOW_ENV) == "off":
+            log.info("MLflow logging is left to the studio worker (%s=off)", TRAINER_MLFLOW_ENV)
+            return None
         try:
             from mlflow.entities import Param
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(tracking_uri=recipe.tracking.mlflow_uri)
-            exp = client.get_experiment_by_name(recipe.tracking.experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(recipe.tracking.experiment)
+            frozen = run_dir / "recipe.json"
+            stored = recipe_from_json(frozen.read_text(), str(frozen))  # secret references unresolved
+            uri, name = recipe.tracking.mlflow_uri or "", stored.tracking.experiment
+            client = MlflowClient(tracking_uri=uri)
+            exp = client.get_experiment_by_name(name)
+            exp_id = exp.experiment_id if exp else client.create_experiment(name, artifact_location(uri))
             run = client.create_run(
                 exp_id,
-                run_name=recipe.tracking.run_name or run_dir.name,
-                tags={"wmtp.algorithm": recipe.algorithm.name},
+                run_name=stored.tracking.run_name or run_dir.name,
+                tags={"wmtp.algorithm": stored.algorithm.name},
             )
-            params = [Param(k, v[:6000]) for k, v in allowed_params(recipe).items()]
+            params = [Param(k, v[:6000]) for k, v in allowed_params(stored).items()]
             for i in range(0, len(params), 100):
                 client.log_batch(run.info.run_id, params=params[i : i + 100])
             client.log_artifact(run.info.run_id, str(run_dir / "recipe.json"))

@@ -26,7 +26,7 @@ from wmtp_studio import __version__, store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import Run
 from wmtp_studio.settings import Settings
-from workers import tasks
+from workers import mlflow_sync, tasks
 from workers.queue import huey
 from workers.supervise import supervise
 
@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
         engine=engine, worker_id=worker.worker_id, host=host, pid=pid, slots=slot_names, version=__version__
     )
     tasks.on_wake(lambda _run_id: worker.wake.set())
+    forwarder = mlflow_sync.Forwarder(engine=engine, uri=settings.mlflow_uri)
+    forwarder.start()  # a background thread: MLflow never holds up jobs or leases
     consumer = huey.create_consumer(
         workers=1,
         periodic=False,
@@ -210,5 +212,6 @@ def main(argv: list[str] | None = None) -> None:
         worker.stop.set()  # also on an unexpected error: jobs go back to the queue
         worker.join()
         consumer.stop(graceful=True)
+        forwarder.stop()
         store.unregister_worker(engine=engine, worker_id=worker.worker_id)
         log.info("worker %s stopped", worker.worker_id)

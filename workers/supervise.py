@@ -34,6 +34,7 @@ from sqlalchemy.engine import Engine
 from wmtp_studio import store
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.train.events import MetricLine
+from workers import mlflow_sync
 
 ERROR_TAIL_LINES = 40
 
@@ -174,6 +175,7 @@ def supervise(
     run_id, run_dir = run.id, Path(run.run_dir)
     log_path = log_path or run_dir / "train.log"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env["WMTP_TRAINER_MLFLOW"] = "off"  # the worker forwards the stored metrics itself (mlflow_sync)
     cmd = launch_command(run, gpus=gpus, processes=max(1, len(gpus)))
     rewind(engine, run_id, run_dir)
     tail, ingested = MetricsTail(run_dir / "metrics.jsonl"), 0
@@ -183,6 +185,7 @@ def supervise(
         lines = tail.read()
         if lines:
             ingested += store.ingest_metric_lines(engine=engine, run_id=run_id, lines=lines)
+            mlflow_sync.nudge()
 
     with open(log_path, "ab") as log:
         proc = _start(cmd, log, env)
@@ -216,6 +219,7 @@ def supervise(
         exit_code=code,
         error_tail=error_tail or None,
     )
+    mlflow_sync.nudge()  # the final status and evaluations
     return JobOutcome(status if recorded else "fenced", code, error_tail, ingested, tail.malformed, proc.pid)
 
 

@@ -1,0 +1,104 @@
+"""MLflow forwarding from the store (workers.mlflow_sync) with a real trainer and real MLflow stores: a tracking
+server that cannot be reached never fails the job and is reported once; a later catch-up to a real MLflow store
+(SQLite in a temp dir) sends every stored point exactly once, with params, evaluations and artifacts."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+from sqlalchemy.engine import Engine
+
+from tests.integration.conftest import FAST, RECIPES
+from wmtp_studio import store
+from wmtp_studio.recipe import load_recipe
+from wmtp_studio.tracking import allowed_params
+from workers import mlflow_sync
+from workers.supervise import supervise
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Engine:
+    eng = store.make_engine(f"sqlite:///{tmp_path / 'studio.db'}")
+    store.upgrade(engine=eng)
+    return eng
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_unreachable_mlflow_never_fails_the_job_and_is_caught_up_exactly_once(
+    engine: Engine, tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
+    overrides = [*FAST, "train.steps=12", "eval.benchmarks=[generated:basic:10]", "eval.k=[1]"]
+    recipe = load_recipe(RECIPES / "tiny-ntp.yaml", overrides)
+    store.create_run(engine=engine, recipe=recipe, runs_dir=tmp_path / "runs")
+    run = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
+    assert run is not None and run.id is not None
+    down = mlflow_sync.Forwarder(
+        engine=engine, uri=f"http://127.0.0.1:{closed_port()}", min_interval_s=0.1, catch_up_s=0.3
+    )
+    with caplog.at_level(logging.INFO, logger="wmtp_worker.mlflow"):
+        down.start()
+        outcome = supervise(engine=engine, run=run, owner="w", token=run.fencing_token, poll_s=0.2)
+        down.stop()
+    assert outcome.status == "succeeded", outcome.error_tail
+    reports = [r for r in caplog.records if r.name == "wmtp_worker.mlflow"]
+    assert [r.levelname for r in reports] == ["WARNING"]  # once, however many batches and passes failed
+    row = store.get_run(engine=engine, run_id=run.id)
+    assert row is not None and (row.mlflow_run_id, row.mlflow_synced_seq, row.mlflow_done) == (
+        None,
+        -1,
+        False,
+    )
+
+    uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
+    (tmp_path / "mlflow").mkdir()
+    points = store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1)
+    up = mlflow_sync.Forwarder(engine=engine, uri=uri)
+    assert up.sync_pending() == len(points) > 0
+    assert up.sync_pending() == 0  # nothing is sent twice
+    assert store.runs_to_sync(engine=engine) == []
+    row = store.get_run(engine=engine, run_id=run.id)
+    assert row is not None and row.mlflow_run_id is not None and row.mlflow_done
+    assert row.mlflow_synced_seq == points[-1].seq
+
+    client = MlflowClient(tracking_uri=uri)
+    # a batch sent again (e.g. a timeout after the server stored it) has the same timestamps: deduplicated
+    mlflow_sync._forward_points(
+        client, engine, row.model_copy(update={"mlflow_synced_seq": -1}), row.mlflow_run_id
+    )
+    counts = Counter(p.name for p in points)
+    assert counts["train/loss"] == 12  # train.log_every=1
+    for name, n in counts.items():
+        history = client.get_metric_history(row.mlflow_run_id, mlflow_sync.metric_key(name))
+        assert len(history) == n, name
+    losses = {m.step: m.value for m in client.get_metric_history(row.mlflow_run_id, "train/loss")}
+    assert losses == {p.step: p.value for p in points if p.name == "train/loss"}
+
+    mrun = client.get_run(row.mlflow_run_id)
+    assert mrun.info.status == "FINISHED" and mrun.info.run_name == row.name
+    assert mrun.data.params == allowed_params(recipe)
+    assert mrun.data.tags["wmtp.run_id"] == str(run.id) and mrun.data.tags["wmtp.algorithm"] == "ntp"
+    (ev,) = store.list_evaluations(engine=engine, run_id=run.id)
+    assert mrun.data.metrics["eval/generated:basic:10/pass_at_1"] == ev.pass_at_k
+    assert mrun.data.metrics["eval/generated:basic:10/pass_at_1/ci_high"] == ev.ci_high
+    assert client.get_experiment(mrun.info.experiment_id).name == mlflow_sync.NO_SET_EXPERIMENT
+    assert {a.path for a in client.list_artifacts(row.mlflow_run_id)} == {"recipe.json", "eval"}
+    (results,) = client.list_artifacts(row.mlflow_run_id, "eval/0-generated_basic_10")
+    assert results.path.endswith("results.json")
+    local = Path(client.download_artifacts(row.mlflow_run_id, "recipe.json", str(tmp_path)))
+    assert local.read_text() == row.recipe_json
+    # artifacts beside the tracking database, not in the current directory
+    assert mrun.info.artifact_uri.startswith((tmp_path / "mlflow" / "mlflow-artifacts").as_uri())

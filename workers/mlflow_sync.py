@@ -1,0 +1,261 @@
+"""Forward runs from the studio database to MLflow (DESIGN.md hop 6): one experiment per comparison set (runs
+without one go to `wmtp/runs`), one MLflow run per studio run with allow-listed params, the metrics in batches,
+and, once the run has finished, its status, evaluations (as `eval/<benchmark>/pass_at_<k>` metrics) and
+artifacts (recipe.json, each evaluation's results.json).
+
+The database is the source and each run's cursor (`Run.mlflow_synced_seq`) says what MLflow already has, so a
+forwarder that was stopped, or an MLflow that could not be reached, catches up later. Metric timestamps are
+deterministic (the run's creation time plus the line's seq, in ms): a batch sent again (e.g. after a timeout,
+although the server stored it) is the same rows, which MLflow's SQL stores deduplicate. A run rewound to a
+checkpoint rewrites lines the cursor has already passed; MLflow keeps their first values.
+
+`Forwarder` does this in a background thread of the worker daemon: woken by `nudge()` (supervise calls it after
+each ingested batch and when a run ends) at most every `min_interval_s`, and every `catch_up_s` anyway. An
+unreachable or failing MLflow is logged once (and once more when it works again), never raised, and never makes a
+job wait: the lease renewal and the ingestion loop only set an event.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import Engine
+
+from wmtp_studio import store
+from wmtp_studio.models import Run
+from wmtp_studio.recipe import recipe_from_json
+from wmtp_studio.tracking import allowed_params, artifact_location
+
+log = logging.getLogger("wmtp_worker.mlflow")
+
+BATCH = 1000
+"""Metrics per `log_batch` call (MLflow's limit)."""
+NO_SET_EXPERIMENT = "wmtp/runs"
+MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+"""Bounds on one HTTP call to a tracking server (MLflow's own defaults retry for minutes); env vars win."""
+
+_wake = threading.Event()
+
+
+def nudge() -> None:
+    """New rows are stored: the forwarder of this process, if one runs, syncs soon. Never blocks."""
+    _wake.set()
+
+
+def _ms(when: datetime | None) -> int | None:
+    return None if when is None else int(when.timestamp() * 1000)
+
+
+def metric_key(name: str, allowed: str = "_-.:/") -> str:
+    """A stored metric name as an MLflow one (alphanumerics and `_-.:/` only): `eval/pass@1` -> `eval/pass_at_1`."""
+    return "".join(c if c.isalnum() or c in allowed else "_" for c in name.replace("@", "_at_"))
+
+
+def _segment(text: str) -> str:
+    """A benchmark name as one segment of a metric name (no `/`)."""
+    return metric_key(text, allowed="_-.:").strip(".") or "_"
+
+
+def redact(uri: str) -> str:
+    """The URI without user and password, for logs."""
+    parts = urlsplit(uri)
+    if parts.username is None and parts.password is None:
+        return uri
+    host = parts.hostname or ""
+    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+
+
+def _experiment_id(client: Any, engine: Engine, run: Run, uri: str) -> str:
+    from mlflow.exceptions import MlflowException
+
+    name = NO_SET_EXPERIMENT
+    if run.comparison_set_id is not None:
+        cset = store.get_comparison_set(engine=engine, comparison_set_id=run.comparison_set_id)
+        name = f"wmtp/set-{run.comparison_set_id}-{cset.name if cset else ''}"
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return str(exp.experiment_id)
+    try:
+        return str(client.create_experiment(name, artifact_location=artifact_location(uri)))
+    except MlflowException:  # another worker created it meanwhile
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        return str(exp.experiment_id)
+
+
+def _start(client: Any, engine: Engine, run: Run, uri: str) -> str:
+    """Create the MLflow run with its tags, params and recipe; returns the MLflow run recorded for `run`."""
+    from mlflow.entities import Param
+
+    assert run.id is not None
+    recipe = recipe_from_json(run.recipe_json, f"run {run.id}")  # as stored: secret references unresolved
+    tags = {
+        "wmtp.run_id": str(run.id),
+        "wmtp.algorithm": run.algorithm,
+        "wmtp.seed": str(run.seed),
+        "wmtp.comparison_set_id": str(run.comparison_set_id or ""),
+        "wmtp.recipe_sha256": run.recipe_sha256,
+    }
+    exp_id = _experiment_id(client, engine, run, uri)
+    created = client.create_run(
+        exp_id, start_time=_ms(run.started_at), tags=tags, run_name=run.name or f"run-{run.id}"
+    ).info.run_id
+    try:
+        params = [Param(k, v[:6000]) for k, v in allowed_params(recipe).items()]
+        for i in range(0, len(params), 100):
+            client.log_batch(created, params=params[i : i + 100])
+        client.log_text(created, run.recipe_json, "recipe.json")
+        recorded = store.set_mlflow_run(engine=engine, run_id=run.id, mlflow_run_id=created)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            client.delete_run(created)
+        raise
+    if recorded != created:  # another worker recorded its own first
+        client.delete_run(created)
+    return recorded
+
+
+def _send(client: Any, mlflow_id: str, metrics: list[Any]) -> None:
+    for i in range(0, len(metrics), BATCH):
+        client.log_batch(mlflow_id, metrics=metrics[i : i + BATCH])
+
+
+def _forward_points(client: Any, engine: Engine, run: Run, mlflow_id: str) -> int:
+    from mlflow.entities import Metric
+
+    assert run.id is not None
+    cursor, sent, base = run.mlflow_synced_seq, 0, _ms(run.created_at) or 0
+    while points := store.points_to_forward(engine=engine, run_id=run.id, after_seq=cursor, max_points=BATCH):
+        _send(client, mlflow_id, [Metric(metric_key(p.name), p.value, base + p.seq, p.step) for p in points])
+        cursor, sent = points[-1].seq, sent + len(points)
+        store.mark_mlflow_synced(engine=engine, run_id=run.id, synced_seq=cursor)
+    return sent
+
+
+def _finish(client: Any, engine: Engine, run: Run, mlflow_id: str) -> None:
+    """Evaluations, artifacts and the final status of a finished run."""
+    from mlflow.entities import Metric
+
+    assert run.id is not None
+    metrics = []
+    for ev in store.list_evaluations(engine=engine, run_id=run.id):
+        key, ts = f"eval/{_segment(ev.benchmark)}/pass_at_{ev.k}", _ms(ev.created_at) or 0
+        for name, value in (
+            (key, ev.pass_at_k),
+            (f"{key}/ci_low", ev.ci_low),
+            (f"{key}/ci_high", ev.ci_high),
+        ):
+            metrics.append(Metric(name, value, ts, run.last_step))
+    _send(client, mlflow_id, metrics)
+    for results in sorted(Path(run.run_dir).glob("eval/*/results.json")):  # as supervise writes them
+        client.log_artifact(mlflow_id, str(results), artifact_path=f"eval/{results.parent.name}")
+    client.set_terminated(mlflow_id, MLFLOW_STATUS[run.status], end_time=_ms(run.finished_at))
+    store.mark_mlflow_synced(engine=engine, run_id=run.id, done=True)
+
+
+def sync_run(*, engine: Engine, client: Any, uri: str, run_id: int) -> int:
+    """Bring the run's MLflow copy up to date (creating it if needed); returns the metric points sent."""
+    run = store.get_run(engine=engine, run_id=run_id)
+    if run is None or run.started_at is None:
+        return 0
+    mlflow_id = run.mlflow_run_id or _start(client, engine, run, uri)
+    finished = run.status in MLFLOW_STATUS
+    if run.mlflow_done and not finished:  # retried after it had finished: live again
+        client.update_run(mlflow_id, status="RUNNING")
+        store.mark_mlflow_synced(engine=engine, run_id=run_id, done=False)
+    sent = _forward_points(client, engine, run, mlflow_id)
+    if finished and not run.mlflow_done:
+        _finish(client, engine, run, mlflow_id)
+    return sent
+
+
+class Forwarder:
+    """Syncs every run that is behind (`store.runs_to_sync`) to the tracking URI, in a background thread."""
+
+    def __init__(
+        self, *, engine: Engine, uri: str, min_interval_s: float = 2.0, catch_up_s: float = 30.0
+    ) -> None:
+        self.engine, self.uri = engine, uri
+        self.min_interval_s, self.catch_up_s = min_interval_s, catch_up_s
+        self.failing = False
+        self._client: Any = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="mlflow-sync", daemon=True)
+
+    def start(self) -> None:
+        if self.uri.startswith(("http://", "https://")):
+            for name, value in HTTP_DEFAULTS.items():
+                os.environ.setdefault(name, value)
+        self._thread.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Stop after a last pass (bounded by `timeout`: the rest is caught up by the next forwarder)."""
+        self._stop.set()
+        _wake.set()
+        self._thread.join(timeout)
+
+    def sync_pending(self, max_failures: int = 2) -> int:
+        """One pass over the runs that are behind; returns the points sent. Failures are logged, not raised;
+        after `max_failures` of them (MLflow is most likely down) the rest waits for the next pass."""
+        failures, sent = 0, 0
+        try:
+            if self._client is None:
+                from mlflow.tracking import MlflowClient
+
+                self._client = MlflowClient(tracking_uri=self.uri)
+            runs = store.runs_to_sync(engine=self.engine)
+        except Exception as exc:  # the thread's edge: report, retry on the next pass
+            self._failed(exc, None)
+            return 0
+        for run in runs:
+            assert run.id is not None
+            try:
+                sent += sync_run(engine=self.engine, client=self._client, uri=self.uri, run_id=run.id)
+            except Exception as exc:  # the thread's edge: report, retry on the next pass
+                self._failed(exc, run.id)
+                failures += 1
+                if failures >= max_failures:
+                    return sent
+        if failures == 0 and self.failing:
+            log.info("MLflow at %s works again; forwarding resumed", redact(self.uri))
+            self.failing = False
+        return sent
+
+    def _failed(self, exc: Exception, run_id: int | None) -> None:
+        if not self.failing:
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            where = "" if run_id is None else f" (run {run_id})"
+            log.warning(
+                "MLflow at %s failed%s: %s: %s; the runs stay in the studio database and are forwarded when it "
+                "works again",
+                redact(self.uri),
+                where,
+                type(exc).__name__,
+                first,
+            )
+        self.failing = True
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            _wake.clear()
+            self.sync_pending()
+            self._stop.wait(self.min_interval_s)  # at most one pass per interval, however many nudges
+            if self.failing:  # back off: nudges wait for the next catch-up
+                self._stop.wait(self.catch_up_s)
+            else:
+                _wake.wait(self.catch_up_s)
+        if not self.failing:
+            self.sync_pending()
