@@ -3,6 +3,11 @@
 `load_recipe(path, overrides)` reads YAML with `safe_load`, substitutes `${VAR}` / `${VAR:-default}` from the
 environment, applies dotted overrides (`optim.lr=3e-4`) and validates. Unknown keys are errors at every level.
 Any problem raises one `RecipeError` naming the file and the dotted path of the field.
+
+Secrets: a variable whose name looks secret (contains TOKEN, SECRET, PASSWORD, PASSWD, KEY, CREDENTIAL or AUTH) is
+checked with its value but stays a `${VAR}` reference in the recipe (canonical JSON, hash, database, recipe.json,
+MLflow), so it can only be used in text fields; the trainer resolves it again from its own environment
+(`recipe_from_json(..., resolve_secrets=True)`).
 """
 
 from __future__ import annotations
@@ -365,21 +370,62 @@ class Recipe(Section):
 
 
 _VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
 
 
-def substitute_env(text: str, source: str, env: dict[str, str] | None = None) -> str:
-    """Replace `${VAR}` and `${VAR:-default}` with environment values; a missing VAR without default is an error."""
+def is_secret_name(name: str) -> bool:
+    """Whether a variable's value is kept out of stored recipes (see the module docstring)."""
+    return _SECRET_NAME.search(name) is not None
+
+
+def substitute_env(
+    text: str, source: str, env: dict[str, str] | None = None, kept: dict[str, str] | None = None
+) -> str:
+    """Replace `${VAR}` and `${VAR:-default}` with environment values; a missing VAR without default is an error.
+    With `kept`, secret-looking references are checked but replaced by placeholders recorded in `kept`
+    (placeholder -> the reference as written)."""
     env = dict(os.environ) if env is None else env
 
     def repl(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
-        if name in env:
-            return env[name]
-        if default is not None:
-            return default
-        raise RecipeError(f"{source}: environment variable {name} is not set (use ${{{name}:-default}})")
+        if name not in env and default is None:
+            raise RecipeError(f"{source}: environment variable {name} is not set (use ${{{name}:-default}})")
+        if kept is not None and is_secret_name(name):
+            placeholder = f"wmtp-secret-{len(kept)}-ref"  # plain YAML scalar text, in flow and block style
+            kept[placeholder] = match.group(0)
+            return placeholder
+        return env[name] if name in env else str(default)
 
     return _VAR.sub(repl, text)
+
+
+def _map_strings(data: Any, fn: Any) -> Any:
+    """`data` with `fn` applied to every string inside it (dict keys excepted)."""
+    if isinstance(data, dict):
+        return {k: _map_strings(v, fn) for k, v in data.items()}
+    if isinstance(data, list):
+        return [_map_strings(v, fn) for v in data]
+    return fn(data) if isinstance(data, str) else data
+
+
+def _restore_refs(data: Any, kept: dict[str, str]) -> Any:
+    def restore(text: str) -> str:
+        for placeholder, ref in kept.items():
+            text = text.replace(placeholder, ref)
+        return text
+
+    return _map_strings(data, restore)
+
+
+def _resolve_secret_refs(data: Any, source: str) -> Any:
+    """Substitute the secret-looking `${VAR}` references kept in a frozen recipe from the environment."""
+
+    def resolve(text: str) -> str:
+        return _VAR.sub(
+            lambda m: substitute_env(m.group(0), source) if is_secret_name(m.group(1)) else m.group(0), text
+        )
+
+    return _map_strings(data, resolve)
 
 
 def apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
@@ -425,8 +471,23 @@ def load_recipe(
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(f"{source}: cannot read recipe ({exc.strerror})") from None
+    recipe = parse_recipe(_yaml_data(substitute_env(text, source, env), source, overrides), source)
+    kept: dict[str, str] = {}
+    literal = substitute_env(text, source, env, kept)
+    if not kept:
+        return recipe
+    try:  # validated with the values above; what is kept is the recipe with the references
+        return parse_recipe(_restore_refs(_yaml_data(literal, source, overrides), kept), source)
+    except RecipeError as exc:
+        raise RecipeError(
+            f"{exc}\n  (secret-looking variables stay ${{VAR}} references, so they only fit text fields: "
+            f"{', '.join(sorted(set(kept.values())))})"
+        ) from None
+
+
+def _yaml_data(text: str, source: str, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(substitute_env(text, source, env))
+        data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise RecipeError(f"{source}: not valid YAML ({exc})") from None
     data = {} if data is None else data
@@ -434,13 +495,15 @@ def load_recipe(
         raise RecipeError(f"{source}: a recipe must be a mapping of sections")
     for assignment in overrides:
         apply_override(data, assignment, source)
-    return parse_recipe(data, source)
+    return data
 
 
-def recipe_from_json(text: str, source: str) -> Recipe:
-    """Load a frozen `recipe.json` (as written by `Recipe.canonical_json`)."""
+def recipe_from_json(text: str, source: str, *, resolve_secrets: bool = False) -> Recipe:
+    """Load a frozen `recipe.json` (as written by `Recipe.canonical_json`). `resolve_secrets`: substitute the
+    secret-looking `${VAR}` references it keeps from the environment (only where the recipe is used: the
+    trainer); without it they stay references, as stored."""
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecipeError(f"{source}: not valid JSON ({exc})") from None
-    return parse_recipe(data, source)
+    return parse_recipe(_resolve_secret_refs(data, source) if resolve_secrets else data, source)

@@ -125,6 +125,27 @@ def test_env_missing_variable_is_named(tmp_path: Path) -> None:
     assert str(path) in msg and "WMTP_UNIT_STEPS" in msg
 
 
+def test_secret_variables_stay_references_in_the_stored_recipe(tmp_path: Path, monkeypatch) -> None:
+    text = BASE.replace("name: unit", "name: unit\ntracking: {run_name: 'x-${HF_TOKEN}', experiment: ${EXP}}")
+    path = write(tmp_path, text)
+    r = load_recipe(path, env={"HF_TOKEN": "hf_sentinel", "EXP": "e1"})
+    # EXP does not look secret: its value is substituted as before
+    assert (r.tracking.run_name, r.tracking.experiment) == ("x-${HF_TOKEN}", "e1")
+    assert "hf_sentinel" not in r.canonical_json()
+    assert "HF_TOKEN" in error_of(path, env={"EXP": "e1"})  # still checked: it must be set
+    monkeypatch.setenv("HF_TOKEN", "hf_at_use")
+    frozen = recipe_from_json(r.canonical_json(), "recipe.json")
+    assert frozen == r  # read back as stored (a resume compares hashes)
+    resolved = recipe_from_json(r.canonical_json(), "recipe.json", resolve_secrets=True)
+    assert resolved.tracking.run_name == "x-hf_at_use"  # the trainer resolves it from its own environment
+
+
+def test_secret_variables_only_fit_text_fields(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE.replace("steps: 5", "steps: ${STEPS_AUTH}"))
+    msg = error_of(path, env={"STEPS_AUTH": "5"})
+    assert "train.steps" in msg and "${STEPS_AUTH}" in msg and "text fields" in msg
+
+
 def test_dotted_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
     overrides = ("optim.lr=3e-3", "train.packing=true", "model.head_coefficients=[1,0.5,0.25,0.125]")
     r = load_recipe(write(tmp_path, BASE), overrides, env={})

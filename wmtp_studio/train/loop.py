@@ -127,7 +127,8 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
-    recipe = recipe_from_json((run_dir / "recipe.json").read_text(), str(run_dir / "recipe.json"))
+    frozen = run_dir / "recipe.json"
+    recipe = recipe_from_json(frozen.read_text(), str(frozen), resolve_secrets=True)  # secrets: from our env
     recipe = resolve_run_refs(recipe, run_dir.resolve().parent)  # run:N -> <runs dir>/N/model
     cfg, algo = recipe.train, recipe.algorithm
     if cfg.num_threads:
