@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,6 +85,13 @@ class SeriesStore:
 
     def __contains__(self, name: object) -> bool:
         return name in self._series
+
+    def heads(self) -> list[int]:
+        """The head indices that appear in names like `train/head2/ce`, ascending."""
+        return sorted({int(m.group(1)) for n in self._series if (m := _HEAD.match(n))})
+
+
+_HEAD = re.compile(r"^[a-z0-9_]+/head(\d+)/")
 
 
 def pick_columns(n: int, width: int) -> list[int]:

@@ -1,0 +1,266 @@
+"""The run screen under Pilot on a real studio database fed with real metric streams of 60-step runs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from rich.text import Text
+from textual.app import App
+from textual.pilot import Pilot
+from textual.widgets import DataTable, Log, Static, TabbedContent
+
+from wmtp_studio import store
+from wmtp_studio.compare import FACTOR, expand
+from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.recipe import load_recipe
+from wmtp_studio.settings import Settings
+from wmtp_studio.train.events import MetricLine, read_metrics
+from wmtp_studio.tui.context import StudioContext
+from wmtp_studio.tui.modals import ErrorModal
+from wmtp_studio.tui.screens.run import RunScreen
+from wmtp_studio.tui.widgets.charts import LineChart
+from wmtp_studio.tui.widgets.evaluations import EvaluationTable
+from wmtp_studio.tui.widgets.heatmap import Heatmap
+from wmtp_studio.tui.widgets.tokens import TokenView
+
+pytestmark = pytest.mark.anyio
+ROOT = Path(__file__).resolve().parents[2]
+STREAMS = ROOT / "tests" / "data" / "metrics"
+
+
+class RunApp(App[None]):
+    def __init__(self, ctx: StudioContext, run_id: int) -> None:
+        super().__init__()
+        self.ctx, self.run_id = ctx, run_id
+
+    def on_mount(self) -> None:
+        self.push_screen(RunScreen(self.ctx, self.run_id))
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def run_settings(tmp_path: Path) -> Settings:
+    return Settings.from_env({"WMTP_HOME": str(tmp_path / "home")})
+
+
+@pytest.fixture
+def run_ctx(run_settings: Settings) -> StudioContext:
+    engine = store.make_engine(f"sqlite:///{run_settings.home / 'studio.db'}")
+    store.upgrade(engine=engine)
+    return StudioContext(engine=engine, settings=run_settings, poll_s=0.05)
+
+
+def stream(algorithm: str) -> list[MetricLine]:
+    return read_metrics(STREAMS / f"{algorithm}.jsonl")
+
+
+def new_run(ctx: StudioContext, algorithm: str, lines: list[MetricLine] | None = None) -> Run:
+    recipe = load_recipe(ROOT / "recipes" / f"tiny-{algorithm}.yaml", ["train.steps=60"])
+    run = store.create_run(engine=ctx.engine, recipe=recipe, runs_dir=ctx.settings.runs_dir)
+    assert run.id is not None
+    if lines:
+        store.ingest_metric_lines(engine=ctx.engine, run_id=run.id, lines=lines)
+    return run
+
+
+async def until(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> None:
+    """Let the screen's poll timer, workers and coalesced redraws run until `cond` holds."""
+    deadline = time.monotonic() + 15
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.02)
+
+
+def chart(app: App[None], chart_id: str) -> LineChart:
+    return app.screen.query_one(f"#{chart_id}", LineChart)
+
+
+def points(app: App[None], chart_id: str, label: str) -> list[float]:
+    return chart(app, chart_id).drawn.get(label, ([], []))[0]
+
+
+def plain(widget: Static) -> str:
+    content = widget.content
+    return content.plain if isinstance(content, Text) else str(content)
+
+
+async def test_curves_and_header_show_the_stored_stream(run_ctx: StudioContext) -> None:
+    run = new_run(run_ctx, "critic-wmtp", stream("critic-wmtp"))
+    app = RunApp(run_ctx, run.id or 0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the loss curve")
+        assert points(app, "chart-loss", "loss") == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60]
+        assert set(chart(app, "chart-loss").drawn) == {"loss", "head0", "head1", "head2", "head3"}
+        assert points(app, "chart-val", "val loss") == [20, 40, 60]
+        assert chart(app, "chart-lr").drawn["lr"][1][-1] == pytest.approx(0.0003)
+        header = plain(app.screen.query_one("#run-header", Static))
+        assert "tiny-critic-wmtp" in header and "critic-wmtp" in header and "step 60/60" in header
+
+
+async def test_weights_tab_heatmap_histogram_and_critic_signals(run_ctx: StudioContext) -> None:
+    run = new_run(run_ctx, "critic-wmtp", stream("critic-wmtp"))
+    app = RunApp(run_ctx, run.id or 0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2")
+        heatmap = app.screen.query_one(Heatmap)
+        await until(pilot, lambda: len(heatmap.steps) == 6, "the heatmap")
+        assert heatmap.steps == [10, 20, 30, 40, 50, 60]  # one column per hist line
+        assert "head 0" in heatmap.render().plain  # type: ignore[union-attr]
+        bars = app.screen.query_one("#bars")
+        # the step-60 histogram of head 0, as written by the trainer
+        assert bars.counts[:4] == [61.0, 80.0, 52.0, 20.0]  # type: ignore[attr-defined]
+        assert points(app, "chart-ev", "held-out") == [20, 40, 60]  # stage-1 steps
+        assert len(points(app, "chart-critic2", "value loss")) == 12
+        assert chart(app, "chart-entropy").drawn.keys() == {"head0", "head1", "head2", "head3"}
+        assert chart(app, "chart-critic1").display and not chart(app, "chart-selected").display
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: heatmap.head == 1, "head 1")
+
+
+async def test_rho1_selected_fraction_is_charted_per_head(run_ctx: StudioContext) -> None:
+    run = new_run(run_ctx, "rho1-wmtp", stream("rho1-wmtp"))
+    app = RunApp(run_ctx, run.id or 0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("2")
+        await until(pilot, lambda: bool(chart(app, "chart-selected").drawn), "the rho-1 chart")
+        assert set(chart(app, "chart-selected").drawn) == {"head0", "head1", "head2", "head3"}
+        assert chart(app, "chart-selected").display and not chart(app, "chart-critic1").display
+
+
+async def test_evaluations_table_shows_pass_at_k_with_ci_and_tier(run_ctx: StudioContext) -> None:
+    run = new_run(run_ctx, "ntp", stream("ntp"))
+    for k, value, tier in ((1, 0.42, "namespace"), (10, 0.8, ["namespace", "process"])):
+        evaluation = Evaluation(
+            run_id=run.id or 0,
+            benchmark="generated",
+            k=k,
+            pass_at_k=value,
+            ci_low=value - 0.05,
+            ci_high=value + 0.05,
+            n_problems=200,
+            protocol={"protocol": "greedy", "isolation_tier": tier},
+        )
+        store.record_evaluation(engine=run_ctx.engine, evaluation=evaluation)
+    app = RunApp(run_ctx, run.id or 0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("3")
+        table = app.screen.query_one(EvaluationTable)
+        await until(pilot, lambda: table.row_count == 2, "two evaluations")
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(2)]
+        assert rows[0] == ["generated", "1", "0.420", "[0.370, 0.470]", "200", "namespace"]
+        assert rows[1] == ["generated", "10", "0.800", "[0.750, 0.850]", "200", "namespace, process"]
+        assert not app.screen.query_one("#no-evaluations").display
+
+
+async def test_tokens_tab_renders_the_latest_sequence_per_head(run_ctx: StudioContext) -> None:
+    lines = stream("critic-wmtp")
+    run = new_run(run_ctx, "critic-wmtp", lines)
+    latest = [ln for ln in lines if ln.kind == "top_tokens"][-1].data
+    app = RunApp(run_ctx, run.id or 0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("4")
+        view = app.screen.query_one(TokenView)
+        await until(pilot, lambda: bool(view.tokens), "the token view")
+        assert view.tokens == latest["tokens"]
+        assert "return len(text) + 6" in plain(view)
+        table = app.screen.query_one("#top-tokens", DataTable)
+        assert table.row_count == 5  # the trainer's top 20 spans 4 heads
+        # head 0's largest weight at step 60 (3.326) is on "text" at position 23
+        assert [str(c) for c in table.get_row_at(0)] == ["0", "23", repr("text"), "3.3260"]
+        await pilot.press("right_square_bracket")
+        await until(pilot, lambda: str(table.get_row_at(0)[0]) == "1", "head 1's tokens")
+
+
+async def test_log_tab_tails_the_run_log(run_ctx: StudioContext) -> None:
+    run = new_run(run_ctx, "ntp")
+    log_path = Path(run.run_dir) / "train.log"
+    log_path.write_text("loading model\ntrain 1/60\n")
+    app = RunApp(run_ctx, run.id or 0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5")
+        log = app.screen.query_one(Log)
+        await until(pilot, lambda: log.line_count >= 2, "the log")
+        with open(log_path, "a") as fh:
+            fh.write("train 2/60\ndone\n")
+        await until(pilot, lambda: log.lines[-1] == "done", "the new log lines")
+        assert list(log.lines)[:4] == ["loading model", "train 1/60", "train 2/60", "done"]
+
+
+async def test_recipe_tab_shows_the_frozen_recipe_and_its_diff(run_ctx: StudioContext) -> None:
+    base = load_recipe(ROOT / "recipes" / "tiny-ntp.yaml", ["train.steps=60"])
+    (recipe, diff), *_ = expand(base, ["baseline-mtp"], [3])
+    cset = store.create_comparison_set(
+        engine=run_ctx.engine,
+        name="cmp",
+        base=base,
+        factor=FACTOR,
+        diff={"algorithm": ["baseline-mtp"], "seed": [3]},
+    )
+    run = store.create_run(
+        engine=run_ctx.engine,
+        recipe=recipe,
+        runs_dir=run_ctx.settings.runs_dir,
+        comparison_set_id=cset.id,
+        diff=diff,
+    )
+    app = RunApp(run_ctx, run.id or 0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("6")
+        view = app.screen.query_one("#recipe-view", Static)
+        await until(pilot, lambda: "frozen recipe" in plain(view), "the recipe")
+        text = plain(view)
+        assert f"name: {recipe.name}" in text and "comparison set #" in text
+        assert "train.seed: 0 -> 3" in text
+
+
+async def test_live_run_grows_and_a_resume_cuts_back(run_ctx: StudioContext) -> None:
+    lines = stream("baseline-mtp")
+    run = new_run(run_ctx, "baseline-mtp", lines[:9])  # train lines at steps 5, 10, 15, 20
+    app = RunApp(run_ctx, run.id or 0)
+    async with app.run_test(size=(120, 40)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, RunScreen)
+        screen.min_redraw_s = 0.0
+        await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 4, "the first lines")
+        store.ingest_metric_lines(engine=run_ctx.engine, run_id=run.id or 0, lines=lines[9:])
+        await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the new lines")
+        # a resume from the step-25 checkpoint: the stored stream is cut back, then rewritten
+        store.truncate_metrics(engine=run_ctx.engine, run_id=run.id or 0, from_seq=10)
+        await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 5, "the cut-back stream")
+        assert points(app, "chart-loss", "loss") == [5, 10, 15, 20, 25]
+        store.ingest_metric_lines(engine=run_ctx.engine, run_id=run.id or 0, lines=lines[10:])
+        await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the rewritten stream")
+
+
+async def test_unknown_run_shows_a_modal(run_ctx: StudioContext) -> None:
+    app = RunApp(run_ctx, 999)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ErrorModal), "the error modal")
+        assert "no run with id 999" in plain(app.screen.query_one("#error-message", Static))
+
+
+@pytest.mark.parametrize("size", [(80, 24), (200, 60)])
+async def test_every_tab_renders_small_and_large(run_ctx: StudioContext, size: tuple[int, int]) -> None:
+    run = new_run(run_ctx, "critic-wmtp", stream("critic-wmtp"))
+    app = RunApp(run_ctx, run.id or 0)
+    async with app.run_test(size=size) as pilot:
+        await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the loss curve")
+        tabs = app.screen.query_one(TabbedContent)
+        for key, tab in zip(
+            "123456", ("curves", "weights", "evaluations", "tokens", "log", "recipe"), strict=True
+        ):
+            await pilot.press(key)
+            await pilot.pause()
+            assert tabs.active == tab
+        await pilot.press("2")
+        await until(pilot, lambda: len(app.screen.query_one(Heatmap).steps) == 6, "the heatmap")
+        app.save_screenshot(str(Path(run.run_dir) / "weights.svg"))

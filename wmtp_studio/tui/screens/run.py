@@ -1,0 +1,241 @@
+"""One run, live: curves, weight histograms, pass@k, the top-weighted tokens, the log and the frozen recipe.
+
+A thread worker polls the store every `ctx.poll_s` with cursors (`MetricFeed`, `TextTail`) and hands what it read
+to the UI thread; redraws are coalesced and only the visible tab is drawn (the others when they are shown).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from rich.syntax import Syntax
+from rich.text import Text
+from sqlalchemy.exc import SQLAlchemyError
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Footer, Label, Log, Static, TabbedContent, TabPane
+from textual.worker import get_current_worker
+
+from wmtp_studio import store
+from wmtp_studio.errors import StudioError
+from wmtp_studio.models import ComparisonSet, Evaluation, Run
+from wmtp_studio.tui.context import StudioContext
+from wmtp_studio.tui.modals import ErrorModal
+from wmtp_studio.tui.series import FeedBatch, MetricFeed, RunData, TextTail
+from wmtp_studio.tui.widgets.charts import CurvesPanel, RunProgress
+from wmtp_studio.tui.widgets.evaluations import EvaluationTable
+from wmtp_studio.tui.widgets.tokens import TokensPanel
+from wmtp_studio.tui.widgets.weights import WeightsPanel
+
+TABS_OF = {"points": {"curves", "weights"}, "hist": {"weights"}, "tokens": {"tokens"}}
+"""Which tabs draw what changed."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What one poll read, handed to the UI thread."""
+
+    run: Run
+    batch: FeedBatch
+    evaluations: list[Evaluation]
+    log_reset: bool
+    log_lines: list[str]
+    comparison_set: ComparisonSet | None
+
+
+class RunScreen(Screen[None]):
+    """`RunScreen(ctx, run_id)`: everything about one run, refreshed while it trains."""
+
+    DEFAULT_CSS = """
+    RunScreen #run-header { height: 1; padding: 0 1; text-style: bold; }
+    RunScreen RunProgress { padding: 0 1; }
+    RunScreen TabbedContent { height: 1fr; }
+    RunScreen TabPane { padding: 0; }
+    RunScreen #recipe-view { padding: 0 1; }
+    RunScreen #no-evaluations { padding: 1; color: $text-muted; }
+    """
+    BINDINGS = [
+        Binding("escape", "back", "Back"),
+        Binding("left_square_bracket", "head(-1)", "Prev head"),
+        Binding("right_square_bracket", "head(1)", "Next head"),
+        *(
+            Binding(str(i), f"tab('{tab}')", tab.capitalize(), show=False)
+            for i, tab in enumerate(("curves", "weights", "evaluations", "tokens", "log", "recipe"), 1)
+        ),
+    ]
+    min_redraw_s = 0.25
+    """Coalescing: at most one chart redraw per this many seconds."""
+
+    def __init__(self, ctx: StudioContext, run_id: int) -> None:
+        super().__init__()
+        self.ctx, self.run_id = ctx, run_id
+        self.feed = MetricFeed(engine=ctx.engine, run_id=run_id)
+        self.data = RunData()
+        self.run: Run | None = None
+        self.head = 0
+        self.stale: set[str] = {"curves", "weights", "tokens"}
+        """Tabs whose data changed since they were last drawn."""
+        self._log_tail: TextTail | None = None
+        self._last_draw = 0.0
+        self._draw_timer: Timer | None = None
+        self._poll_timer: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        yield Static(f"run {self.run_id}: loading...", id="run-header", markup=False)
+        yield RunProgress()
+        with TabbedContent(initial="curves"):
+            with TabPane("Curves", id="curves"):
+                yield CurvesPanel()
+            with TabPane("Weights", id="weights"):
+                yield WeightsPanel()
+            with TabPane("Evaluations", id="evaluations"):
+                yield Label("no evaluations yet", id="no-evaluations")
+                yield EvaluationTable(id="evaluation-table")
+            with TabPane("Tokens", id="tokens"):
+                yield TokensPanel()
+            with TabPane("Log", id="log"):
+                yield Log(max_lines=5000, id="log-view")
+            with TabPane("Recipe", id="recipe"):
+                yield Static("", id="recipe-view")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._poll_timer = self.set_interval(self.ctx.poll_s, self.poll)
+        self.poll()
+
+    # --- reading (thread worker) ----------------------------------------------------------------------------
+
+    def poll(self) -> None:
+        """Read what is new, unless the previous read is still going."""
+        if not any(w.group == "run-poll" and w.is_running for w in self.workers):
+            self._read()
+
+    @work(thread=True, group="run-poll", exit_on_error=False)
+    def _read(self) -> None:
+        worker = get_current_worker()
+        try:
+            run = store.get_run(engine=self.ctx.engine, run_id=self.run_id)
+            if run is None:
+                raise StudioError(f"no run with id {self.run_id}")
+            cset = None
+            if self.run is None and run.comparison_set_id is not None:
+                cset = store.get_comparison_set(
+                    engine=self.ctx.engine, comparison_set_id=run.comparison_set_id
+                )
+            if self._log_tail is None:
+                self._log_tail = TextTail(Path(run.run_dir) / "train.log")
+            more = True
+            while more and not worker.is_cancelled:
+                batch = self.feed.fetch()
+                more = batch.more
+                evaluations = store.list_evaluations(engine=self.ctx.engine, run_id=self.run_id)
+                reset, lines = self._log_tail.read()
+                snap = Snapshot(run, batch, evaluations, reset, lines, cset)
+                self.app.call_from_thread(self._apply, snap)
+        except (StudioError, SQLAlchemyError, OSError) as exc:
+            if not worker.is_cancelled:
+                self.app.call_from_thread(self._failed, exc)
+
+    def _failed(self, exc: Exception) -> None:
+        if self.run is None:  # nothing to show: say why and stop polling
+            if self._poll_timer is not None:
+                self._poll_timer.stop()
+            self.app.push_screen(ErrorModal(str(exc), title=f"Cannot show run {self.run_id}"))
+        else:  # keep what is shown; the next poll tries again
+            self.notify(f"could not refresh run {self.run_id}: {exc}", severity="warning")
+
+    # --- applying (UI thread) -------------------------------------------------------------------------------
+
+    def _apply(self, snap: Snapshot) -> None:
+        first = self.run is None
+        self.run = snap.run
+        changed = self.data.apply(snap.batch)
+        for what in changed:
+            self.stale |= TABS_OF.get(what, set())
+        self._show_header(snap.run)
+        self.query_one("#no-evaluations").display = not snap.evaluations
+        self.query_one(EvaluationTable).show(snap.evaluations)
+        log = self.query_one(Log)
+        if snap.log_reset:
+            log.clear()
+        if snap.log_lines:
+            log.write_lines(snap.log_lines)
+        if first:
+            self._show_recipe(snap.run, snap.comparison_set)
+        self._schedule_draw()
+
+    def _show_header(self, run: Run) -> None:
+        worker = f" on {run.lease_owner}" if run.lease_owner and run.status == "running" else ""
+        self.query_one("#run-header", Static).update(
+            f"#{run.id} {run.name}  {run.algorithm}  seed {run.seed}  {run.status}{worker}"
+            f"  step {run.last_step}/{run.total_steps}"
+        )
+        loss = self.data.series.get("train/loss")
+        last = loss.last() if loss else None
+        label = f"loss {last[1]:.4f}" if last else ""
+        self.query_one(RunProgress).show(run.last_step, run.total_steps, loss, label)
+
+    def _show_recipe(self, run: Run, cset: ComparisonSet | None) -> None:
+        recipe_yaml = yaml.safe_dump(json.loads(run.recipe_json), sort_keys=False)
+        text = Text.assemble(
+            Text(f"frozen recipe of run {run.id} ({run.name})\n", style="bold"),
+            Syntax(recipe_yaml, "yaml", theme="ansi_dark").highlight(recipe_yaml),
+        )
+        if cset is not None:
+            text.append(f"\ncomparison set #{cset.id} {cset.name} ({cset.factor}): ", style="bold")
+            text.append(
+                "this run differs from its base in\n" if run.diff else "no difference from its base\n"
+            )
+            for path, (base, this) in (run.diff or {}).items():
+                text.append(f"  {path}: {base!r} -> {this!r}\n")
+        self.query_one("#recipe-view", Static).update(text)
+
+    # --- drawing --------------------------------------------------------------------------------------------
+
+    def _schedule_draw(self) -> None:
+        wait = self._last_draw + self.min_redraw_s - time.monotonic()
+        if wait <= 0:
+            self._draw()
+        elif self._draw_timer is None:
+            self._draw_timer = self.set_timer(wait, self._draw)
+
+    def _draw(self) -> None:
+        self._draw_timer = None
+        self._last_draw = time.monotonic()
+        tab = self.query_one(TabbedContent).active
+        if tab not in self.stale:
+            return
+        self.stale.discard(tab)
+        if tab == "curves":
+            self.query_one(CurvesPanel).draw(self.data.series)
+        elif tab == "weights":
+            self.query_one(WeightsPanel).draw(self.data, self.head)
+        elif tab == "tokens":
+            self.query_one(TokensPanel).draw(self.data.tokens, self.head)
+
+    def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
+        self._draw()
+
+    # --- actions --------------------------------------------------------------------------------------------
+
+    def action_head(self, delta: int) -> None:
+        """Show the previous/next head's histograms and token weights."""
+        weights = (self.data.tokens.payload.get("data", {}).get("weights", [])) if self.data.tokens else []
+        n = max(self.data.hists.n_heads, len(weights), len(self.data.series.heads()), 1)
+        self.head = (self.head + delta) % n
+        self.stale |= {"weights", "tokens"}
+        self._draw()
+
+    def action_tab(self, tab: str) -> None:
+        self.query_one(TabbedContent).active = tab
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 1:
+            self.app.pop_screen()

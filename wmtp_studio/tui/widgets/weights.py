@@ -1,0 +1,60 @@
+"""The weights panel: per-head weight histograms over time, weight statistics, and each algorithm's own signals
+(critic value loss and explained variance, Rho-1 selected fraction), shown only when the run writes them."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Grid, Horizontal, VerticalScroll
+
+from wmtp_studio.tui.series import RunData
+from wmtp_studio.tui.widgets.charts import BarsChart, LineChart
+from wmtp_studio.tui.widgets.heatmap import Heatmap
+
+OPTIONAL = ("chart-critic1", "chart-ev", "chart-critic2", "chart-selected")
+"""Charts hidden until their run writes the metrics they draw."""
+
+
+class WeightsPanel(VerticalScroll):
+    DEFAULT_CSS = """
+    WeightsPanel > Horizontal { height: 16; }
+    WeightsPanel Heatmap { width: 3fr; }
+    WeightsPanel BarsChart { width: 2fr; }
+    WeightsPanel > Grid { grid-size: 2; grid-rows: 14; grid-gutter: 0 1; height: auto; }
+    """
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            yield Heatmap(id="heatmap")
+            yield BarsChart("latest weight histogram", id="bars")
+        with Grid():
+            yield LineChart("weight entropy per head", id="chart-entropy")
+            yield LineChart("weight std per head", id="chart-std")
+            yield LineChart("critic stage 1: value loss", id="chart-critic1")
+            yield LineChart("critic stage 1: explained variance (held-out)", id="chart-ev")
+            yield LineChart("critic stage 2: value loss", id="chart-critic2")
+            yield LineChart("rho-1: selected fraction per head", id="chart-selected")
+
+    def draw(self, data: RunData, head: int) -> None:
+        hists, s = data.hists, data.series
+        self.query_one(Heatmap).show(hists, head)
+        at = f"(head {head}, step {hists.steps[-1]})" if hists.steps else ""
+        self.query_one(BarsChart).draw(hists.edges, hists.latest(head), at)
+        heads = s.heads()
+        per_head = {
+            "chart-entropy": "w_entropy",
+            "chart-std": "w_std",
+            "chart-selected": "selected_fraction",
+        }
+        for chart_id, metric in per_head.items():
+            self._chart(chart_id).draw({f"head{h}": s.get(f"train/head{h}/{metric}") for h in heads})
+        self._chart("chart-critic1").draw(
+            {"train": s.get("stage1/train_value_loss"), "held-out": s.get("stage1/heldout_value_loss")}
+        )
+        self._chart("chart-ev").draw({"held-out": s.get("stage1/heldout_explained_variance")})
+        self._chart("chart-critic2").draw({"value loss": s.get("train/value_loss")})
+        for chart_id in OPTIONAL:
+            chart = self._chart(chart_id)
+            chart.display = bool(chart.drawn)
+
+    def _chart(self, chart_id: str) -> LineChart:
+        return self.query_one(f"#{chart_id}", LineChart)
