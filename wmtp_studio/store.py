@@ -670,3 +670,58 @@ def mark_mlflow_synced(
             )
         if done is not None:
             s.exec(sa.update(Run).where(col(Run.id) == run_id).values(mlflow_done=done))
+
+
+# --- workers housekeeping --------------------------------------------------------------------------------------
+
+WORKER_DEAD_AFTER_S = 30.0
+"""A worker silent this long is dead: daemons heartbeat at least every 5 s, so this is six missed beats."""
+WORKER_FORGET_AFTER_S = 3600.0
+"""The reaper deletes the rows of workers silent this long (kept until then to show which host died)."""
+
+
+def worker_alive(*, worker: Worker, now: datetime | None = None) -> bool:
+    """Whether the worker heartbeated within `WORKER_DEAD_AFTER_S`."""
+    return (now or utcnow()) - worker.heartbeat_at < timedelta(seconds=WORKER_DEAD_AFTER_S)
+
+
+def forget_dead_workers(
+    *, engine: Engine, silent_for_s: float = WORKER_FORGET_AFTER_S, now: datetime | None = None
+) -> list[str]:
+    """Delete the rows of workers that have not heartbeated for `silent_for_s`; returns their ids. Their runs are
+    not touched here: the lease reaper re-queues those."""
+    cutoff = (now or utcnow()) - timedelta(seconds=silent_for_s)
+    with _write(engine) as s:
+        ids = list(s.exec(select(Worker.id).where(Worker.heartbeat_at < cutoff)))
+        if ids:
+            s.exec(sa.delete(Worker).where(col(Worker.id).in_(ids)))
+        return ids
+
+
+def requeue_crashed_run(
+    *, engine: Engine, run_id: int, owner: str, token: int, exit_code: int | None, error_tail: str | None
+) -> str | None:
+    """A job whose process was killed (kill -9, the OOM killer, a lost device) counts as a crash, as an expired
+    lease does: the run goes back to the queue to resume from its checkpoint, or is failed after `max_attempts`
+    crashes in a row (cancelled, if that was asked for). Returns the new status; None if the token is stale."""
+    now = utcnow()
+    with _write(engine) as s:
+        run = s.exec(select(Run).where(_fenced(run_id, owner, token))).first()
+        if run is None:
+            return None
+        run.consecutive_crashes += 1
+        run.lease_owner, run.lease_expires_at = None, None
+        run.exit_code, run.error_tail = exit_code, error_tail
+        if run.cancel_requested:
+            run.status, run.finished_at = "cancelled", now
+        elif run.consecutive_crashes >= run.max_attempts:
+            run.status, run.finished_at = "failed", now
+            run.error_tail = (
+                f"gave up: the job was killed {run.consecutive_crashes} times in a row\n{error_tail or ''}"
+            )
+        else:
+            run.status = "queued"
+        s.add(run)
+        s.flush()
+        _promote_waiting(s)
+        return run.status

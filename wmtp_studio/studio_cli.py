@@ -288,13 +288,14 @@ def priority(run_id: RunIdArg, value: Annotated[int, typer.Argument(metavar="N")
 
 def worker_row(w: Worker) -> dict[str, Any]:
     return w.model_dump(mode="json") | {
-        "heartbeat_age_s": round((utcnow() - w.heartbeat_at).total_seconds(), 1)
+        "heartbeat_age_s": round((utcnow() - w.heartbeat_at).total_seconds(), 1),
+        "alive": store.worker_alive(worker=w),
     }
 
 
 @studio_app.command()
 def workers(as_json: JsonOpt = False) -> None:
-    """Registered `wmtp-worker` daemons, their slots and their last heartbeat."""
+    """Registered `wmtp-worker` daemons, their slots and their last heartbeat (dead: silent for 30 s)."""
     with _studio() as engine:
         rows = store.list_workers(engine=engine)
     if as_json:
@@ -304,11 +305,13 @@ def workers(as_json: JsonOpt = False) -> None:
         typer.echo("no workers registered; start one with `wmtp-worker`")
         return
     table = Table()
-    for name in ("id", "host", "pid", "slots", "runs", "heartbeat", "version"):
+    for name in ("id", "host", "pid", "state", "slots", "runs", "heartbeat", "version"):
         table.add_column(name)
     for w in rows:
         runs = ",".join(map(str, w.current_run_ids)) or "-"
-        table.add_row(w.id, w.host, str(w.pid), ",".join(w.slots), runs, _age(w.heartbeat_at), w.version)
+        state = "alive" if store.worker_alive(worker=w) else "dead"
+        slots = ",".join(w.slots)
+        table.add_row(w.id, w.host, str(w.pid), state, slots, runs, _age(w.heartbeat_at), w.version)
     out.print(table)
 
 

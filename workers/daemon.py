@@ -33,6 +33,34 @@ from workers.supervise import supervise
 log = logging.getLogger("wmtp_worker")
 
 
+GPU_QUERY = "index,memory.used,memory.total,utilization.gpu"
+GPU_FIELDS = ("index", "memory_used_mib", "memory_total_mib", "utilization_pct")
+
+
+def parse_gpu_stats(csv: str, gpus: list[int]) -> list[dict[str, int]]:
+    """Rows of `nvidia-smi --query-gpu=GPU_QUERY --format=csv,noheader,nounits` for the GPUs in `gpus`
+    (a field nvidia-smi cannot read, e.g. `[N/A]`, is left out)."""
+    stats = []
+    for line in csv.splitlines():
+        values = zip(GPU_FIELDS, line.split(","), strict=False)
+        row = {k: int(float(v)) for k, v in values if v.strip().replace(".", "", 1).isdigit()}
+        if row.get("index") in gpus:
+            stats.append(row)
+    return stats
+
+
+def read_gpu_stats(gpus: list[int]) -> list[dict[str, int]] | None:
+    """Memory and utilisation of `gpus` now, or None when there are none or nvidia-smi cannot tell."""
+    if not gpus:
+        return None
+    cmd = ["nvidia-smi", f"--query-gpu={GPU_QUERY}", "--format=csv,noheader,nounits"]
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return parse_gpu_stats(out.stdout, gpus)
+
+
 def detect_gpus() -> list[int]:
     """GPU indices from `nvidia-smi -L` (none if it is missing or fails)."""
     try:
@@ -49,7 +77,7 @@ class Worker:
         self, *, engine: Engine, worker_id: str, gpus: list[int], slots: int, lease_s: float
     ) -> None:
         self.engine, self.worker_id, self.slots, self.lease_s = engine, worker_id, slots, lease_s
-        self.free_gpus = list(gpus)
+        self.gpus, self.free_gpus = list(gpus), list(gpus)
         self.jobs: dict[int, threading.Thread] = {}
         self.lock = threading.Lock()
         self.stop = threading.Event()
@@ -90,6 +118,8 @@ class Worker:
                 stop=self.stop,
             )
             log.info("run %s ended: %s (exit code %s)", run.id, outcome.status, outcome.exit_code)
+            if outcome.status == "queued":  # handed back or crashed: any worker may resume it
+                tasks.announce([run.id])
         except (
             Exception
         ):  # a job thread is a process edge: report; the lease expires and the reaper re-queues
@@ -116,6 +146,29 @@ def reap(engine: Engine) -> None:
     if requeued:
         log.info("re-queued runs with expired leases: %s", requeued)
         tasks.announce(requeued)
+    forgotten = store.forget_dead_workers(engine=engine)
+    if forgotten:
+        log.info("forgot workers silent for %.0f s: %s", store.WORKER_FORGET_AFTER_S, forgotten)
+
+
+def beat(worker: Worker, host: str, pid: int) -> None:
+    """Heartbeat with the runs held and the GPUs' state; a worker whose row was forgotten registers again."""
+    alive = store.heartbeat(
+        engine=worker.engine,
+        worker_id=worker.worker_id,
+        current_run_ids=worker.running(),
+        gpu_stats=read_gpu_stats(worker.gpus),
+    )
+    if not alive:
+        log.warning("worker %s was not registered (forgotten as dead?): registering again", worker.worker_id)
+        store.register_worker(
+            engine=worker.engine,
+            worker_id=worker.worker_id,
+            host=host,
+            pid=pid,
+            slots=[f"gpu{g}" for g in worker.gpus] or ["cpu"] * worker.slots,
+            version=__version__,
+        )
 
 
 def serve(worker: Worker, *, poll_s: float, heartbeat_s: float, reap_s: float) -> None:
@@ -126,9 +179,7 @@ def serve(worker: Worker, *, poll_s: float, heartbeat_s: float, reap_s: float) -
         worker.fill()
         now = time.monotonic()
         if now >= next_beat:
-            store.heartbeat(
-                engine=worker.engine, worker_id=worker.worker_id, current_run_ids=worker.running()
-            )
+            beat(worker, socket.gethostname(), os.getpid())
             next_beat = now + heartbeat_s
         if now >= next_reap:
             reap(worker.engine)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -149,6 +150,20 @@ def kill_session(proc: subprocess.Popen[bytes]) -> None:
         time.sleep(0.1)
 
 
+_SIGNAL_DEATH = re.compile(r"died with <Signals\.SIG|Signal \d+ \(SIG[A-Z0-9]+\) received by PID")
+
+
+def killed_by_signal(code: int | None, log_tail: str) -> bool:
+    """Whether a job that nobody asked to stop died from a signal (kill -9, the OOM killer): a negative return
+    code, a shell's 128+N, or `accelerate launch` (exit 1) reporting in its last lines that its child died so.
+    The trainer's own failures exit 1 (training aborted) or 2 (bad input) and are not retried."""
+    if code is None or code == 0:
+        return False
+    if code < 0 or code > 128:
+        return True
+    return bool(_SIGNAL_DEATH.search("\n".join(log_tail.splitlines()[-15:])))
+
+
 def _tail_of(log_path: Path) -> str:
     try:
         text = log_path.read_text(errors="replace")
@@ -210,6 +225,16 @@ def supervise(
         status, error_tail = watch.stopping, ""
     else:
         status, error_tail = "failed", _tail_of(log_path)
+    if status == "failed" and killed_by_signal(code, error_tail):  # a crash: retried from the checkpoint
+        crashed = store.requeue_crashed_run(
+            engine=engine,
+            run_id=run_id,
+            owner=owner,
+            token=token,
+            exit_code=code,
+            error_tail=error_tail or None,
+        )
+        return JobOutcome(crashed or "fenced", code, error_tail, ingested, tail.malformed, proc.pid)
     recorded = store.finish_run(
         engine=engine,
         run_id=run_id,

@@ -290,3 +290,54 @@ def test_ingest_advances_last_step_monotonically(engine: Engine, tmp_path: Path)
     store.ingest_metric_lines(engine=engine, run_id=run.id, lines=lines[:1])
     stored = store.get_run(engine=engine, run_id=run.id)
     assert stored is not None and stored.last_step == 10
+
+
+def test_killed_job_is_requeued_until_it_has_crashed_max_attempts_times(
+    engine: Engine, tmp_path: Path
+) -> None:
+    run = new_run(engine, tmp_path, max_attempts=2)
+    first = store.claim_next_run(engine=engine, owner="w1", gpus_free=0, lease_s=60)
+    assert first is not None
+    assert (  # a stale token changes nothing
+        store.requeue_crashed_run(
+            engine=engine, run_id=run.id or 0, owner="w1", token=0, exit_code=-9, error_tail=None
+        )
+        is None
+    )
+    status = store.requeue_crashed_run(
+        engine=engine, run_id=run.id or 0, owner="w1", token=first.fencing_token, exit_code=-9, error_tail="x"
+    )
+    row = store.get_run(engine=engine, run_id=run.id or 0)
+    assert row is not None and status == row.status == "queued"
+    assert (row.consecutive_crashes, row.lease_owner, row.exit_code, row.finished_at) == (1, None, -9, None)
+    second = store.claim_next_run(engine=engine, owner="w2", gpus_free=0, lease_s=60)
+    assert second is not None and second.id == run.id
+    status = store.requeue_crashed_run(
+        engine=engine,
+        run_id=run.id or 0,
+        owner="w2",
+        token=second.fencing_token,
+        exit_code=-9,
+        error_tail="y",
+    )
+    row = store.get_run(engine=engine, run_id=run.id or 0)
+    assert row is not None and status == row.status == "failed" and row.finished_at is not None
+    assert row.error_tail == "gave up: the job was killed 2 times in a row\ny"
+    assert store.claim_next_run(engine=engine, owner="w3", gpus_free=0, lease_s=60) is None
+
+
+def test_dead_workers_are_recognised_and_forgotten(engine: Engine) -> None:
+    store.register_worker(engine=engine, worker_id="h:1", host="h", pid=1, slots=["cpu"], version="0")
+    store.register_worker(engine=engine, worker_id="h:2", host="h", pid=2, slots=["cpu"], version="0")
+    store.heartbeat(engine=engine, worker_id="h:2", current_run_ids=[])
+    (w1, _w2) = store.list_workers(engine=engine)
+    now = utcnow()
+    assert store.worker_alive(worker=w1, now=now)
+    later = now + timedelta(seconds=store.WORKER_DEAD_AFTER_S + 1)
+    assert not store.worker_alive(worker=w1, now=later)
+    assert store.forget_dead_workers(engine=engine, now=later) == []  # dead, but not forgotten yet
+    much_later = now + timedelta(seconds=store.WORKER_FORGET_AFTER_S + 1)
+    assert sorted(store.forget_dead_workers(engine=engine, now=much_later)) == ["h:1", "h:2"]
+    assert store.list_workers(engine=engine) == []
+    # a forgotten worker that was only slow finds out at its next heartbeat (and registers again)
+    assert not store.heartbeat(engine=engine, worker_id="h:1", current_run_ids=[])

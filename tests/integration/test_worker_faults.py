@@ -1,0 +1,204 @@
+"""Faults under a real `wmtp-worker` on a real SQLite store: the trainer killed with SIGKILL mid-run (the worker
+lives on) is re-queued and resumed from its checkpoint with a gapless stream; dead workers' rows are shown as dead
+and forgotten by the reaper. (kill -9 of the whole worker: tests/integration/test_worker.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tests.integration.conftest import RECIPES, ROOT
+from wmtp_studio import store
+from wmtp_studio.models import Worker, utcnow
+from wmtp_studio.train.events import read_metrics
+from workers.supervise import killed_by_signal
+
+pytestmark = pytest.mark.slow
+
+STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
+WORKER = "from workers.daemon import main; main()"
+TINY = [
+    f"--set={o}"
+    for o in (
+        "data.generated.num_train=600",
+        "train.batch_size=16",
+        "eval.benchmarks=[]",
+        "train.log_every=1",
+    )
+]
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
+    return base | {
+        "WMTP_HOME": str(home),
+        "WMTP_DATABASE_URL": f"sqlite:///{home / 'studio.db'}",
+        "WMTP_QUEUE_URL": f"sqlite:///{home / 'queue.db'}",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+@pytest.fixture
+def engine(env: dict[str, str]) -> Engine:
+    Path(env["WMTP_HOME"]).mkdir(parents=True, exist_ok=True)
+    eng = store.make_engine(env["WMTP_DATABASE_URL"])
+    store.upgrade(engine=eng)
+    return eng
+
+
+@pytest.fixture
+def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(*args: str) -> subprocess.Popen[bytes]:
+        with open(tmp_path / f"worker{len(procs)}.log", "wb") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-c", WORKER, *args], env=env, cwd=ROOT, stdout=log, stderr=log
+            )
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def studio(env: dict[str, str], *args: str) -> str:
+    out = subprocess.run(
+        [sys.executable, "-c", STUDIO, *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    return out.stdout
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def trainer_pids(run_dir: Path) -> list[int]:
+    """Live `python -m wmtp_studio.train --run-dir run_dir` processes (found in /proc by their command line)."""
+    pids = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if b"wmtp_studio.train" in argv and str(run_dir).encode() in argv and state != "Z":
+            pids.append(int(entry))
+    return pids
+
+
+def test_trainer_killed_mid_run_is_resumed_from_its_checkpoint(
+    env: dict[str, str], engine: Engine, worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    run_id = int(
+        studio(
+            env,
+            "submit",
+            str(RECIPES / "tiny-ntp.yaml"),
+            *TINY,
+            "--set=train.steps=60",
+            "--set=train.checkpoint_every=10",
+        )
+        .strip()
+        .splitlines()[-1]
+    )
+    run = store.get_run(engine=engine, run_id=run_id)
+    assert run is not None
+    run_dir = Path(run.run_dir)
+    daemon = worker("--cpu", "--slots", "1", "--lease-s", "5", "--poll-s", "0.5")
+    wait_for(lambda: (run_dir / "checkpoints" / "latest").is_file(), 120, "a first checkpoint")
+    checkpoint = int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
+    pids = trainer_pids(run_dir)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)  # only the trainer: its worker lives on
+
+    finished = ("succeeded", "failed", "cancelled")
+    wait_for(
+        lambda: getattr(store.get_run(engine=engine, run_id=run_id), "status", "") in finished, 180, "the run"
+    )
+    log = (tmp_path / "worker0.log").read_text()
+    run = store.get_run(engine=engine, run_id=run_id)
+    assert run is not None and (run.status, run.exit_code) == ("succeeded", 0), log
+    assert (run.attempts, run.consecutive_crashes) == (2, 0), log
+    assert daemon.poll() is None  # the same worker took it up again
+    lines = read_metrics(run_dir / "metrics.jsonl")
+    assert 0 < checkpoint < 60
+    assert [ln.seq for ln in lines] == list(range(len(lines)))  # gapless, no duplicates after the resume
+    assert [ln.event for ln in lines if ln.event in ("start", "resumed")] == ["start", "resumed"]
+    assert [ln.step for ln in lines if ln.kind == "train"] == list(range(1, 61))  # every step once
+    point_seqs = {p.seq for p in store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1)}
+    blob_seqs = [b.seq for b in store.metric_blobs_since(engine=engine, run_id=run_id, after_seq=-1)]
+    assert len(blob_seqs) == len(set(blob_seqs))
+    assert sorted(point_seqs | set(blob_seqs)) == list(range(len(lines)))  # the store holds the same stream
+    steps = [
+        p.step
+        for p in store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"])
+    ]
+    assert steps == list(range(1, 61))
+
+
+def _backdated_worker(engine: Engine, worker_id: str, silent_for: timedelta) -> None:
+    store.register_worker(engine=engine, worker_id=worker_id, host="gone", pid=1, slots=["cpu"], version="0")
+    with engine.begin() as conn:  # a host that died that long ago
+        conn.execute(
+            sa.update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow() - silent_for)
+        )
+
+
+def test_dead_workers_are_shown_dead_and_forgotten_by_the_reaper(
+    env: dict[str, str], engine: Engine, worker: Callable[..., subprocess.Popen[bytes]]
+) -> None:
+    _backdated_worker(engine, "gone:1", timedelta(minutes=5))
+    _backdated_worker(engine, "gone:2", timedelta(hours=2))
+    rows = {w["id"]: w for w in json.loads(studio(env, "workers", "--json"))}
+    assert {k: w["alive"] for k, w in rows.items()} == {"gone:1": False, "gone:2": False}
+    assert "dead" in studio(env, "workers")
+    daemon = worker("--cpu", "--lease-s", "5", "--poll-s", "0.5")
+    wait_for(lambda: "gone:2" not in {w.id for w in store.list_workers(engine=engine)}, 60, "the reaper")
+    rows = {w["id"]: w for w in json.loads(studio(env, "workers", "--json"))}
+    assert {k: w["alive"] for k, w in rows.items()} == {
+        "gone:1": False,
+        f"{socket.gethostname()}:{daemon.pid}": True,
+    }
+
+
+def test_only_deaths_by_signal_count_as_crashes() -> None:
+    accelerate = (
+        "Traceback ...\nsubprocess.CalledProcessError: Command '[...]' died with <Signals.SIGKILL: 9>.\n"
+    )
+    torchrun = "  exitcode  : -9 (pid: 4242)\n  traceback : Signal 9 (SIGKILL) received by PID 4242\n=====\n"
+    assert killed_by_signal(-9, "") and killed_by_signal(137, "")  # the trainer itself, or through a shell
+    assert killed_by_signal(1, accelerate) and killed_by_signal(1, torchrun)  # its launcher reports it
+    assert not killed_by_signal(1, "error: training aborted: 5 consecutive steps with a non-finite loss")
+    assert not killed_by_signal(2, "error: data.path: no such file") and not killed_by_signal(0, accelerate)
+    assert not killed_by_signal(1, accelerate + "\n".join(["later output"] * 20))  # an older attempt's death
