@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from wmtp_studio.compare import recipe_diff
-from wmtp_studio.errors import RecipeError
+from wmtp_studio.errors import RecipeError, StudioError
 from wmtp_studio.evaluate.passk import paired_comparison, summarize
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import recipe_from_json
@@ -170,3 +170,37 @@ def config_diff_table(baseline: Run, others: Sequence[Run]) -> Table:
 
 def _show(value: Any) -> str:
     return "–" if value is None else str(value)
+
+
+@dataclass(frozen=True)
+class CompareTables:
+    results: Table
+    config: Table
+    labels: list[str]
+    """The rows' labels, for the baseline selector."""
+    baseline: int
+
+
+def compare_tables(
+    runs: Sequence[Run],
+    evaluations: Mapping[int, Sequence[Evaluation]],
+    baseline: int | None,
+    *,
+    is_set: bool,
+) -> CompareTables:
+    """Both tables of the compare screen. A comparison set with several seeds per algorithm gets one row per
+    algorithm; `baseline` (a row index) defaults to the ntp row. The config diff is against the baseline row's
+    first run."""
+    by_algorithm = is_set and len({r.algorithm for r in runs}) < len(runs)
+    groups = make_groups(runs, by_algorithm=by_algorithm)
+    if baseline is None or baseline >= len(groups):
+        baseline = default_baseline(groups)
+    results = results_table(groups, evaluations, baseline, by_algorithm=by_algorithm)
+    config = Table((), ())
+    if groups:
+        first = groups[baseline].runs[0]
+        try:
+            config = config_diff_table(first, [r for r in runs if r.id != first.id])
+        except StudioError as exc:
+            config = Table(("problem",), ((str(exc),),))
+    return CompareTables(results, config, [g.label for g in groups], baseline)

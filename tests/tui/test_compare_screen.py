@@ -1,0 +1,203 @@
+"""The compare screen under Pilot on a real studio database: curves, pass@k with paired tests, config diff, exports."""
+
+from __future__ import annotations
+
+import csv
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from textual.app import App
+from textual.pilot import Pilot
+from textual.widgets import DataTable, OptionList, Select, SelectionList, Static, TabbedContent
+
+from wmtp_studio import store
+from wmtp_studio.compare import FACTOR, expand
+from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.recipe import load_recipe
+from wmtp_studio.settings import Settings
+from wmtp_studio.train.events import MetricLine
+from wmtp_studio.tui.context import StudioContext
+from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
+from wmtp_studio.tui.screens.compare import CompareScreen
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
+# Greedy pass@1 on four problems, one sample each (1 = solved), per (algorithm, seed).
+SOLVED = {
+    ("ntp", 0): [1, 0, 0, 0],
+    ("ntp", 1): [1, 1, 0, 0],
+    ("baseline-mtp", 0): [1, 1, 1, 1],
+    ("baseline-mtp", 1): [1, 1, 0, 1],
+}
+
+
+class CompareApp(App[None]):
+    def __init__(self, screen: CompareScreen) -> None:
+        super().__init__()
+        self.compare = screen
+
+    def on_mount(self) -> None:
+        self.push_screen(self.compare)
+
+
+async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> None:
+    """Let the screen's poll timer and workers run until `cond` holds."""
+    deadline = time.monotonic() + 20
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await pilot.app.workers.wait_for_complete()
+        await pilot.pause(0.02)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return Settings.from_env({"WMTP_HOME": str(tmp_path / "home")})
+
+
+@pytest.fixture
+def engine(settings: Settings) -> Engine:
+    settings.home.mkdir(parents=True)
+    eng = store.make_engine(settings.database_url)
+    store.upgrade(engine=eng)
+    return eng
+
+
+@pytest.fixture
+def ctx(engine: Engine, settings: Settings) -> StudioContext:
+    return StudioContext(engine=engine, settings=settings, poll_s=0.05)
+
+
+def make_set(engine: Engine, settings: Settings) -> tuple[int, list[Run]]:
+    """A comparison set ntp, baseline-mtp x seeds 0, 1 with losses and pass@1 with per-problem results."""
+    base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
+    algorithms, seeds = ["ntp", "baseline-mtp"], [0, 1]
+    cset = store.create_comparison_set(
+        engine=engine, name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
+    )
+    runs = []
+    for recipe, diff in expand(base, algorithms, seeds):
+        run = store.create_run(
+            engine=engine, recipe=recipe, runs_dir=settings.runs_dir, comparison_set_id=cset.id, diff=diff
+        )
+        rid = run.id or 0
+        lines = [
+            MetricLine(seq=0, step=5, time=0.0, kind="train", metrics={"loss": 4.0 + rid}),
+            MetricLine(seq=1, step=10, time=0.0, kind="train", metrics={"loss": 3.0 + rid}),
+            MetricLine(seq=2, step=10, time=0.0, kind="val", metrics={"loss": 3.5 + rid}),
+        ]
+        store.ingest_metric_lines(engine=engine, run_id=rid, lines=lines)
+        solved = SOLVED[(run.algorithm, run.seed)]
+        store.record_evaluation(
+            engine=engine,
+            evaluation=Evaluation(
+                run_id=rid,
+                benchmark="generated",
+                k=1,
+                pass_at_k=sum(solved) / 4,
+                ci_low=0.0,
+                ci_high=1.0,
+                n_problems=4,
+                per_problem={f"t{j}": {"n": 1, "c": c} for j, c in enumerate(solved)},
+            ),
+        )
+        runs.append(run)
+    return cset.id or 0, runs
+
+
+def rows(table: DataTable[Any]) -> list[list[str]]:
+    return [[str(c) for c in table.get_row_at(i)] for i in range(table.row_count)]
+
+
+async def test_comparison_set_rows_per_algorithm_with_paired_tests(
+    ctx: StudioContext, settings: Settings
+) -> None:
+    set_id, runs = make_set(ctx.engine, settings)
+    screen = CompareScreen(ctx, comparison_set_id=set_id)
+    async with CompareApp(screen).run_test(size=(120, 40)) as pilot:
+        table = screen.query_one("#results-table", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 2, "the results table")
+        ntp, mtp = rows(table)
+        # ntp is the default baseline. Pooled pass@1 = mean over problems of c/n over both seeds:
+        # ntp (2/2 + 1/2 + 0 + 0)/4 = 0.375, baseline-mtp (2/2 + 2/2 + 1/2 + 2/2)/4 = 0.875.
+        assert ntp[:2] == ["ntp", "0,1"] and ntp[2].startswith("0.375 [") and ntp[3:] == ["baseline", "–"]
+        assert mtp[:2] == ["baseline-mtp", "0,1"] and mtp[2].startswith("0.875 [")
+        # Seed-averaged per problem: ntp [1, .5, 0, 0], mtp [1, 1, .5, 1] → differences [0, .5, .5, 1], mean
+        # 0.5; Wilcoxon over the three non-zero ones, all positive: p = 2 x 1/8 = 0.25.
+        assert mtp[3].startswith("0.500 [") and mtp[4] == "0.250"
+        assert "Wilcoxon" in str(screen.query_one("#results-note", Static).render())
+
+        # the other algorithm as baseline: the difference changes sign
+        await pilot.press("b")
+        screen.query_one("#baseline", Select).value = 1
+        await wait_for(pilot, lambda: rows(table)[0][3].startswith("-0.500"), "the new baseline")
+        assert rows(table)[1][3] == "baseline"
+
+        # config diff: the baseline (first baseline-mtp run, seed 0) against every other run
+        await pilot.press("d")  # the focused baseline selector leaves letters to the screen's bindings
+        assert screen.query_one(TabbedContent).active == "config"
+        diff = rows(screen.query_one("#config-table", DataTable))
+        assert diff == [
+            ["algorithm.name", "baseline-mtp", "ntp", "ntp", "="],
+            ["name", "tiny-baseline-mtp-s0", "tiny-ntp-s0", "tiny-ntp-s1", "tiny-baseline-mtp-s1"],
+            ["train.seed", "0", "=", "1", "1"],
+        ]
+
+        # curves: every run's points are read; the metric selector offers what all runs share
+        rid = runs[0].id or 0
+        loss = screen.series[rid].get("train/loss")
+        assert loss is not None and (loss.steps, loss.values) == ([5, 10], [4.0 + rid, 3.0 + rid])
+        await pilot.press("m")
+        options = screen._metric_options
+        assert options == ["train/loss+val/loss", "train/loss", "val/loss"]
+
+
+async def test_exports_write_table_and_chart_files(ctx: StudioContext, settings: Settings) -> None:
+    set_id, _ = make_set(ctx.engine, settings)
+    screen = CompareScreen(ctx, comparison_set_id=set_id)
+    async with CompareApp(screen).run_test(size=(120, 40)) as pilot:
+        table = screen.query_one("#results-table", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 2, "the results table")
+        exports = settings.home / "exports"
+        for index, ext in enumerate(["md", "tex", "csv", "png", "svg"]):
+            await pilot.press("e")
+            await wait_for(pilot, lambda: isinstance(pilot.app.screen, ChoiceModal), "the export picker")
+            pilot.app.screen.query_one(OptionList).highlighted = index
+            await pilot.press("enter")
+            await wait_for(pilot, lambda ext=ext: any(exports.glob(f"compare-set{set_id}-*.{ext}")), ext)
+        (csv_path,) = exports.glob("*.csv")
+        parsed = list(csv.DictReader(csv_path.open()))
+        assert [r["algorithm"] for r in parsed] == ["ntp", "baseline-mtp"]
+        assert float(parsed[1]["generated pass@1"]) == 0.875
+        assert (
+            float(parsed[1]["Δ generated pass@1"]) == 0.5 and float(parsed[1]["p generated pass@1"]) == 0.25
+        )
+        assert "| ntp | 0,1 | 0.375 [" in next(exports.glob("*.md")).read_text()
+        assert "\\toprule" in next(exports.glob("*.tex")).read_text()
+        assert next(exports.glob("*.png")).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
+        svg = next(exports.glob("*.svg")).read_bytes()
+        assert ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg" and b"tiny-ntp-s0 val/loss" in svg
+
+
+async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settings) -> None:
+    _, runs = make_set(ctx.engine, settings)
+    screen = CompareScreen(ctx)
+    async with CompareApp(screen).run_test(size=(80, 24)) as pilot:
+        title = screen.query_one("#compare-title", Static)
+        await wait_for(pilot, lambda: "press p" in str(title.render()), "the empty title")
+        await pilot.press("p")
+        await wait_for(pilot, lambda: isinstance(pilot.app.screen, PickRunsModal), "the run picker")
+        picker = pilot.app.screen.query_one(SelectionList)
+        picker.select(runs[0].id or 0)  # ntp seed 0
+        picker.select(runs[2].id or 0)  # baseline-mtp seed 0
+        await pilot.press("enter")
+        table = screen.query_one("#results-table", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 2, "one row per picked run")
+        ntp, mtp = rows(table)
+        assert ntp[0] == f"#{runs[0].id} tiny-ntp-s0" and ntp[2] == "0.250 [0.000, 1.000]"  # as stored
+        # per-problem differences [1,1,1,1] − [1,0,0,0] = [0, 1, 1, 1]: mean 0.75, p = 2 x 1/8 = 0.25
+        assert mtp[3].startswith("0.750 [") and mtp[4] == "0.250"

@@ -1,0 +1,255 @@
+"""Compare runs: overlaid curves, pass@k side by side with paired tests against a baseline, the config diff,
+and exports. Open it with picked runs or a comparison set; `p` picks runs from the screen itself."""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Select, Static, TabbedContent, TabPane
+from textual_plotext import PlotextPlot
+
+from wmtp_studio import store
+from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.tui.compare_feed import CompareFeed, Snapshot, chart_series
+from wmtp_studio.tui.context import StudioContext
+from wmtp_studio.tui.export import ExportFormat, Series, Table, export_path, format_cell, render
+from wmtp_studio.tui.modals import ErrorModal
+from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
+from wmtp_studio.tui.results import CompareTables, compare_tables
+from wmtp_studio.tui.series import SeriesStore
+
+LOSSES = "train/loss+val/loss"
+"""The default chart: train loss (solid) and validation loss (dots) of every run."""
+COLORS = ("blue+", "orange+", "green+", "red+", "magenta+", "cyan+", "yellow+", "gray+")
+EXPORTS: dict[str, ExportFormat] = {
+    "Results table as Markdown": "md",
+    "Results table as LaTeX (booktabs)": "tex",
+    "Results table as CSV": "csv",
+    "Chart of the selected metric as PNG": "png",
+    "Chart of the selected metric as SVG": "svg",
+}
+
+
+class CompareScreen(Screen[None]):
+    DEFAULT_CSS = """
+    CompareScreen #compare-title { height: 1; padding: 0 1; background: $boost; text-style: bold; }
+    CompareScreen TabbedContent, CompareScreen ContentSwitcher, CompareScreen TabPane { height: 1fr; }
+    CompareScreen TabPane { padding: 0; }
+    CompareScreen Select { width: 60; max-width: 100%; }
+    CompareScreen #results-note { height: auto; padding: 0 1; color: $text-muted; }
+    CompareScreen DataTable { height: 1fr; }
+    """
+    BINDINGS = [
+        Binding("m", "metric", "Metric"),
+        Binding("b", "baseline", "Baseline"),
+        Binding("d", "show_tab('config', '#config-table')", "Config diff"),
+        Binding("e", "export", "Export"),
+        Binding("p", "pick", "Pick runs"),
+    ]
+
+    def __init__(
+        self, ctx: StudioContext, run_ids: list[int] | None = None, comparison_set_id: int | None = None
+    ) -> None:
+        super().__init__()
+        self.ctx, self.run_ids, self.set_id = ctx, list(run_ids or []), comparison_set_id
+        self.runs: list[Run] = []
+        self.series: dict[int, SeriesStore] = {}
+        self.evaluations: dict[int, list[Evaluation]] = {}
+        self.table = Table((), ())
+        self.baseline: int | None = None
+        self._metric_options: list[str] = []
+        self._feed = CompareFeed(engine=ctx.engine, comparison_set_id=self.set_id, run_ids=self.run_ids)
+        self._poll_lock = threading.Lock()  # one poll at a time: a feed's cursors must not be read twice
+        self._read_error = ""
+        self._evaluation_ids: set[int | None] = set()
+
+    def compose(self) -> ComposeResult:
+        yield Static("Compare", id="compare-title")
+        with TabbedContent(initial="curves"):
+            with TabPane("Curves", id="curves"):
+                yield Select[str]([], prompt="metric", id="metric", compact=True, type_to_search=False)
+                yield PlotextPlot(id="chart")
+            with TabPane("Results", id="results"):
+                yield Select[int]([], prompt="baseline", id="baseline", compact=True, type_to_search=False)
+                yield DataTable(id="results-table", zebra_stripes=True)
+                yield Static("", id="results-note", markup=False)
+            with TabPane("Config diff", id="config"):
+                yield DataTable(id="config-table", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._update_title()
+        self.poll()
+        self.set_interval(self.ctx.poll_s, self.poll)
+
+    # --- reading the store (thread workers) --------------------------------------------------------------------
+
+    @work(thread=True, group="compare-poll")
+    def poll(self) -> None:
+        if not self._poll_lock.acquire(blocking=False):
+            return  # the previous poll is still reading
+        feed = self._feed
+        try:
+            snapshot = feed.read()
+        except Exception as exc:  # a worker is a process edge: report (once), keep polling
+            if str(exc) != self._read_error:
+                self._read_error = str(exc)
+                self.app.call_from_thread(self.notify, f"cannot read the store: {exc}", severity="error")
+            return
+        finally:
+            self._poll_lock.release()
+        self.app.call_from_thread(self._apply, feed, snapshot)
+
+    def _apply(self, feed: CompareFeed, snap: Snapshot) -> None:
+        if feed is not self._feed:
+            return  # read before other runs were picked
+        runs_changed = [r.id for r in snap.runs] != [r.id for r in self.runs]
+        evals_changed = snap.evaluation_ids() != self._evaluation_ids
+        self.runs, self.evaluations, self._evaluation_ids = snap.runs, snap.evaluations, snap.evaluation_ids()
+        points_changed = snap.add_points(self.series)
+        if runs_changed:
+            self._update_title()
+        if runs_changed or points_changed:
+            self._update_metrics()
+            self.draw_chart()
+        if runs_changed or evals_changed:
+            self.compute_tables(self.runs, self.evaluations, self.baseline)
+
+    def _update_title(self) -> None:
+        what = f"comparison set {self.set_id}" if self.set_id is not None else "picked runs"
+        names = ", ".join(f"#{r.id}" for r in self.runs) or "none: press p to pick runs"
+        self.query_one("#compare-title", Static).update(f"Compare {what}: {names}")
+
+    # --- curves ------------------------------------------------------------------------------------------------
+
+    def _update_metrics(self) -> None:
+        select = self.query_one("#metric", Select)
+        named = [set(self.series.get(r.id or 0, SeriesStore()).names()) for r in self.runs]
+        shared = sorted(set.intersection(*named)) if named else []
+        if [LOSSES, *shared] != self._metric_options:
+            self._metric_options, current = [LOSSES, *shared], select.value
+            select.set_options([("loss: train (solid) and val (dots)", LOSSES), *((n, n) for n in shared)])
+            select.value = current if current in self._metric_options else LOSSES
+
+    def _metric_names(self) -> list[str]:
+        value = self.query_one("#metric", Select).value
+        return (value if isinstance(value, str) else LOSSES).split("+")
+
+    def draw_chart(self) -> None:
+        chart = self.query_one("#chart", PlotextPlot)
+        plt, width = chart.plt, max(chart.size.width, 40)
+        plt.clear_figure()
+        names = self._metric_names()
+        for i, run in enumerate(self.runs):
+            for name in names:
+                series = self.series.get(run.id or 0, SeriesStore()).get(name)
+                if series is None or not len(series):
+                    continue
+                xs, ys = series.downsample(width)
+                # One colour and legend entry per run; a second metric (val/loss) is drawn in dots.
+                first = name == names[0]
+                label = str(run.name or run.id) if first else None
+                plt.plot(
+                    xs, ys, label=label, color=COLORS[i % len(COLORS)], marker="braille" if first else "dot"
+                )
+        plt.title(" + ".join(names))
+        plt.xlabel("step")
+        chart.refresh()
+
+    def on_resize(self) -> None:
+        self.draw_chart()  # downsampled to the chart's width
+
+    def on_select_changed(self, event: Select.Changed) -> None:
+        if event.select.id == "metric":
+            self.draw_chart()
+        elif event.select.id == "baseline" and isinstance(event.value, int) and event.value != self.baseline:
+            self.baseline = event.value
+            self.compute_tables(self.runs, self.evaluations, self.baseline)
+
+    # --- results and config diff -------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="compare-tables")
+    def compute_tables(
+        self, runs: list[Run], evaluations: dict[int, list[Evaluation]], baseline: int | None
+    ) -> None:
+        tables = compare_tables(runs, evaluations, baseline, is_set=self.set_id is not None)
+        self.app.call_from_thread(self._show_tables, tables)
+
+    def _show_tables(self, tables: CompareTables) -> None:
+        self.table, self.baseline = tables.results, tables.baseline
+        select = self.query_one("#baseline", Select)
+        select.set_options((label, i) for i, label in enumerate(tables.labels))
+        if tables.labels:
+            select.value = tables.baseline
+        _fill(self.query_one("#results-table", DataTable), tables.results)
+        _fill(self.query_one("#config-table", DataTable), tables.config)
+        self.query_one("#results-note", Static).update(tables.results.note or "No evaluations yet.")
+
+    # --- actions -----------------------------------------------------------------------------------------------
+
+    def action_show_tab(self, tab: str, widget: str) -> None:
+        """Show a tab and focus a widget in it (focus left on a hidden widget would switch the tab back)."""
+        self.query_one(TabbedContent).active = tab
+        self.query_one(widget).focus()
+
+    def action_metric(self) -> None:
+        self.action_show_tab("curves", "#metric")
+
+    def action_baseline(self) -> None:
+        self.action_show_tab("results", "#baseline")
+
+    def action_export(self) -> None:
+        self.app.push_screen(ChoiceModal("Export", [(f, text) for text, f in EXPORTS.items()]), self._export)
+
+    def _export(self, fmt: str | None) -> None:
+        """Collect what to export here on the UI thread; the worker only renders and writes it."""
+        if fmt not in EXPORTS.values():
+            return
+        names = self._metric_names()
+        series = chart_series(self.runs, self.series, names)
+        label = f"set{self.set_id}" if self.set_id is not None else "runs-" + "-".join(map(str, self.run_ids))
+        fmt_ = next(f for f in EXPORTS.values() if f == fmt)
+        path = export_path(self.ctx.settings.home, label, fmt_, datetime.now())
+        self.write_export(fmt_, path, self.table, series, " + ".join(names))
+
+    @work(thread=True, group="compare-export")
+    def write_export(
+        self, fmt: ExportFormat, path: Path, table: Table, series: list[Series], title: str
+    ) -> None:
+        try:
+            data = render(fmt, table=table, series=series, title=title, ylabel="value")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        except OSError as exc:
+            self.app.call_from_thread(self.app.push_screen, ErrorModal(f"cannot write {path}: {exc}"))
+            return
+        self.app.call_from_thread(self.notify, f"exported {path}", title="Export")
+
+    @work(thread=True, group="compare-pick")
+    def action_pick(self) -> None:
+        runs = store.list_runs(engine=self.ctx.engine, limit=500)
+        selected = [r.id or 0 for r in self.runs]
+        self.app.call_from_thread(self.app.push_screen, PickRunsModal(runs, selected), self._picked)
+
+    def _picked(self, run_ids: list[int] | None) -> None:
+        if run_ids is None:
+            return
+        self.run_ids, self.set_id, self.baseline = run_ids, None, None
+        self._feed = CompareFeed(engine=self.ctx.engine, comparison_set_id=None, run_ids=run_ids)
+        self.series, self.runs, self.evaluations, self._evaluation_ids = {}, [], {}, set()
+        self.poll()
+
+
+def _fill(table: DataTable, data: Table) -> None:
+    """Replace a DataTable's columns and rows with a Table's (column keys are their indices)."""
+    table.clear(columns=True)
+    for i, name in enumerate(data.columns):
+        table.add_column(name, key=str(i))
+    for row in data.rows:
+        table.add_row(*(format_cell(c) for c in row))
