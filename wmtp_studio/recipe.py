@@ -471,6 +471,13 @@ def load_recipe(
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise RecipeError(f"{source}: cannot read recipe ({exc.strerror})") from None
+    return load_recipe_text(text, source, overrides, env)
+
+
+def load_recipe_text(
+    text: str, source: str, overrides: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> Recipe:
+    """Substitute, override and validate recipe YAML text (e.g. from an editor); errors name `source`."""
     recipe = parse_recipe(_yaml_data(substitute_env(text, source, env), source, overrides), source)
     kept: dict[str, str] = {}
     literal = substitute_env(text, source, env, kept)

@@ -20,6 +20,7 @@ from wmtp_studio.recipe import (
     Rho1Config,
     Section,
     load_recipe,
+    load_recipe_text,
     recipe_from_json,
 )
 
@@ -226,3 +227,11 @@ def test_every_shipped_recipe_loads() -> None:
     assert paths, f"no recipes in {RECIPES}"
     for path in paths:
         assert isinstance(load_recipe(path, env={}), Recipe), path
+
+
+def test_recipe_text_is_validated_like_a_file() -> None:
+    text = BASE.replace("steps: 5", "steps: ${STEPS:-7}")
+    assert load_recipe_text(text, "editor", env={}).train.steps == 7
+    assert load_recipe_text(text, "editor", ["train.steps=9"], env={}).train.steps == 9
+    with pytest.raises(RecipeError, match=r"^editor: invalid recipe\n  train.steps"):
+        load_recipe_text(BASE.replace("steps: 5", "steps: -1"), "editor", env={})
