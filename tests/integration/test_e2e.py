@@ -1,0 +1,139 @@
+"""End to end, every part real: a tiny comparison set (2 algorithms x 2 seeds) is submitted with the
+`wmtp-studio` CLI into a studio home in a temp dir, a `wmtp-worker` process (with its in-process Huey consumer)
+trains and evaluates every run, and the metrics and evaluations end up in the studio database and in an MLflow
+store (SQLite) in the temp dir: one experiment for the set, one MLflow run per studio run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.integration.conftest import RECIPES, ROOT
+from wmtp_studio import store
+from wmtp_studio.recipe import recipe_from_json
+from wmtp_studio.tracking import allowed_params
+
+pytestmark = pytest.mark.slow
+
+STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
+WORKER = "from workers.daemon import main; main()"
+TINY = [
+    "data.generated.num_train=400",
+    "train.steps=12",
+    "train.batch_size=16",
+    "train.log_every=1",
+    "eval.val_every=6",
+    "train.hist_every=6",
+    "train.top_tokens_every=6",
+    "eval.benchmarks=[generated:basic:10]",
+    "eval.k=[1]",
+    "eval.max_new_tokens=48",
+]
+
+
+def studio_env(tmp_path: Path) -> dict[str, str]:
+    home = tmp_path / "home"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
+    return base | {
+        "WMTP_HOME": str(home),
+        "WMTP_DATABASE_URL": f"sqlite:///{home / 'studio.db'}",
+        "WMTP_QUEUE_URL": f"sqlite:///{home / 'queue.db'}",
+        "WMTP_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def wait_for(cond: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()[-3000:]}"
+        time.sleep(0.5)
+
+
+def test_cli_comparison_runs_through_a_worker_into_the_database_and_mlflow(tmp_path: Path) -> None:
+    env = studio_env(tmp_path)
+    (tmp_path / "mlflow").mkdir()
+    sets = [x for o in TINY for x in ("--set", o)]
+    cli = [sys.executable, "-c", STUDIO, "compare", str(RECIPES / "tiny-ntp.yaml"), *sets]
+    out = subprocess.run(
+        [*cli, "--algorithms", "ntp,baseline-mtp", "--seeds", "0,1", "--json"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    ids = [r["id"] for r in json.loads(out.stdout)]
+    assert len(ids) == 4
+
+    engine = store.make_engine(env["WMTP_DATABASE_URL"])
+    log_path = tmp_path / "worker.log"
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER, "--cpu", "--poll-s", "0.2"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+
+        def runs_finished_and_forwarded() -> bool:
+            runs = [store.get_run(engine=engine, run_id=i) for i in ids]
+            return all(
+                r is not None and r.status in ("succeeded", "failed", "cancelled") for r in runs
+            ) and all(r is not None and r.mlflow_done for r in runs)
+
+        wait_for(runs_finished_and_forwarded, 420, "every run to finish and reach MLflow", log_path)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+
+    runs = [store.get_run(engine=engine, run_id=i) for i in ids]
+    assert [r.status if r else None for r in runs] == ["succeeded"] * 4, log_path.read_text()[-3000:]
+    client = MlflowClient(tracking_uri=env["WMTP_MLFLOW_URI"])
+    (cset_id,) = {r.comparison_set_id for r in runs if r}
+    cset = store.get_comparison_set(engine=engine, comparison_set_id=cset_id or 0)
+    assert cset is not None
+    exp = client.get_experiment_by_name(f"wmtp/set-{cset_id}-{cset.name}")
+    assert exp is not None
+    mruns = client.search_runs([exp.experiment_id])
+    assert sorted(int(m.data.tags["wmtp.run_id"]) for m in mruns) == sorted(ids)  # one MLflow run per run
+    by_id = {int(m.data.tags["wmtp.run_id"]): m for m in mruns}
+    for run in runs:
+        assert run is not None and run.id is not None
+        seqs = {p.seq for p in store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1)}
+        seqs |= {b.seq for b in store.metric_blobs_since(engine=engine, run_id=run.id, after_seq=-1)}
+        assert sorted(seqs) == list(range(len(seqs))) and len(seqs) > 12  # gapless, from 0
+        losses = store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1, names=["train/loss"])
+        assert [p.step for p in losses] == list(range(1, 13))
+        (ev,) = store.list_evaluations(engine=engine, run_id=run.id)
+        assert (ev.benchmark, ev.k, ev.n_problems) == ("generated:basic:10", 1, 10)
+
+        mrun = by_id[run.id]
+        assert mrun.info.status == "FINISHED" and mrun.info.run_id == run.mlflow_run_id
+        assert (mrun.data.tags["wmtp.algorithm"], mrun.data.tags["wmtp.seed"]) == (
+            run.algorithm,
+            str(run.seed),
+        )
+        history = client.get_metric_history(mrun.info.run_id, "train/loss")
+        assert sorted((m.step, m.value) for m in history) == [(p.step, p.value) for p in losses]
+        assert mrun.data.params == allowed_params(recipe_from_json(run.recipe_json, "recipe.json"))
+        assert mrun.data.params["algorithm.name"] == run.algorithm
+        assert mrun.data.metrics["eval/generated:basic:10/pass_at_1"] == ev.pass_at_k
+        assert "recipe.json" in {a.path for a in client.list_artifacts(mrun.info.run_id)}
+        (results,) = client.list_artifacts(mrun.info.run_id, "eval/0-generated_basic_10")
+        assert results.path.endswith("results.json")
