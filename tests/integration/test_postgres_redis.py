@@ -18,14 +18,12 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 
 from tests.integration.conftest import RECIPES, ROOT
+from tests.integration.services import POSTGRES_URL, REDIS_URL, fresh_postgres_database
 from wmtp_studio import store
 
-POSTGRES_URL = os.environ.get("WMTP_TEST_POSTGRES_URL")
-REDIS_URL = os.environ.get("WMTP_TEST_REDIS_URL")
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not (POSTGRES_URL and REDIS_URL), reason="WMTP_TEST_POSTGRES_URL/REDIS_URL unset"),
@@ -47,17 +45,8 @@ TINY = [
 
 @pytest.fixture
 def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test alone, dropped afterwards (with any connection left to it)."""
-    admin = sa.create_engine(POSTGRES_URL or "", isolation_level="AUTOCOMMIT")
-    name = f"wmtp_test_{secrets.token_hex(6)}"
-    with admin.connect() as conn:
-        conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
-    try:
-        yield make_url(POSTGRES_URL or "").set(database=name).render_as_string(hide_password=False)
-    finally:
-        with admin.connect() as conn:
-            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    with fresh_postgres_database() as url:
+        yield url
 
 
 @pytest.fixture
