@@ -17,6 +17,7 @@ from wmtp_studio.tui.series import (
     MetricFeed,
     RunData,
     Series,
+    SeriesStore,
     TextTail,
     downsample,
     pick_columns,
@@ -51,6 +52,14 @@ def test_series_skips_non_finite_values() -> None:
         s.append(step, v)
     assert (s.steps, s.values, s.nonfinite) == ([1, 5], [2.0, 1.5], 3)
     assert s.last() == (5, 1.5)
+
+
+def test_series_store_finds_the_heads() -> None:
+    store_ = SeriesStore()
+    for name in ("train/loss", "train/head0/ce", "train/head3/w_std", "val/head1/val_ce", "stage1/x"):
+        store_.add(name, 1, 1.0)
+    assert store_.heads() == [0, 1, 3]
+    assert "train/loss" in store_ and store_.names()[0] == "stage1/x"
 
 
 def test_pick_columns_spreads_evenly_and_keeps_the_ends() -> None:

@@ -156,7 +156,7 @@ class MetricFeed:
     """Cursor over one run's stored metrics. Only one thread may call `fetch` at a time."""
 
     def __init__(
-        self, *, engine: Engine, run_id: int, keep: Callable[[str], bool] | None = None, page: int = 50_000
+        self, *, engine: Engine, run_id: int, keep: Callable[[str], bool] | None = None, page: int = 20_000
     ) -> None:
         self.engine, self.run_id, self.keep, self.page = engine, run_id, keep, page
         self.point_cursor = self.blob_cursor = -1

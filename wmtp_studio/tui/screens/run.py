@@ -7,6 +7,7 @@ to the UI thread; redraws are coalesced and only the visible tab is drawn (the o
 from __future__ import annotations
 
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,7 +22,7 @@ from textual.binding import Binding
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Footer, Label, Log, Static, TabbedContent, TabPane
-from textual.worker import get_current_worker
+from textual.worker import Worker, get_current_worker
 
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
@@ -34,6 +35,10 @@ from wmtp_studio.tui.widgets.evaluations import EvaluationTable
 from wmtp_studio.tui.widgets.tokens import TokensPanel
 from wmtp_studio.tui.widgets.weights import WeightsPanel
 
+CHARTED = re.compile(
+    r"train/(loss|lr|grad_norm|value_loss|head\d+/(ce|w_entropy|w_std|selected_fraction))|val/.+|stage1/.+"
+)
+"""The metrics the panels draw; the others are not kept in memory."""
 TABS_OF = {"points": {"curves", "weights"}, "hist": {"weights"}, "tokens": {"tokens"}}
 """Which tabs draw what changed."""
 
@@ -76,7 +81,9 @@ class RunScreen(Screen[None]):
     def __init__(self, ctx: StudioContext, run_id: int) -> None:
         super().__init__()
         self.ctx, self.run_id = ctx, run_id
-        self.feed = MetricFeed(engine=ctx.engine, run_id=run_id)
+        self.feed = MetricFeed(
+            engine=ctx.engine, run_id=run_id, keep=lambda n: CHARTED.fullmatch(n) is not None
+        )
         self.data = RunData()
         self.run: Run | None = None
         self.head = 0
@@ -86,6 +93,7 @@ class RunScreen(Screen[None]):
         self._last_draw = 0.0
         self._draw_timer: Timer | None = None
         self._poll_timer: Timer | None = None
+        self._reader: Worker[None] | None = None
 
     def compose(self) -> ComposeResult:
         yield Static(f"run {self.run_id}: loading...", id="run-header", markup=False)
@@ -114,8 +122,8 @@ class RunScreen(Screen[None]):
 
     def poll(self) -> None:
         """Read what is new, unless the previous read is still going."""
-        if not any(w.group == "run-poll" and w.is_running for w in self.workers):
-            self._read()
+        if self._reader is None or self._reader.is_finished:
+            self._reader = self._read()
 
     @work(thread=True, group="run-poll", exit_on_error=False)
     def _read(self) -> None:
@@ -154,6 +162,8 @@ class RunScreen(Screen[None]):
     # --- applying (UI thread) -------------------------------------------------------------------------------
 
     def _apply(self, snap: Snapshot) -> None:
+        if not self.is_attached:  # closed while the read was under way
+            return
         first = self.run is None
         self.run = snap.run
         changed = self.data.apply(snap.batch)
