@@ -1,0 +1,231 @@
+"""Recipes: the YAML files of the recipes directory and the recipes saved in the database; edit one with live
+validation, save it under a name, or queue a comparison (algorithms x seeds) of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from textual import work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.timer import Timer
+from textual.widgets import Button, Footer, Input, Label, OptionList, Static, TextArea
+from textual.widgets.option_list import Option
+
+from wmtp_studio import store
+from wmtp_studio.errors import StudioError
+from wmtp_studio.recipe import Recipe, load_recipe_text
+from wmtp_studio.submit import submit_comparison, wake_workers
+from wmtp_studio.tui.context import StudioContext
+from wmtp_studio.tui.modals import ErrorModal
+from wmtp_studio.tui.queue_form import ComparisonForm, ComparisonRequest
+
+VALIDATE_AFTER_S = 0.3
+"""Validation waits this long after the last keystroke."""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One recipe in the list: a file of the recipes directory or a recipe saved in the database."""
+
+    key: str
+    label: str
+    name: str
+    text: str | None = None
+    """The saved YAML (database entries); files are read when opened."""
+    path: Path | None = None
+
+
+def budget(recipe: Recipe) -> str:
+    return (
+        f"{recipe.train.steps} steps" if recipe.train.steps is not None else f"{recipe.train.epochs} epochs"
+    )
+
+
+class RecipesScreen(Screen[None]):
+    DEFAULT_CSS = """
+    RecipesScreen #recipe-pane { width: 32; border-right: tall $panel; }
+    RecipesScreen #recipe-list { height: 1fr; }
+    RecipesScreen #name-row { height: auto; }
+    RecipesScreen #recipe-name { width: 1fr; }
+    RecipesScreen #name-row Button { margin-left: 1; }
+    RecipesScreen #editor { height: 1fr; }
+    RecipesScreen #validation { height: auto; max-height: 8; padding: 0 1; color: $success; }
+    RecipesScreen #validation.error { color: $error; }
+    """
+    BINDINGS = [
+        Binding("ctrl+s", "save", "Save"),
+        Binding("q", "queue", "Queue comparison"),
+        Binding("ctrl+r", "reload", "Reload list"),
+    ]
+
+    def __init__(self, ctx: StudioContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.entries: dict[str, Entry] = {}
+        self.current: Entry | None = None
+        self.recipe: Recipe | None = None
+        """The editor's text as a validated recipe; None while it is invalid."""
+        self.error = "empty recipe"
+        self._timer: Timer | None = None
+
+    def compose(self) -> ComposeResult:
+        with Horizontal():
+            with Vertical(id="recipe-pane"):
+                yield Label("Recipes")
+                yield OptionList(id="recipe-list")
+            with Vertical():
+                with Horizontal(id="name-row"):
+                    yield Input(placeholder="name to save under", id="recipe-name", compact=True)
+                    yield Button("Save", id="save", compact=True)
+                    yield Button("Queue comparison", variant="primary", id="queue", compact=True)
+                yield TextArea.code_editor("", language="yaml", id="editor")
+                yield Static("Pick a recipe on the left, or write one.", id="validation", markup=False)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.action_reload()
+
+    # --- the list -----------------------------------------------------------------------------------------------
+
+    @work(thread=True, exclusive=True, group="recipes-list")
+    def action_reload(self) -> None:
+        entries: list[Entry] = []
+        folder = self.ctx.recipes_dir
+        if folder is not None and folder.is_dir():
+            entries += [
+                Entry(f"file:{p.name}", p.name, p.stem, path=p) for p in sorted(folder.glob("*.y*ml"))
+            ]
+        entries += [
+            Entry(f"db:{r.name}", f"saved: {r.name}", r.name, text=r.yaml_text)
+            for r in store.list_saved_recipes(engine=self.ctx.engine)
+        ]
+        self.app.call_from_thread(self._show_entries, entries)
+
+    def _show_entries(self, entries: list[Entry]) -> None:
+        self.entries = {e.key: e for e in entries}
+        options = self.query_one("#recipe-list", OptionList)
+        highlighted = options.highlighted
+        options.clear_options()
+        options.add_options([Option(e.label, id=e.key) for e in entries])
+        if highlighted is not None and entries:
+            options.highlighted = min(highlighted, len(entries) - 1)
+
+    def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
+        entry = self.entries.get(event.option.id or "")
+        if entry is not None:
+            self.open_entry(entry)
+
+    @work(thread=True, exclusive=True, group="recipes-open")
+    def open_entry(self, entry: Entry) -> None:
+        try:
+            text = entry.text if entry.path is None else entry.path.read_text(encoding="utf-8")
+        except OSError as exc:
+            self.app.call_from_thread(self.app.push_screen, ErrorModal(f"cannot read {entry.path}: {exc}"))
+            return
+        self.app.call_from_thread(self._show_entry, entry, text or "")
+
+    def _show_entry(self, entry: Entry, text: str) -> None:
+        self.current = entry
+        self.query_one("#recipe-name", Input).value = entry.name
+        self.query_one("#editor", TextArea).load_text(text)
+        self.validate()
+
+    # --- live validation --------------------------------------------------------------------------------------
+
+    def on_text_area_changed(self) -> None:
+        if self._timer is not None:
+            self._timer.stop()
+        self._timer = self.set_timer(VALIDATE_AFTER_S, self.validate)
+
+    def validate(self) -> Recipe | None:
+        """Validate the editor's text now (YAML, ${VAR} substitution, every field) and show the outcome."""
+        if self._timer is not None:
+            self._timer.stop()
+            self._timer = None
+        source = self.current.label if self.current is not None else "editor"
+        status = self.query_one("#validation", Static)
+        try:
+            self.recipe = load_recipe_text(self.query_one("#editor", TextArea).text, source)
+        except StudioError as exc:
+            self.recipe, self.error = None, str(exc)
+            status.update(self.error)
+            status.add_class("error")
+            return None
+        status.update(f"valid: {self.recipe.name}, {self.recipe.algorithm.name}, {budget(self.recipe)}")
+        status.remove_class("error")
+        return self.recipe
+
+    # --- save and queue ----------------------------------------------------------------------------------------
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "save":
+            self.action_save()
+        elif event.button.id == "queue":
+            self.action_queue()
+
+    def action_save(self) -> None:
+        recipe, name = self.validate(), self.query_one("#recipe-name", Input).value.strip()
+        if recipe is None:
+            self.app.push_screen(ErrorModal(self.error, title="Recipe not saved"))
+        elif not name:
+            self.app.push_screen(
+                ErrorModal("give the recipe a name to save it under", title="Recipe not saved")
+            )
+        else:
+            self.save(name, self.query_one("#editor", TextArea).text, recipe)
+
+    @work(thread=True, group="recipes-save")
+    def save(self, name: str, text: str, recipe: Recipe) -> None:
+        try:
+            store.save_recipe(engine=self.ctx.engine, name=name, yaml_text=text, recipe=recipe)
+        except Exception as exc:  # a worker is a process edge: report what the database said
+            self.app.call_from_thread(self.app.push_screen, ErrorModal(str(exc), title="Recipe not saved"))
+            return
+        self.app.call_from_thread(self.notify, f"saved recipe {name!r}", title="Recipes")
+        self.app.call_from_thread(self.action_reload)
+
+    def action_queue(self) -> None:
+        recipe = self.validate()
+        if recipe is None:
+            self.app.push_screen(ErrorModal(self.error, title="Cannot queue this recipe"))
+            return
+        checked = [a for a in ("ntp", "baseline-mtp", "critic-wmtp") if a != recipe.algorithm.name]
+        form = ComparisonForm(recipe.name, [recipe.algorithm.name, *checked])
+        self.app.push_screen(form, lambda request: self._queue(recipe, request))
+
+    def _queue(self, recipe: Recipe, request: ComparisonRequest | None) -> None:
+        if request is None:
+            return
+        try:
+            algorithms, seeds, priority = request.parse()
+        except StudioError as exc:
+            self.app.push_screen(ErrorModal(str(exc), title="Comparison not queued"))
+            return
+        self.submit(recipe, algorithms, seeds, priority)
+
+    @work(thread=True, group="recipes-submit")
+    def submit(self, recipe: Recipe, algorithms: list[str], seeds: list[int], priority: int) -> None:
+        ctx = self.ctx
+        try:
+            cset, runs = submit_comparison(
+                engine=ctx.engine,
+                settings=ctx.settings,
+                recipe=recipe,
+                algorithms=algorithms,
+                seeds=seeds,
+                priority=priority,
+            )
+        except StudioError as exc:
+            self.app.call_from_thread(
+                self.app.push_screen, ErrorModal(str(exc), title="Comparison not queued")
+            )
+            return
+        warning = wake_workers(ctx.settings, [r.id or 0 for r in runs])
+        message = f"comparison set {cset.id}: {len(runs)} runs queued"
+        self.app.call_from_thread(
+            self.notify, f"{message}\n{warning}" if warning else message, title="Queued"
+        )
