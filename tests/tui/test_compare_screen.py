@@ -1,4 +1,5 @@
-"""The compare screen under Pilot on a real studio database: curves, pass@k with paired tests, config diff, exports."""
+"""The compare screen under Pilot on a real studio database: curves, pass@k with paired tests, config diff, exports.
+The `settings` and `ctx` fixtures (a temp studio home and database) come from conftest.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
 from sqlalchemy.engine import Engine
 from textual.app import App
 from textual.pilot import Pilot
@@ -52,24 +52,6 @@ async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> No
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         await pilot.app.workers.wait_for_complete()
         await pilot.pause(0.02)
-
-
-@pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings.from_env({"WMTP_HOME": str(tmp_path / "home")})
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Engine:
-    settings.home.mkdir(parents=True)
-    eng = store.make_engine(settings.database_url)
-    store.upgrade(engine=eng)
-    return eng
-
-
-@pytest.fixture
-def ctx(engine: Engine, settings: Settings) -> StudioContext:
-    return StudioContext(engine=engine, settings=settings, poll_s=0.05)
 
 
 def make_set(engine: Engine, settings: Settings) -> tuple[int, list[Run]]:
@@ -201,3 +183,5 @@ async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settin
         assert ntp[0] == f"#{runs[0].id} tiny-ntp-s0" and ntp[2] == "0.250 [0.000, 1.000]"  # as stored
         # per-problem differences [1,1,1,1] − [1,0,0,0] = [0, 1, 1, 1]: mean 0.75, p = 2 x 1/8 = 0.25
         assert mtp[3].startswith("0.750 [") and mtp[4] == "0.250"
+        await pilot.press("escape")  # opened over another screen: back to it
+        assert pilot.app.screen is not screen

@@ -1,5 +1,5 @@
 """The recipes screen under Pilot on a real studio database and a recipes directory: list, live validation,
-save, and queueing a comparison through submit.py."""
+save, and queueing a comparison through submit.py. `engine` and `settings` come from conftest.py."""
 
 from __future__ import annotations
 
@@ -46,20 +46,8 @@ async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> No
 
 
 @pytest.fixture
-def settings(tmp_path: Path) -> Settings:
-    return Settings.from_env({"WMTP_HOME": str(tmp_path / "home")})
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Engine:
-    settings.home.mkdir(parents=True)
-    eng = store.make_engine(settings.database_url)
-    store.upgrade(engine=eng)
-    return eng
-
-
-@pytest.fixture
 def ctx(engine: Engine, settings: Settings, tmp_path: Path) -> StudioContext:
+    """conftest's studio (`engine`, `settings`), with a recipes directory holding copies of the tiny recipes."""
     folder = tmp_path / "recipes"
     folder.mkdir()
     for name in TINY:

@@ -12,6 +12,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select, Static, TabbedContent, TabPane
+from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from wmtp_studio import store
@@ -51,6 +52,7 @@ class CompareScreen(Screen[None]):
         Binding("d", "show_tab('config', '#config-table')", "Config diff"),
         Binding("e", "export", "Export"),
         Binding("p", "pick", "Pick runs"),
+        Binding("escape", "back", "Back"),
     ]
 
     def __init__(
@@ -179,7 +181,8 @@ class CompareScreen(Screen[None]):
         self, runs: list[Run], evaluations: dict[int, list[Evaluation]], baseline: int | None
     ) -> None:
         tables = compare_tables(runs, evaluations, baseline, is_set=self.set_id is not None)
-        self.app.call_from_thread(self._show_tables, tables)
+        if not get_current_worker().is_cancelled:  # a newer computation (other baseline, new results) won
+            self.app.call_from_thread(self._show_tables, tables)
 
     def _show_tables(self, tables: CompareTables) -> None:
         self.table, self.baseline = tables.results, tables.baseline
@@ -197,6 +200,10 @@ class CompareScreen(Screen[None]):
         """Show a tab and focus a widget in it (focus left on a hidden widget would switch the tab back)."""
         self.query_one(TabbedContent).active = tab
         self.query_one(widget).focus()
+
+    def action_back(self) -> None:
+        if len(self.app.screen_stack) > 1:  # opened from another screen (not as the Compare mode itself)
+            self.app.pop_screen()
 
     def action_metric(self) -> None:
         self.action_show_tab("curves", "#metric")
