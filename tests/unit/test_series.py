@@ -30,9 +30,10 @@ STREAM = ROOT / "tests" / "data" / "metrics" / "critic-wmtp.jsonl"
 def test_downsample_keeps_each_buckets_extremes_and_the_last_point() -> None:
     xs = list(range(10))
     ys = [5.0, 1.0, 7.0, 3.0, 9.0, 2.0, 8.0, 4.0, 6.0, 0.0]
-    # width 2 -> buckets over the first 9 points: [0, 4) and [4, 9), then the last point (index 9).
-    # [5, 1, 7, 3]: min 1 at index 1, max 7 at index 2.  [9, 2, 8, 4, 6]: max 9 at index 4, min 2 at index 5.
-    assert downsample(xs, ys, 2) == ([1, 2, 4, 5, 9], [1.0, 7.0, 9.0, 2.0, 0.0])
+    # width 2: the first (index 0) and last (index 9) points, and two buckets over indices 1..8: 1 + b * 8 // 2
+    # gives [1, 5) and [5, 9).  [1, 7, 3, 9]: min 1 at index 1, max 9 at index 4.
+    # [2, 8, 4, 6]: min 2 at index 5, max 8 at index 6.
+    assert downsample(xs, ys, 2) == ([0, 1, 4, 5, 6, 9], [5.0, 1.0, 9.0, 2.0, 8.0, 0.0])
 
 
 def test_downsample_leaves_short_series_alone_and_bounds_long_ones() -> None:
@@ -40,8 +41,8 @@ def test_downsample_leaves_short_series_alone_and_bounds_long_ones() -> None:
     xs = list(range(10_000))
     ys = [math.sin(x / 50) for x in xs]
     dx, dy = downsample(xs, ys, 80)
-    assert len(dx) <= 2 * 80 + 1
-    assert dx[-1] == 9_999 and dy[-1] == ys[-1]
+    assert len(dx) <= 2 * 80 + 2
+    assert dx[0] == 0 and dx[-1] == 9_999 and dy[-1] == ys[-1]
     assert max(dy) == max(ys) and min(dy) == min(ys)
     assert dx == sorted(dx)
 

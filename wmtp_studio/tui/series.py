@@ -23,21 +23,18 @@ Point = tuple[int, str, int, float]
 
 
 def downsample(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[list[float], list[float]]:
-    """At most about two points per column: each of `width` buckets keeps its minimum and maximum (in stream
-    order), and the last point is always kept, so spikes and the current value survive."""
+    """At most two points per bucket: each of `width` buckets keeps its minimum and maximum (in stream order),
+    and the first and last points are always kept, so spikes, the start and the current value survive."""
     n, width = len(xs), max(width, 1)
     if n <= 2 * width:
         return list(xs), list(ys)
-    keep: list[int] = []
-    for b in range(width):  # buckets over the first n - 1 points; the last one is appended below
-        lo, hi = b * (n - 1) // width, (b + 1) * (n - 1) // width
-        if lo == hi:
-            continue
-        seg = range(lo, hi)
-        i_min, i_max = min(seg, key=ys.__getitem__), max(seg, key=ys.__getitem__)
-        keep.extend(sorted({i_min, i_max}))
-    keep.append(n - 1)
-    return [xs[i] for i in keep], [ys[i] for i in keep]
+    keep = {0, n - 1}
+    for b in range(width):  # buckets over the points between the first and the last
+        lo, hi = 1 + b * (n - 2) // width, 1 + (b + 1) * (n - 2) // width
+        if lo < hi:
+            seg = range(lo, hi)
+            keep |= {min(seg, key=ys.__getitem__), max(seg, key=ys.__getitem__)}
+    return [xs[i] for i in sorted(keep)], [ys[i] for i in sorted(keep)]
 
 
 @dataclass
