@@ -21,6 +21,7 @@ from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.settings import Settings
 from wmtp_studio.train.events import MetricLine
+from wmtp_studio.tui.compare_feed import CompareFeed
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
 from wmtp_studio.tui.screens.compare import CompareScreen
@@ -185,3 +186,24 @@ async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settin
         assert mtp[3].startswith("0.750 [") and mtp[4] == "0.250"
         await pilot.press("escape")  # opened over another screen: back to it
         assert pilot.app.screen is not screen
+
+
+def test_feed_stops_reading_a_finished_run_until_it_is_retried(
+    ctx: StudioContext, settings: Settings
+) -> None:
+    set_id, runs = make_set(ctx.engine, settings)
+    feed = CompareFeed(engine=ctx.engine, comparison_set_id=set_id, run_ids=[])
+    first = runs[0].id or 0
+    assert len(feed.read().batches[first][0].points) == 3
+    claimed = store.claim_next_run(engine=ctx.engine, owner="test", gpus_free=0, lease_s=60)
+    assert claimed is not None and claimed.id == first
+    store.finish_run(
+        engine=ctx.engine, run_id=first, owner="test", token=claimed.fencing_token, status="failed"
+    )
+    assert feed.read().batches[first][0].points == []  # read once more after it finished
+    late = MetricLine(seq=3, step=15, time=0.0, kind="train", metrics={"loss": 1.0})
+    store.ingest_metric_lines(engine=ctx.engine, run_id=first, lines=[late])
+    snap = feed.read()
+    assert first not in snap.batches and len(snap.evaluations[first]) == 1  # settled: evaluations kept
+    store.retry_run(engine=ctx.engine, run_id=first)
+    assert [p[1:] for p in feed.read().batches[first][0].points] == [("train/loss", 15, 1.0)]

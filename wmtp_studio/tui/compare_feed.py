@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from sqlalchemy.engine import Engine
 
 from wmtp_studio import store
-from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.models import FINISHED_STATUSES, Evaluation, Run
 from wmtp_studio.tui.export import Series
 from wmtp_studio.tui.series import FeedBatch, MetricFeed, SeriesStore
 
@@ -41,11 +41,14 @@ class Snapshot:
 
 
 class CompareFeed:
-    """The runs of a comparison set, or picked runs, with a metric cursor per run."""
+    """The runs of a comparison set, or picked runs, with a metric cursor per run. A finished run is read once
+    more after it finished, then only its status is watched (a retried run is read again)."""
 
     def __init__(self, *, engine: Engine, comparison_set_id: int | None, run_ids: Sequence[int]) -> None:
         self.engine, self.set_id, self.run_ids = engine, comparison_set_id, list(run_ids)
         self._feeds: dict[int, MetricFeed] = {}
+        self._evaluations: dict[int, list[Evaluation]] = {}
+        self._settled: set[int] = set()
 
     def read(self) -> Snapshot:
         if self.set_id is not None:
@@ -54,13 +57,19 @@ class CompareFeed:
             runs = [r for i in self.run_ids if (r := store.get_run(engine=self.engine, run_id=i)) is not None]
         snap = Snapshot(runs=sorted(runs, key=lambda r: r.id or 0))
         for run in snap.runs:
-            rid = run.id or 0
-            feed = self._feeds.setdefault(rid, MetricFeed(engine=self.engine, run_id=rid))
-            batches = [feed.fetch()]
-            while batches[-1].more:  # a long run's first load comes in pages
-                batches.append(feed.fetch())
-            snap.batches[rid] = batches
-            snap.evaluations[rid] = store.list_evaluations(engine=self.engine, run_id=rid)
+            rid, finished = run.id or 0, run.status in FINISHED_STATUSES
+            if not (finished and rid in self._settled):
+                feed = self._feeds.setdefault(rid, MetricFeed(engine=self.engine, run_id=rid))
+                batches = [feed.fetch()]
+                while batches[-1].more:  # a long run's first load comes in pages
+                    batches.append(feed.fetch())
+                snap.batches[rid] = batches
+                self._evaluations[rid] = store.list_evaluations(engine=self.engine, run_id=rid)
+            snap.evaluations[rid] = self._evaluations[rid]
+            if finished:
+                self._settled.add(rid)
+            else:
+                self._settled.discard(rid)
         return snap
 
 
