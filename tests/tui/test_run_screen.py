@@ -264,3 +264,26 @@ async def test_every_tab_renders_small_and_large(run_ctx: StudioContext, size: t
         await pilot.press("2")
         await until(pilot, lambda: len(app.screen.query_one(Heatmap).steps) == 6, "the heatmap")
         app.save_screenshot(str(Path(run.run_dir) / "weights.svg"))
+
+
+async def test_log_tab_falls_back_to_the_stored_error_tail(run_ctx: StudioContext) -> None:
+    run = new_run(run_ctx, "ntp")
+    owner = "other-host:1"
+    claimed = store.claim_next_run(engine=run_ctx.engine, owner=owner, gpus_free=0, lease_s=60)
+    assert claimed is not None and claimed.id == run.id
+    store.finish_run(
+        engine=run_ctx.engine,
+        run_id=run.id or 0,
+        owner=owner,
+        token=claimed.fencing_token,
+        status="failed",
+        exit_code=1,
+        error_tail="Traceback (most recent call last):\nRuntimeError: out of memory",
+    )
+    app = RunApp(run_ctx, run.id or 0)  # the run's train.log is not on this host
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.press("5")
+        log = app.screen.query_one(Log)
+        await until(pilot, lambda: log.line_count == 2, "the stored error tail")
+        assert log.lines[-1] == "RuntimeError: out of memory"
+        assert "is not on this host" in plain(app.screen.query_one("#log-caption", Static))

@@ -153,12 +153,12 @@ def test_run_data_reset_clears_everything() -> None:
 def test_text_tail_reads_complete_lines_and_restarts_when_cut(tmp_path: Path) -> None:
     log = tmp_path / "train.log"
     tail = TextTail(log, first_bytes=10)
-    assert tail.read() == (False, [])  # no file yet
+    assert tail.read() == (False, []) and not tail.found  # no file yet
     log.write_bytes(b"first line\nsecond\nthi")
     # 21 bytes: the first read starts 10 before the end ("second\nthi") and skips to the next line boundary.
     assert tail.read() == (False, [])
     with open(log, "ab") as fh:
         fh.write(b"rd\nbar 1/2\rbar 2/2\n")
-    assert tail.read() == (False, ["third", "bar 2/2"])
+    assert tail.read() == (False, ["third", "bar 2/2"]) and tail.found
     log.write_bytes(b"new\n")  # shorter than what was read: started over
     assert tail.read() == (True, ["new"])

@@ -226,6 +226,8 @@ class TextTail:
     def __init__(self, path: Path, *, first_bytes: int = 64 * 1024) -> None:
         self.path, self.first_bytes = path, first_bytes
         self.offset: int | None = None
+        self.found = False
+        """Whether the last read found the file (a run's log lives on its worker's host)."""
 
     def read(self) -> tuple[bool, list[str]]:
         """(reset, lines): `reset` when the file was cut back since the last read."""
@@ -238,7 +240,9 @@ class TextTail:
                 fh.seek(start)
                 chunk = fh.read()
         except FileNotFoundError:
+            self.found = False
             return False, []
+        self.found = True
         if fresh and start > 0:  # begin at a line boundary
             chunk = chunk[chunk.find(b"\n") + 1 :]
             start = size - len(chunk)

@@ -6,15 +6,11 @@ to the UI thread; redraws are coalesced and only the visible tab is drawn (the o
 
 from __future__ import annotations
 
-import json
 import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-from rich.syntax import Syntax
-from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 from textual import work
 from textual.app import ComposeResult
@@ -32,6 +28,7 @@ from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.series import FeedBatch, MetricFeed, RunData, TextTail
 from wmtp_studio.tui.widgets.charts import CurvesPanel, RunProgress
 from wmtp_studio.tui.widgets.evaluations import EvaluationTable
+from wmtp_studio.tui.widgets.recipe import RecipeView
 from wmtp_studio.tui.widgets.tokens import TokensPanel
 from wmtp_studio.tui.widgets.weights import WeightsPanel
 
@@ -52,6 +49,7 @@ class Snapshot:
     evaluations: list[Evaluation]
     log_reset: bool
     log_lines: list[str]
+    log_found: bool
     comparison_set: ComparisonSet | None
 
 
@@ -63,8 +61,8 @@ class RunScreen(Screen[None]):
     RunScreen RunProgress { padding: 0 1; }
     RunScreen TabbedContent { height: 1fr; }
     RunScreen TabPane { padding: 0; }
-    RunScreen #recipe-view { padding: 0 1; }
     RunScreen #no-evaluations { padding: 1; color: $text-muted; }
+    RunScreen #log-caption { padding: 0 1; color: $text-muted; }
     """
     BINDINGS = [
         Binding("escape", "back", "Back"),
@@ -94,6 +92,7 @@ class RunScreen(Screen[None]):
         self._draw_timer: Timer | None = None
         self._poll_timer: Timer | None = None
         self._reader: Worker[None] | None = None
+        self._failing = False
 
     def compose(self) -> ComposeResult:
         yield Static(f"run {self.run_id}: loading...", id="run-header", markup=False)
@@ -109,9 +108,10 @@ class RunScreen(Screen[None]):
             with TabPane("Tokens", id="tokens"):
                 yield TokensPanel()
             with TabPane("Log", id="log"):
+                yield Label("", id="log-caption", markup=False)
                 yield Log(max_lines=5000, id="log-view")
             with TabPane("Recipe", id="recipe"):
-                yield Static("", id="recipe-view")
+                yield RecipeView(id="recipe-view")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -145,7 +145,7 @@ class RunScreen(Screen[None]):
                 more = batch.more
                 evaluations = store.list_evaluations(engine=self.ctx.engine, run_id=self.run_id)
                 reset, lines = self._log_tail.read()
-                snap = Snapshot(run, batch, evaluations, reset, lines, cset)
+                snap = Snapshot(run, batch, evaluations, reset, lines, self._log_tail.found, cset)
                 self.app.call_from_thread(self._apply, snap)
         except (StudioError, SQLAlchemyError, OSError) as exc:
             if not worker.is_cancelled:
@@ -156,15 +156,16 @@ class RunScreen(Screen[None]):
             if self._poll_timer is not None:
                 self._poll_timer.stop()
             self.app.push_screen(ErrorModal(str(exc), title=f"Cannot show run {self.run_id}"))
-        else:  # keep what is shown; the next poll tries again
+        elif not self._failing:  # keep what is shown; the next polls try again (one warning until one works)
             self.notify(f"could not refresh run {self.run_id}: {exc}", severity="warning")
+        self._failing = True
 
     # --- applying (UI thread) -------------------------------------------------------------------------------
 
     def _apply(self, snap: Snapshot) -> None:
         if not self.is_attached:  # closed while the read was under way
             return
-        first = self.run is None
+        first, self._failing = self.run is None, False
         self.run = snap.run
         changed = self.data.apply(snap.batch)
         for what in changed:
@@ -172,13 +173,9 @@ class RunScreen(Screen[None]):
         self._show_header(snap.run)
         self.query_one("#no-evaluations").display = not snap.evaluations
         self.query_one(EvaluationTable).show(snap.evaluations)
-        log = self.query_one(Log)
-        if snap.log_reset:
-            log.clear()
-        if snap.log_lines:
-            log.write_lines(snap.log_lines)
+        self._show_log(snap)
         if first:
-            self._show_recipe(snap.run, snap.comparison_set)
+            self.query_one(RecipeView).show(snap.run, snap.comparison_set)
         self._schedule_draw()
 
     def _show_header(self, run: Run) -> None:
@@ -192,20 +189,20 @@ class RunScreen(Screen[None]):
         label = f"loss {last[1]:.4f}" if last else ""
         self.query_one(RunProgress).show(run.last_step, run.total_steps, loss, label)
 
-    def _show_recipe(self, run: Run, cset: ComparisonSet | None) -> None:
-        recipe_yaml = yaml.safe_dump(json.loads(run.recipe_json), sort_keys=False)
-        text = Text.assemble(
-            Text(f"frozen recipe of run {run.id} ({run.name})\n", style="bold"),
-            Syntax(recipe_yaml, "yaml", theme="ansi_dark").highlight(recipe_yaml),
-        )
-        if cset is not None:
-            text.append(f"\ncomparison set #{cset.id} {cset.name} ({cset.factor}): ", style="bold")
-            text.append(
-                "this run differs from its base in\n" if run.diff else "no difference from its base\n"
-            )
-            for path, (base, this) in (run.diff or {}).items():
-                text.append(f"  {path}: {base!r} -> {this!r}\n")
-        self.query_one("#recipe-view", Static).update(text)
+    def _show_log(self, snap: Snapshot) -> None:
+        log, path = self.query_one(Log), Path(snap.run.run_dir) / "train.log"
+        caption = str(path)
+        if not snap.log_found and snap.run.error_tail:  # the log is on another host: show what was stored
+            caption = f"{path} is not on this host; its last lines when the run ended:"
+            if not log.line_count:
+                log.write_lines(snap.run.error_tail.splitlines())
+        elif not snap.log_found:
+            caption = f"no log at {path} (yet, or it is on another host)"
+        self.query_one("#log-caption", Label).update(caption)
+        if snap.log_reset:
+            log.clear()
+        if snap.log_lines:
+            log.write_lines(snap.log_lines)
 
     # --- drawing --------------------------------------------------------------------------------------------
 
