@@ -1,5 +1,5 @@
 """`wmtp-studio`: the headless studio commands (submit, compare, runs, show, cancel, retry, priority, workers,
-db upgrade). The dashboard is not in this release; without arguments the help is printed.
+db upgrade), and the dashboard: without arguments, or in web browsers with `serve` (both import Textual lazily).
 
 Runs are only stored here (`queued`, frozen in runs/<id>/recipe.json); `wmtp-worker` claims them. Every command
 opens the database of `Settings.from_env()` and upgrades it first. Recipes are validated (and comparison sets
@@ -51,12 +51,57 @@ GpusOpt = Annotated[int, typer.Option(min=0, help="GPUs each run needs (0: any w
 RunIdArg = Annotated[int, typer.Argument(metavar="RUN_ID")]
 
 
+NoWorkerOpt = Annotated[
+    bool,
+    typer.Option(
+        "--no-worker", help="Do not start an embedded CPU worker when no live worker is registered."
+    ),
+]
+
+
 @studio_app.callback()
-def _main(ctx: typer.Context) -> None:
-    if ctx.invoked_subcommand is None:
-        typer.echo("The dashboard is not in this release; use the commands below.\n")
-        typer.echo(ctx.get_help())
-        raise typer.Exit(0)
+def _main(
+    ctx: typer.Context,
+    no_worker: NoWorkerOpt = False,
+    no_quickstart: Annotated[
+        bool,
+        typer.Option("--no-quickstart", help="Do not offer the quickstart comparison to an empty studio."),
+    ] = False,
+) -> None:
+    """Without a command: open the dashboard (starting an embedded worker if no live worker is registered)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from wmtp_studio.tui.app import create_app
+
+    try:
+        app = create_app(embedded_worker=not no_worker, offer_quickstart=not no_quickstart)
+    except StudioError as exc:
+        raise fail(str(exc)) from None
+    except SQLAlchemyError as exc:
+        raise fail(f"studio database: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+    app.run()
+
+
+@studio_app.command()
+def serve(
+    host: Annotated[
+        str, typer.Option(help="Address to bind: whoever reaches it controls the studio.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535, help="Port to listen on.")] = 8000,
+    public_url: Annotated[
+        str | None, typer.Option(help="The URL browsers use, if not http://HOST:PORT (e.g. behind a proxy).")
+    ] = None,
+    no_worker: NoWorkerOpt = False,
+) -> None:
+    """Serve the dashboard to web browsers (one dashboard process per browser tab) until Ctrl+C."""
+    from wmtp_studio.tui.serve import serve as serve_dashboard
+
+    try:
+        serve_dashboard(host=host, port=port, public_url=public_url, embedded_worker=not no_worker)
+    except StudioError as exc:
+        raise fail(str(exc)) from None
+    except OSError as exc:
+        raise fail(f"cannot serve on {host}:{port}: {exc.strerror or exc}") from None
 
 
 @contextmanager

@@ -128,3 +128,10 @@ async def until(pilot: Pilot[Any], cond: Callable[[], bool], what: str, timeout:
 
 def ago(seconds: float) -> datetime:
     return FROZEN - timedelta(seconds=seconds)
+
+
+async def settle(pilot: Pilot[Any]) -> None:
+    """Wait for the app's workers to finish, except the pollers (a new one every tick, older ones cancelled)."""
+    app = pilot.app
+    await app.workers.wait_for_complete([w for w in app.workers if not w.group.endswith("-poll")])
+    await pilot.pause()

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable
 
-from tests.tui.conftest import ScreenApp, add_losses, add_pass1, add_run, claim, until
+from tests.tui.conftest import ScreenApp, add_losses, add_pass1, add_run, claim, settle, until
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.context import StudioContext
@@ -140,7 +140,7 @@ async def test_cancel_retry_and_priority_keys(ctx: StudioContext, engine: Engine
         await until(pilot, lambda: _table(app).row_count == 1, "the run")
         await pilot.press("x")
         await pilot.press("n")  # declined: nothing changes
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         assert _status(engine, run.id or 0) == "queued"
         await pilot.press("x", "y")
         await until(pilot, lambda: _cell(app, run.id or 0, "status") == "cancelled", "the cancel")
@@ -149,7 +149,7 @@ async def test_cancel_retry_and_priority_keys(ctx: StudioContext, engine: Engine
         await until(pilot, lambda: _cell(app, run.id or 0, "status") == "queued", "the retry")
         await pilot.press("plus", "plus", "plus", "minus")
         await until(pilot, lambda: _cell(app, run.id or 0, "prio") == "2", "priority 2")
-        await app.workers.wait_for_complete()
+        await settle(pilot)
         stored = store.get_run(engine=engine, run_id=run.id or 0)
         assert stored is not None and stored.priority == 2
 

@@ -40,11 +40,17 @@ MODES = (
 )
 
 
+SCREENS = Binding.Group("Screens", compact=True)
+
+
 class StudioApp(App[None]):
     TITLE = "WMTP Studio"
     CSS_PATH = "studio.tcss"
     BINDINGS = [
-        *(Binding(str(i), f"switch_mode('{mode}')", label) for i, (mode, label, _) in enumerate(MODES, 1)),
+        *(
+            Binding(str(i), f"switch_mode('{mode}')", label, group=SCREENS)
+            for i, (mode, label, _) in enumerate(MODES, 1)
+        ),
         Binding("f1,question_mark", "toggle_help", "Help"),
     ]
 

@@ -16,24 +16,27 @@ from typing import Any
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label
-from textual.worker import get_current_worker
+from textual.worker import Worker as ThreadWorker
 
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, Run, Worker, utcnow
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
-from wmtp_studio.tui.screens.runs import duration, status_text
+from wmtp_studio.tui.screens.runs import PRIORITY, duration, status_text
 from wmtp_studio.tui.tablesync import Cell, current_key, sync_rows
 
 QUEUE_COLUMNS = ("id", "name", "algorithm", "status", "prio", "gpus", "attempts", "after", "worker", "age")
 WORKER_COLUMNS = ("worker", "kind", "host", "slots", "gpu memory", "gpu util", "heartbeat", "runs")
 
 
-@dataclass(frozen=True)
-class QueueState:
+@dataclass
+class QueueState(Message):
+    """Fresh queue, workers and pause flag from the store (posted by the poll worker)."""
+
     runs: list[Run]
     workers: list[Worker]
     paused: bool
@@ -60,8 +63,8 @@ class QueueScreen(Screen[None]):
     """
     BINDINGS = [
         Binding("p", "toggle_pause", "Pause/resume"),
-        Binding("plus,equals_sign", "priority(1)", "Prio+"),
-        Binding("minus", "priority(-1)", "Prio-"),
+        Binding("plus,equals_sign", "priority(1)", "Priority", key_display="+", group=PRIORITY),
+        Binding("minus", "priority(-1)", "Priority", key_display="-", group=PRIORITY),
         Binding("x", "cancel_run", "Cancel"),
         Binding("r", "retry_run", "Retry"),
     ]
@@ -77,6 +80,7 @@ class QueueScreen(Screen[None]):
         self.ctx, self.embedded_pid, self.clock = ctx, embedded_pid, clock
         self.runs: dict[str, Run] = {}
         self.paused = False
+        self._reader: ThreadWorker[None] | None = None
         self.sub_title = "Queue and workers"
 
     def compose(self) -> ComposeResult:
@@ -95,18 +99,22 @@ class QueueScreen(Screen[None]):
         self.refresh_queue()
         self.set_interval(self.ctx.poll_s, self.refresh_queue)
 
-    @work(thread=True, exclusive=True, group="queue-poll")
     def refresh_queue(self) -> None:
+        """Read the store unless a read is still running: a slow database delays updates, never piles them up."""
+        if self._reader is None or self._reader.is_finished:
+            self._reader = self.read_queue()
+
+    @work(thread=True, group="queue-poll")
+    def read_queue(self) -> None:
         engine = self.ctx.engine
         state = QueueState(
             store.queue_runs(engine=engine),
             store.list_workers(engine=engine),
             store.queue_paused(engine=engine),
         )
-        if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.show_state, state)
+        self.post_message(state)
 
-    def show_state(self, state: QueueState) -> None:
+    def on_queue_state(self, state: QueueState) -> None:
         now = self.clock()
         self.runs = {str(r.id): r for r in state.runs}
         self.paused = state.paused

@@ -8,6 +8,7 @@ go through store.py, also from thread workers.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -15,9 +16,10 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input
-from textual.worker import get_current_worker
+from textual.worker import Worker
 
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
@@ -45,6 +47,7 @@ COLUMNS = (
 )
 SORTABLE = tuple(key for key, _ in COLUMNS if key != "mark")
 GROUPS: tuple[str | None, ...] = (None, "set", "algorithm", "status")
+PRIORITY = Binding.Group("Priority", compact=True)
 STATUS_STYLE = {"running": "bold cyan", "succeeded": "green", "failed": "bold red", "cancelled": "dim"}
 
 
@@ -102,21 +105,28 @@ def sort_value(o: RunOverview, column: str, now: datetime) -> Any:
     return (value is None, value if value is not None else 0)
 
 
+@dataclass
+class RunsPolled(Message):
+    """Fresh rows from the store (posted by the poll worker; dropped if the screen is gone by then)."""
+
+    rows: list[RunOverview]
+
+
 class RunsScreen(Screen[None]):
     """All runs (newest first by default). Enter opens a run; space marks runs for a comparison."""
 
     DEFAULT_CSS = """
-    RunsScreen #filter { dock: top; height: 3; }
+    RunsScreen #filter { height: 3; }
     RunsScreen DataTable { height: 1fr; }
     """
     BINDINGS = [
-        Binding("enter", "open_run", "Open"),
+        Binding("enter", "open_run", "Open", priority=True),  # shown in the footer over the table's own
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
         Binding("x", "cancel_run", "Cancel"),
         Binding("r", "retry_run", "Retry"),
-        Binding("plus,equals_sign", "priority(1)", "Prio+"),
-        Binding("minus", "priority(-1)", "Prio-"),
+        Binding("plus,equals_sign", "priority(1)", "Priority", key_display="+", group=PRIORITY),
+        Binding("minus", "priority(-1)", "Priority", key_display="-", group=PRIORITY),
         Binding("s", "cycle_sort", "Sort"),
         Binding("g", "cycle_group", "Group"),
         Binding("slash", "focus_filter", "Filter"),
@@ -130,6 +140,7 @@ class RunsScreen(Screen[None]):
         self.ctx, self.limit, self.clock = ctx, limit, clock
         self.overviews: dict[str, RunOverview] = {}
         self.marked: set[int] = set()
+        self._reader: Worker[None] | None = None
         self.sort_column, self.reverse = "id", True
         self.group: str | None = None
         self.sub_title = "Runs"
@@ -146,16 +157,20 @@ class RunsScreen(Screen[None]):
         self.refresh_runs()
         self.set_interval(self.ctx.poll_s, self.refresh_runs)
 
+    def refresh_runs(self) -> None:
+        """Read the store unless a read is still running: a slow database delays updates, never piles them up."""
+        if self._reader is None or self._reader.is_finished:
+            self._reader = self.read_runs()
+
     # --- reading and showing -------------------------------------------------------------------------------
 
-    @work(thread=True, exclusive=True, group="runs-poll")
-    def refresh_runs(self) -> None:
+    @work(thread=True, group="runs-poll")
+    def read_runs(self) -> None:
         rows = store.runs_overview(engine=self.ctx.engine, limit=self.limit)
-        if not get_current_worker().is_cancelled:
-            self.app.call_from_thread(self.show_runs, rows)
+        self.post_message(RunsPolled(rows))
 
-    def show_runs(self, rows: list[RunOverview]) -> None:
-        self.overviews = {str(o.run.id): o for o in rows}
+    def on_runs_polled(self, message: RunsPolled) -> None:
+        self.overviews = {str(o.run.id): o for o in message.rows}
         self._redraw()
 
     def _set_columns(self) -> None:
@@ -210,7 +225,6 @@ class RunsScreen(Screen[None]):
     def _filter_changed(self) -> None:
         self._redraw()
 
-    @on(Input.Submitted, "#filter")
     def action_focus_table(self) -> None:
         self.query_one("#runs", DataTable).focus()
 
@@ -245,7 +259,13 @@ class RunsScreen(Screen[None]):
         return None if key is None else self.overviews.get(key)
 
     @on(DataTable.RowSelected, "#runs")
+    def _row_clicked(self) -> None:
+        self.action_open_run()
+
     def action_open_run(self) -> None:
+        if self.focused is self.query_one("#filter", Input):
+            self.action_focus_table()
+            return
         o = self.selected()
         if o is not None and o.run.id is not None:
             from wmtp_studio.tui.screens.run import RunScreen

@@ -1,0 +1,138 @@
+"""The whole dashboard (`create_app`) on a real studio home: modes, help, command palette, the quickstart offer,
+navigation into the run and compare screens, and the embedded worker as a real subprocess."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import Engine
+from textual.widgets import DataTable
+
+from tests.tui.conftest import add_run, settle, until
+from wmtp_studio import store
+from wmtp_studio.settings import Settings
+from wmtp_studio.tui.app import StudioApp, create_app
+from wmtp_studio.tui.modals import ConfirmModal
+from wmtp_studio.tui.screens.queue import QueueScreen
+from wmtp_studio.tui.screens.runs import RunsScreen
+
+
+def _app(settings: Settings, **kw: Any) -> StudioApp:
+    kw = {"embedded_worker": False, "offer_quickstart": False, "poll_s": 0.05} | kw
+    return create_app(settings=settings, **kw)
+
+
+def _rows(app: StudioApp) -> int:
+    return app.screen.query_one("#runs", DataTable).row_count
+
+
+async def test_keys_switch_modes_and_the_palette_lists_them(settings: Settings, engine: Engine) -> None:
+    app = _app(settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.press("4")
+        assert isinstance(app.screen, QueueScreen) and app.current_mode == "queue"
+        await pilot.press("1")
+        assert isinstance(app.screen, RunsScreen)
+        await pilot.press("ctrl+p", *"Queue", "enter")
+        await until(pilot, lambda: app.current_mode == "queue", "the queue mode from the palette")
+
+
+async def test_help_panel_lists_the_screen_bindings(settings: Settings, engine: Engine) -> None:
+    app = _app(settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await pilot.press("f1")
+        await pilot.pause()
+        assert app.screen.query("HelpPanel")
+        keys = app.export_screenshot()
+        assert "Cancel" in keys and "Retry" in keys and "Queue" in keys
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert not app.screen.query("HelpPanel")
+
+
+async def test_first_start_offers_the_quickstart_and_shows_its_runs(
+    settings: Settings, engine: Engine
+) -> None:
+    app = _app(settings, offer_quickstart=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the quickstart offer")
+        await pilot.press("y")
+        await until(
+            pilot, lambda: isinstance(app.screen, RunsScreen) and _rows(app) == 5, "the quickstart runs"
+        )
+    runs = store.list_runs(engine=engine)
+    assert sorted(r.algorithm for r in runs) == ["baseline-mtp", "critic-wmtp", "ntp", "ntp", "rho1-wmtp"]
+
+
+async def test_declined_quickstart_queues_nothing_and_is_not_offered_to_a_used_studio(
+    settings: Settings, engine: Engine
+) -> None:
+    app = _app(settings, offer_quickstart=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the quickstart offer")
+        await pilot.press("n")
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen)
+    assert store.list_runs(engine=engine) == []
+    add_run(engine, settings)
+    app = _app(settings, offer_quickstart=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: _rows(app) == 1, "the stored run")
+        await settle(pilot)
+        assert isinstance(app.screen, RunsScreen)
+
+
+async def test_enter_opens_the_run_and_c_compares_marked_runs(settings: Settings, engine: Engine) -> None:
+    pytest.importorskip("wmtp_studio.tui.screens.run")
+    pytest.importorskip("wmtp_studio.tui.screens.compare")
+    a, b = add_run(engine, settings), add_run(engine, settings, "tiny-rho1-wmtp.yaml")
+    app = _app(settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: _rows(app) == 2, "the runs")
+        await pilot.press("enter")
+        await until(pilot, lambda: type(app.screen).__name__ == "RunScreen", "the run screen")
+        assert app.screen.run_id == b.id  # type: ignore[attr-defined]
+        await pilot.press("escape")
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen), "back to the runs")
+        await pilot.press("space", "down", "space", "c")
+        await until(pilot, lambda: type(app.screen).__name__ == "CompareScreen", "the compare screen")
+        assert sorted(app.screen.run_ids) == sorted([a.id, b.id])  # type: ignore[attr-defined]
+
+
+@pytest.mark.slow
+async def test_embedded_worker_starts_shows_and_stops_with_the_app(
+    settings: Settings, engine: Engine
+) -> None:
+    app = _app(settings, embedded_worker=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: app.embedded is not None, "the embedded worker")
+        worker = app.embedded
+        assert worker is not None
+        await until(
+            pilot, lambda: bool(store.list_workers(engine=engine, alive_within_s=30)), "its registration", 60
+        )
+        (row,) = store.list_workers(engine=engine)
+        assert row.pid == worker.pid and row.slots == ["cpu"]
+        await pilot.press("4")
+        table = app.screen.query_one("#workers", DataTable)
+        await until(pilot, lambda: table.row_count == 1, "the workers table")
+        assert str(table.get_cell(row.id, "kind")) == "embedded"
+    assert worker.proc.poll() == 0  # stopped with SIGTERM on exit, cleanly
+    assert store.list_workers(engine=engine) == []
+    assert f"worker {row.id} stopped" in Path(worker.log_path).read_text()
+
+
+async def test_no_embedded_worker_when_a_live_worker_is_registered(
+    settings: Settings, engine: Engine
+) -> None:
+    store.register_worker(engine=engine, worker_id="gpu:1", host="gpu", pid=1, slots=["gpu0"], version="x")
+    app = _app(settings, embedded_worker=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await pilot.pause()
+        await settle(pilot)
+        assert app.embedded is None
