@@ -28,13 +28,13 @@ from wmtp_studio.tui.series import SeriesStore
 LOSSES = "train/loss+val/loss"
 """The default chart: train loss (solid) and validation loss (dots) of every run."""
 COLORS = ("blue+", "orange+", "green+", "red+", "magenta+", "cyan+", "yellow+", "gray+")
-EXPORTS: dict[str, ExportFormat] = {
-    "Results table as Markdown": "md",
-    "Results table as LaTeX (booktabs)": "tex",
-    "Results table as CSV": "csv",
-    "Chart of the selected metric as PNG": "png",
-    "Chart of the selected metric as SVG": "svg",
-}
+EXPORTS: tuple[tuple[ExportFormat, str], ...] = (
+    ("md", "Results table as Markdown"),
+    ("tex", "Results table as LaTeX (booktabs)"),
+    ("csv", "Results table as CSV"),
+    ("png", "Chart of the selected metric as PNG"),
+    ("svg", "Chart of the selected metric as SVG"),
+)
 
 
 class CompareScreen(Screen[None]):
@@ -70,6 +70,7 @@ class CompareScreen(Screen[None]):
         self._poll_lock = threading.Lock()  # one poll at a time: a feed's cursors must not be read twice
         self._read_error = ""
         self._evaluation_ids: set[int | None] = set()
+        self._fresh = True  # the next snapshot redraws everything (first one, or other runs picked)
 
     def compose(self) -> ComposeResult:
         yield Static("Compare", id="compare-title")
@@ -106,12 +107,14 @@ class CompareScreen(Screen[None]):
             return
         finally:
             self._poll_lock.release()
+        self._read_error = ""
         self.app.call_from_thread(self._apply, feed, snapshot)
 
     def _apply(self, feed: CompareFeed, snap: Snapshot) -> None:
         if feed is not self._feed:
             return  # read before other runs were picked
-        runs_changed = [r.id for r in snap.runs] != [r.id for r in self.runs]
+        runs_changed = self._fresh or [r.id for r in snap.runs] != [r.id for r in self.runs]
+        self._fresh = False
         evals_changed = snap.evaluation_ids() != self._evaluation_ids
         self.runs, self.evaluations, self._evaluation_ids = snap.runs, snap.evaluations, snap.evaluation_ids()
         points_changed = snap.add_points(self.series)
@@ -212,18 +215,20 @@ class CompareScreen(Screen[None]):
         self.action_show_tab("results", "#baseline")
 
     def action_export(self) -> None:
-        self.app.push_screen(ChoiceModal("Export", [(f, text) for text, f in EXPORTS.items()]), self._export)
+        self.app.push_screen(ChoiceModal("Export", EXPORTS), self._export)
 
     def _export(self, fmt: str | None) -> None:
         """Collect what to export here on the UI thread; the worker only renders and writes it."""
-        if fmt not in EXPORTS.values():
+        chosen = next((f for f, _ in EXPORTS if f == fmt), None)
+        if chosen is None:
             return
         names = self._metric_names()
         series = chart_series(self.runs, self.series, names)
-        label = f"set{self.set_id}" if self.set_id is not None else "runs-" + "-".join(map(str, self.run_ids))
-        fmt_ = next(f for f in EXPORTS.values() if f == fmt)
-        path = export_path(self.ctx.settings.home, label, fmt_, datetime.now())
-        self.write_export(fmt_, path, self.table, series, " + ".join(names))
+        label = (
+            f"set{self.set_id}" if self.set_id is not None else "-".join(["runs", *map(str, self.run_ids)])
+        )
+        path = export_path(self.ctx.settings.home, label, chosen, datetime.now())
+        self.write_export(chosen, path, self.table, series, " + ".join(names))
 
     @work(thread=True, group="compare-export")
     def write_export(
@@ -250,6 +255,7 @@ class CompareScreen(Screen[None]):
         self.run_ids, self.set_id, self.baseline = run_ids, None, None
         self._feed = CompareFeed(engine=self.ctx.engine, comparison_set_id=None, run_ids=run_ids)
         self.series, self.runs, self.evaluations, self._evaluation_ids = {}, [], {}, set()
+        self._fresh = True
         self.poll()
 
 
