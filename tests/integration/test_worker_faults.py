@@ -1,6 +1,7 @@
 """Faults under a real `wmtp-worker` on a real SQLite store: the trainer killed with SIGKILL mid-run (the worker
-lives on) is re-queued and resumed from its checkpoint with a gapless stream; dead workers' rows are shown as dead
-and forgotten by the reaper. (kill -9 of the whole worker: tests/integration/test_worker.py.)"""
+lives on), started directly or through `accelerate launch`, is re-queued and resumed from its checkpoint with a
+gapless stream; dead workers' rows are shown as dead and forgotten by the reaper. (kill -9 of the whole worker:
+tests/integration/test_worker.py.)"""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.integration.conftest import RECIPES, ROOT
+from tests.integration.jobs import trainer_pids, wait_for
 from wmtp_studio import store
 from wmtp_studio.models import Worker, utcnow
 from wmtp_studio.train.events import read_metrics
@@ -96,51 +97,27 @@ def studio(env: dict[str, str], *args: str) -> str:
     return out.stdout
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
-
-
-def trainer_pids(run_dir: Path) -> list[int]:
-    """Live `python -m wmtp_studio.train --run-dir run_dir` processes (found in /proc by their command line)."""
-    pids = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if b"wmtp_studio.train" in argv and str(run_dir).encode() in argv and state != "Z":
-            pids.append(int(entry))
-    return pids
-
-
+@pytest.mark.parametrize("gpus", [0, 1], ids=["python", "accelerate-launch"])
 def test_trainer_killed_mid_run_is_resumed_from_its_checkpoint(
-    env: dict[str, str], engine: Engine, worker: Callable[..., subprocess.Popen[bytes]], tmp_path: Path
+    gpus: int,
+    env: dict[str, str],
+    engine: Engine,
+    worker: Callable[..., subprocess.Popen[bytes]],
+    tmp_path: Path,
 ) -> None:
-    run_id = int(
-        studio(
-            env,
-            "submit",
-            str(RECIPES / "tiny-ntp.yaml"),
-            *TINY,
-            "--set=train.steps=60",
-            "--set=train.checkpoint_every=10",
-        )
-        .strip()
-        .splitlines()[-1]
-    )
+    # gpus=1: the run asks for a GPU and the worker offers GPU 0, so the job goes through `accelerate launch`
+    # (on a machine without CUDA the trainer ignores CUDA_VISIBLE_DEVICES and trains on the CPU).
+    sets = ["--set=train.steps=60", "--set=train.checkpoint_every=10", f"--gpus={gpus}"]
+    run_id = int(studio(env, "submit", str(RECIPES / "tiny-ntp.yaml"), *TINY, *sets).strip().splitlines()[-1])
     run = store.get_run(engine=engine, run_id=run_id)
     assert run is not None
     run_dir = Path(run.run_dir)
-    daemon = worker("--cpu", "--slots", "1", "--lease-s", "5", "--poll-s", "0.5")
+    daemon = worker("--gpus=0" if gpus else "--cpu", "--slots", "1", "--lease-s", "5", "--poll-s", "0.5")
     wait_for(lambda: (run_dir / "checkpoints" / "latest").is_file(), 120, "a first checkpoint")
     checkpoint = int((run_dir / "checkpoints" / "latest").read_text().strip().removeprefix("step_"))
     pids = trainer_pids(run_dir)
     assert len(pids) == 1, pids
-    os.kill(pids[0], signal.SIGKILL)  # only the trainer: its worker lives on
+    os.kill(pids[0], signal.SIGKILL)  # only the trainer: its worker (and launcher) live on
 
     finished = ("succeeded", "failed", "cancelled")
     wait_for(
