@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
+import pytest
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable
 
@@ -11,7 +14,9 @@ from tests.tui.conftest import ScreenApp, add_losses, add_pass1, add_run, claim,
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.context import StudioContext
+from wmtp_studio.tui.embedded import EmbeddedWorker
 from wmtp_studio.tui.screens.runs import RunsScreen
+from workers.supervise import session_pids
 
 
 def _table(app: ScreenApp) -> DataTable[Any]:
@@ -178,3 +183,50 @@ async def test_renders_at_80x24(ctx: StudioContext, engine: Engine, settings: Se
         await pilot.press("g", "s", "down", "down", "space")
         assert "●" in _column(app, "mark")
         assert app.screen.query_one("#runs").region.height > 10
+
+
+def _child_sessions(pid: int) -> list[int]:
+    """Children of `pid` that lead their own session (the trainers a worker started)."""
+    found = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        _state, ppid, _pgrp, session = stat[stat.rfind(")") + 2 :].split()[:4]
+        if int(ppid) == pid and int(session) == int(entry):
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+async def test_cancel_from_the_ui_stops_a_real_running_job(
+    ctx: StudioContext, engine: Engine, settings: Settings
+) -> None:
+    run = add_run(
+        engine,
+        settings,
+        "tiny-ntp.yaml",
+        "train.steps=2000",
+        "train.log_every=1",
+        "eval.benchmarks=[]",
+        "data.generated.num_train=600",
+        "train.batch_size=16",
+    )
+    worker = EmbeddedWorker(settings, poll_s=0.2)  # `wmtp-worker --cpu --poll-s 0.2` on the same studio home
+    try:
+        app = _app(ctx)
+        async with app.run_test(size=(160, 40)) as pilot:
+            await until(pilot, lambda: _cell(app, run.id or 0, "loss") != "-", "training steps", timeout=180)
+            assert _cell(app, run.id or 0, "status") == "running"
+            (sid,) = _child_sessions(worker.pid)
+            assert session_pids(sid)
+            await pilot.press("x", "y")
+            await until(
+                pilot, lambda: _cell(app, run.id or 0, "status") == "cancelled", "the cancel", timeout=90
+            )
+        assert _status(engine, run.id or 0) == "cancelled"
+        assert session_pids(sid) == []  # the trainer and everything it started are gone
+        assert worker.proc.poll() is None  # the worker itself goes on
+    finally:
+        assert worker.stop() == 0, worker.log_path.read_text()[-3000:]
