@@ -3,6 +3,7 @@ and the workers table."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy.engine import Engine
@@ -10,6 +11,7 @@ from textual.widgets import DataTable, Label
 
 from tests.tui.conftest import ScreenApp, add_run, claim, until
 from wmtp_studio import store
+from wmtp_studio.models import utcnow
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.screens.queue import QueueScreen
@@ -98,3 +100,13 @@ async def test_workers_table_shows_gpus_heartbeat_and_the_embedded_worker(
         assert _column(app, "#workers", "gpu util") == ["87%", "-"]
         assert _column(app, "#workers", "runs") == ["3", "-"]
         assert all(age.endswith("s ago") for age in _column(app, "#workers", "heartbeat"))
+        store.register_worker(
+            engine=engine, worker_id="gone:33", host="gone", pid=33, slots=["cpu"], version="x"
+        )
+        screen = app.screen
+        assert isinstance(screen, QueueScreen)
+        screen.clock = lambda: (
+            utcnow() + timedelta(minutes=5)
+        )  # the others heartbeat; "gone" never does again
+        await until(pilot, lambda: len(_column(app, "#workers", "worker")) == 3, "the third worker")
+        assert all(age.endswith("(dead)") for age in _column(app, "#workers", "heartbeat"))

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -50,6 +51,14 @@ def gpu_cells(stats: list[dict[str, Any]]) -> tuple[str, str]:
         f"{g.get('memory_used_mib', 0) / 1024:.0f}/{g.get('memory_total_mib', 0) / 1024:.0f}G" for g in stats
     )
     return memory, " ".join(f"{g.get('utilization_pct', 0):.0f}%" for g in stats)
+
+
+def heartbeat_text(w: Worker, now: datetime) -> Text:
+    """The heartbeat's age; a worker silent for longer than store.WORKER_DEAD_AFTER_S is marked dead."""
+    age = duration((now - w.heartbeat_at).total_seconds()) + " ago"
+    if store.worker_alive(worker=w, now=now):
+        return Text(age)
+    return Text(f"{age} (dead)", style="bold red")
 
 
 class QueueScreen(Screen[None]):
@@ -161,7 +170,7 @@ class QueueScreen(Screen[None]):
             ",".join(w.slots),
             memory,
             util,
-            duration((now - w.heartbeat_at).total_seconds()) + " ago",
+            heartbeat_text(w, now),
             ",".join(map(str, w.current_run_ids)) or "-",
         ]
 
