@@ -1,4 +1,6 @@
-"""The run screen under Pilot on a real studio database fed with real metric streams of 60-step runs."""
+"""The run screen under Pilot on a real studio database fed with real metric streams of 60-step runs.
+
+The `ctx` fixture (a temp studio home and database, polled every 50 ms) comes from conftest.py."""
 
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ from wmtp_studio import store
 from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import load_recipe
-from wmtp_studio.settings import Settings
 from wmtp_studio.train.events import MetricLine, read_metrics
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
@@ -27,7 +28,7 @@ from wmtp_studio.tui.widgets.evaluations import EvaluationTable
 from wmtp_studio.tui.widgets.heatmap import Heatmap
 from wmtp_studio.tui.widgets.tokens import TokenView
 
-pytestmark = pytest.mark.anyio
+pytestmark = pytest.mark.anyio  # at import, so that it combines with the size parametrisation below
 ROOT = Path(__file__).resolve().parents[2]
 STREAMS = ROOT / "tests" / "data" / "metrics"
 
@@ -39,23 +40,6 @@ class RunApp(App[None]):
 
     def on_mount(self) -> None:
         self.push_screen(RunScreen(self.ctx, self.run_id))
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def run_settings(tmp_path: Path) -> Settings:
-    return Settings.from_env({"WMTP_HOME": str(tmp_path / "home")})
-
-
-@pytest.fixture
-def run_ctx(run_settings: Settings) -> StudioContext:
-    engine = store.make_engine(f"sqlite:///{run_settings.home / 'studio.db'}")
-    store.upgrade(engine=engine)
-    return StudioContext(engine=engine, settings=run_settings, poll_s=0.05)
 
 
 def stream(algorithm: str) -> list[MetricLine]:
@@ -93,9 +77,9 @@ def plain(widget: Static) -> str:
     return content.plain if isinstance(content, Text) else str(content)
 
 
-async def test_curves_and_header_show_the_stored_stream(run_ctx: StudioContext) -> None:
-    run = new_run(run_ctx, "critic-wmtp", stream("critic-wmtp"))
-    app = RunApp(run_ctx, run.id or 0)
+async def test_curves_and_header_show_the_stored_stream(ctx: StudioContext) -> None:
+    run = new_run(ctx, "critic-wmtp", stream("critic-wmtp"))
+    app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the loss curve")
         assert points(app, "chart-loss", "loss") == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60]
@@ -106,9 +90,9 @@ async def test_curves_and_header_show_the_stored_stream(run_ctx: StudioContext) 
         assert "tiny-critic-wmtp" in header and "critic-wmtp" in header and "step 60/60" in header
 
 
-async def test_weights_tab_heatmap_histogram_and_critic_signals(run_ctx: StudioContext) -> None:
-    run = new_run(run_ctx, "critic-wmtp", stream("critic-wmtp"))
-    app = RunApp(run_ctx, run.id or 0)
+async def test_weights_tab_heatmap_histogram_and_critic_signals(ctx: StudioContext) -> None:
+    run = new_run(ctx, "critic-wmtp", stream("critic-wmtp"))
+    app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         heatmap = app.screen.query_one(Heatmap)
@@ -126,9 +110,9 @@ async def test_weights_tab_heatmap_histogram_and_critic_signals(run_ctx: StudioC
         await until(pilot, lambda: heatmap.head == 1, "head 1")
 
 
-async def test_rho1_selected_fraction_is_charted_per_head(run_ctx: StudioContext) -> None:
-    run = new_run(run_ctx, "rho1-wmtp", stream("rho1-wmtp"))
-    app = RunApp(run_ctx, run.id or 0)
+async def test_rho1_selected_fraction_is_charted_per_head(ctx: StudioContext) -> None:
+    run = new_run(ctx, "rho1-wmtp", stream("rho1-wmtp"))
+    app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: bool(chart(app, "chart-selected").drawn), "the rho-1 chart")
@@ -136,8 +120,8 @@ async def test_rho1_selected_fraction_is_charted_per_head(run_ctx: StudioContext
         assert chart(app, "chart-selected").display and not chart(app, "chart-critic1").display
 
 
-async def test_evaluations_table_shows_pass_at_k_with_ci_and_tier(run_ctx: StudioContext) -> None:
-    run = new_run(run_ctx, "ntp", stream("ntp"))
+async def test_evaluations_table_shows_pass_at_k_with_ci_and_tier(ctx: StudioContext) -> None:
+    run = new_run(ctx, "ntp", stream("ntp"))
     for k, value, tier in ((1, 0.42, "namespace"), (10, 0.8, ["namespace", "process"])):
         evaluation = Evaluation(
             run_id=run.id or 0,
@@ -149,8 +133,8 @@ async def test_evaluations_table_shows_pass_at_k_with_ci_and_tier(run_ctx: Studi
             n_problems=200,
             protocol={"protocol": "greedy", "isolation_tier": tier},
         )
-        store.record_evaluation(engine=run_ctx.engine, evaluation=evaluation)
-    app = RunApp(run_ctx, run.id or 0)
+        store.record_evaluation(engine=ctx.engine, evaluation=evaluation)
+    app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("3")
         table = app.screen.query_one(EvaluationTable)
@@ -161,11 +145,11 @@ async def test_evaluations_table_shows_pass_at_k_with_ci_and_tier(run_ctx: Studi
         assert not app.screen.query_one("#no-evaluations").display
 
 
-async def test_tokens_tab_renders_the_latest_sequence_per_head(run_ctx: StudioContext) -> None:
+async def test_tokens_tab_renders_the_latest_sequence_per_head(ctx: StudioContext) -> None:
     lines = stream("critic-wmtp")
-    run = new_run(run_ctx, "critic-wmtp", lines)
+    run = new_run(ctx, "critic-wmtp", lines)
     latest = [ln for ln in lines if ln.kind == "top_tokens"][-1].data
-    app = RunApp(run_ctx, run.id or 0)
+    app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("4")
         view = app.screen.query_one(TokenView)
@@ -180,11 +164,11 @@ async def test_tokens_tab_renders_the_latest_sequence_per_head(run_ctx: StudioCo
         await until(pilot, lambda: str(table.get_row_at(0)[0]) == "1", "head 1's tokens")
 
 
-async def test_log_tab_tails_the_run_log(run_ctx: StudioContext) -> None:
-    run = new_run(run_ctx, "ntp")
+async def test_log_tab_tails_the_run_log(ctx: StudioContext) -> None:
+    run = new_run(ctx, "ntp")
     log_path = Path(run.run_dir) / "train.log"
     log_path.write_text("loading model\ntrain 1/60\n")
-    app = RunApp(run_ctx, run.id or 0)
+    app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("5")
         log = app.screen.query_one(Log)
@@ -195,24 +179,24 @@ async def test_log_tab_tails_the_run_log(run_ctx: StudioContext) -> None:
         assert list(log.lines)[:4] == ["loading model", "train 1/60", "train 2/60", "done"]
 
 
-async def test_recipe_tab_shows_the_frozen_recipe_and_its_diff(run_ctx: StudioContext) -> None:
+async def test_recipe_tab_shows_the_frozen_recipe_and_its_diff(ctx: StudioContext) -> None:
     base = load_recipe(ROOT / "recipes" / "tiny-ntp.yaml", ["train.steps=60"])
     (recipe, diff), *_ = expand(base, ["baseline-mtp"], [3])
     cset = store.create_comparison_set(
-        engine=run_ctx.engine,
+        engine=ctx.engine,
         name="cmp",
         base=base,
         factor=FACTOR,
         diff={"algorithm": ["baseline-mtp"], "seed": [3]},
     )
     run = store.create_run(
-        engine=run_ctx.engine,
+        engine=ctx.engine,
         recipe=recipe,
-        runs_dir=run_ctx.settings.runs_dir,
+        runs_dir=ctx.settings.runs_dir,
         comparison_set_id=cset.id,
         diff=diff,
     )
-    app = RunApp(run_ctx, run.id or 0)
+    app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("6")
         view = app.screen.query_one("#recipe-view", Static)
@@ -222,36 +206,38 @@ async def test_recipe_tab_shows_the_frozen_recipe_and_its_diff(run_ctx: StudioCo
         assert "train.seed: 0 -> 3" in text
 
 
-async def test_live_run_grows_and_a_resume_cuts_back(run_ctx: StudioContext) -> None:
+async def test_live_run_grows_and_a_resume_cuts_back(ctx: StudioContext) -> None:
     lines = stream("baseline-mtp")
-    run = new_run(run_ctx, "baseline-mtp", lines[:9])  # train lines at steps 5, 10, 15, 20
-    app = RunApp(run_ctx, run.id or 0)
+    run = new_run(ctx, "baseline-mtp", lines[:9])  # train lines at steps 5, 10, 15, 20
+    app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
         assert isinstance(screen, RunScreen)
         screen.min_redraw_s = 0.0
         await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 4, "the first lines")
-        store.ingest_metric_lines(engine=run_ctx.engine, run_id=run.id or 0, lines=lines[9:])
+        store.ingest_metric_lines(engine=ctx.engine, run_id=run.id or 0, lines=lines[9:])
         await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the new lines")
         # a resume from the step-25 checkpoint: the stored stream is cut back, then rewritten
-        store.truncate_metrics(engine=run_ctx.engine, run_id=run.id or 0, from_seq=10)
+        store.truncate_metrics(engine=ctx.engine, run_id=run.id or 0, from_seq=10)
         await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 5, "the cut-back stream")
         assert points(app, "chart-loss", "loss") == [5, 10, 15, 20, 25]
-        store.ingest_metric_lines(engine=run_ctx.engine, run_id=run.id or 0, lines=lines[10:])
+        store.ingest_metric_lines(engine=ctx.engine, run_id=run.id or 0, lines=lines[10:])
         await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the rewritten stream")
 
 
-async def test_unknown_run_shows_a_modal(run_ctx: StudioContext) -> None:
-    app = RunApp(run_ctx, 999)
+async def test_unknown_run_shows_a_modal(ctx: StudioContext) -> None:
+    app = RunApp(ctx, 999)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ErrorModal), "the error modal")
         assert "no run with id 999" in plain(app.screen.query_one("#error-message", Static))
+        await pilot.press("escape")
+        await until(pilot, lambda: not any(isinstance(s, RunScreen) for s in app.screen_stack), "going back")
 
 
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])
-async def test_every_tab_renders_small_and_large(run_ctx: StudioContext, size: tuple[int, int]) -> None:
-    run = new_run(run_ctx, "critic-wmtp", stream("critic-wmtp"))
-    app = RunApp(run_ctx, run.id or 0)
+async def test_every_tab_renders_small_and_large(ctx: StudioContext, size: tuple[int, int]) -> None:
+    run = new_run(ctx, "critic-wmtp", stream("critic-wmtp"))
+    app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=size) as pilot:
         await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the loss curve")
         tabs = app.screen.query_one(TabbedContent)
@@ -266,13 +252,13 @@ async def test_every_tab_renders_small_and_large(run_ctx: StudioContext, size: t
         app.save_screenshot(str(Path(run.run_dir) / "weights.svg"))
 
 
-async def test_log_tab_falls_back_to_the_stored_error_tail(run_ctx: StudioContext) -> None:
-    run = new_run(run_ctx, "ntp")
+async def test_log_tab_falls_back_to_the_stored_error_tail(ctx: StudioContext) -> None:
+    run = new_run(ctx, "ntp")
     owner = "other-host:1"
-    claimed = store.claim_next_run(engine=run_ctx.engine, owner=owner, gpus_free=0, lease_s=60)
+    claimed = store.claim_next_run(engine=ctx.engine, owner=owner, gpus_free=0, lease_s=60)
     assert claimed is not None and claimed.id == run.id
     store.finish_run(
-        engine=run_ctx.engine,
+        engine=ctx.engine,
         run_id=run.id or 0,
         owner=owner,
         token=claimed.fencing_token,
@@ -280,7 +266,7 @@ async def test_log_tab_falls_back_to_the_stored_error_tail(run_ctx: StudioContex
         exit_code=1,
         error_tail="Traceback (most recent call last):\nRuntimeError: out of memory",
     )
-    app = RunApp(run_ctx, run.id or 0)  # the run's train.log is not on this host
+    app = RunApp(ctx, run.id or 0)  # the run's train.log is not on this host
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("5")
         log = app.screen.query_one(Log)

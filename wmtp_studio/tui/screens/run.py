@@ -152,10 +152,11 @@ class RunScreen(Screen[None]):
                 self.app.call_from_thread(self._failed, exc)
 
     def _failed(self, exc: Exception) -> None:
-        if self.run is None:  # nothing to show: say why and stop polling
+        if self.run is None:  # nothing to show: say why, stop polling and go back once the modal is closed
             if self._poll_timer is not None:
                 self._poll_timer.stop()
-            self.app.push_screen(ErrorModal(str(exc), title=f"Cannot show run {self.run_id}"))
+            modal = ErrorModal(str(exc), title=f"Cannot show run {self.run_id}")
+            self.app.push_screen(modal, callback=lambda _: self.action_back())
         elif not self._failing:  # keep what is shown; the next polls try again (one warning until one works)
             self.notify(f"could not refresh run {self.run_id}: {exc}", severity="warning")
         self._failing = True
