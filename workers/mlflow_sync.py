@@ -20,11 +20,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import threading
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from sqlalchemy.engine import Engine
 
@@ -47,6 +47,7 @@ HTTP_DEFAULTS = {
 """Bounds on one HTTP call to a tracking server (MLflow's own defaults retry for minutes); env vars win."""
 
 _wake = threading.Event()
+_USERINFO = re.compile(r"//[^/\s@]+@")
 
 
 def nudge() -> None:
@@ -68,13 +69,14 @@ def _segment(text: str) -> str:
     return metric_key(text, allowed="_-.:").strip(".") or "_"
 
 
-def redact(uri: str) -> str:
-    """The URI without user and password, for logs."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    return parts._replace(netloc=f"{host}:{parts.port}" if parts.port else host).geturl()
+def redact(text: str) -> str:
+    """`text` without the user and password of the URLs in it (`http://user:pw@host` -> `http://host`), for logs."""
+    return _USERINFO.sub("//", text)
+
+
+def _quiet_retries(record: logging.LogRecord) -> bool:
+    """urllib3 warns on every retry; the forwarder reports an unreachable server once, itself."""
+    return record.threadName != "mlflow-sync"
 
 
 def _experiment_id(client: Any, engine: Engine, run: Run, uri: str) -> str:
@@ -196,9 +198,6 @@ class Forwarder:
         self._thread = threading.Thread(target=self._loop, name="mlflow-sync", daemon=True)
 
     def start(self) -> None:
-        if self.uri.startswith(("http://", "https://")):
-            for name, value in HTTP_DEFAULTS.items():
-                os.environ.setdefault(name, value)
         self._thread.start()
 
     def stop(self, timeout: float = 15.0) -> None:
@@ -215,6 +214,10 @@ class Forwarder:
             if self._client is None:
                 from mlflow.tracking import MlflowClient
 
+                if self.uri.startswith(("http://", "https://")):
+                    for name, value in HTTP_DEFAULTS.items():
+                        os.environ.setdefault(name, value)
+                    logging.getLogger("urllib3.connectionpool").addFilter(_quiet_retries)
                 self._client = MlflowClient(tracking_uri=self.uri)
             runs = store.runs_to_sync(engine=self.engine)
         except Exception as exc:  # the thread's edge: report, retry on the next pass
@@ -236,7 +239,7 @@ class Forwarder:
 
     def _failed(self, exc: Exception, run_id: int | None) -> None:
         if not self.failing:
-            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            first = redact((str(exc).strip().splitlines() or [""])[0])[:300]
             where = "" if run_id is None else f" (run {run_id})"
             log.warning(
                 "MLflow at %s failed%s: %s: %s; the runs stay in the studio database and are forwarded when it "
