@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,15 +29,8 @@ FROZEN = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 
 @pytest.fixture
 def anyio_backend() -> str:
+    """Pilot tests are coroutines run by anyio's plugin (`pytestmark = pytest.mark.anyio`), on asyncio only."""
     return "asyncio"
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Pilot tests are coroutines: run the ones in this directory with anyio's plugin on asyncio."""
-    here = Path(__file__).parent
-    for item in items:
-        if item.path.is_relative_to(here) and inspect.iscoroutinefunction(getattr(item, "function", None)):
-            item.add_marker(pytest.mark.anyio)
 
 
 @pytest.fixture

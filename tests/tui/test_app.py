@@ -18,6 +18,8 @@ from wmtp_studio.tui.modals import ConfirmModal
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
 
+pytestmark = pytest.mark.anyio
+
 
 def _app(settings: Settings, **kw: Any) -> StudioApp:
     kw = {"embedded_worker": False, "offer_quickstart": False, "poll_s": 0.05} | kw

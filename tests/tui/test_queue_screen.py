@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable, Label
 
@@ -15,6 +16,8 @@ from wmtp_studio.models import utcnow
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.screens.queue import QueueScreen
+
+pytestmark = pytest.mark.anyio
 
 
 def _column(app: ScreenApp, table_id: str, key: str) -> list[str]:

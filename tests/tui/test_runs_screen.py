@@ -18,6 +18,8 @@ from wmtp_studio.tui.embedded import EmbeddedWorker
 from wmtp_studio.tui.screens.runs import RunsScreen
 from workers.supervise import session_pids
 
+pytestmark = pytest.mark.anyio
+
 
 def _table(app: ScreenApp) -> DataTable[Any]:
     return app.screen.query_one("#runs", DataTable)

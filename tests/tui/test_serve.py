@@ -20,7 +20,7 @@ import pytest
 
 from tests.tui.conftest import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 ANSI = re.compile(r"\x1b(\[[0-9;?$]*[A-Za-z]|\][^\x07]*\x07)")
 STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"

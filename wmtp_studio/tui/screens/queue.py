@@ -30,8 +30,14 @@ from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
 from wmtp_studio.tui.screens.runs import PRIORITY, duration, status_text
 from wmtp_studio.tui.tablesync import Cell, current_key, sync_rows
 
-QUEUE_COLUMNS = ("id", "name", "algorithm", "status", "prio", "gpus", "attempts", "after", "worker", "age")
-WORKER_COLUMNS = ("worker", "kind", "host", "slots", "gpu memory", "gpu util", "heartbeat", "runs")
+QUEUE_COLUMNS = [
+    (name, name)
+    for name in ("id", "name", "algorithm", "status", "prio", "gpus", "attempts", "after", "worker", "age")
+]
+WORKER_COLUMNS = [
+    (name, name)
+    for name in ("worker", "kind", "host", "slots", "gpu memory", "gpu util", "heartbeat", "runs")
+]
 
 
 @dataclass
@@ -100,10 +106,6 @@ class QueueScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        for table_id, columns in (("#queue", QUEUE_COLUMNS), ("#workers", WORKER_COLUMNS)):
-            table = self.query_one(table_id, DataTable)
-            for name in columns:
-                table.add_column(name, key=name)
         self.query_one("#queue", DataTable).focus()
         self.refresh_queue()
         self.set_interval(self.ctx.poll_s, self.refresh_queue)
@@ -136,11 +138,10 @@ class QueueScreen(Screen[None]):
             else f"Queue running · {summary}"
         )
         label.set_class(state.paused, "paused")
-        sync_rows(
-            self.query_one("#queue", DataTable), [(str(r.id), self._run_cells(r, now)) for r in state.runs]
-        )
-        rows = [(w.id, self._worker_cells(w, now)) for w in state.workers]
-        sync_rows(self.query_one("#workers", DataTable), rows)
+        runs = [(str(r.id), self._run_cells(r, now)) for r in state.runs]
+        sync_rows(self.query_one("#queue", DataTable), QUEUE_COLUMNS, runs)
+        workers = [(w.id, self._worker_cells(w, now)) for w in state.workers]
+        sync_rows(self.query_one("#workers", DataTable), WORKER_COLUMNS, workers)
 
     @staticmethod
     def _run_cells(r: Run, now: datetime) -> list[Cell]:

@@ -140,6 +140,7 @@ class RunsScreen(Screen[None]):
         self.ctx, self.limit, self.clock = ctx, limit, clock
         self.overviews: dict[str, RunOverview] = {}
         self.marked: set[int] = set()
+        self.columns: list[tuple[str, str]] = []
         self._reader: Worker[None] | None = None
         self.sort_column, self.reverse = "id", True
         self.group: str | None = None
@@ -153,6 +154,7 @@ class RunsScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self._set_columns()
+        self._redraw()
         self.query_one("#runs", DataTable).focus()
         self.refresh_runs()
         self.set_interval(self.ctx.poll_s, self.refresh_runs)
@@ -174,13 +176,12 @@ class RunsScreen(Screen[None]):
         self._redraw()
 
     def _set_columns(self) -> None:
-        table = self.query_one("#runs", DataTable)
-        table.clear(columns=True)
-        if self.group is not None:
-            table.add_column(self.group, key="group")
-        for key, label in COLUMNS:
-            arrow = (" ▼" if self.reverse else " ▲") if key == self.sort_column else ""
-            table.add_column(label + arrow, key=key)
+        order = "descending" if self.reverse else "ascending"
+        grouped = f" · grouped by {self.group}" if self.group else ""
+        self.sub_title = f"Runs · sorted by {self.sort_column}, {order}{grouped}"
+        arrow = " ▼" if self.reverse else " ▲"
+        columns = [(key, label + arrow if key == self.sort_column else label) for key, label in COLUMNS]
+        self.columns = columns if self.group is None else [("group", f"by {self.group}"), *columns]
 
     def _redraw(self) -> None:
         now = self.clock()
@@ -190,7 +191,8 @@ class RunsScreen(Screen[None]):
         if self.group is not None:
             group = self.group
             shown.sort(key=lambda o: group_of(o, group))  # stable: sorted blocks, sorted within
-        sync_rows(self.query_one("#runs", DataTable), [(str(o.run.id), self._cells(o, now)) for o in shown])
+        rows = [(str(o.run.id), self._cells(o, now)) for o in shown]
+        sync_rows(self.query_one("#runs", DataTable), self.columns, rows)
 
     @staticmethod
     def _matches(o: RunOverview, needle: str) -> bool:
@@ -244,13 +246,11 @@ class RunsScreen(Screen[None]):
         self.sort_column, self.reverse = column, reverse
         self._set_columns()
         self._redraw()
-        self.notify(f"sorted by {column}{' (descending)' if reverse else ''}", timeout=2)
 
     def action_cycle_group(self) -> None:
         self.group = GROUPS[(GROUPS.index(self.group) + 1) % len(GROUPS)]
         self._set_columns()
         self._redraw()
-        self.notify(f"grouped by {self.group}" if self.group else "not grouped", timeout=2)
 
     # --- actions -------------------------------------------------------------------------------------------
 
