@@ -35,6 +35,10 @@ async def test_keys_switch_modes_and_the_palette_lists_them(settings: Settings, 
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.pause()
         assert isinstance(app.screen, RunsScreen)
+        await pilot.press("2")
+        await until(pilot, lambda: type(app.screen).__name__ == "CompareScreen", "the compare mode")
+        await pilot.press("3")
+        await until(pilot, lambda: type(app.screen).__name__ == "RecipesScreen", "the recipes mode")
         await pilot.press("4")
         assert isinstance(app.screen, QueueScreen) and app.current_mode == "queue"
         await pilot.press("1")
@@ -90,8 +94,6 @@ async def test_declined_quickstart_queues_nothing_and_is_not_offered_to_a_used_s
 
 
 async def test_enter_opens_the_run_and_c_compares_marked_runs(settings: Settings, engine: Engine) -> None:
-    pytest.importorskip("wmtp_studio.tui.screens.run")
-    pytest.importorskip("wmtp_studio.tui.screens.compare")
     a, b = add_run(engine, settings), add_run(engine, settings, "tiny-rho1-wmtp.yaml")
     app = _app(settings)
     async with app.run_test(size=(120, 40)) as pilot:
@@ -138,3 +140,25 @@ async def test_no_embedded_worker_when_a_live_worker_is_registered(
         await pilot.pause()
         await settle(pilot)
         assert app.embedded is None
+
+
+async def test_c_without_marks_compares_the_selected_runs_comparison_set(
+    settings: Settings, engine: Engine
+) -> None:
+    from tests.tui.conftest import RECIPES
+    from wmtp_studio.recipe import load_recipe
+
+    cset = store.create_comparison_set(
+        engine=engine,
+        name="s",
+        base=load_recipe(RECIPES / "tiny-ntp.yaml", []),
+        factor="algorithm x seed",
+        diff={},
+    )
+    add_run(engine, settings, comparison_set_id=cset.id)
+    app = _app(settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: _rows(app) == 1, "the run")
+        await pilot.press("c")
+        await until(pilot, lambda: type(app.screen).__name__ == "CompareScreen", "the compare screen")
+        assert app.screen.set_id == cset.id  # type: ignore[attr-defined]
