@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from textual.widgets import DataTable
 
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
@@ -93,9 +94,9 @@ async def drive(app: StudioApp, n_runs: int, n_writes: int) -> None:
         stall, last = max(stall, now - last - 0.01), now
 
     async with app.run_test(size=(120, 40)) as pilot:
-        table = app.screen.query_one("#runs")
+        table: DataTable[Any] = app.screen.query_one("#runs", DataTable)
         t = time.perf_counter()
-        await until(pilot, lambda: table.row_count == n_runs)  # type: ignore[attr-defined]
+        await until(pilot, lambda: table.row_count == n_runs)
         print(f"runs screen: {n_runs} rows shown {time.perf_counter() - t:.2f} s after start")
         app.set_interval(0.01, beat)
 
@@ -106,7 +107,7 @@ async def drive(app: StudioApp, n_runs: int, n_writes: int) -> None:
         typing = await keys(pilot, ["slash", *"rho1", *["backspace"] * 4, "escape"])
         print("  filter typing   ", stats(typing))
 
-        top = int(str(table.get_row_at(0)[1]))  # type: ignore[attr-defined]
+        top = int(str(table.get_row_at(0)[1]))
         seq = store.last_seq(engine=engine, run_id=top)
         latencies = []
         for k in range(n_writes):
@@ -117,7 +118,8 @@ async def drive(app: StudioApp, n_runs: int, n_writes: int) -> None:
             )
             await asyncio.to_thread(store.ingest_metric_lines, engine=engine, run_id=top, lines=[line])
             written = time.perf_counter()
-            await until(pilot, lambda v=value: str(table.get_cell(str(top), "loss")) == f"{v:.4f}")  # type: ignore[attr-defined]
+            shown = f"{value:.4f}"
+            await until(pilot, lambda: str(table.get_cell(str(top), "loss")) == shown)  # noqa: B023
             latencies.append(time.perf_counter() - written)
         print(f"metric written -> visible in the runs table (poll {app.ctx.poll_s} s)")
         print("  ", stats(latencies))
