@@ -179,7 +179,7 @@ def sync_run(*, engine: Engine, client: Any, uri: str, run_id: int) -> int:
         client.update_run(mlflow_id, status="RUNNING")
         store.mark_mlflow_synced(engine=engine, run_id=run_id, done=False)
     sent = _forward_points(client, engine, run, mlflow_id)
-    if finished and not run.mlflow_done:
+    if finished and (not run.mlflow_done or sent):  # new points after done: it was retried and finished again
         _finish(client, engine, run, mlflow_id)
     return sent
 

@@ -17,6 +17,7 @@ from tests.integration.conftest import FAST, RECIPES
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.tracking import allowed_params
+from wmtp_studio.train.events import MetricLine
 from workers import mlflow_sync
 from workers.supervise import supervise
 
@@ -102,3 +103,53 @@ def test_unreachable_mlflow_never_fails_the_job_and_is_caught_up_exactly_once(
     assert local.read_text() == row.recipe_json
     # artifacts beside the tracking database, not in the current directory
     assert mrun.info.artifact_uri.startswith((tmp_path / "mlflow" / "mlflow-artifacts").as_uri())
+
+
+def _lines(first_seq: int, steps: range, per_line: int) -> list[MetricLine]:
+    """train lines of `per_line` scalars each, with an event line (no points) between them."""
+    out, seq = [], first_seq
+    for step in steps:
+        metrics = {f"m{i}": float(step * 100 + i) for i in range(per_line)}
+        out.append(MetricLine(seq=seq, step=step, time=0.0, kind="train", metrics=metrics))
+        out.append(MetricLine(seq=seq + 1, step=step, time=0.0, kind="event", event="checkpoint"))
+        seq += 2
+    return out
+
+
+def test_batches_of_whole_lines_a_set_experiment_and_a_retried_run(engine: Engine, tmp_path: Path) -> None:
+    recipe = load_recipe(RECIPES / "tiny-ntp.yaml", FAST)
+    cset = store.create_comparison_set(engine=engine, name="tiny", base=recipe, factor="seed", diff={})
+    store.create_run(engine=engine, recipe=recipe, runs_dir=tmp_path / "runs", comparison_set_id=cset.id)
+    run = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
+    assert run is not None and run.id is not None
+    # 1200 lines of 3 points: 3600 points, more than one log_batch; a batch holds whole lines only
+    store.ingest_metric_lines(engine=engine, run_id=run.id, lines=_lines(0, range(1, 1201), 3))
+    batch = store.points_to_forward(engine=engine, run_id=run.id, after_seq=-1, max_points=1000)
+    assert (
+        len(batch) == 999
+        and batch[-1].seq == 2 * 332
+        and {p.name for p in batch[-3:]} == {"train/m0", "train/m1", "train/m2"}
+    )
+    store.finish_run(engine=engine, run_id=run.id, owner="w", token=run.fencing_token, status="failed")
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    forwarder = mlflow_sync.Forwarder(engine=engine, uri=uri)
+    assert forwarder.sync_pending() == 3600
+    client = MlflowClient(tracking_uri=uri)
+    row = store.get_run(engine=engine, run_id=run.id)
+    assert row is not None and row.mlflow_done and row.mlflow_run_id is not None
+    exp = client.get_experiment_by_name(f"wmtp/set-{cset.id}-tiny")
+    assert exp is not None and [m.info.run_id for m in client.search_runs([exp.experiment_id])] == [
+        row.mlflow_run_id
+    ]
+    assert client.get_run(row.mlflow_run_id).info.status == "FAILED"
+
+    store.retry_run(engine=engine, run_id=run.id)  # retried: it runs on and succeeds this time
+    again = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
+    assert again is not None and again.id == run.id
+    store.ingest_metric_lines(engine=engine, run_id=run.id, lines=_lines(2400, range(1201, 1211), 3))
+    store.finish_run(engine=engine, run_id=run.id, owner="w", token=again.fencing_token, status="succeeded")
+    assert forwarder.sync_pending() == 30 and forwarder.sync_pending() == 0
+    assert client.get_run(row.mlflow_run_id).info.status == "FINISHED"
+    history = client.get_metric_history(row.mlflow_run_id, "train/m2")
+    assert sorted(m.step for m in history) == list(range(1, 1211))  # each point exactly once
