@@ -725,3 +725,25 @@ def requeue_crashed_run(
         s.flush()
         _promote_waiting(s)
         return run.status
+
+
+# --- run details -----------------------------------------------------------------------------------------------
+
+
+def latest_metrics(*, engine: Engine, run_id: int) -> dict[str, MetricPoint]:
+    """The newest point of each of the run's metrics (largest seq per name), in name order: one grouped query
+    instead of reading the whole stream."""
+    newest = (
+        select(MetricPoint.name, sa.func.max(MetricPoint.seq).label("seq"))
+        .where(MetricPoint.run_id == run_id)
+        .group_by(col(MetricPoint.name))
+        .subquery()
+    )
+    query = (
+        select(MetricPoint)
+        .join(newest, sa.and_(col(MetricPoint.name) == newest.c.name, col(MetricPoint.seq) == newest.c.seq))
+        .where(MetricPoint.run_id == run_id)
+        .order_by(col(MetricPoint.name))
+    )
+    with _read(engine) as s:
+        return {p.name: p for p in s.exec(query)}

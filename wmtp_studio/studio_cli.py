@@ -261,9 +261,10 @@ def _get_run(engine: Engine, run_id: int) -> Run:
 
 def _run_details(engine: Engine, run: Run) -> dict[str, Any]:
     """The run row, its recipe and diff, the latest value of each metric, and its evaluations."""
-    latest: dict[str, dict[str, Any]] = {}
-    for p in store.metric_points_since(engine=engine, run_id=run.id or 0, after_seq=-1):
-        latest[p.name] = {"step": p.step, "value": p.value, "seq": p.seq}
+    latest = {
+        name: {"step": p.step, "value": p.value, "seq": p.seq}
+        for name, p in store.latest_metrics(engine=engine, run_id=run.id or 0).items()
+    }
     evaluations = store.list_evaluations(engine=engine, run_id=run.id or 0)
     return run_row(run) | {
         "recipe": json.loads(run.recipe_json),

@@ -36,3 +36,24 @@ def test_point_rows_since_is_ordered_paged_and_per_run(tmp_path: Path) -> None:
     assert store.point_rows_since(engine=engine, run_id=a.id, after_seq=1, limit=3) == rows[2:5]
     assert store.point_rows_since(engine=engine, run_id=a.id, after_seq=3) == []
     assert len(store.point_rows_since(engine=engine, run_id=b.id, after_seq=-1)) == 2
+
+
+def test_latest_metrics_is_the_newest_point_per_name(tmp_path: Path) -> None:
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'studio.db'}")
+    store.upgrade(engine=engine)
+    run = store.create_run(
+        engine=engine, recipe=load_recipe(RECIPES / "tiny-ntp.yaml"), runs_dir=tmp_path / "r"
+    )
+    lines = [
+        MetricLine(seq=0, step=5, time=0.0, kind="train", metrics={"loss": 3.0, "lr": 1e-3}),
+        MetricLine(seq=1, step=10, time=0.0, kind="train", metrics={"loss": 2.0}),
+        MetricLine(seq=2, step=10, time=0.0, kind="val", metrics={"loss": 2.5}),
+    ]
+    store.ingest_metric_lines(engine=engine, run_id=run.id or 0, lines=lines)
+    latest = store.latest_metrics(engine=engine, run_id=run.id or 0)
+    assert {n: (p.seq, p.step, p.value) for n, p in latest.items()} == {
+        "train/loss": (1, 10, 2.0),
+        "train/lr": (0, 5, 1e-3),
+        "val/loss": (2, 10, 2.5),
+    }
+    assert store.latest_metrics(engine=engine, run_id=999) == {}
