@@ -11,7 +11,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -52,11 +53,31 @@ def studio_env(tmp_path: Path) -> dict[str, str]:
     }
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str, log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{log.read_text()[-3000:]}"
-        time.sleep(0.5)
+@contextmanager
+def worker_until(
+    env: dict[str, str], done: Callable[[], bool], log_path: Path, timeout: float
+) -> Iterator[int]:
+    """Run a `wmtp-worker --cpu` process until `done()`, yield its pid, then SIGTERM it: it must exit 0."""
+    with open(log_path, "wb") as log:
+        worker = subprocess.Popen(
+            [sys.executable, "-c", WORKER, "--cpu", "--poll-s", "0.2"],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + timeout
+        while not done():
+            assert time.monotonic() < deadline, f"timed out; worker log:\n{log_path.read_text()[-3000:]}"
+            time.sleep(0.5)
+        yield worker.pid
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=60) == 0, log_path.read_text()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
 
 
 def test_cli_comparison_runs_through_a_worker_into_the_database_and_mlflow(tmp_path: Path) -> None:
@@ -78,30 +99,13 @@ def test_cli_comparison_runs_through_a_worker_into_the_database_and_mlflow(tmp_p
 
     engine = store.make_engine(env["WMTP_DATABASE_URL"])
     log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-c", WORKER, "--cpu", "--poll-s", "0.2"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
 
-        def runs_finished_and_forwarded() -> bool:
-            runs = [store.get_run(engine=engine, run_id=i) for i in ids]
-            return all(
-                r is not None and r.status in ("succeeded", "failed", "cancelled") for r in runs
-            ) and all(r is not None and r.mlflow_done for r in runs)
+    def finished_and_forwarded() -> bool:
+        runs = [store.get_run(engine=engine, run_id=i) for i in ids]
+        return all(r is not None and r.finished_at is not None and r.mlflow_done for r in runs)
 
-        wait_for(runs_finished_and_forwarded, 420, "every run to finish and reach MLflow", log_path)
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
-
+    with worker_until(env, finished_and_forwarded, log_path, timeout=420):
+        pass
     runs = [store.get_run(engine=engine, run_id=i) for i in ids]
     assert [r.status if r else None for r in runs] == ["succeeded"] * 4, log_path.read_text()[-3000:]
     client = MlflowClient(tracking_uri=env["WMTP_MLFLOW_URI"])

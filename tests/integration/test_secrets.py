@@ -4,11 +4,8 @@ directories (logs, metrics, checkpoints, recipe.json) or the worker's log."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
 
@@ -16,32 +13,24 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.integration.conftest import RECIPES, ROOT
+from tests.integration.test_e2e import studio_env, worker_until
 from wmtp_studio import store
 
 pytestmark = pytest.mark.slow
 
 STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
-WORKER = "from workers.daemon import main; main()"
 VAR = "WMTP_TEST_SECRET_TOKEN"
 
 
-def files_holding(needle: bytes, *roots: Path) -> list[str]:
-    return [
-        str(p) for root in roots for p in sorted(root.rglob("*")) if p.is_file() and needle in p.read_bytes()
-    ]
+def files_holding(needle: bytes, root: Path) -> list[str]:
+    return [str(p) for p in sorted(root.rglob("*")) if p.is_file() and needle in p.read_bytes()]
 
 
 def test_a_secret_from_the_environment_is_never_stored(tmp_path: Path) -> None:
     sentinel = f"sentinel-{uuid.uuid4().hex}"
-    home, mlflow_dir = tmp_path / "home", tmp_path / "mlflow"
+    env = studio_env(tmp_path) | {VAR: sentinel}
+    home, mlflow_dir, uri = Path(env["WMTP_HOME"]), tmp_path / "mlflow", env["WMTP_MLFLOW_URI"]
     mlflow_dir.mkdir()
-    uri = f"sqlite:///{mlflow_dir / 'mlflow.db'}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")} | {
-        "WMTP_HOME": str(home),
-        "WMTP_MLFLOW_URI": uri,
-        "HF_HUB_OFFLINE": "1",
-        VAR: sentinel,
-    }
     # The trainer's own MLflow logging is asked for too: under the studio the worker forwards instead.
     recipe = tmp_path / "secret.yaml"
     tracking = f"tracking: {{mlflow_uri: '{uri}', run_name: '${{{VAR}}}', experiment: 'trainer-own'}}\n"
@@ -59,30 +48,18 @@ def test_a_secret_from_the_environment_is_never_stored(tmp_path: Path) -> None:
     assert sentinel not in out.stdout + out.stderr
     run_id = int(out.stdout)
 
-    engine = store.make_engine(f"sqlite:///{home / 'studio.db'}")
+    engine = store.make_engine(env["WMTP_DATABASE_URL"])
     log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-c", WORKER, "--cpu", "--poll-s", "0.2"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        deadline = time.monotonic() + 240
-        while not ((run := store.get_run(engine=engine, run_id=run_id)) and run.mlflow_done):
-            assert time.monotonic() < deadline, log_path.read_text()[-3000:]
-            time.sleep(0.5)
-        # the secret was really there: in the worker's environment, which its trainer inherits
-        assert sentinel.encode() in Path(f"/proc/{worker.pid}/environ").read_bytes()
-        worker.send_signal(signal.SIGTERM)
-        assert worker.wait(timeout=60) == 0, log_path.read_text()[-3000:]
-    finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
 
+    def forwarded() -> bool:
+        run = store.get_run(engine=engine, run_id=run_id)
+        return run is not None and run.mlflow_done
+
+    with worker_until(env, forwarded, log_path, timeout=240) as pid:
+        # the secret was really there: in the worker's environment, which its trainer inherits
+        assert sentinel.encode() in Path(f"/proc/{pid}/environ").read_bytes()
+    run = store.get_run(engine=engine, run_id=run_id)
+    assert run is not None
     assert run.status == "succeeded", log_path.read_text()[-3000:]
     client = MlflowClient(tracking_uri=uri)
     assert client.get_experiment_by_name("trainer-own") is None  # no double logging under the studio
@@ -94,5 +71,5 @@ def test_a_secret_from_the_environment_is_never_stored(tmp_path: Path) -> None:
         mlflow_dir / "mlflow.db",
     ]
     assert all(p.is_file() for p in scanned)
-    assert files_holding(sentinel.encode(), home, mlflow_dir, log_path.parent) == []
+    assert files_holding(sentinel.encode(), tmp_path) == []  # the homes, the MLflow store and the worker log
     assert f"${{{VAR}}}" in (Path(run.run_dir) / "recipe.json").read_text()  # kept as a reference
