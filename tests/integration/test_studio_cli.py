@@ -145,7 +145,18 @@ def test_db_upgrade_workers_and_help(studio: Any) -> None:
     assert "(head)" in first and studio("db", "upgrade").stdout == first  # idempotent
     assert json.loads(studio("workers", "--json").stdout) == []
     assert "no workers registered" in studio("workers").stdout
-    help_text = studio().stdout  # no arguments: help, exit 0
-    assert "dashboard is not in this release" in help_text
-    for command in ("submit", "compare", "runs", "show", "cancel", "retry", "priority", "workers", "db"):
+    help_text = studio("--help").stdout  # (no arguments opens the dashboard: tests/tui)
+    for command in (
+        "submit",
+        "compare",
+        "quickstart",
+        "runs",
+        "show",
+        "cancel",
+        "retry",
+        "priority",
+        "workers",
+        "db",
+        "serve",
+    ):
         assert command in help_text
