@@ -38,6 +38,7 @@ bench: install
 	$(BIN)/python benchmarks/bench_algorithms.py
 	$(BIN)/python benchmarks/bench_sandbox.py
 	$(BIN)/python benchmarks/bench_speculative.py
+	$(BIN)/python benchmarks/bench_studio.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
