@@ -151,7 +151,18 @@ def reap(engine: Engine) -> None:
         log.info("forgot workers silent for %.0f s: %s", store.WORKER_FORGET_AFTER_S, forgotten)
 
 
-def beat(worker: Worker, host: str, pid: int) -> None:
+def register(worker: Worker) -> None:
+    store.register_worker(
+        engine=worker.engine,
+        worker_id=worker.worker_id,
+        host=socket.gethostname(),
+        pid=os.getpid(),
+        slots=[f"gpu{g}" for g in worker.gpus] or ["cpu"] * worker.slots,
+        version=__version__,
+    )
+
+
+def beat(worker: Worker) -> None:
     """Heartbeat with the runs held and the GPUs' state; a worker whose row was forgotten registers again."""
     alive = store.heartbeat(
         engine=worker.engine,
@@ -161,14 +172,7 @@ def beat(worker: Worker, host: str, pid: int) -> None:
     )
     if not alive:
         log.warning("worker %s was not registered (forgotten as dead?): registering again", worker.worker_id)
-        store.register_worker(
-            engine=worker.engine,
-            worker_id=worker.worker_id,
-            host=host,
-            pid=pid,
-            slots=[f"gpu{g}" for g in worker.gpus] or ["cpu"] * worker.slots,
-            version=__version__,
-        )
+        register(worker)
 
 
 def serve(worker: Worker, *, poll_s: float, heartbeat_s: float, reap_s: float) -> None:
@@ -179,7 +183,7 @@ def serve(worker: Worker, *, poll_s: float, heartbeat_s: float, reap_s: float) -
         worker.fill()
         now = time.monotonic()
         if now >= next_beat:
-            beat(worker, socket.gethostname(), os.getpid())
+            beat(worker)
             next_beat = now + heartbeat_s
         if now >= next_reap:
             reap(worker.engine)
@@ -220,14 +224,11 @@ def main(argv: list[str] | None = None) -> None:
     settings = Settings.from_env()
     engine = store.make_engine(settings.database_url)
     store.upgrade(engine=engine)
-    host, pid = socket.gethostname(), os.getpid()
+    worker_id = f"{socket.gethostname()}:{os.getpid()}"
     worker = Worker(
-        engine=engine, worker_id=f"{host}:{pid}", gpus=args.gpu_list, slots=args.slots, lease_s=args.lease_s
+        engine=engine, worker_id=worker_id, gpus=args.gpu_list, slots=args.slots, lease_s=args.lease_s
     )
-    slot_names = [f"gpu{g}" for g in args.gpu_list] or ["cpu"] * args.slots
-    store.register_worker(
-        engine=engine, worker_id=worker.worker_id, host=host, pid=pid, slots=slot_names, version=__version__
-    )
+    register(worker)
     tasks.on_wake(lambda _run_id: worker.wake.set())
     forwarder = mlflow_sync.Forwarder(engine=engine, uri=settings.mlflow_uri)
     forwarder.start()  # a background thread: MLflow never holds up jobs or leases
