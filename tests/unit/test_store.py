@@ -1,19 +1,22 @@
 """The store on a real SQLite file: claims with fencing, priorities, dependencies, the reaper, metric ingestion.
 
-With `WMTP_TEST_POSTGRES_URL=postgresql+psycopg://...` set, every test also runs on that (emptied) database.
+With `WMTP_TEST_POSTGRES_URL=postgresql+psycopg://...` set, every test also runs on a fresh database of its own
+on that server.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy import Engine
 
+from tests.integration.services import fresh_postgres_database
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import Evaluation, Run, utcnow
@@ -35,15 +38,16 @@ POSTGRES_URL = os.environ.get("WMTP_TEST_POSTGRES_URL")
         ),
     ]
 )
-def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
-    if request.param == "sqlite":
-        engine = store.make_engine(f"sqlite:///{tmp_path / 'studio.db'}")
-    else:
-        engine = store.make_engine(POSTGRES_URL or "")
-        with engine.begin() as conn:
-            conn.execute(sa.text("DROP SCHEMA public CASCADE; CREATE SCHEMA public"))
-    store.upgrade(engine=engine)
-    return engine
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    with ExitStack() as stack:
+        if request.param == "sqlite":
+            url = f"sqlite:///{tmp_path / 'studio.db'}"
+        else:
+            url = stack.enter_context(fresh_postgres_database())
+        engine = store.make_engine(url)
+        store.upgrade(engine=engine)
+        yield engine
+        engine.dispose()
 
 
 def recipe(*overrides: str) -> Recipe:
