@@ -598,7 +598,6 @@ def point_rows_since(
         return [(seq, name, step, value) for seq, name, step, value in s.exec(query)]
 
 
-
 def queue_runs(*, engine: Engine, finished_limit: int = 20) -> list[Run]:
     """The queue as workers see it: running runs, then queued ones in claim order (priority, then age), then
     waiting ones; after them the `finished_limit` latest failed or cancelled runs (what can be retried)."""
