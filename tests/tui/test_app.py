@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable
@@ -126,6 +127,9 @@ async def test_embedded_worker_starts_shows_and_stops_with_the_app(
         table = app.screen.query_one("#workers", DataTable)
         await until(pilot, lambda: table.row_count == 1, "the workers table")
         assert str(table.get_cell(row.id, "kind")) == "embedded"
+        with anyio.fail_after(60):  # quitting must not hang while the worker stops
+            await pilot.press("ctrl+q")
+    assert app.return_code == 0
     assert worker.proc.poll() == 0  # stopped with SIGTERM on exit, cleanly
     assert store.list_workers(engine=engine) == []
     assert f"worker {row.id} stopped" in Path(worker.log_path).read_text()

@@ -138,12 +138,6 @@ class StudioApp(App[None]):
         if warning:
             self.call_from_thread(self.notify, warning, severity="warning", timeout=10)
 
-    async def action_quit(self) -> None:
-        if self.embedded is not None and self.embedded.proc.poll() is None:
-            self.notify("stopping the embedded worker: its jobs checkpoint and go back to the queue")
-            await self._stop_worker()
-        self.exit()
-
     async def on_unmount(self) -> None:
         await self._stop_worker()
 
