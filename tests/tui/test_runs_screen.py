@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,13 @@ import pytest
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable
 
-from tests.tui.conftest import ScreenApp, add_losses, add_pass1, add_run, claim, settle, until
+from tests.tui.conftest import FROZEN, ScreenApp, add_losses, add_pass1, add_run, claim, settle, until
 from wmtp_studio import store
+from wmtp_studio.models import Run
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.embedded import EmbeddedWorker
+from wmtp_studio.tui.runcells import duration, eta_seconds, progress_bar
 from wmtp_studio.tui.screens.runs import RunsScreen
 from workers.supervise import session_pids
 
@@ -232,3 +235,17 @@ async def test_cancel_from_the_ui_stops_a_real_running_job(
         assert worker.proc.poll() is None  # the worker itself goes on
     finally:
         assert worker.stop() == 0, worker.log_path.read_text()[-3000:]
+
+
+def test_progress_eta_and_durations_by_hand() -> None:
+    started = FROZEN - timedelta(seconds=100)
+    run = Run(recipe_json="", recipe_sha256="", algorithm="ntp", seed=0, status="running", total_steps=600)
+    run.last_step, run.started_at = 150, started
+    # 150 steps in 100 s -> 1.5 steps/s; 450 steps left -> 300 s
+    assert eta_seconds(run, FROZEN) == 300.0
+    assert progress_bar(run) == "██░░░░░░  25%"  # 0.25 * 8 = 2 cells
+    assert duration(59) == "59s" and duration(300) == "5m00s" and duration(3 * 3600 + 65) == "3h01m"
+    run.status = "succeeded"
+    assert eta_seconds(run, FROZEN) is None  # only running runs have an ETA
+    run.last_step = 700  # past the budget (a resumed run): capped at 100 %
+    assert progress_bar(run) == "████████ 100%"

@@ -27,7 +27,8 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, Run, Worker, utcnow
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
-from wmtp_studio.tui.screens.runs import PRIORITY, duration, status_text
+from wmtp_studio.tui.runcells import duration, status_text
+from wmtp_studio.tui.screens.runs import PRIORITY
 from wmtp_studio.tui.tablesync import Cell, current_key, sync_rows
 
 QUEUE_COLUMNS = [
