@@ -580,6 +580,17 @@ def runs_overview(*, engine: Engine, limit: int = 1000) -> list[RunOverview]:
         return [RunOverview(run, name, lo, p1) for run, name, lo, p1 in s.exec(query)]
 
 
+def queue_runs(*, engine: Engine, finished_limit: int = 20) -> list[Run]:
+    """The queue as workers see it: running runs, then queued ones in claim order (priority, then age), then
+    waiting ones; after them the `finished_limit` latest failed or cancelled runs (what can be retried)."""
+    order = sa.case({"running": 0, "queued": 1, "waiting": 2}, value=col(Run.status))
+    active = select(Run).where(col(Run.status).in_(("running", "queued", "waiting")))
+    retryable = select(Run).where(col(Run.status).in_(("failed", "cancelled")))
+    with _read(engine) as s:
+        rows = list(s.exec(active.order_by(order, col(Run.priority).desc(), col(Run.id))))
+        return rows + list(s.exec(retryable.order_by(col(Run.finished_at).desc()).limit(finished_limit)))
+
+
 # --- dashboard reads -------------------------------------------------------------------------------------------
 
 
@@ -596,17 +607,6 @@ def point_rows_since(
     )
     with _read(engine) as s:
         return [(seq, name, step, value) for seq, name, step, value in s.exec(query)]
-
-
-def queue_runs(*, engine: Engine, finished_limit: int = 20) -> list[Run]:
-    """The queue as workers see it: running runs, then queued ones in claim order (priority, then age), then
-    waiting ones; after them the `finished_limit` latest failed or cancelled runs (what can be retried)."""
-    order = sa.case({"running": 0, "queued": 1, "waiting": 2}, value=col(Run.status))
-    active = select(Run).where(col(Run.status).in_(("running", "queued", "waiting")))
-    retryable = select(Run).where(col(Run.status).in_(("failed", "cancelled")))
-    with _read(engine) as s:
-        rows = list(s.exec(active.order_by(order, col(Run.priority).desc(), col(Run.id))))
-        return rows + list(s.exec(retryable.order_by(col(Run.finished_at).desc()).limit(finished_limit)))
 
 
 # --- MLflow sync -----------------------------------------------------------------------------------------------
