@@ -175,10 +175,17 @@ def beat(worker: Worker) -> None:
         register(worker)
 
 
-def serve(worker: Worker, *, poll_s: float, heartbeat_s: float, reap_s: float) -> None:
-    """The main loop: claim, heartbeat, reap, then sleep until a wake-up or the next deadline."""
+def serve(
+    worker: Worker, *, poll_s: float, heartbeat_s: float, reap_s: float, parent_pid: int | None = None
+) -> None:
+    """The main loop: claim, heartbeat, reap, then sleep until a wake-up or the next deadline. With
+    `parent_pid`, stop (as on SIGTERM) once that process is gone: we were re-parented."""
     next_beat = next_reap = 0.0
     while not worker.stop.is_set():
+        if parent_pid is not None and os.getppid() != parent_pid:
+            log.info("parent process %s is gone: checkpointing running jobs and shutting down", parent_pid)
+            worker.stop.set()
+            break
         worker.wake.clear()
         worker.fill()
         now = time.monotonic()
@@ -201,6 +208,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--poll-s", type=float, default=2.0, help="poll the store this often besides Huey wake-ups"
+    )
+    p.add_argument(
+        "--exit-with-parent",
+        action="store_true",
+        help="shut down gracefully when the process that started this worker exits (embedded workers)",
     )
     args = p.parse_args(argv)
     if args.cpu and args.gpus:
@@ -256,6 +268,7 @@ def main(argv: list[str] | None = None) -> None:
             poll_s=args.poll_s,
             heartbeat_s=min(5.0, args.lease_s / 3),
             reap_s=min(30.0, args.lease_s / 2),
+            parent_pid=os.getppid() if args.exit_with_parent else None,
         )
     except StudioError as exc:
         log.error("%s", exc)

@@ -1,7 +1,8 @@
 """The embedded worker: a CPU `wmtp-worker` the dashboard starts when no live worker is registered, so that one
 machine needs nothing else. It gets the studio's own settings as `WMTP_*` variables, logs to
 `<home>/logs/embedded-worker.log`, and stops with SIGTERM when the dashboard exits (its running jobs checkpoint
-and go back to the queue, as for any worker)."""
+and go back to the queue, as for any worker); if the dashboard dies without stopping it, the worker notices that
+it was re-parented and shuts down the same way."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class EmbeddedWorker:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", WORKER, "--cpu", "--poll-s", str(poll_s)],
+                [sys.executable, "-c", WORKER, "--cpu", "--poll-s", str(poll_s), "--exit-with-parent"],
                 env=worker_env(settings),
                 stdin=subprocess.DEVNULL,
                 stdout=log,

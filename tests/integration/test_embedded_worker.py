@@ -1,0 +1,60 @@
+"""The dashboard's embedded worker does not outlive the dashboard, even when the dashboard is killed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from wmtp_studio import store
+from wmtp_studio.settings import Settings
+
+PARENT = """
+import sys, time
+from wmtp_studio.settings import Settings
+from wmtp_studio.tui.embedded import EmbeddedWorker
+print(EmbeddedWorker(Settings.from_env(), poll_s=0.2).pid, flush=True)
+time.sleep(600)
+"""
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only its zombie (nobody may reap a re-parented child in a container)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def wait_for(predicate: object, timeout_s: float) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if predicate():  # type: ignore[operator]
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_embedded_worker_shuts_down_when_the_dashboard_is_killed(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")} | {"WMTP_HOME": str(tmp_path)}
+    settings = Settings.from_env(env)
+    engine = store.make_engine(settings.database_url)
+    store.upgrade(engine=engine)
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], env=env, stdout=subprocess.PIPE, text=True)
+    assert parent.stdout is not None
+    worker_pid = int(parent.stdout.readline())
+    try:
+        assert wait_for(lambda: store.list_workers(engine=engine), 60), "the embedded worker never registered"
+        parent.kill()  # SIGKILL: the dashboard gets no chance to stop its worker
+        parent.wait()
+        assert wait_for(lambda: gone(worker_pid), 60), "the embedded worker outlived the dashboard"
+        assert store.list_workers(engine=engine) == []  # it shut down gracefully: unregistered itself
+        log = (tmp_path / "logs" / "embedded-worker.log").read_text()
+        assert f"parent process {parent.pid} is gone" in log
+    finally:
+        parent.kill()
+        if not gone(worker_pid):
+            os.kill(worker_pid, 9)
