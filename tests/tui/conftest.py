@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -25,6 +26,14 @@ ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
 FROZEN = datetime(2026, 11, 27, 12, 0, 0, tzinfo=UTC)
 """The clock of tests whose cells show times (ages, ETA)."""
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: object) -> None:
+    """Every coroutine test here is a Pilot test run by anyio's plugin: mark it while it is collected (before
+    anyio's own hook looks for the mark), so that it is parametrised like any other test."""
+    if inspect.iscoroutinefunction(obj) and name.startswith("test"):
+        pytest.mark.anyio(obj)
 
 
 @pytest.fixture
