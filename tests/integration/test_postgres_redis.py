@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -54,7 +55,7 @@ def redis_url() -> Iterator[str]:
     """The test Redis with a database number of its own, emptied before and after."""
     import redis
 
-    url = (REDIS_URL or "").rsplit("/", 1)[0] + f"/{secrets.randbelow(15) + 1}"
+    url = urlsplit(REDIS_URL or "")._replace(path=f"/{secrets.randbelow(15) + 1}").geturl()
     client = redis.Redis.from_url(url)
     client.flushdb()
     yield url
