@@ -107,7 +107,7 @@ def test_trainer_killed_mid_run_is_resumed_from_its_checkpoint(
 ) -> None:
     # gpus=1: the run asks for a GPU and the worker offers GPU 0, so the job goes through `accelerate launch`
     # (on a machine without CUDA the trainer ignores CUDA_VISIBLE_DEVICES and trains on the CPU).
-    sets = ["--set=train.steps=60", "--set=train.checkpoint_every=10", f"--gpus={gpus}"]
+    sets = ["--set=train.steps=30", "--set=train.checkpoint_every=5", f"--gpus={gpus}"]
     run_id = int(studio(env, "submit", str(RECIPES / "tiny-ntp.yaml"), *TINY, *sets).strip().splitlines()[-1])
     run = store.get_run(engine=engine, run_id=run_id)
     assert run is not None
@@ -129,10 +129,10 @@ def test_trainer_killed_mid_run_is_resumed_from_its_checkpoint(
     assert (run.attempts, run.consecutive_crashes) == (2, 0), log
     assert daemon.poll() is None  # the same worker took it up again
     lines = read_metrics(run_dir / "metrics.jsonl")
-    assert 0 < checkpoint < 60
+    assert 0 < checkpoint < 30
     assert [ln.seq for ln in lines] == list(range(len(lines)))  # gapless, no duplicates after the resume
     assert [ln.event for ln in lines if ln.event in ("start", "resumed")] == ["start", "resumed"]
-    assert [ln.step for ln in lines if ln.kind == "train"] == list(range(1, 61))  # every step once
+    assert [ln.step for ln in lines if ln.kind == "train"] == list(range(1, 31))  # every step once
     point_seqs = {p.seq for p in store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1)}
     blob_seqs = [b.seq for b in store.metric_blobs_since(engine=engine, run_id=run_id, after_seq=-1)]
     assert len(blob_seqs) == len(set(blob_seqs))
@@ -141,7 +141,7 @@ def test_trainer_killed_mid_run_is_resumed_from_its_checkpoint(
         p.step
         for p in store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"])
     ]
-    assert steps == list(range(1, 61))
+    assert steps == list(range(1, 31))
 
 
 def _backdated_worker(engine: Engine, worker_id: str, silent_for: timedelta) -> None:
