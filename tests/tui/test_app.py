@@ -166,3 +166,14 @@ async def test_c_without_marks_compares_the_selected_runs_comparison_set(
         await pilot.press("c")
         await until(pilot, lambda: type(app.screen).__name__ == "CompareScreen", "the compare screen")
         assert app.screen.set_id == cset.id  # type: ignore[attr-defined]
+
+
+async def test_palette_screenshot_lands_in_the_studio_home(settings: Settings, engine: Engine) -> None:
+    app = _app(settings)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.pause()
+        await pilot.press("ctrl+p", *"Screenshot", "enter")
+        folder = settings.home / "screenshots"
+        await until(pilot, lambda: folder.is_dir() and any(folder.glob("*.svg")), "a screenshot file")
+        svg = next(folder.glob("*.svg")).read_text()
+        assert svg.startswith("<svg") and "WMTP" in svg

@@ -95,6 +95,17 @@ class StudioApp(App[None]):
         yield SystemCommand("Quickstart", "Queue the quickstart comparison", self.queue_quickstart)
         yield from super().get_system_commands(screen)
 
+    def deliver_screenshot(
+        self, filename: str | None = None, path: str | None = None, time_format: str | None = None
+    ) -> str | None:
+        """Screenshots (palette, ctrl+p) go to `<home>/screenshots/` by default: Textual's default folder, the
+        user's Downloads, may not exist on a server. In a browser (`serve`) the file is downloaded instead."""
+        if path is None:
+            folder = self.ctx.settings.home / "screenshots"
+            folder.mkdir(parents=True, exist_ok=True)
+            path = str(folder)
+        return super().deliver_screenshot(filename, path, time_format)
+
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):
             self.action_hide_help_panel()
