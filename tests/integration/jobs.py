@@ -1,11 +1,61 @@
-"""Finding a run's job processes in /proc (no psutil): to kill only the trainer, or read the GPUs it was given."""
+"""Driving real studio processes from tests: a studio home's environment, `wmtp-studio` and `wmtp-worker`
+subprocesses, and a run's job processes found in /proc (no psutil), to kill only the trainer or read the GPUs it
+was given."""
 
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
+WORKER = "from workers.daemon import main; main()"
+
+
+def studio_env(
+    home: Path, *, database_url: str | None = None, queue_url: str | None = None
+) -> dict[str, str]:
+    """This process's environment without its WMTP_* variables, for a studio in `home` (SQLite database and
+    queue there unless URLs are given)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
+    return base | {
+        "WMTP_HOME": str(home),
+        "WMTP_DATABASE_URL": database_url or f"sqlite:///{home / 'studio.db'}",
+        "WMTP_QUEUE_URL": queue_url or f"sqlite:///{home / 'queue.db'}",
+        "HF_HUB_OFFLINE": "1",
+    }
+
+
+def studio(env: dict[str, str], *args: str) -> str:
+    """`wmtp-studio ARGS` in a subprocess; its stdout (a failure raises)."""
+    cmd = [sys.executable, "-c", STUDIO, *args]
+    return subprocess.run(
+        cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+
+
+def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """`wmtp-worker ARGS` in a subprocess, its output in `log_path`."""
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-c", WORKER, *args], env=env, cwd=ROOT, stdout=log, stderr=log
+        )
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (jobs hand back), SIGKILL if it has not exited within 30 s."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
 def job_processes(run_dir: Path) -> dict[int, list[str]]:

@@ -8,20 +8,17 @@ its own Redis database number, so tests never see each other's rows or messages.
 
 from __future__ import annotations
 
-import os
 import secrets
 import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.integration.conftest import RECIPES, ROOT
+from tests.integration.conftest import RECIPES
+from tests.integration.jobs import start_worker, stop_worker, studio, studio_env, wait_for
 from tests.integration.services import POSTGRES_URL, REDIS_URL, fresh_postgres_database
 from wmtp_studio import store
 
@@ -30,8 +27,6 @@ pytestmark = [
     pytest.mark.skipif(not (POSTGRES_URL and REDIS_URL), reason="WMTP_TEST_POSTGRES_URL/REDIS_URL unset"),
 ]
 
-STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
-WORKER = "from workers.daemon import main; main()"
 TINY = [
     f"--set={o}"
     for o in (
@@ -65,13 +60,7 @@ def redis_url() -> Iterator[str]:
 
 @pytest.fixture
 def env(tmp_path: Path, pg_url: str, redis_url: str) -> dict[str, str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
-    return base | {
-        "WMTP_HOME": str(tmp_path / "home"),
-        "WMTP_DATABASE_URL": pg_url,
-        "WMTP_QUEUE_URL": redis_url,
-        "HF_HUB_OFFLINE": "1",
-    }
+    return studio_env(tmp_path / "home", database_url=pg_url, queue_url=redis_url)
 
 
 @pytest.fixture
@@ -80,13 +69,6 @@ def engine(env: dict[str, str]) -> Iterator[Engine]:
     store.upgrade(engine=eng)
     yield eng
     eng.dispose()  # before the database is dropped
-
-
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 def test_queue_url_with_password_builds_an_authenticated_redis_huey(redis_url: str) -> None:
@@ -112,27 +94,11 @@ def test_cli_submission_runs_to_success_on_postgres_and_redis(
     env: dict[str, str], engine: Engine, tmp_path: Path
 ) -> None:
     log_path = tmp_path / "worker.log"
-    with open(log_path, "wb") as log:
-        # --poll-s 60: the run can only be claimed through the Redis wake-up
-        worker = subprocess.Popen(
-            [sys.executable, "-c", WORKER, "--cpu", "--poll-s", "60", "--lease-s", "10"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
+    # --poll-s 60: the run can only be claimed through the Redis wake-up
+    worker = start_worker(env, log_path, "--cpu", "--poll-s", "60", "--lease-s", "10")
     try:
         wait_for(lambda: len(store.list_workers(engine=engine)) == 1, 60, "the worker's registration")
-        out = subprocess.run(
-            [sys.executable, "-c", STUDIO, "submit", str(RECIPES / "tiny-ntp.yaml"), *TINY],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=True,
-        )
-        run_id = int(out.stdout)
+        run_id = int(studio(env, "submit", str(RECIPES / "tiny-ntp.yaml"), *TINY))
         finished = ("succeeded", "failed", "cancelled")
         wait_for(
             lambda: getattr(store.get_run(engine=engine, run_id=run_id), "status", "") in finished,
@@ -150,6 +116,4 @@ def test_cli_submission_runs_to_success_on_postgres_and_redis(
         assert worker.wait(timeout=60) == 0, log_path.read_text()
         assert store.list_workers(engine=engine) == []
     finally:
-        if worker.poll() is None:
-            worker.kill()
-            worker.wait()
+        stop_worker(worker)

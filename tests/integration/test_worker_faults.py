@@ -10,7 +10,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -18,9 +17,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlmodel import col
 
-from tests.integration.conftest import RECIPES, ROOT
-from tests.integration.jobs import trainer_pids, wait_for
+from tests.integration.conftest import RECIPES
+from tests.integration.jobs import start_worker, stop_worker, studio, studio_env, trainer_pids, wait_for
 from wmtp_studio import store
 from wmtp_studio.models import Worker, utcnow
 from wmtp_studio.train.events import read_metrics
@@ -28,8 +28,6 @@ from workers.supervise import killed_by_signal
 
 pytestmark = pytest.mark.slow
 
-STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
-WORKER = "from workers.daemon import main; main()"
 TINY = [
     f"--set={o}"
     for o in (
@@ -43,14 +41,7 @@ TINY = [
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
-    return base | {
-        "WMTP_HOME": str(home),
-        "WMTP_DATABASE_URL": f"sqlite:///{home / 'studio.db'}",
-        "WMTP_QUEUE_URL": f"sqlite:///{home / 'queue.db'}",
-        "HF_HUB_OFFLINE": "1",
-    }
+    return studio_env(tmp_path / "home")
 
 
 @pytest.fixture
@@ -66,35 +57,12 @@ def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subpro
     procs: list[subprocess.Popen[bytes]] = []
 
     def start(*args: str) -> subprocess.Popen[bytes]:
-        with open(tmp_path / f"worker{len(procs)}.log", "wb") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", WORKER, *args], env=env, cwd=ROOT, stdout=log, stderr=log
-            )
-        procs.append(proc)
-        return proc
+        procs.append(start_worker(env, tmp_path / f"worker{len(procs)}.log", *args))
+        return procs[-1]
 
     yield start
     for proc in procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def studio(env: dict[str, str], *args: str) -> str:
-    out = subprocess.run(
-        [sys.executable, "-c", STUDIO, *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    return out.stdout
+        stop_worker(proc)
 
 
 @pytest.mark.parametrize("gpus", [0, 1], ids=["python", "accelerate-launch"])
@@ -148,7 +116,7 @@ def _backdated_worker(engine: Engine, worker_id: str, silent_for: timedelta) -> 
     store.register_worker(engine=engine, worker_id=worker_id, host="gone", pid=1, slots=["cpu"], version="0")
     with engine.begin() as conn:  # a host that died that long ago
         conn.execute(
-            sa.update(Worker).where(Worker.id == worker_id).values(heartbeat_at=utcnow() - silent_for)
+            sa.update(Worker).where(col(Worker.id) == worker_id).values(heartbeat_at=utcnow() - silent_for)
         )
 
 

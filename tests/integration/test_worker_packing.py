@@ -6,17 +6,14 @@ several runs share the host while they fit, each sees only its own GPUs, and GPU
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.integration.conftest import FAST, RECIPES, ROOT
-from tests.integration.jobs import visible_devices, wait_for
+from tests.integration.conftest import FAST, RECIPES
+from tests.integration.jobs import start_worker, stop_worker, studio_env, visible_devices, wait_for
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.settings import Settings
@@ -24,19 +21,10 @@ from wmtp_studio.submit import submit_run
 
 pytestmark = pytest.mark.slow
 
-WORKER = "from workers.daemon import main; main()"
-
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
-    return base | {
-        "WMTP_HOME": str(home),
-        "WMTP_DATABASE_URL": f"sqlite:///{home / 'studio.db'}",
-        "WMTP_QUEUE_URL": f"sqlite:///{home / 'queue.db'}",
-        "HF_HUB_OFFLINE": "1",
-    }
+    return studio_env(tmp_path / "home")
 
 
 @pytest.fixture
@@ -69,7 +57,7 @@ def test_runs_are_packed_onto_free_gpus_each_seeing_its_own(
         for run_dir in run_dirs:
             wait_for(lambda d=run_dir: status(d) == "cancelled", 90, f"run {run_dir.name} to stop")  # type: ignore[misc]
 
-    daemon = _start_worker(env, tmp_path)
+    daemon = start_worker(env, tmp_path / "worker.log", "--gpus", "0,1", "--lease-s", "10", "--poll-s", "0.5")
     try:
         # two 1-GPU runs fill both GPUs; the 2-GPU run and the last 1-GPU run wait
         wait_for(lambda: visible_devices(one_a) == {"0"} and visible_devices(one_b) == {"1"}, 90, "packing")
@@ -90,19 +78,6 @@ def test_runs_are_packed_onto_free_gpus_each_seeing_its_own(
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(timeout=60) == 0
     finally:
-        if daemon.poll() is None:
-            daemon.kill()
-            daemon.wait()
+        stop_worker(daemon)
     log = (tmp_path / "worker.log").read_text()
     assert f"claimed run {two.name} (attempt 1, gpus [0, 1])" in log, log
-
-
-def _start_worker(env: dict[str, str], tmp_path: Path) -> subprocess.Popen[bytes]:
-    with open(tmp_path / "worker.log", "wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-c", WORKER, "--gpus", "0,1", "--lease-s", "10", "--poll-s", "0.5"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
