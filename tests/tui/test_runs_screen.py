@@ -126,7 +126,7 @@ async def test_filter_sort_and_group(ctx: StudioContext, engine: Engine, setting
         assert _table(app).row_count == 3 and _table(app).has_focus
         await pilot.press("s")  # id -> name
         assert _column(app, "name") == ["tiny-ntp", "tiny-rho1-wmtp", "zeta"]
-        for _ in range(9):  # name -> ... -> loss
+        for _ in range(4):  # name -> status -> progress -> ETA -> loss
             await pilot.press("s")
         assert app.screen.sort_column == "loss"  # type: ignore[attr-defined]
         assert _column(app, "loss") == ["1.0000", "2.0000", "3.0000"]

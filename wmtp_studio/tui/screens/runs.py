@@ -28,20 +28,20 @@ from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
 from wmtp_studio.tui.runcells import duration, eta_seconds, group_of, progress_bar, sort_value, status_text
 from wmtp_studio.tui.tablesync import Cell, current_key, sync_rows
 
-COLUMNS = (
+COLUMNS = (  # what matters most first: narrow terminals scroll the rest
     ("mark", " "),
     ("id", "id"),
     ("name", "name"),
-    ("set", "set"),
-    ("algorithm", "algorithm"),
-    ("seed", "seed"),
     ("status", "status"),
-    ("prio", "prio"),
     ("progress", "progress"),
     ("eta", "ETA"),
-    ("step", "step"),
     ("loss", "loss"),
     ("pass1", "pass@1"),
+    ("algorithm", "algorithm"),
+    ("seed", "seed"),
+    ("set", "set"),
+    ("step", "step"),
+    ("prio", "prio"),
     ("worker", "worker"),
 )
 SORTABLE = tuple(key for key, _ in COLUMNS if key != "mark")
@@ -147,23 +147,23 @@ class RunsScreen(Screen[None]):
         r = o.run
         eta = eta_seconds(r, now)
         cells: list[Cell] = [] if self.group is None else [group_of(o, self.group)]
-        return [
-            *cells,
-            "●" if r.id in self.marked else "",
-            str(r.id),
-            r.name,
-            o.comparison_set or "-",
-            r.algorithm,
-            str(r.seed),
-            status_text(r),
-            str(r.priority),
-            progress_bar(r),
-            "-" if eta is None else duration(eta),
-            f"{r.last_step}/{r.total_steps}",
-            "-" if o.loss is None else f"{o.loss:.4f}",
-            "-" if o.pass_at_1 is None else f"{o.pass_at_1:.3f}",
-            r.lease_owner or "-",
-        ]
+        by_key: dict[str, Cell] = {
+            "mark": "●" if r.id in self.marked else "",
+            "id": str(r.id),
+            "name": r.name,
+            "status": status_text(r),
+            "progress": progress_bar(r),
+            "eta": "-" if eta is None else duration(eta),
+            "loss": "-" if o.loss is None else f"{o.loss:.4f}",
+            "pass1": "-" if o.pass_at_1 is None else f"{o.pass_at_1:.3f}",
+            "algorithm": r.algorithm,
+            "seed": str(r.seed),
+            "set": o.comparison_set or "-",
+            "step": f"{r.last_step}/{r.total_steps}",
+            "prio": str(r.priority),
+            "worker": r.lease_owner or "-",
+        }
+        return [*cells, *(by_key[key] for key, _ in COLUMNS)]
 
     # --- filter, sort, group -------------------------------------------------------------------------------
 
