@@ -1,11 +1,12 @@
-# `make check` = lint + types + import contracts + tests (what CI runs). `make quickstart` trains the tiny model.
+# `make studio` opens the dashboard (embedded store, queue and worker). `make check` = lint + types + import
+# contracts + tests (what CI runs). `make quickstart` trains the tiny NTP model headless.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 # CPU machines pin the CPU build of torch; GPU hosts install without it (`pip install -e .`).
 CONSTRAINTS ?= constraints-cpu.txt
 
-.PHONY: install check lint types contracts test quickstart bench clean
+.PHONY: install studio check lint types contracts test quickstart bench clean
 
 $(BIN)/wmtp: pyproject.toml $(CONSTRAINTS)
 	$(PY) -m venv $(VENV)
@@ -30,6 +31,9 @@ test: install
 
 check: lint types contracts test
 
+studio: install
+	$(BIN)/wmtp-studio
+
 quickstart: install
 	$(BIN)/wmtp train recipes/tiny-ntp.yaml --run-dir runs/tiny-ntp
 
@@ -39,6 +43,8 @@ bench: install
 	$(BIN)/python benchmarks/bench_sandbox.py
 	$(BIN)/python benchmarks/bench_speculative.py
 	$(BIN)/python benchmarks/bench_studio.py
+	$(BIN)/python benchmarks/bench_tui.py
+	$(BIN)/python benchmarks/bench_run_screen.py
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache
