@@ -141,6 +141,8 @@ class Run(SQLModel, table=True):
     """Largest metric seq already forwarded to MLflow (-1: none): forwarding resumes after it."""
     mlflow_done: bool = False
     """The finished run's status, evaluations and artifacts are in MLflow."""
+    metrics_epoch: int = 0
+    """Bumped whenever stored metrics are cut back (a resume from a checkpoint): readers holding a cursor reload."""
 
 
 class MetricPoint(SQLModel, table=True):

@@ -412,7 +412,8 @@ def ingest_metric_lines(*, engine: Engine, run_id: int, lines: Sequence[MetricLi
 
 def truncate_metrics(*, engine: Engine, run_id: int, from_seq: int) -> int:
     """Delete the run's points and blobs with seq >= from_seq (a run restarting from a checkpoint rewrites its
-    stream from there on, exactly as the trainer cuts metrics.jsonl back). Returns the rows deleted."""
+    stream from there on, exactly as the trainer cuts metrics.jsonl back) and bump the run's `metrics_epoch` if
+    anything went, so that readers holding a cursor know to reload. Returns the rows deleted."""
     deleted = 0
     with _write(engine) as s:
         for table in (MetricPoint, MetricBlob):
@@ -420,6 +421,10 @@ def truncate_metrics(*, engine: Engine, run_id: int, from_seq: int) -> int:
                 sa.delete(table).where(col(table.run_id) == run_id, col(table.seq) >= from_seq)
             )
             deleted += int(getattr(result, "rowcount", 0) or 0)
+        if deleted:
+            s.exec(
+                sa.update(Run).where(col(Run.id) == run_id).values(metrics_epoch=col(Run.metrics_epoch) + 1)
+            )
     return deleted
 
 

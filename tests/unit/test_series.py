@@ -136,6 +136,28 @@ def test_feed_starts_over_when_the_stream_is_cut_back(engine: Engine, tmp_path: 
     assert data.hists.steps == [10, 20]
 
 
+def test_feed_starts_over_when_the_stream_was_cut_back_and_rewritten_past_its_cursor(
+    engine: Engine, tmp_path: Path
+) -> None:
+    lines = read_metrics(STREAM)
+    run_id = _run_with(engine, tmp_path, lines[:20])
+    feed, data = MetricFeed(engine=engine, run_id=run_id), RunData()
+    _drain(feed, data)
+    # between two polls: cut back to seq 14 (a resume) and rewritten beyond the old cursor with other values
+    store.truncate_metrics(engine=engine, run_id=run_id, from_seq=14)
+    rewritten = [
+        ln.model_copy(update={"metrics": {"loss": 9.0}}) if ln.kind == "train" else ln for ln in lines[14:]
+    ]
+    store.ingest_metric_lines(engine=engine, run_id=run_id, lines=rewritten)
+    batch = feed.fetch()
+    assert batch.reset  # the stream is longer than the cursor now: only the epoch tells
+    data.apply(batch)
+    _drain(feed, data)
+    loss = data.series.get("train/loss")
+    assert loss is not None and loss.steps == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60]
+    assert loss.values[5:] == [9.0] * 7  # steps 30.. come from the rewritten stream only
+
+
 def test_feed_keeps_only_the_names_asked_for(engine: Engine, tmp_path: Path) -> None:
     run_id = _run_with(engine, tmp_path, read_metrics(STREAM))
     batch = MetricFeed(engine=engine, run_id=run_id, keep=lambda n: n.endswith("/loss")).fetch()

@@ -157,10 +157,18 @@ class MetricFeed:
     ) -> None:
         self.engine, self.run_id, self.keep, self.page = engine, run_id, keep, page
         self.point_cursor = self.blob_cursor = -1
+        self.epoch: int | None = None
 
     def fetch(self) -> FeedBatch:
+        """New points and blobs after the cursors; `reset` (start over) when the stored stream was cut back since
+        the last fetch: its epoch changed (a resume), or it is shorter than the cursor."""
+        run = store.get_run(engine=self.engine, run_id=self.run_id)
+        epoch = 0 if run is None else run.metrics_epoch
         newest = store.last_seq(engine=self.engine, run_id=self.run_id)
-        reset = newest < max(self.point_cursor, self.blob_cursor)
+        reset = newest < max(self.point_cursor, self.blob_cursor) or (
+            self.epoch is not None and epoch != self.epoch
+        )
+        self.epoch = epoch
         if reset:
             self.point_cursor = self.blob_cursor = -1
         rows = store.point_rows_since(
