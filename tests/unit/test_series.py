@@ -184,3 +184,15 @@ def test_text_tail_reads_complete_lines_and_restarts_when_cut(tmp_path: Path) ->
     assert tail.read() == (False, ["third", "bar 2/2"]) and tail.found
     log.write_bytes(b"new\n")  # shorter than what was read: started over
     assert tail.read() == (True, ["new"])
+
+
+def test_flat_series_get_a_fixed_range_and_others_automatic() -> None:
+    from wmtp_studio.tui.widgets.charts import flat_range
+
+    lo, hi = flat_range([1.0, 1.0000001, 0.9999999])  # float noise around 1: drawn flat within +/- 0.1 %
+    assert lo == pytest.approx(0.9999999 - 1e-3 * 1.0000001) and hi == pytest.approx(
+        1.0000001 + 1e-3 * 1.0000001
+    )
+    assert flat_range([0.0, 0.0]) == (-1e-9, 1e-9)
+    assert flat_range([0.5, 0.9]) == (None, None)  # a real curve: automatic limits
+    assert flat_range([float("nan")]) == (None, None)

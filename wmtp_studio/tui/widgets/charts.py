@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from textual.app import ComposeResult
@@ -42,11 +43,23 @@ class LineChart(PlotextPlot):
         plt.title(self.title if self.drawn else f"{self.title} (no data yet)")
         for label, (xs, ys) in self.drawn.items():
             plt.plot(xs, ys, label=label, marker="braille")
+        plt.ylim(*flat_range([y for _, ys in self.drawn.values() for y in ys]))
         self.refresh()
 
     def on_resize(self, event: Resize) -> None:
         if self._series:
             self.draw(self._series)
+
+
+def flat_range(values: Sequence[float]) -> tuple[float | None, float | None]:
+    """y limits for a (nearly) flat series, so float noise is not drawn as a curve: +/- 0.1 % around it (e.g.
+    a uniform weight entropy of 1 +/- 1e-7 is drawn as the flat line it is); (None, None) = automatic."""
+    finite = [v for v in values if math.isfinite(v)]
+    if not finite:
+        return None, None
+    lo, hi = min(finite), max(finite)
+    pad = max(1e-3 * max(abs(lo), abs(hi)), 1e-9)
+    return (lo - pad, hi + pad) if hi - lo < pad else (None, None)
 
 
 class BarsChart(PlotextPlot):
