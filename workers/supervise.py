@@ -180,7 +180,7 @@ def supervise(
     token: int,
     gpus: Sequence[int] = (),
     lease_s: float = 60,
-    poll_s: float = 0.5,
+    poll_s: float = 0.25,
     grace_s: float = 30,
     stop: threading.Event | None = None,
     log_path: Path | None = None,
