@@ -101,7 +101,8 @@ async def test_weights_tab_heatmap_histogram_and_critic_signals(ctx: StudioConte
         assert "head 0" in heatmap.render().plain  # type: ignore[union-attr]
         bars = app.screen.query_one("#bars")
         # the step-60 histogram of head 0, as written by the trainer
-        assert bars.counts[:4] == [61.0, 80.0, 52.0, 20.0]  # type: ignore[attr-defined]
+        want = [61.0, 80.0, 52.0, 20.0]
+        await until(pilot, lambda: bars.counts[:4] == want, "the latest histogram")  # type: ignore[attr-defined]
         assert points(app, "chart-ev", "held-out") == [20, 40, 60]  # stage-1 steps
         assert len(points(app, "chart-critic2", "value loss")) == 12
         assert chart(app, "chart-entropy").drawn.keys() == {"head0", "head1", "head2", "head3"}

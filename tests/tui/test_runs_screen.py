@@ -222,6 +222,7 @@ async def test_cancel_from_the_ui_stops_a_real_running_job(
     try:
         app = _app(ctx)
         async with app.run_test(size=(160, 40)) as pilot:
+            await until(pilot, lambda: _table(app).row_count == 1, "the run's row")
             await until(pilot, lambda: _cell(app, run.id or 0, "loss") != "-", "training steps", timeout=180)
             assert _cell(app, run.id or 0, "status") == "running"
             (sid,) = _child_sessions(worker.pid)
