@@ -121,4 +121,5 @@ def test_quickstart_is_a_base_and_four_fine_tunes_depending_on_it(engine: Engine
         frozen = json.loads(Path(t.run_dir, "recipe.json").read_text())
         assert frozen["model"]["name_or_path"] == frozen["tokenizer"]["path"] == f"run:{base.id}"
         assert frozen["data"]["generated"]["family"] == "compose"
+        assert frozen["eval"]["benchmarks"] == ["generated:compose:100", "humaneval"]
     assert cset.diff == {"algorithm": list(QUICKSTART_ALGORITHMS), "seed": [0]}
