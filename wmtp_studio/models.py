@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any, Literal
+from uuid import uuid4
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
@@ -114,7 +115,7 @@ class Run(SQLModel, table=True):
     attempts: int = 0
     """Claims so far (each claim is one attempt)."""
     max_attempts: int = 3
-    """Consecutive crashes (expired leases) after which the run is marked failed."""
+    """Consecutive crashes (expired leases, killed jobs) without progress after which the run is marked failed."""
     consecutive_crashes: int = 0
     lease_owner: str | None = None
     lease_expires_at: datetime | None = _time(nullable=True)
@@ -143,6 +144,12 @@ class Run(SQLModel, table=True):
     """The finished run's status, evaluations and artifacts are in MLflow."""
     metrics_epoch: int = 0
     """Bumped whenever stored metrics are cut back (a resume from a checkpoint): readers holding a cursor reload."""
+    uid: str = Field(default_factory=lambda: uuid4().hex, max_length=32, unique=True)
+    """The run's identity across databases: stamped into runs/<id>/run.json and every checkpoint, so that a
+    reset database (ids start again at 1) never adopts another run's directory or resumes its checkpoint."""
+    claim_step: int = 0
+    """`last_step` when the run was last claimed: an attempt that ends above it made progress, and a crash after
+    progress does not count toward `max_attempts`."""
 
 
 class MetricPoint(SQLModel, table=True):

@@ -21,7 +21,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import aliased
 from sqlmodel import Session, col, select
 
+from wmtp_studio import rundir
 from wmtp_studio.database import check_models_match_migrations as check_models_match_migrations
+from wmtp_studio.database import database_error as database_error
+from wmtp_studio.database import database_file as database_file
+from wmtp_studio.database import file_identity as file_identity
 from wmtp_studio.database import make_engine as make_engine
 from wmtp_studio.database import read_session as _read
 from wmtp_studio.database import upgrade as upgrade
@@ -119,6 +123,8 @@ class Submission:
 
     def __init__(self, session: Session, runs_dir: Path) -> None:
         self._s, self._runs_dir = session, runs_dir
+        self.moved_aside: list[tuple[Path, Path]] = []
+        """(run directory, where another run's files found there were moved): say so to the user."""
 
     def add_comparison_set(
         self, *, name: str, base: Recipe, factor: str, diff: dict[str, Any]
@@ -165,7 +171,10 @@ class Submission:
         self._s.add(run)
         self._s.flush()  # assigns the id
         run_dir = self._runs_dir / str(run.id)
-        run_dir.mkdir(parents=True, exist_ok=True)
+        stamp = rundir.RunStamp(uid=run.uid, recipe_sha256=run.recipe_sha256)
+        moved = rundir.take_for_new_run(run_dir, stamp)  # a reset database reuses ids: never adopt old files
+        if moved is not None:
+            self.moved_aside.append((run_dir, moved))
         (run_dir / "recipe.json").write_text(run.recipe_json)
         run.run_dir = str(run_dir)
         _promote_waiting(self._s)  # the dependency may already be finished
@@ -252,6 +261,7 @@ def claim_next_run(*, engine: Engine, owner: str, gpus_free: int, lease_s: float
         run.status, run.lease_owner, run.lease_expires_at = "running", owner, now + timedelta(seconds=lease_s)
         run.fencing_token += 1
         run.attempts += 1
+        run.claim_step = run.last_step
         run.started_at, run.finished_at, run.exit_code, run.error_tail = now, None, None, None
         s.add(run)
         return run
@@ -304,6 +314,13 @@ def finish_run(
         return True
 
 
+def _count_crash(run: Run) -> None:
+    """The crash-loop guard counts crashed attempts in a row that made no progress: one that trained past the
+    largest step stored when it was claimed does not count and resets the count."""
+    run.consecutive_crashes = 0 if run.last_step > run.claim_step else run.consecutive_crashes + 1
+    run.claim_step = run.last_step
+
+
 def requeue_expired_leases(*, engine: Engine, now: datetime | None = None) -> list[int]:
     """The reaper: running runs whose lease expired go back to the queue (their ids are returned), or fail after
     `max_attempts` crashes in a row, or become cancelled if that was asked for."""
@@ -312,13 +329,15 @@ def requeue_expired_leases(*, engine: Engine, now: datetime | None = None) -> li
     with _write(engine) as s:
         expired = s.exec(select(Run).where(Run.status == "running", col(Run.lease_expires_at) < now)).all()
         for run in expired:
-            run.consecutive_crashes += 1
+            _count_crash(run)
             run.lease_owner, run.lease_expires_at = None, None
             if run.cancel_requested:
                 run.status, run.finished_at = "cancelled", now
             elif run.consecutive_crashes >= run.max_attempts:
                 run.status, run.finished_at = "failed", now
-                run.error_tail = f"gave up: the lease expired {run.consecutive_crashes} times in a row"
+                run.error_tail = (
+                    f"gave up: the lease expired {run.consecutive_crashes} times in a row without progress"
+                )
             else:
                 run.status = "queued"
                 requeued.append(run.id or 0)
@@ -713,7 +732,7 @@ def requeue_crashed_run(
         run = s.exec(select(Run).where(_fenced(run_id, owner, token))).first()
         if run is None:
             return None
-        run.consecutive_crashes += 1
+        _count_crash(run)
         run.lease_owner, run.lease_expires_at = None, None
         run.exit_code, run.error_tail = exit_code, error_tail
         if run.cancel_requested:
@@ -721,7 +740,8 @@ def requeue_crashed_run(
         elif run.consecutive_crashes >= run.max_attempts:
             run.status, run.finished_at = "failed", now
             run.error_tail = (
-                f"gave up: the job was killed {run.consecutive_crashes} times in a row\n{error_tail or ''}"
+                f"gave up: the job was killed {run.consecutive_crashes} times in a row without progress\n"
+                f"{error_tail or ''}"
             )
         else:
             run.status = "queued"

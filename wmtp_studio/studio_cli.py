@@ -78,7 +78,7 @@ def _main(
     except StudioError as exc:
         raise fail(str(exc)) from None
     except SQLAlchemyError as exc:
-        raise fail(f"studio database: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+        raise fail(str(store.database_error(Settings.from_env().database_url, exc))) from None
     app.run()
 
 
@@ -115,7 +115,7 @@ def _studio() -> Iterator[Engine]:
     except StudioError as exc:
         raise fail(str(exc)) from None
     except SQLAlchemyError as exc:
-        raise fail(f"studio database: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+        raise fail(str(store.database_error(Settings.from_env().database_url, exc))) from None
 
 
 def _runs_dir() -> Path:

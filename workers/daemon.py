@@ -6,6 +6,11 @@ own thread. It wakes up on Huey `run_job` tasks (a Huey consumer runs in-process
 and also polls the store every `--poll-s`, so a lost Huey message delays nothing for long. It reaps expired
 leases of dead workers on start and periodically (and announces re-queued runs on Huey). SIGTERM or SIGINT:
 running jobs checkpoint and go back to the queue (`supervise` does it), the worker unregisters and exits 0.
+
+A database the worker can no longer trust stops it with exit 2 and a message naming the file and the cause: a
+SQLite file deleted or replaced under it (its device/inode changed: a reset studio must not inherit this worker's
+runs), a full or read-only disk, a corrupted file. Running jobs then stop with a checkpoint; their leases expire
+in the database they came from and the reaper re-queues them there.
 """
 
 from __future__ import annotations
@@ -16,11 +21,13 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from types import FrameType
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from wmtp_studio import __version__, store
 from wmtp_studio.errors import StudioError
@@ -82,6 +89,13 @@ class Worker:
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.wake = threading.Event()
+        self.db_identity = store.file_identity(engine.url)
+        self.fatal: str | None = None
+        """Why the worker stopped on its own (the database failed or was replaced): it exits 2."""
+
+    def database_ok(self) -> bool:
+        """The SQLite file is still the one this worker started with (other databases: always)."""
+        return store.file_identity(self.engine.url) == self.db_identity
 
     def fill(self) -> None:
         while not self.stop.is_set():
@@ -116,10 +130,17 @@ class Worker:
                 gpus=gpus,
                 lease_s=self.lease_s,
                 stop=self.stop,
+                database_ok=self.database_ok,
             )
             log.info("run %s ended: %s (exit code %s)", run.id, outcome.status, outcome.exit_code)
+            if outcome.status == "abandoned":
+                log.error("run %s stopped with a checkpoint: %s", run.id, outcome.error_tail)
             if outcome.status == "queued":  # handed back or crashed: any worker may resume it
                 tasks.announce([run.id])
+        except SQLAlchemyError as exc:  # the lease expires and the reaper re-queues the run
+            log.error("supervising run %s: %s", run.id, store.database_error(self.engine.url, exc))
+            self.fatal = self.fatal or str(store.database_error(self.engine.url, exc))
+            self.stop.set()
         except (
             Exception
         ):  # a job thread is a process edge: report; the lease expires and the reaper re-queues
@@ -186,15 +207,24 @@ def serve(
             log.info("parent process %s is gone: checkpointing running jobs and shutting down", parent_pid)
             worker.stop.set()
             break
+        if not worker.database_ok():
+            path = store.database_file(worker.engine.url)
+            raise StudioError(
+                f"the studio database {path} was deleted or replaced while this worker ran: claiming nothing "
+                "more; running jobs stop with a checkpoint (restart the worker to serve the new database)"
+            )
         worker.wake.clear()
-        worker.fill()
-        now = time.monotonic()
-        if now >= next_beat:
-            beat(worker)
-            next_beat = now + heartbeat_s
-        if now >= next_reap:
-            reap(worker.engine)
-            next_reap = now + reap_s
+        try:
+            worker.fill()
+            now = time.monotonic()
+            if now >= next_beat:
+                beat(worker)
+                next_beat = now + heartbeat_s
+            if now >= next_reap:
+                reap(worker.engine)
+                next_reap = now + reap_s
+        except SQLAlchemyError as exc:
+            raise store.database_error(worker.engine.url, exc) from None
         worker.wake.wait(timeout=max(0.0, min(poll_s, next_beat - now, next_reap - now)))
 
 
@@ -234,13 +264,20 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
-    engine = store.make_engine(settings.database_url)
-    store.upgrade(engine=engine)
-    worker_id = f"{socket.gethostname()}:{os.getpid()}"
-    worker = Worker(
-        engine=engine, worker_id=worker_id, gpus=args.gpu_list, slots=args.slots, lease_s=args.lease_s
-    )
-    register(worker)
+    try:
+        engine = store.make_engine(settings.database_url)
+        store.upgrade(engine=engine)
+        worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        worker = Worker(
+            engine=engine, worker_id=worker_id, gpus=args.gpu_list, slots=args.slots, lease_s=args.lease_s
+        )
+        register(worker)
+    except SQLAlchemyError as exc:
+        log.error("%s", store.database_error(settings.database_url, exc))
+        sys.exit(2)
+    except StudioError as exc:
+        log.error("%s", exc)
+        sys.exit(2)
     tasks.on_wake(lambda _run_id: worker.wake.set())
     forwarder = mlflow_sync.Forwarder(engine=engine, uri=settings.mlflow_uri)
     forwarder.start()  # a background thread: MLflow never holds up jobs or leases
@@ -272,11 +309,14 @@ def main(argv: list[str] | None = None) -> None:
         )
     except StudioError as exc:
         log.error("%s", exc)
-        worker.stop.set()
+        worker.fatal = worker.fatal or str(exc)
     finally:
         worker.stop.set()  # also on an unexpected error: jobs go back to the queue
         worker.join()
         consumer.stop(graceful=True)
         forwarder.stop()
-        store.unregister_worker(engine=engine, worker_id=worker.worker_id)
+        if worker.fatal is None:
+            store.unregister_worker(engine=engine, worker_id=worker.worker_id)
         log.info("worker %s stopped", worker.worker_id)
+    if worker.fatal is not None:
+        sys.exit(2)

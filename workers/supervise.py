@@ -11,6 +11,12 @@ as one group and swept afterwards), writes only files, and is watched every `pol
   and exits 143; after `grace_s` the group is SIGKILLed.
 
 On exit the status, exit code and the tail of `train.log` are recorded with the fencing token.
+
+Ownership (rundir.py): before launching, wait for any trainer still holding the run directory (an orphan of a
+killed worker checkpoints and exits on its own; see train/lifecycle.py) and check the directory's identity stamp.
+A trainer that finds the directory taken exits EXIT_BUSY: the run is handed back, which is not a crash. When the
+database fails (full or read-only disk) or its file is replaced (`database_ok` turns false), the trainer is
+stopped with a checkpoint and nothing more is written; the lease then expires and the run is re-queued.
 """
 
 from __future__ import annotations
@@ -31,10 +37,12 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
-from wmtp_studio import store
+from wmtp_studio import rundir, store
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.train.events import MetricLine
+from wmtp_studio.train.lifecycle import SUPERVISOR_ENV, supervisor_identity
 from workers import mlflow_sync
 
 ERROR_TAIL_LINES = 40
@@ -46,6 +54,7 @@ class JobOutcome:
     shutdown, to resume from its checkpoint later) or fenced (another worker holds the run; nothing recorded)."""
 
     status: str
+    """Also `abandoned`: the database failed or was replaced; nothing could be recorded."""
     exit_code: int | None
     error_tail: str
     ingested: int
@@ -184,14 +193,20 @@ def supervise(
     grace_s: float = 30,
     stop: threading.Event | None = None,
     log_path: Path | None = None,
+    database_ok: Callable[[], bool] = lambda: True,
 ) -> JobOutcome:
-    """Run the claimed `run` (held by `owner` with fencing `token`) to its end and record how it ended."""
+    """Run the claimed `run` (held by `owner` with fencing `token`) to its end and record how it ended.
+    `database_ok` says whether the database is still the one the run was claimed from (see daemon.py)."""
     assert run.id is not None
     run_id, run_dir = run.id, Path(run.run_dir)
     log_path = log_path or run_dir / "train.log"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), HF_HUB_DISABLE_PROGRESS_BARS="1")
     env["WMTP_TRAINER_MLFLOW"] = "off"  # the worker forwards the stored metrics itself (mlflow_sync)
+    env[SUPERVISOR_ENV] = supervisor_identity()  # the trainer checkpoints and exits once this process is gone
     cmd = launch_command(run, gpus=gpus, processes=max(1, len(gpus)))
+    taken = _take_dir(engine, run, owner, token, lease_s, poll_s, grace_s)
+    if taken is not None:
+        return JobOutcome(taken, None, "", 0)
     rewind(engine, run_id, run_dir)
     tail, ingested = MetricsTail(run_dir / "metrics.jsonl"), 0
 
@@ -204,10 +219,24 @@ def supervise(
 
     with open(log_path, "ab") as log:
         proc = _start(cmd, log, env)
-    watch = _Watch(engine, run_id, owner, token, lease_s, poll_s, grace_s, stop, ingest)
+    watch = _Watch(engine, run_id, owner, token, lease_s, poll_s, grace_s, stop, ingest, database_ok)
     if not watch.follow(proc):
         return JobOutcome("fenced", proc.returncode, "", ingested, tail.malformed, proc.pid)
     code = proc.returncode
+    if watch.db_problem is not None:  # stopped with a checkpoint; the lease expires and the run is re-queued
+        return JobOutcome("abandoned", code, watch.db_problem, ingested, tail.malformed, proc.pid)
+    last_lines = "\n".join(_tail_of(log_path).splitlines()[-5:])  # through `accelerate launch`: exit 1
+    if code == rundir.EXIT_BUSY or (code != 0 and "is in use by another trainer" in last_lines):
+        recorded = store.finish_run(  # not this worker's turn: another trainer still owns the directory
+            engine=engine,
+            run_id=run_id,
+            owner=owner,
+            token=token,
+            status="queued",
+            exit_code=code,
+            error_tail=last_lines,
+        )
+        return JobOutcome("queued" if recorded else "fenced", code, "", ingested, tail.malformed, proc.pid)
     if code == 0 and watch.stopping is None:
         for i, benchmark in enumerate(_benchmarks(run)):  # the recipe's evaluations, after training
             out = Path(run.run_dir) / "eval" / f"{i}-{_slug(benchmark)}"
@@ -248,6 +277,45 @@ def supervise(
     return JobOutcome(status if recorded else "fenced", code, error_tail, ingested, tail.malformed, proc.pid)
 
 
+def _take_dir(
+    engine: Engine, run: Run, owner: str, token: int, lease_s: float, poll_s: float, grace_s: float
+) -> str | None:
+    """Wait (renewing the lease) until no trainer holds the run directory, then check its identity stamp.
+    None when the run may start; otherwise how it ended: fenced, queued (still taken: handed back) or failed
+    (the directory belongs to another run)."""
+    assert run.id is not None
+    run_dir, deadline = Path(run.run_dir), time.monotonic() + grace_s + 30
+    while not rundir.wait_until_free(run_dir, timeout_s=min(lease_s / 3, 5.0)):
+        if not store.renew_lease(engine=engine, run_id=run.id, owner=owner, token=token, lease_s=lease_s):
+            return "fenced"
+        if time.monotonic() >= deadline:
+            message = f"run directory {run_dir} is still in use by another trainer: handed back"
+            store.finish_run(
+                engine=engine, run_id=run.id, owner=owner, token=token, status="queued", error_tail=message
+            )
+            return "queued"
+        time.sleep(poll_s)
+    stamp = rundir.read_stamp(run_dir)
+    if stamp is None:  # made before directories were stamped
+        rundir.write_stamp(run_dir, rundir.RunStamp(uid=run.uid, recipe_sha256=run.recipe_sha256))
+    elif stamp.uid != run.uid:
+        message = (
+            f"run directory {run_dir} is stamped for run {stamp.uid}, not this run {run.uid} "
+            "(another studio database's run?): refusing to train in it; move it away and retry"
+        )
+        ok = store.finish_run(
+            engine=engine,
+            run_id=run.id,
+            owner=owner,
+            token=token,
+            status="failed",
+            exit_code=2,
+            error_tail=message,
+        )
+        return "failed" if ok else "fenced"
+    return None
+
+
 def _start(cmd: list[str], log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A job process in its own session (so its whole tree can be signalled and found), output to the log."""
     return subprocess.Popen(
@@ -270,6 +338,7 @@ class _Watch:
         grace_s: float,
         stop: threading.Event | None,
         ingest: Callable[[], None],
+        database_ok: Callable[[], bool],
     ) -> None:
         self.engine, self.run_id, self.owner, self.token = engine, run_id, owner, token
         self.lease_s, self.poll_s, self.grace_s, self.stop, self.ingest = (
@@ -279,45 +348,66 @@ class _Watch:
             stop,
             ingest,
         )
+        self.database_ok = database_ok
         self.stopping: str | None = None
         self.next_renew = 0.0
+        self.db_problem: str | None = None
+        """Why the database can no longer be written (then nothing more is read from or written to it)."""
 
     def follow(self, proc: subprocess.Popen[bytes]) -> bool:
         """Until `proc` ends; False when fenced (another worker owns the run: the process is killed)."""
-        kill_at = 0.0
+        self.kill_at = 0.0
         try:
             while proc.poll() is None:
-                self.ingest()
                 now = time.monotonic()
-                if now >= self.next_renew:
-                    if not store.renew_lease(
-                        engine=self.engine,
-                        run_id=self.run_id,
-                        owner=self.owner,
-                        token=self.token,
-                        lease_s=self.lease_s,
-                    ):
-                        kill_session(proc)
-                        return False
-                    self.next_renew = now + self.lease_s / 3
-                if self.stopping is None:
-                    current = store.get_run(engine=self.engine, run_id=self.run_id)
-                    if current is not None and current.cancel_requested:
-                        self.stopping = "cancelled"
-                    elif self.stop is not None and self.stop.is_set():
-                        self.stopping = "queued"
-                    if self.stopping is not None:
-                        _signal_group(proc.pid, signal.SIGTERM)
-                        kill_at = now + self.grace_s
-                elif now >= kill_at:
+                if self.db_problem is None and not self.database_ok():
+                    self.db_problem = (
+                        f"the studio database {self.engine.url.database} was deleted or replaced"
+                    )
+                if self.db_problem is None:
+                    try:
+                        if not self._tend(proc, now):
+                            kill_session(proc)
+                            return False
+                    except SQLAlchemyError as exc:
+                        self.db_problem = str(store.database_error(self.engine.url, exc))
+                if self.db_problem is not None and self.stopping is None:
+                    self._stop_job(proc, "queued", now)
+                if self.stopping is not None and now >= self.kill_at:
                     _signal_group(proc.pid, signal.SIGKILL)
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     proc.wait(timeout=self.poll_s)
             kill_session(proc)  # stragglers of a finished process (e.g. accelerate's children)
-            self.ingest()
+            if self.db_problem is None:
+                self.ingest()
         finally:
             if proc.returncode is None:
                 kill_session(proc)
+        return True
+
+    def _stop_job(self, proc: subprocess.Popen[bytes], why: str, now: float) -> None:
+        self.stopping, self.kill_at = why, now + self.grace_s
+        _signal_group(proc.pid, signal.SIGTERM)
+
+    def _tend(self, proc: subprocess.Popen[bytes], now: float) -> bool:
+        """One poll's database work: ingest, renew the lease (False: fenced), turn cancel/stop into SIGTERM."""
+        self.ingest()
+        if now >= self.next_renew:
+            if not store.renew_lease(
+                engine=self.engine,
+                run_id=self.run_id,
+                owner=self.owner,
+                token=self.token,
+                lease_s=self.lease_s,
+            ):
+                return False
+            self.next_renew = now + self.lease_s / 3
+        if self.stopping is None:
+            current = store.get_run(engine=self.engine, run_id=self.run_id)
+            if current is not None and current.cancel_requested:
+                self._stop_job(proc, "cancelled", now)
+            elif self.stop is not None and self.stop.is_set():
+                self._stop_job(proc, "queued", now)
         return True
 
 

@@ -171,11 +171,60 @@ def test_reaper_gives_up_after_k_crashes(engine: Engine, tmp_path: Path) -> None
     dead = store.get_run(engine=engine, run_id=run.id or 0)
     assert dead is not None
     assert (dead.status, dead.consecutive_crashes, dead.attempts) == ("failed", 3, 3)
-    assert dead.error_tail == "gave up: the lease expired 3 times in a row"
+    assert dead.error_tail == "gave up: the lease expired 3 times in a row without progress"
     retried = store.retry_run(engine=engine, run_id=run.id or 0)
     assert (retried.status, retried.consecutive_crashes, retried.error_tail) == ("queued", 0, None)
     with pytest.raises(StudioError):
         store.retry_run(engine=engine, run_id=run.id or 0)
+
+
+def _train_line(seq: int, step: int) -> MetricLine:
+    return MetricLine(seq=seq, step=step, time=0.0, kind="train", metrics={"loss": 1.0})
+
+
+def test_only_crashes_without_progress_count_toward_giving_up(engine: Engine, tmp_path: Path) -> None:
+    run = new_run(engine, tmp_path, max_attempts=3)
+    assert run.id is not None
+    # Three attempts killed in a row, each after training 5 more steps: none counts, the run is re-queued.
+    for attempt in range(3):
+        claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=60)
+        assert claimed is not None and claimed.claim_step == 5 * attempt
+        store.ingest_metric_lines(engine=engine, run_id=run.id, lines=[_train_line(attempt, 5 * attempt + 5)])
+        status = store.requeue_crashed_run(
+            engine=engine, run_id=run.id, owner="w", token=claimed.fencing_token, exit_code=-9, error_tail=None
+        )
+        assert status == "queued"
+    again = store.get_run(engine=engine, run_id=run.id)
+    assert again is not None and (again.consecutive_crashes, again.attempts, again.last_step) == (0, 3, 15)
+    # Then three that advance nothing (killed before passing step 15): the third gives up.
+    for crash in (1, 2, 3):
+        claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=1)
+        assert claimed is not None
+        requeued = store.requeue_expired_leases(engine=engine, now=utcnow() + timedelta(seconds=2))
+        assert requeued == ([run.id] if crash < 3 else [])
+    dead = store.get_run(engine=engine, run_id=run.id)
+    assert dead is not None and (dead.status, dead.consecutive_crashes) == ("failed", 3)
+
+
+def test_a_new_run_never_adopts_another_runs_directory(engine: Engine, tmp_path: Path) -> None:
+    first = new_run(engine, tmp_path)
+    run_dir = Path(first.run_dir)
+    assert json.loads((run_dir / "run.json").read_text()) == {
+        "uid": first.uid,
+        "recipe_sha256": first.recipe_sha256,
+    }
+    (run_dir / "checkpoints").mkdir()  # the old run trained
+    # The studio database is reset: ids start at 1 again, runs/1 still holds the old run.
+    fresh = store.make_engine(f"sqlite:///{tmp_path / 'reset.db'}")
+    store.upgrade(engine=fresh)
+    with store.submission(engine=fresh, runs_dir=tmp_path / "runs") as sub:
+        second = sub.add_run(recipe=recipe())
+        moved = sub.moved_aside
+    assert second.id == first.id and second.uid != first.uid
+    assert moved == [(run_dir, run_dir.with_name(f"{first.id}.orphan-{first.uid[:12]}"))]
+    assert (moved[0][1] / "checkpoints").is_dir()  # the old files are kept, aside
+    assert sorted(p.name for p in run_dir.iterdir()) == ["recipe.json", "run.json"]
+    assert json.loads((run_dir / "run.json").read_text())["uid"] == second.uid
 
 
 def test_cancel(engine: Engine, tmp_path: Path) -> None:
@@ -326,7 +375,7 @@ def test_killed_job_is_requeued_until_it_has_crashed_max_attempts_times(
     )
     row = store.get_run(engine=engine, run_id=run.id or 0)
     assert row is not None and status == row.status == "failed" and row.finished_at is not None
-    assert row.error_tail == "gave up: the job was killed 2 times in a row\ny"
+    assert row.error_tail == "gave up: the job was killed 2 times in a row without progress\ny"
     assert store.claim_next_run(engine=engine, owner="w3", gpus_free=0, lease_s=60) is None
 
 

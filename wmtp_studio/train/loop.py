@@ -9,6 +9,7 @@ token count over the whole step and every process, so 2 processes x batch 2 equa
 from __future__ import annotations
 
 import math
+import os
 import random
 import signal
 import time
@@ -21,11 +22,13 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
+from wmtp_studio import rundir
 from wmtp_studio.errors import StudioError, TrainingAborted
 from wmtp_studio.recipe import Recipe, recipe_from_json
 from wmtp_studio.runrefs import resolve_run_refs
 from wmtp_studio.tracking import MlflowLogger
 from wmtp_studio.train import checkpoint as ckpt
+from wmtp_studio.train import lifecycle
 from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
 from wmtp_studio.train.critic import stage1
 from wmtp_studio.train.data import Batch, Encoded, collate, encode, epoch_plan, load_examples, split_heldout
@@ -436,6 +439,7 @@ def save_checkpoint(s: Setup, state: State) -> None:
             save_file(s.value_head.state_dict(), str(staging / "value_head.safetensors"))
         torch.save(s.optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(s.scheduler.state_dict(), staging / "scheduler.pt")
+        rundir.write_stamp(staging, rundir.ensure_stamp(s.run_dir))  # whose checkpoint this is
         s.writer.write(
             "event", state.step, event="checkpoint", data={"path": f"checkpoints/step_{state.step}"}
         )
@@ -538,17 +542,25 @@ ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
 def train(run_dir: Path, resume: bool = False, progress: ProgressFn | None = None) -> int:
-    """Train the run in `run_dir`; returns 0 when done or EXIT_INTERRUPTED after a SIGTERM checkpoint."""
+    """Train the run in `run_dir`; returns 0 when done or EXIT_INTERRUPTED after a SIGTERM checkpoint (or after
+    its supervising worker died). Rank 0 holds the run directory's lock throughout: a second trainer of the same
+    directory raises `rundir.RunDirBusy`."""
     stop = {"requested": False}
     previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(requested=True))
     try:
-        return _train(run_dir, resume, progress, stop)
+        if os.environ.get("LOCAL_RANK", "0") != "0":
+            return _train(run_dir, resume, progress, stop)
+        with rundir.owned(run_dir):
+            rundir.ensure_stamp(run_dir)
+            return _train(run_dir, resume, progress, stop)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
 def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[str, bool]) -> int:
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
+    if latest is not None:
+        rundir.check_checkpoint(run_dir, latest)
     s = setup(run_dir, latest)
     state = restore(s, latest) if latest else State()
     main = s.accel.is_main_process
@@ -577,7 +589,8 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
         while state.step < s.total_steps:
             upcoming = state.step + 1
             detail = upcoming % cfg.hist_every == 0 or upcoming % cfg.top_tokens_every == 0
-            r = train_step(s, state, detail, stop["requested"])
+            stopping = stop["requested"] or lifecycle.supervisor_gone()  # an orphan checkpoints and exits
+            r = train_step(s, state, detail, stopping)
             tick_tokens += r.tokens
             if not r.finite:
                 s.writer.write(
@@ -588,13 +601,22 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                         "loss": str(r.loss),
                         "grad_norm": str(r.grad_norm),
                         "streak": state.nonfinite_streak,
+                        "total": state.nonfinite_total,
                     },
                 )
                 if state.nonfinite_streak >= cfg.max_nonfinite:
+                    if main:  # train lines are only logged for finite steps: record the count it died of
+                        s.writer.write(
+                            "train", state.step, metrics={"nonfinite_total": state.nonfinite_total}
+                        )
                     raise TrainingAborted(
                         f"{state.nonfinite_streak} consecutive steps with a non-finite loss "
                         f"or gradient (last loss {r.loss}, grad norm {r.grad_norm})"
                     )
+                if r.stop:  # a stop request is honoured at every step boundary, skipped steps included
+                    save_checkpoint(s, state)
+                    s.writer.write("event", state.step, event="interrupted")
+                    return EXIT_INTERRUPTED
                 continue
             if main:
                 if state.step % cfg.log_every == 0 or state.step == s.total_steps:
