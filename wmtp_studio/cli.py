@@ -81,6 +81,10 @@ def train(
         _freeze(recipe, run_dir, resume)
     except StudioError as exc:
         raise fail(str(exc)) from None
+    except OSError as exc:  # a read-only or full disk
+        raise fail(
+            f"cannot write the run directory: {exc.strerror or exc} ({exc.filename or run_dir})"
+        ) from None
     err.print(f"run directory: {run_dir}")
     code = _train_with_progress(run_dir, resume)
     if code == 0:
@@ -120,6 +124,8 @@ def _train_with_progress(run_dir: Path, resume: bool) -> int:
             failure = (f"training aborted: {exc}", 1)
         except StudioError as exc:
             failure = (str(exc), 2)
+        except OSError as exc:  # a read-only or full disk while training
+            failure = (f"{exc.strerror or exc} ({exc.filename or run_dir})", 2)
         if failure is not None:
             bar.update(task, info="[red]failed")
     if failure is not None:

@@ -134,13 +134,13 @@ def _cause(path: Path, exc: BaseException) -> str:
     return "the file cannot be opened or written"
 
 
-def database_error(url: str | sa.URL, exc: BaseException) -> StudioError:
+def database_error(url: str | sa.URL, exc: BaseException, what: str = "studio database") -> StudioError:
     """A StudioError naming the database, the cause found on disk and the underlying error."""
     path = database_file(url)
     detail = (str(getattr(exc, "orig", None) or exc).strip().splitlines() or [type(exc).__name__])[0]
     if path is None:
-        return StudioError(f"studio database {sa.make_url(url).render_as_string()}: {detail}")
-    return StudioError(f"studio database {path}: {_cause(path, exc)} ({detail})")
+        return StudioError(f"{what} {sa.make_url(url).render_as_string()}: {detail}")
+    return StudioError(f"{what} {path}: {_cause(path, exc)} ({detail})")
 
 
 def check_models_match_migrations(*, engine: Engine) -> None:

@@ -8,6 +8,7 @@ lease expired and the run was claimed again) can no longer renew or finish the r
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,7 @@ from wmtp_studio.recipe import Recipe
 from wmtp_studio.train.events import MetricLine
 
 SCALAR_KINDS = ("train", "val", "stage1", "eval")
+log = logging.getLogger(__name__)
 
 
 def _run(s: Session, run_id: int) -> Run:
@@ -172,10 +174,18 @@ class Submission:
         self._s.flush()  # assigns the id
         run_dir = self._runs_dir / str(run.id)
         stamp = rundir.RunStamp(uid=run.uid, recipe_sha256=run.recipe_sha256)
-        moved = rundir.take_for_new_run(run_dir, stamp)  # a reset database reuses ids: never adopt old files
+        try:
+            moved = rundir.take_for_new_run(
+                run_dir, stamp
+            )  # a reset database reuses ids: never adopt old files
+            (run_dir / "recipe.json").write_text(run.recipe_json)
+        except OSError as exc:  # a full or read-only disk: nothing is stored (the transaction rolls back)
+            raise StudioError(f"cannot write the run directory {run_dir}: {exc.strerror or exc}") from None
         if moved is not None:
+            log.warning(
+                "%s held another run's files (a reset studio database?): moved them to %s", run_dir, moved
+            )
             self.moved_aside.append((run_dir, moved))
-        (run_dir / "recipe.json").write_text(run.recipe_json)
         run.run_dir = str(run_dir)
         _promote_waiting(self._s)  # the dependency may already be finished
         return run

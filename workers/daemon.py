@@ -33,8 +33,7 @@ from wmtp_studio import __version__, store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import Run
 from wmtp_studio.settings import Settings
-from workers import mlflow_sync, tasks
-from workers.queue import huey
+from workers import mlflow_sync
 from workers.supervise import supervise
 
 log = logging.getLogger("wmtp_worker")
@@ -136,6 +135,8 @@ class Worker:
             if outcome.status == "abandoned":
                 log.error("run %s stopped with a checkpoint: %s", run.id, outcome.error_tail)
             if outcome.status == "queued":  # handed back or crashed: any worker may resume it
+                from workers import tasks
+
                 tasks.announce([run.id])
         except SQLAlchemyError as exc:  # the lease expires and the reaper re-queues the run
             log.error("supervising run %s: %s", run.id, store.database_error(self.engine.url, exc))
@@ -163,6 +164,8 @@ class Worker:
 
 
 def reap(engine: Engine) -> None:
+    from workers import tasks
+
     requeued = store.requeue_expired_leases(engine=engine)
     if requeued:
         log.info("re-queued runs with expired leases: %s", requeued)
@@ -272,6 +275,8 @@ def main(argv: list[str] | None = None) -> None:
             engine=engine, worker_id=worker_id, gpus=args.gpu_list, slots=args.slots, lease_s=args.lease_s
         )
         register(worker)
+        from workers import tasks  # the queue opens on import (a read-only home fails here)
+        from workers.queue import huey
     except SQLAlchemyError as exc:
         log.error("%s", store.database_error(settings.database_url, exc))
         sys.exit(2)

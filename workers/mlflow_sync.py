@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from wmtp_studio import store
 from wmtp_studio.models import Run
@@ -238,6 +239,16 @@ class Forwarder:
         return sent
 
     def _failed(self, exc: Exception, run_id: int | None) -> None:
+        try:  # MLflow's store is SQL too: blame it only if the studio database itself still reads
+            store.runs_to_sync(engine=self.engine, limit=1)
+        except SQLAlchemyError as studio_exc:
+            if not self.failing:
+                log.warning(
+                    "%s; forwarding to MLflow waits until it works",
+                    store.database_error(self.engine.url, studio_exc),
+                )
+            self.failing = True
+            return
         if not self.failing:
             first = redact((str(exc).strip().splitlines() or [""])[0])[:300]
             where = "" if run_id is None else f" (run {run_id})"

@@ -7,10 +7,12 @@ the store, and a reaper re-queues runs whose lease expired.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 
 from huey import Huey, RedisHuey, SqliteHuey
 
+from wmtp_studio.database import database_error
 from wmtp_studio.errors import StudioError
 from wmtp_studio.settings import Settings
 
@@ -21,8 +23,11 @@ def make_huey(url: str) -> Huey:
     """A Huey for `url`; results are not stored (tasks only wake workers up)."""
     if url.startswith("sqlite:///"):
         path = Path(url.removeprefix("sqlite:///")).expanduser()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return SqliteHuey(QUEUE_NAME, filename=str(path), results=False)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return SqliteHuey(QUEUE_NAME, filename=str(path), results=False)
+        except (OSError, sqlite3.Error) as exc:  # a read-only or full disk: say which file and why
+            raise database_error(url, exc, what="task queue") from None
     if url.startswith(("redis://", "rediss://", "unix://")):
         return RedisHuey(QUEUE_NAME, url=url, results=False)
     raise StudioError(f"WMTP_QUEUE_URL must be sqlite:///<path> or redis://..., not {url!r}")

@@ -614,7 +614,8 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                         f"or gradient (last loss {r.loss}, grad norm {r.grad_norm})"
                     )
                 if r.stop:  # a stop request is honoured at every step boundary, skipped steps included
-                    save_checkpoint(s, state)
+                    if all(bool(torch.isfinite(p).all()) for p in s.model.parameters()):
+                        save_checkpoint(s, state)  # else the last finite checkpoint is where it resumes
                     s.writer.write("event", state.step, event="interrupted")
                     return EXIT_INTERRUPTED
                 continue
