@@ -296,7 +296,7 @@ def _take_dir(
             return "queued"
         time.sleep(poll_s)
     stamp = rundir.read_stamp(run_dir)
-    if stamp is None:  # made before directories were stamped
+    if stamp is None and run_dir.is_dir():  # made before directories were stamped
         rundir.write_stamp(run_dir, rundir.RunStamp(uid=run.uid, recipe_sha256=run.recipe_sha256))
     elif stamp.uid != run.uid:
         message = (
