@@ -60,7 +60,7 @@ def test_a_deleted_database_stops_the_worker_and_its_run_directory_is_never_take
     run_id = submit(env, "train.steps=400", "train.checkpoint_every=10")
     run = store.get_run(engine=engine, run_id=run_id)
     assert run is not None
-    run_dir, old_uid = Path(run.run_dir), run.uid
+    run_dir, old_uid = Path(run.run_dir), getattr(run, "uid", "")
     daemon = worker("--cpu", "--lease-s", "3", "--poll-s", "0.5")
     wait_for(lambda: (run_dir / "checkpoints" / "latest").is_file(), 120, "a first checkpoint")
     db = Path(env["WMTP_HOME"]) / "studio.db"

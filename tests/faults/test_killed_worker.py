@@ -25,7 +25,7 @@ from wmtp_studio.train.events import read_metrics
 from wmtp_studio.train.loop import train
 
 pytestmark = pytest.mark.slow
-STEPS = 80
+STEPS = 60
 
 
 def _events(run_dir: Path) -> list[str]:
@@ -54,7 +54,7 @@ def test_a_killed_workers_trainer_stops_and_the_next_worker_finishes_the_run(
     worker: Callable[..., subprocess.Popen[bytes]],
     tmp_path: Path,
 ) -> None:
-    every = 2 if moment == "mid-checkpoint" else 10
+    every = 5 if moment == "mid-checkpoint" else 10
     run_id = submit(env, f"train.steps={STEPS}", f"train.checkpoint_every={every}")
     run = store.get_run(engine=engine, run_id=run_id)
     assert run is not None

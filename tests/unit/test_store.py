@@ -191,7 +191,12 @@ def test_only_crashes_without_progress_count_toward_giving_up(engine: Engine, tm
         assert claimed is not None and claimed.claim_step == 5 * attempt
         store.ingest_metric_lines(engine=engine, run_id=run.id, lines=[_train_line(attempt, 5 * attempt + 5)])
         status = store.requeue_crashed_run(
-            engine=engine, run_id=run.id, owner="w", token=claimed.fencing_token, exit_code=-9, error_tail=None
+            engine=engine,
+            run_id=run.id,
+            owner="w",
+            token=claimed.fencing_token,
+            exit_code=-9,
+            error_tail=None,
         )
         assert status == "queued"
     again = store.get_run(engine=engine, run_id=run.id)
