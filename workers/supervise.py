@@ -298,7 +298,7 @@ def _take_dir(
     stamp = rundir.read_stamp(run_dir)
     if stamp is None and run_dir.is_dir():  # made before directories were stamped
         rundir.write_stamp(run_dir, rundir.RunStamp(uid=run.uid, recipe_sha256=run.recipe_sha256))
-    elif stamp.uid != run.uid:
+    elif stamp is not None and stamp.uid != run.uid:
         message = (
             f"run directory {run_dir} is stamped for run {stamp.uid}, not this run {run.uid} "
             "(another studio database's run?): refusing to train in it; move it away and retry"
