@@ -85,7 +85,8 @@ def parse(text: str, what: str) -> Any:
         )
     loader: _Loader | None = None
     try:
-        loader = _Loader(text)  # a SafeLoader: plain data only; it refuses unprintable characters here already
+        # a SafeLoader (plain data only); its reader refuses unprintable characters here already
+        loader = _Loader(text)
         loader.name = what  # YAML's messages say `in "<what>", line 7` instead of `in "<unicode string>"`
         return loader.get_single_data()
     except yaml.YAMLError as exc:
