@@ -49,6 +49,8 @@ class _Loader(yaml.SafeLoader):
 
     def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
         first_line: dict[Any, int] = {}
+        if not isinstance(node, yaml.MappingNode):  # e.g. `!!set [a]`: safe_load's own error says so
+            return super().construct_mapping(node, deep)
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == _MERGE_TAG:
                 continue  # merged keys may be overridden; non-scalar keys are refused by safe_load itself
