@@ -158,6 +158,8 @@ def _ks(text: str) -> tuple[int, ...]:
         raise StudioError(f"--k {text!r}: expected comma-separated integers such as 1,10,100") from None
     if not ks:
         raise StudioError("--k needs at least one value")
+    if any(k < 1 for k in ks):
+        raise StudioError(f"--k {text}: every k must be at least 1 (pass@k over k samples)")
     return ks
 
 

@@ -1,31 +1,53 @@
 """Recipes: what to train, as a typed pydantic model loaded from YAML.
 
-`load_recipe(path, overrides)` reads YAML with `safe_load`, substitutes `${VAR}` / `${VAR:-default}` from the
-environment, applies dotted overrides (`optim.lr=3e-4`) and validates. Unknown keys are errors at every level.
-Any problem raises one `RecipeError` naming the file and the dotted path of the field.
+`load_recipe(path, overrides)` substitutes `${VAR}` / `${VAR:-default}` from the environment, reads the YAML
+(strict_yaml.py: bounded size and depth, no duplicate keys), applies dotted overrides (`optim.lr=3e-4`) and
+validates. Unknown keys are errors at every level; numbers are strict (counts are integers that fit 32 bits, not
+`true` or `2.0`; reals are finite; switches are booleans). Any problem raises one `RecipeError` naming the file and
+the dotted path of the field.
 
-Secrets: a variable whose name looks secret (contains TOKEN, SECRET, PASSWORD, PASSWD, KEY, CREDENTIAL or AUTH) is
-checked with its value but stays a `${VAR}` reference in the recipe (canonical JSON, hash, database, recipe.json,
-MLflow), so it can only be used in text fields; the trainer resolves it again from its own environment
-(`recipe_from_json(..., resolve_secrets=True)`).
+Secrets: a variable whose name looks secret (recipe_text.py) must be set, but its value never reaches YAML, the
+validation or a message: it stays a `${VAR}` reference in the recipe (canonical JSON, hash, database, recipe.json,
+MLflow), so it only fits text fields; the trainer resolves it from its own environment
+(`recipe_from_json(..., resolve_secrets=True)`), redacting it from any error there.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
+from wmtp_studio import strict_yaml
 from wmtp_studio.errors import RecipeError
+from wmtp_studio.recipe_text import apply_override, redact, resolve_secret_refs, restore_refs, substitute_env
 
 Algorithm = Literal["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp"]
 ALGORITHMS: tuple[Algorithm, ...] = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
+INT_MAX = 2**31 - 1
+"""Largest count or seed: what every consumer holds (numpy seeds, torch sizes, 32-bit SQL integer columns)."""
+MAX_ERRORS = 20
+"""Validation errors listed in one message; the rest are counted."""
+
+
+def _not_bool(value: Any) -> Any:
+    # pydantic's lax float turns `true` into 1.0; a boolean where a number belongs is a typo, not a number
+    if isinstance(value, bool):
+        raise PydanticCustomError("bool_not_number", "Input should be a number, not a boolean")
+    return value
+
+
+Int = Annotated[int, Field(strict=True, le=INT_MAX)]
+"""A count or seed: an integer (`true`, `2.0` and `"2"` are refused) of at most INT_MAX."""
+Real = Annotated[float, BeforeValidator(_not_bool), Field(allow_inf_nan=False)]
+"""A real number: finite (`.inf`, `.nan` are refused), not a boolean; YAML's `3e-4` (a string to YAML) is read."""
+Flag = Annotated[bool, Field(strict=True)]
+"""A switch: `true` or `false` (1 and "yes" in quotes are refused)."""
+Beta = Annotated[Real, Field(ge=0, lt=1)]
 
 
 class Section(BaseModel):
@@ -39,15 +61,15 @@ class TinyModel(Section):
 
     arch: Literal["llama", "gpt2"] = "llama"
     """Architecture family of the transformers config to build."""
-    hidden_size: int = Field(128, ge=8)
+    hidden_size: Int = Field(128, ge=8)
     """Width of the residual stream."""
-    num_layers: int = Field(2, ge=1)
+    num_layers: Int = Field(2, ge=1)
     """Decoder layers in total (with transformer heads the trunk has num_layers - 1 of them)."""
-    num_attention_heads: int = Field(4, ge=1)
+    num_attention_heads: Int = Field(4, ge=1)
     """Attention heads per layer; must divide hidden_size."""
-    intermediate_size: int | None = None
+    intermediate_size: Int | None = Field(None, ge=1)
     """MLP width; defaults to 4 x hidden_size."""
-    max_position_embeddings: int = Field(512, ge=16)
+    max_position_embeddings: Int = Field(512, ge=16)
     """Longest sequence the model can read."""
 
     @model_validator(mode="after")
@@ -65,12 +87,12 @@ class ModelSection(Section):
     with `tiny`."""
     tiny: TinyModel | None = None
     """Build a small model from this config instead of loading one."""
-    n_heads: int = Field(4, ge=1, le=16)
+    n_heads: Int = Field(4, ge=1, le=16)
     """Number of output heads n; head k predicts the token k+1 steps ahead. The `ntp` algorithm always uses 1."""
     heads: Literal["transformer", "linear"] = "transformer"
     """`transformer`: each head is one decoder layer (Gloeckle et al. 2024); `linear`: a residual block on the
     final hidden state (Medusa-like)."""
-    head_coefficients: list[float] | None = None
+    head_coefficients: list[Real] | None = None
     """Loss coefficient c_k per head (default 1.0 each); e.g. [1, 0.5, 0.25, 0.125] down-weights far heads."""
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     """Dtype the weights are loaded in (mixed precision is `train.mixed_precision`)."""
@@ -96,7 +118,7 @@ class TokenizerSection(Section):
     training data and cached."""
     path: str | None = None
     """HF tokenizer id or directory (kind `model`); defaults to model.name_or_path."""
-    vocab_size: int = Field(512, ge=260)
+    vocab_size: Int = Field(512, ge=260)
     """Vocabulary size of a locally trained BPE (kind `bpe`)."""
     cache_dir: str | None = None
     """Where trained BPE tokenizers are cached; defaults to `$WMTP_HOME/tokenizers` (~/.wmtp/tokenizers)."""
@@ -107,13 +129,13 @@ class GeneratedData(Section):
 
     family: Literal["basic", "compose"] = "basic"
     """Template family: `basic` (one operation) or `compose` (two chained operations, harder)."""
-    num_train: int = Field(4000, ge=1)
+    num_train: Int = Field(4000, ge=1)
     """Problems in the training split."""
-    num_test: int = Field(200, ge=1)
+    num_test: Int = Field(200, ge=1)
     """Problems in the held-out test split (disjoint from train)."""
-    incorrect_fraction: float = Field(0.0, ge=0.0, le=1.0)
+    incorrect_fraction: Real = Field(0.0, ge=0.0, le=1.0)
     """Fraction of training problems that also get an incorrect solution labelled is_correct = 0."""
-    seed: int = 0
+    seed: Int = Field(0, ge=0)
     """Generator seed (independent of the training seed)."""
 
 
@@ -131,7 +153,7 @@ class DataSection(Section):
     """Settings of the generated task (source `generated`)."""
     extensions: list[str] = [".py"]
     """File suffixes read from a code directory."""
-    max_examples: int | None = Field(None, ge=1)
+    max_examples: Int | None = Field(None, ge=1)
     """Use at most this many examples (a sample drawn with train.seed, kept in source order)."""
 
     @model_validator(mode="after")
@@ -144,42 +166,42 @@ class DataSection(Section):
 class TrainSection(Section):
     """The optimisation budget and batching."""
 
-    steps: int | None = Field(None, ge=1)
+    steps: Int | None = Field(None, ge=1)
     """Optimiser steps (exclusive with epochs; one of them is required)."""
-    epochs: float | None = Field(None, gt=0)
-    """Passes over the data (converted to steps)."""
-    batch_size: int = Field(8, ge=1)
+    epochs: Real | None = Field(None, gt=0, le=10_000)
+    """Passes over the data (converted to steps; at most 10,000)."""
+    batch_size: Int = Field(8, ge=1)
     """Sequences per micro-batch per process. Global batch = batch_size x grad_accum x processes."""
-    grad_accum: int = Field(1, ge=1)
+    grad_accum: Int = Field(1, ge=1)
     """Micro-batches accumulated per optimiser step."""
-    seq_len: int = Field(256, ge=8)
+    seq_len: Int = Field(256, ge=8)
     """Maximum tokens per sequence; longer examples are truncated (or split when packing)."""
-    packing: bool = False
+    packing: Flag = False
     """Concatenate examples into full rows; the loss mask never crosses an example boundary."""
     loss_on: Literal["completion", "all"] = "completion"
     """Train on completion tokens only (SFT) or on every token (pre-training on raw code)."""
-    seed: int = 0
+    seed: Int = Field(0, ge=0)
     """Seed of every RNG (python, numpy, torch) and of the data order."""
-    grad_clip: float = Field(1.0, gt=0)
+    grad_clip: Real = Field(1.0, gt=0)
     """Clip the global gradient norm to this value (every algorithm)."""
     mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 autocast on GPU, fp32 on CPU; `fp32` or `bf16` to force one."""
-    naive_loss: bool = False
+    naive_loss: Flag = False
     """Materialise all heads' logits at once (tests and memory benchmarks); default is per-head backward."""
-    max_nonfinite: int = Field(5, ge=1)
+    max_nonfinite: Int = Field(5, ge=1)
     """Abort after this many consecutive steps with a non-finite loss or gradient."""
-    log_every: int = Field(10, ge=1)
+    log_every: Int = Field(10, ge=1)
     """Write a metrics line every this many steps."""
-    hist_every: int = Field(50, ge=1)
+    hist_every: Int = Field(50, ge=1)
     """Write per-head weight histograms every this many steps."""
-    top_tokens_every: int = Field(200, ge=1)
+    top_tokens_every: Int = Field(200, ge=1)
     """Record the top-weighted tokens of one batch every this many steps."""
-    checkpoint_every: int = Field(500, ge=1)
+    checkpoint_every: Int = Field(500, ge=1)
     """Publish a checkpoint every this many steps (and at the end, and on SIGTERM)."""
-    keep_checkpoints: int = Field(2, ge=1)
+    keep_checkpoints: Int = Field(2, ge=1)
     """Complete checkpoints kept on disk."""
-    num_threads: int | None = Field(None, ge=1)
-    """torch CPU threads (default: torch's choice)."""
+    num_threads: Int | None = Field(None, ge=1, le=1024)
+    """torch CPU threads (default: torch's choice; at most 1024)."""
 
     @model_validator(mode="after")
     def _budget(self) -> TrainSection:
@@ -191,17 +213,18 @@ class TrainSection(Section):
 class OptimSection(Section):
     """AdamW with a cosine schedule and linear warm-up."""
 
-    lr: float = Field(3e-4, gt=0)
-    """Peak learning rate."""
-    weight_decay: float = Field(0.0, ge=0)
-    """AdamW decoupled weight decay (not applied to biases and norms)."""
-    betas: tuple[float, float] = (0.9, 0.95)
-    """AdamW betas."""
-    eps: float = Field(1e-8, gt=0)
+    lr: Real = Field(3e-4, gt=0, le=1)
+    """Peak learning rate (at most 1)."""
+    weight_decay: Real = Field(0.0, ge=0, le=1)
+    """AdamW decoupled weight decay (not applied to biases and norms); at most 1, so that lr x weight_decay,
+    the fraction of each weight decayed per step, stays at most 1."""
+    betas: tuple[Beta, Beta] = (0.9, 0.95)
+    """AdamW betas, each in [0, 1) (torch refuses others when training starts)."""
+    eps: Real = Field(1e-8, gt=0, le=1)
     """AdamW epsilon."""
-    warmup_steps: int = Field(0, ge=0)
+    warmup_steps: Int = Field(0, ge=0)
     """Linear warm-up from 0 to lr over this many steps."""
-    min_lr_ratio: float = Field(0.1, ge=0, le=1)
+    min_lr_ratio: Real = Field(0.1, ge=0, le=1)
     """The cosine decays to lr x min_lr_ratio at the last step."""
 
 
@@ -222,15 +245,15 @@ class BaselineMTPConfig(Section):
 class Stage1Config(Section):
     """Value pre-training with the trunk frozen (critic-wmtp Stage 1)."""
 
-    steps: int = Field(200, ge=0)
+    steps: Int = Field(200, ge=0)
     """Maximum Stage 1 steps (0 skips Stage 1)."""
-    lr: float = Field(1e-3, gt=0)
+    lr: Real = Field(1e-3, gt=0, le=1)
     """Learning rate of the value head in Stage 1."""
-    heldout_fraction: float = Field(0.1, gt=0, lt=1)
+    heldout_fraction: Real = Field(0.1, gt=0, lt=1)
     """Slice of the labelled data held out to measure value loss and explained variance."""
-    eval_every: int = Field(25, ge=1)
+    eval_every: Int = Field(25, ge=1)
     """Measure held-out value loss every this many Stage 1 steps."""
-    patience: int = Field(4, ge=1)
+    patience: Int = Field(4, ge=1)
     """Stop early after this many held-out measurements without improvement."""
 
 
@@ -239,30 +262,36 @@ class CriticConfig(Section):
 
     name: Literal["critic-wmtp"] = "critic-wmtp"
     """Algorithm name."""
-    gamma: float = Field(1.0, ge=0, le=1)
+    gamma: Real = Field(1.0, ge=0, le=1)
     """Discount gamma in delta_j = gamma V(s_j) - V(s_{j-1})."""
-    gae_lambda: float = Field(0.0, ge=0, le=1)
+    gae_lambda: Real = Field(0.0, ge=0, le=1)
     """GAE lambda; 0 uses the one-step TD error."""
-    beta: float = Field(1.0, gt=0)
+    beta: Real = Field(1.0, gt=0)
     """Temperature in w = exp(norm(delta) / beta)."""
-    w_min: float = Field(0.1, ge=0)
+    w_min: Real = Field(0.1, ge=0)
     """Lower clip of the weights."""
-    w_max: float = Field(5.0, gt=0)
+    w_max: Real = Field(5.0, gt=0)
     """Upper clip of the weights."""
     norm: Literal["zscore", "none"] = "zscore"
     """Normalisation of delta over the valid entries of the batch before the exponential."""
-    mean_one: bool = True
+    mean_one: Flag = True
     """Rescale each head's weights to mean 1 over valid entries."""
-    value_coef: float = Field(0.5, ge=0)
+    value_coef: Real = Field(0.5, ge=0)
     """c_v in L_total = L + c_v MSE(V, R) (Stage 2 value continual learning)."""
-    value_lr: float = Field(1e-4, gt=0)
+    value_lr: Real = Field(1e-4, gt=0, le=1)
     """Learning rate of the value head in Stage 2."""
-    value_trunk_grad: bool = False
+    value_trunk_grad: Flag = False
     """Let the value loss train the trunk (default: value head inputs are detached)."""
     train_on: Literal["correct", "all"] = "correct"
     """Stage 2 LM loss on correct examples only (same tokens as baseline) or on all labelled examples."""
     stage1: Stage1Config = Stage1Config()
     """Stage 1 settings."""
+
+    @model_validator(mode="after")
+    def _clip_range(self) -> CriticConfig:
+        if self.w_min > self.w_max:
+            raise ValueError(f"w_min ({self.w_min}) must be at most w_max ({self.w_max})")
+        return self
 
 
 class Rho1Config(Section):
@@ -274,18 +303,24 @@ class Rho1Config(Section):
     """Reference causal LM: HF id, local HF directory, or a WMTP run's `model` directory."""
     mode: Literal["select", "weighted"] = "select"
     """`select`: keep the top `ratio` tokens per head; `weighted`: softmax weights of the z-scored excess loss."""
-    ratio: float = Field(0.6, gt=0, le=1)
+    ratio: Real = Field(0.6, gt=0, le=1)
     """Fraction of valid entries kept per head (select)."""
-    keep_head0: bool = True
+    keep_head0: Flag = True
     """Keep every head-0 entry (select)."""
-    temperature: float = Field(1.0, gt=0)
+    temperature: Real = Field(1.0, gt=0)
     """Softmax temperature T (weighted)."""
-    eps: float = Field(0.05, ge=0)
+    eps: Real = Field(0.05, ge=0)
     """Lower clip of the weights (weighted)."""
-    w_max: float = Field(3.0, gt=0)
+    w_max: Real = Field(3.0, gt=0)
     """Upper clip of the weights (weighted)."""
-    cache: bool = True
+    cache: Flag = True
     """Compute the reference CE once per (reference, tokenizer, data, seq_len) and reuse it; else live."""
+
+    @model_validator(mode="after")
+    def _clip_range(self) -> Rho1Config:
+        if self.eps > self.w_max:
+            raise ValueError(f"eps ({self.eps}) must be at most w_max ({self.w_max})")
+        return self
 
 
 AlgorithmConfig = Annotated[
@@ -296,23 +331,23 @@ AlgorithmConfig = Annotated[
 class EvalSection(Section):
     """Held-out measurements during training and the evaluations run after it."""
 
-    val_fraction: float = Field(0.05, ge=0, lt=1)
+    val_fraction: Real = Field(0.05, ge=0, lt=1)
     """Slice of the training examples held out for per-head validation CE and accuracy."""
-    val_every: int = Field(100, ge=1)
+    val_every: Int = Field(100, ge=1)
     """Validate every this many steps (and at the end)."""
-    val_batches: int = Field(4, ge=1)
+    val_batches: Int = Field(4, ge=1)
     """Micro-batches per validation."""
     benchmarks: list[str] = []
     """Evaluations after training (e.g. `generated`, `humaneval`, `mbpp:PATH`), run by the evaluation engine."""
-    n_samples: int = Field(1, ge=1)
+    n_samples: Int = Field(1, ge=1)
     """Samples per problem for pass@k."""
-    k: list[int] = [1]
+    k: list[Annotated[Int, Field(ge=1)]] = [1]
     """k values reported."""
-    temperature: float = Field(0.0, ge=0)
+    temperature: Real = Field(0.0, ge=0)
     """Sampling temperature (0 = greedy)."""
-    top_p: float = Field(0.95, gt=0, le=1)
+    top_p: Real = Field(0.95, gt=0, le=1)
     """Nucleus sampling threshold."""
-    max_new_tokens: int = Field(128, ge=1)
+    max_new_tokens: Int = Field(128, ge=1)
     """Generation budget per sample."""
 
 
@@ -369,86 +404,18 @@ class Recipe(Section):
         return hashlib.sha256(self.canonical_json().encode()).hexdigest()
 
 
-_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|KEY|CREDENTIAL|AUTH", re.IGNORECASE)
-
-
-def is_secret_name(name: str) -> bool:
-    """Whether a variable's value is kept out of stored recipes (see the module docstring)."""
-    return _SECRET_NAME.search(name) is not None
-
-
-def substitute_env(
-    text: str, source: str, env: dict[str, str] | None = None, kept: dict[str, str] | None = None
-) -> str:
-    """Replace `${VAR}` and `${VAR:-default}` with environment values; a missing VAR without default is an error.
-    With `kept`, secret-looking references are checked but replaced by placeholders recorded in `kept`
-    (placeholder -> the reference as written)."""
-    env = dict(os.environ) if env is None else env
-
-    def repl(match: re.Match[str]) -> str:
-        name, default = match.group(1), match.group(2)
-        if name not in env and default is None:
-            raise RecipeError(f"{source}: environment variable {name} is not set (use ${{{name}:-default}})")
-        if kept is not None and is_secret_name(name):
-            placeholder = f"wmtp-secret-{len(kept)}-ref"  # plain YAML scalar text, in flow and block style
-            kept[placeholder] = match.group(0)
-            return placeholder
-        return env[name] if name in env else str(default)
-
-    return _VAR.sub(repl, text)
-
-
-def _map_strings(data: Any, fn: Any) -> Any:
-    """`data` with `fn` applied to every string inside it (dict keys excepted)."""
-    if isinstance(data, dict):
-        return {k: _map_strings(v, fn) for k, v in data.items()}
-    if isinstance(data, list):
-        return [_map_strings(v, fn) for v in data]
-    return fn(data) if isinstance(data, str) else data
-
-
-def _restore_refs(data: Any, kept: dict[str, str]) -> Any:
-    def restore(text: str) -> str:
-        for placeholder, ref in kept.items():
-            text = text.replace(placeholder, ref)
-        return text
-
-    return _map_strings(data, restore)
-
-
-def _resolve_secret_refs(data: Any, source: str) -> Any:
-    """Substitute the secret-looking `${VAR}` references kept in a frozen recipe from the environment."""
-
-    def resolve(text: str) -> str:
-        return _VAR.sub(
-            lambda m: substitute_env(m.group(0), source) if is_secret_name(m.group(1)) else m.group(0), text
-        )
-
-    return _map_strings(data, resolve)
-
-
-def apply_override(data: dict[str, Any], assignment: str, source: str) -> None:
-    """Apply one dotted override `a.b.c=value`; the value is parsed as YAML (numbers, booleans, lists)."""
-    key, sep, raw = assignment.partition("=")
-    if not sep or not key.strip():
-        raise RecipeError(f"{source}: override {assignment!r} is not of the form key.path=value")
-    parts = key.strip().split(".")
-    node: Any = data
-    for i, part in enumerate(parts[:-1]):
-        if not isinstance(node.get(part, {}), dict):
-            raise RecipeError(f"{source}: override {key}: {'.'.join(parts[: i + 1])} is not a section")
-        node = node.setdefault(part, {})
-    try:
-        node[parts[-1]] = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{source}: override {key}: value {raw!r} is not valid YAML ({exc})") from None
-
-
 def _field_path(loc: tuple[int | str, ...]) -> str:
-    # pydantic puts the discriminator tag in the location (algorithm.critic-wmtp.beta): drop it.
-    parts = [str(p) for p in loc if str(p) not in ALGORITHMS]
+    # pydantic puts the discriminator tag after `algorithm` (algorithm.critic-wmtp.beta): drop it there only, so
+    # that a key named like an algorithm elsewhere (train.ntp) keeps its path.
+    parts = [str(p) for p in loc]
+    if len(parts) > 1 and parts[0] == "algorithm" and parts[1] in ALGORITHMS:
+        del parts[1]
     return ".".join(parts) or "(top level)"
+
+
+def _clip(text: str, width: int = 200) -> str:
+    """One error line at most `width` characters: a huge key or value is named, not printed."""
+    return text if len(text) <= width else text[: width - 3] + "..."
 
 
 def parse_recipe(data: Any, source: str) -> Recipe:
@@ -458,7 +425,10 @@ def parse_recipe(data: Any, source: str) -> Recipe:
     try:
         return Recipe.model_validate(data)
     except ValidationError as exc:
-        lines = [f"{_field_path(err['loc'])}: {err['msg']}" for err in exc.errors()]
+        errors = exc.errors()
+        lines = [_clip(f"{_field_path(err['loc'])}: {err['msg']}") for err in errors[:MAX_ERRORS]]
+        if len(errors) > MAX_ERRORS:
+            lines.append(f"... and {len(errors) - MAX_ERRORS} more")
         raise RecipeError(f"{source}: invalid recipe\n  " + "\n  ".join(lines)) from None
 
 
@@ -466,42 +436,38 @@ def load_recipe(
     path: str | Path, overrides: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> Recipe:
     """Load, substitute, override and validate a YAML recipe file."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise RecipeError(f"{source}: cannot read recipe ({exc.strerror})") from None
-    return load_recipe_text(text, source, overrides, env)
+    return load_recipe_text(strict_yaml.read_text(Path(path)), str(path), overrides, env)
 
 
 def load_recipe_text(
     text: str, source: str, overrides: list[str] | tuple[str, ...] = (), env: dict[str, str] | None = None
 ) -> Recipe:
-    """Substitute, override and validate recipe YAML text (e.g. from an editor); errors name `source`."""
-    recipe = parse_recipe(_yaml_data(substitute_env(text, source, env), source, overrides), source)
+    """Substitute, override and validate recipe YAML text (e.g. from an editor); errors name `source`. YAML sees
+    placeholders for secret-looking variables (their values could break it, and its errors quote the text)."""
     kept: dict[str, str] = {}
     literal = substitute_env(text, source, env, kept)
-    if not kept:
-        return recipe
-    try:  # validated with the values above; what is kept is the recipe with the references
-        return parse_recipe(_restore_refs(_yaml_data(literal, source, overrides), kept), source)
+    try:
+        data = _yaml_data(literal, source, overrides)
     except RecipeError as exc:
-        raise RecipeError(
-            f"{exc}\n  (secret-looking variables stay ${{VAR}} references, so they only fit text fields: "
+        raise RecipeError(restore_refs(str(exc), kept)) from None
+    try:
+        return parse_recipe(restore_refs(data, kept), source)
+    except RecipeError as exc:
+        hint = (
+            f"\n  (secret-looking variables stay ${{VAR}} references, so they only fit text fields: "
             f"{', '.join(sorted(set(kept.values())))})"
-        ) from None
+        )
+        raise RecipeError(restore_refs(str(exc), kept) + (hint if kept else "")) from None
 
 
 def _yaml_data(text: str, source: str, overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise RecipeError(f"{source}: not valid YAML ({exc})") from None
+    data = strict_yaml.parse(text, source)
     data = {} if data is None else data
     if not isinstance(data, dict):
-        raise RecipeError(f"{source}: a recipe must be a mapping of sections")
+        raise RecipeError(f"{source}: a recipe must be a mapping of sections, got {type(data).__name__}")
     for assignment in overrides:
         apply_override(data, assignment, source)
+    strict_yaml.check_shape(data, source)
     return data
 
 
@@ -513,4 +479,13 @@ def recipe_from_json(text: str, source: str, *, resolve_secrets: bool = False) -
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise RecipeError(f"{source}: not valid JSON ({exc})") from None
-    return parse_recipe(_resolve_secret_refs(data, source) if resolve_secrets else data, source)
+    except RecursionError:
+        raise RecipeError(f"{source}: nested deeper than {strict_yaml.MAX_DEPTH} levels") from None
+    strict_yaml.check_shape(data, source)
+    if not resolve_secrets:
+        return parse_recipe(data, source)
+    values: dict[str, str] = {}
+    try:
+        return parse_recipe(resolve_secret_refs(data, source, values), source)
+    except RecipeError as exc:
+        raise RecipeError(redact(str(exc), values)) from None

@@ -16,6 +16,8 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise StudioError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise StudioError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     if text.lstrip().startswith("["):
         try:
             data = json.loads(text)
@@ -24,11 +26,12 @@ def read_records(path: Path) -> list[tuple[str, dict[str, Any]]]:
         records = [(f"record {i}", rec) for i, rec in enumerate(data)]
     else:
         records = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        # JSON Lines ends lines with \n only: splitlines() would also cut at U+2028 and others inside strings
+        for number, line in enumerate(text.split("\n"), start=1):
             if line.strip():
                 try:
                     records.append((f"line {number}", json.loads(line)))
-                except json.JSONDecodeError as exc:
+                except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
                     raise StudioError(f"{path} line {number}: not valid JSON ({exc})") from None
     for where, rec in records:
         if not isinstance(rec, dict):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from wmtp_studio.errors import StudioError
+from wmtp_studio.evaluate.model_files import check_model_dir
 from wmtp_studio.evaluate.passk import PassAtK, summarize
 from wmtp_studio.evaluate.sandbox import Result, Sandbox, Tier
 from wmtp_studio.evaluate.tasks import Benchmark, Task, stdio_passed
@@ -35,7 +36,14 @@ class Verdict:
 
 
 def resolve_model_dir(path: Path) -> tuple[Path, Path | None]:
-    """(model directory, run directory or None) for a run directory, a checkpoint or a model directory."""
+    """(model directory, run directory or None) for a run directory, a checkpoint or a model directory; its files
+    are checked (model_files.py), so a corrupted one is a StudioError naming it."""
+    model_dir, run_dir = _locate_model_dir(path)
+    check_model_dir(model_dir)
+    return model_dir, run_dir
+
+
+def _locate_model_dir(path: Path) -> tuple[Path, Path | None]:
     if (path / "recipe.json").is_file():
         if (path / "model").is_dir():
             return path / "model", path
@@ -273,15 +281,18 @@ def read_samples(path: Path, known: set[str]) -> list[tuple[str, int, str]]:
     out: list[tuple[str, int, str]] = []
     counts: dict[str, int] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        # JSON Lines ends lines with \n only: splitlines() would also cut at U+2028 and others inside strings
+        lines = path.read_text(encoding="utf-8").split("\n")
     except OSError as exc:
         raise StudioError(f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise StudioError(f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     for n, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
             rec = json.loads(line)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise StudioError(f"{path} line {n}: not valid JSON ({exc})") from None
         if (
             not isinstance(rec, dict)
@@ -315,7 +326,9 @@ def evaluate_samples(
     tasks = {t.task_id: t for t in bench.tasks}
     completions = read_samples(path, set(tasks))
     n_min = min(sum(1 for t, _, _ in completions if t == tid) for tid in {t for t, _, _ in completions})
-    bad_k = [k for k in ks if k < 1 or k > n_min]
+    if any(k < 1 for k in ks):
+        raise StudioError(f"--k {','.join(map(str, ks))}: every k must be at least 1")
+    bad_k = [k for k in ks if k > n_min]
     if bad_k:
         raise StudioError(f"--k {','.join(map(str, bad_k))}: some problems have only {n_min} samples")
     with make_sandbox(require_tier, slots) as sandbox:

@@ -123,7 +123,7 @@ class RecipesScreen(Screen[None]):
     def open_entry(self, entry: Entry) -> None:
         try:
             text = entry.text if entry.path is None else entry.path.read_text(encoding="utf-8")
-        except OSError as exc:
+        except (OSError, UnicodeDecodeError) as exc:  # a worker is a process edge: a bad file is a modal
             self.app.call_from_thread(self.app.push_screen, ErrorModal(f"cannot read {entry.path}: {exc}"))
             return
         self.app.call_from_thread(self._show_entry, entry, text or "")
