@@ -152,6 +152,18 @@ def split_heldout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[k:]), sorted(order[:k])
 
 
+PACK_WINDOW = 16  # unfinished rows a packed chunk may go into (first fit)
+
+
+def example_chunks(i: int, length: int, seq_len: int) -> list[tuple[int, int, int]]:
+    """Example i cut into (i, start, end) chunks of seq_len tokens (the last one shorter).
+
+    The cut points depend on the example alone, never on what else is packed with it: each chunk is read alone
+    (block-diagonal attention, positions from 0), so rho1's cached reference CE scores exactly these chunks.
+    """
+    return [(i, s, min(s + seq_len, length)) for s in range(0, length, seq_len)]
+
+
 def epoch_plan(
     lengths: list[int], batch: int, seed: int, epoch: int, packing: bool, seq_len: int
 ) -> list[list[Any]]:
@@ -159,27 +171,30 @@ def epoch_plan(
 
     Without packing, batches are length-bucketed: the permutation is cut into groups of 50 batches, each group
     sorted by length, and the batch order shuffled (fewer pad tokens, same data). With packing, a row is a list
-    of (example, start, end) slices filling seq_len tokens; a long example continues on the next row.
+    of (example, start, end) chunks (`example_chunks`) of at most seq_len tokens in all, placed first-fit among
+    the last PACK_WINDOW unfinished rows (a chunk is never split across rows; rows keep roughly the shuffled
+    order).
     """
     rng = random.Random(f"{seed}-{epoch}")
     order = list(range(len(lengths)))
     rng.shuffle(order)
     if packing:
         rows: list[list[tuple[int, int, int]]] = []
-        row: list[tuple[int, int, int]] = []
-        room = seq_len
-        for i in order:
-            start = 0
-            while start < lengths[i]:
-                take = min(room, lengths[i] - start)
-                row.append((i, start, start + take))
-                start += take
-                room -= take
-                if room == 0:
-                    rows.append(row)
-                    row, room = [], seq_len
-        if row:
-            rows.append(row)
+        open_rows: list[tuple[int, list[tuple[int, int, int]]]] = []  # (room left, chunks), oldest first
+        for chunk in (c for i in order for c in example_chunks(i, lengths[i], seq_len)):
+            size = chunk[2] - chunk[1]
+            fit = next((r for r, (room, _) in enumerate(open_rows) if room >= size), None)
+            if fit is None:
+                if len(open_rows) == PACK_WINDOW:
+                    rows.append(open_rows.pop(0)[1])
+                open_rows.append((seq_len, []))
+                fit = len(open_rows) - 1
+            room, row = open_rows[fit]
+            row.append(chunk)
+            open_rows[fit] = (room - size, row)
+            if room == size:
+                rows.append(open_rows.pop(fit)[1])
+        rows += [row for _, row in open_rows]
         return [rows[j : j + batch] for j in range(0, len(rows) - batch + 1, batch)]
     batches: list[list[Any]] = []
     group = batch * 50
