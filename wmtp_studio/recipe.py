@@ -126,7 +126,8 @@ class DataSection(Section):
     path: str | None = None
     """MBPP JSON/JSONL file or HF dataset id, JSONL file, or code directory."""
     split: str = "train"
-    """Split name for HF datasets (MBPP); ignored for files."""
+    """MBPP split: `train` (task ids 601-974), `validation` (511-600), `test` (11-510) or `prompt` (1-10), chosen by
+    task id from a file or an HF dataset alike."""
     generated: GeneratedData = GeneratedData()
     """Settings of the generated task (source `generated`)."""
     extensions: list[str] = [".py"]

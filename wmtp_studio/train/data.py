@@ -1,8 +1,8 @@
 """Training data: sources -> `Example`s -> token ids with masks -> deterministic batches.
 
-Sources: the generated task, MBPP (standard fields; a JSON/JSONL path or an HF dataset id), generic JSONL
-(`prompt`, `completion`, optional `is_correct`, optional `tests`), and a directory of code files (raw text for
-packed pre-training). Each example is `prompt ⧺ completion ⧺ EOS`; prompt and completion are tokenised separately so
+Sources: the generated task, MBPP (standard fields; a JSON/JSONL path or an HF dataset id; split by task id),
+generic JSONL (`prompt`, `completion`, optional `is_correct`, optional `tests`), and a directory of code files
+(raw text for packed pre-training). Each example is `prompt ⧺ completion ⧺ EOS`; prompt and completion are tokenised separately so
 the completion boundary is exact. The batch order is a function of (seed, epoch) only, so a resumed run sees the
 same batches as an uninterrupted one.
 """
@@ -61,22 +61,6 @@ class Batch:
         return replace(self, **moved)  # type: ignore[arg-type]
 
 
-def _mbpp_records(section: DataSection) -> list[tuple[str, dict[str, Any]]]:
-    assert section.path is not None
-    path = Path(section.path)
-    if path.exists():
-        return read_records(path)
-    try:
-        import datasets  # type: ignore[import-not-found]
-    except ImportError:
-        raise StudioError(
-            f"MBPP path {section.path!r} does not exist (and `datasets` is not installed "
-            "to fetch it as a Hugging Face dataset id)"
-        ) from None
-    rows = datasets.load_dataset(section.path, split=section.split)
-    return [(f"row {i}", dict(r)) for i, r in enumerate(rows)]
-
-
 def load_examples(section: DataSection) -> list[Example]:
     """Every example of the configured source, in source order."""
     if section.source == "generated":
@@ -88,19 +72,7 @@ def load_examples(section: DataSection) -> list[Example]:
         )
         return [Example(p.prompt, p.completion, p.is_correct, p.tests, p.task_id) for p in problems]
     if section.source == "mbpp":
-        out = []
-        for i, (where, rec) in enumerate(_mbpp_records(section)):
-            require_fields(rec, ("text", "code", "test_list"), f"{section.path} {where}")
-            out.append(
-                Example(
-                    prompts.mbpp_prompt(rec),
-                    prompts.mbpp_completion(rec),
-                    1,
-                    tuple(rec["test_list"]),
-                    f"mbpp/{rec.get('task_id', i)}",
-                )
-            )
-        return out
+        return _mbpp_examples(section)
     if section.source == "jsonl":
         assert section.path is not None
         path = Path(section.path)
@@ -130,6 +102,36 @@ def load_examples(section: DataSection) -> list[Example]:
         Example("", p.read_text(encoding="utf-8", errors="replace"), 1, (), str(p.relative_to(root)))
         for p in files
     ]
+
+
+def _mbpp_examples(section: DataSection) -> list[Example]:
+    """MBPP's `data.split`, chosen by task id whatever the file holds (`mbpp_split`), in evaluation's format.
+
+    The prompt is the 3-shot prompt the evaluation uses (tasks 2, 3, 4, then the task's block), so the model is
+    trained on the format it is evaluated on. A record may carry `is_correct` (0 for a labelled wrong candidate
+    in `code`, for critic-wmtp; default 1): the other algorithms train on the correct ones only.
+    """
+    from wmtp_studio.evaluate.tasks import mbpp_split
+
+    assert section.path is not None
+    records, shots, _ = mbpp_split(section.path, section.split)
+    out = []
+    for where, rec in records:
+        at = f"{section.path} {where}"
+        require_fields(rec, ("text", "code", "test_list"), at)
+        label = rec.get("is_correct", 1)
+        if label not in (0, 1) or isinstance(label, float):
+            raise StudioError(f"{at}: is_correct must be 0 or 1, got {label!r}")
+        out.append(
+            Example(
+                prompts.mbpp_prompt(rec, shots),
+                prompts.mbpp_completion(rec),
+                int(label),
+                tuple(rec["test_list"]),
+                f"mbpp/{rec['task_id']}",
+            )
+        )
+    return out
 
 
 def encode(examples: list[Example], tokenizer: Any, max_len: int | None) -> list[Encoded]:
