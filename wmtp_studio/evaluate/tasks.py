@@ -200,6 +200,40 @@ def mbpp_split(
     return chosen, shots, origin
 
 
+MBPP_ROW = "mbpp_record"  # the MBPP record behind a `wmtp label` row
+
+
+def is_mbpp_record(rec: dict[str, Any]) -> bool:
+    """An MBPP record (task_id, text, test_list) rather than a generic (prompt, tests) row."""
+    return "prompt" not in rec and all(k in rec for k in ("task_id", "text", "test_list"))
+
+
+def mbpp_label_rows(path: Path) -> list[dict[str, Any]]:
+    """`wmtp label` rows of an MBPP file's train split: the evaluation's 3-shot prompt, the record's code as the
+    completion, its asserts, and the record itself under MBPP_ROW (judged as `prompts.mbpp_program`)."""
+    records, shots, _ = mbpp_split(str(path), "train", hub=False)
+    rows = []
+    for where, rec in records:
+        _check_mbpp(rec, f"{path} {where}", shot=True)
+        rows.append(
+            {
+                "prompt": prompts.mbpp_prompt(rec, shots),
+                "completion": prompts.mbpp_code(rec),
+                "tests": list(rec["test_list"]),
+                MBPP_ROW: rec,
+            }
+        )
+    return rows
+
+
+def mbpp_label_record(row: dict[str, Any]) -> dict[str, Any]:
+    """What `wmtp label` writes for a row: an MBPP row as its record with the candidate as `code`, else the row."""
+    if MBPP_ROW not in row:
+        return row
+    extra = {k: v for k, v in row.items() if k not in (MBPP_ROW, "prompt", "completion", "tests")}
+    return {**row[MBPP_ROW], "code": row["completion"], **extra}
+
+
 def _mbpp_hf_rows(dataset: str, split: str) -> list[tuple[str, dict[str, Any]]]:
     try:
         import datasets  # type: ignore[import-not-found]
