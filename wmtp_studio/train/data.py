@@ -183,8 +183,8 @@ def epoch_plan(
     if packing:
         rows: list[list[tuple[int, int, int]]] = []
         open_rows: list[tuple[int, list[tuple[int, int, int]]]] = []  # (room left, chunks), oldest first
-        for chunk in (c for i in order for c in example_chunks(i, lengths[i], seq_len)):
-            size = chunk[2] - chunk[1]
+        for piece in (c for i in order for c in example_chunks(i, lengths[i], seq_len)):
+            size = piece[2] - piece[1]
             fit = next((r for r, (room, _) in enumerate(open_rows) if room >= size), None)
             if fit is None:
                 if len(open_rows) == PACK_WINDOW:
@@ -192,7 +192,7 @@ def epoch_plan(
                 open_rows.append((seq_len, []))
                 fit = len(open_rows) - 1
             room, row = open_rows[fit]
-            row.append(chunk)
+            row.append(piece)
             open_rows[fit] = (room - size, row)
             if room == size:
                 rows.append(open_rows.pop(fit)[1])
