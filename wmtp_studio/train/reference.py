@@ -41,10 +41,8 @@ def reference_ce(ref: nn.Module, input_ids: Tensor, segment_ids: Tensor | None =
     With `segment_ids` (packed rows) the reference reads each example alone, as the model does; the entry at an
     example's first token scores it against the previous example and is never used (the head mask stops there).
     """
-    packed = packed_attention(ref.config, segment_ids)
-    logits = (
-        ref(input_ids=input_ids, **packed).logits[:, :-1].float()
-    )  # (B, S-1, V): position j-1 predicts x_j
+    out = ref(input_ids=input_ids, **packed_attention(ref.config, segment_ids))
+    logits = out.logits[:, :-1].float()  # (B, S-1, V): position j-1 predicts x_j
     ce = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, S-1)
     return F.pad(ce, (1, 0))
 
