@@ -154,9 +154,10 @@ class TrainSection(Section):
     grad_accum: int = Field(1, ge=1)
     """Micro-batches accumulated per optimiser step."""
     seq_len: int = Field(256, ge=8)
-    """Maximum tokens per sequence; longer examples are truncated (or split when packing)."""
+    """Maximum tokens per sequence; longer examples are truncated (or cut into seq_len chunks when packing)."""
     packing: bool = False
-    """Concatenate examples into full rows; the loss mask never crosses an example boundary."""
+    """Pack examples into rows of seq_len tokens; each attends only to itself (block-diagonal attention, positions
+    from 0), so a packed row trains like its examples alone, and the loss mask never crosses an example boundary."""
     loss_on: Literal["completion", "all"] = "completion"
     """Train on completion tokens only (SFT) or on every token (pre-training on raw code)."""
     seed: int = 0
