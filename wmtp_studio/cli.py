@@ -293,7 +293,11 @@ def eval_samples(
 @app.command()
 def label(
     data: Annotated[
-        Path, typer.Argument(metavar="DATA.jsonl", help="Lines with prompt, tests, optional completion.")
+        Path,
+        typer.Argument(
+            metavar="DATA.jsonl",
+            help="Lines with prompt, tests, optional completion; or an MBPP file (its train split is labelled).",
+        ),
     ],
     out: Annotated[Path, typer.Option(help="Labelled JSONL to write.")],
     model: Annotated[Path | None, typer.Option(help="Sample candidates from this model first.")] = None,

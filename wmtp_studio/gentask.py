@@ -6,9 +6,10 @@ two through a named intermediate ("Let y be x plus 3. Return y times 2."). Incor
 by one, a wrong operator, swapped operands) feed algorithms that need labelled wrong answers.
 
 The train/test split is decided by a hash of what the function *does* (its outputs on fixed probe inputs of
-every type; one behaviour in five is held out), so a held-out problem is never a renamed train problem, and
-equivalent specs ("x plus 1, plus 2" and "x plus 3", `s * 3` and `x * 3`) fall on the same side, in both
-families. Problems differ from one another by spec (operations and constants), function name and argument
+its own argument type; one behaviour in five is held out), so a held-out problem is never a renamed train
+problem, and equivalent programs ("x plus 1, plus 2" and "x plus 3"; `t = 'd' + text; len(t) + 6` and
+`y = len(text) + 9; y - 2`) fall on the same side, within a family and across the two; so do look-alikes
+across types, whose bodies read the same (`s[:3]` and `xs[:3]`). Problems differ from one another by spec (operations and constants), function name and argument
 name. Standard library only: this module is imported by torch-free code.
 """
 
@@ -251,17 +252,23 @@ def _outputs(spec: Spec, inputs: list[object]) -> list[object]:
     return inputs
 
 
-def _is_test(outputs: list[str]) -> bool:
-    """Hash of the behaviour on every probe of every type, not of the text: equivalent specs share a side,
-    and so do look-alikes across types ("s repeated 3 times" and "x times 3" are both `a * 3`)."""
-    digest = hashlib.sha256(repr(outputs).encode()).digest()
+def _behaviour(kind: str, values: list[object]) -> str:
+    """What a function does, as an assert sees it: its outputs on the probes of its own argument type (bools
+    as the ints they equal: `assert f(0) == 1` passes for True). Inputs of other types are left out: `len(t)`
+    raises on an int where `len(str(t))` would not, yet both compute the same function of a string."""
+    own = [v for v, probe in zip(values, _ALL_PROBES, strict=True) if type(probe).__name__ == kind]
+    return kind + repr([int(v) if isinstance(v, bool) else v for v in own])
+
+
+def _is_test(behaviour: str) -> bool:
+    """Hash of a behaviour, not of the text: equivalent specs share a side, whatever their family."""
+    digest = hashlib.sha256(behaviour.encode()).digest()
     # One behaviour in five is held out; one in ten left "basic" with only 14 held-out functions.
     return int.from_bytes(digest[:8], "big") % 5 == 0
 
 
-@cache
-def _partition(family: str) -> tuple[tuple[Spec, ...], tuple[Spec, ...]]:
-    """(train, test): every usable spec of a family, in a fixed order."""
+def _usable(family: str) -> list[tuple[Spec, str, str]]:
+    """Every testable spec of a family, in a fixed order, with its behaviour and its outputs on every probe."""
     steps = [
         _Step(op, op.expr, consts)
         for op in _OPS
@@ -279,8 +286,7 @@ def _partition(family: str) -> tuple[tuple[Spec, ...], tuple[Spec, ...]]:
             for b in steps
             if b.op.in_type == a.op.out_type
         )
-    train: list[Spec] = []
-    test: list[Spec] = []
+    out = []
     for spec, values in candidates:
         outputs = [repr(value) for value in values]
         own = [
@@ -291,7 +297,44 @@ def _partition(family: str) -> tuple[tuple[Spec, ...], tuple[Spec, ...]]:
         assertable = [out for out in own if out != "!" and len(out) <= _MAX_REPR]
         # A constant function (e.g. "the remainder of x divided by 2, greater than 5") cannot be tested.
         if len(set(own)) > 1 and len(assertable) >= 3:
-            (test if _is_test(outputs) else train).append(spec)
+            out.append((spec, _behaviour(spec[0].op.in_type, values), repr(outputs)))
+    return out
+
+
+@cache
+def _held_out_behaviours() -> frozenset[str]:
+    """The behaviours of the test side, decided over both families at once.
+
+    Behaviours are joined into groups that share a side: equal behaviour (equivalent programs, in either family),
+    and equal outputs on every probe of every type (look-alikes across types: `s[:3]` and `xs[:3]` publish the
+    same body). One group in five, by the hash of its smallest behaviour, is held out.
+    """
+    parent: dict[str, str] = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            parent[key] = parent[parent[key]]
+            key = parent[key]
+        return key
+
+    specs = [item for family in ("basic", "compose") for item in _usable(family)]
+    for _, behaviour, everywhere in specs:
+        parent[root(behaviour)] = root("every probe:" + everywhere)
+    smallest: dict[str, str] = {}
+    for _, behaviour, _ in specs:
+        r = root(behaviour)
+        smallest[r] = min(smallest.get(r, behaviour), behaviour)
+    return frozenset(b for _, b, _ in specs if _is_test(smallest[root(b)]))
+
+
+@cache
+def _partition(family: str) -> tuple[tuple[Spec, ...], tuple[Spec, ...]]:
+    """(train, test): every usable spec of a family, in a fixed order."""
+    held_out = _held_out_behaviours()
+    train: list[Spec] = []
+    test: list[Spec] = []
+    for spec, behaviour, _ in _usable(family):
+        (test if behaviour in held_out else train).append(spec)
     return tuple(train), tuple(test)
 
 

@@ -10,6 +10,13 @@ from typing import Any
 
 MBPP_FEWSHOT_IDS = (2, 3, 4)  # Austin et al. 2021: the standard 3-shot prompt uses tasks 2, 3 and 4
 MBPP_STOP = ("[DONE]",)
+# Austin et al. 2021: MBPP's splits are ranges of task ids, whatever file holds the tasks.
+MBPP_SPLITS: dict[str, tuple[int, int]] = {
+    "prompt": (1, 10),
+    "test": (11, 510),
+    "validation": (511, 600),
+    "train": (601, 974),
+}
 
 
 def mbpp_code(record: Mapping[str, Any]) -> str:

@@ -148,7 +148,8 @@ class DataSection(Section):
     path: str | None = None
     """MBPP JSON/JSONL file or HF dataset id, JSONL file, or code directory."""
     split: str = "train"
-    """Split name for HF datasets (MBPP); ignored for files."""
+    """MBPP split: `train` (task ids 601-974), `validation` (511-600), `test` (11-510) or `prompt` (1-10), chosen by
+    task id from a file or an HF dataset alike."""
     generated: GeneratedData = GeneratedData()
     """Settings of the generated task (source `generated`)."""
     extensions: list[str] = [".py"]
@@ -175,9 +176,10 @@ class TrainSection(Section):
     grad_accum: Int = Field(1, ge=1)
     """Micro-batches accumulated per optimiser step."""
     seq_len: Int = Field(256, ge=8)
-    """Maximum tokens per sequence; longer examples are truncated (or split when packing)."""
+    """Maximum tokens per sequence; longer examples are truncated (or cut into seq_len chunks when packing)."""
     packing: Flag = False
-    """Concatenate examples into full rows; the loss mask never crosses an example boundary."""
+    """Pack examples into rows of seq_len tokens; each attends only to itself (block-diagonal attention, positions
+    from 0), so a packed row trains like its examples alone, and the loss mask never crosses an example boundary."""
     loss_on: Literal["completion", "all"] = "completion"
     """Train on completion tokens only (SFT) or on every token (pre-training on raw code)."""
     seed: Int = Field(0, ge=0)

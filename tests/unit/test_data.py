@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import random
@@ -62,7 +61,7 @@ def mbpp_records(split: str) -> list[dict[str, Any]]:
 
 
 def mbpp_task(task_id: int) -> dict[str, Any]:
-    for split in ("train", "test", "validation", "prompt"):
+    for split in ("train", "test", "prompt"):  # the vendored copy has no validation split
         for rec in mbpp_records(split):
             if rec["task_id"] == task_id:
                 return rec
@@ -78,11 +77,12 @@ def run_python(program: str) -> subprocess.CompletedProcess[str]:
 
 def test_mbpp_train_split_loads_every_record_as_prompt_and_normalised_completion() -> None:
     records = mbpp_records("train")
+    shots = [mbpp_task(i) for i in (2, 3, 4)]  # from prompt.json beside train.json
     examples = load_examples(DataSection(source="mbpp", path=str(MBPP / "train.json")))
     assert len(examples) == 374
     assert [e.id for e in examples] == [f"mbpp/{i}" for i in range(601, 975)]
     for rec, ex in zip(records, examples, strict=True):
-        assert ex.prompt == prompts.mbpp_prompt(rec)
+        assert ex.prompt == prompts.mbpp_prompt(rec, shots)  # evaluation's 3-shot format
         assert rec["text"] in ex.prompt
         assert all(t in ex.prompt for t in rec["test_list"])
         assert ex.prompt.endswith("[BEGIN]\n")
@@ -115,6 +115,7 @@ def test_mbpp_jsonl_copy_loads_identically(tmp_path: Path) -> None:
     records = mbpp_records("train")
     copy = tmp_path / "train.jsonl"
     copy.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    (tmp_path / "prompt.json").write_text((MBPP / "prompt.json").read_text())
     from_json = load_examples(DataSection(source="mbpp", path=str(MBPP / "train.json")))
     from_jsonl = load_examples(DataSection(source="mbpp", path=str(copy)))
     assert from_jsonl == from_json
@@ -122,8 +123,13 @@ def test_mbpp_jsonl_copy_loads_identically(tmp_path: Path) -> None:
 
 def test_mbpp_record_missing_a_field_names_the_record(tmp_path: Path) -> None:
     path = tmp_path / "mbpp.json"
-    path.write_text(json.dumps([{"text": "t", "code": "c", "test_list": []}, {"text": "t", "test_list": []}]))
-    with pytest.raises(StudioError, match=r"record 1: missing field\(s\) code"):
+    shots = mbpp_records("prompt")
+    bad = [
+        {"task_id": 601, "text": "t", "code": "c", "test_list": []},
+        {"task_id": 602, "text": "t", "test_list": []},
+    ]
+    path.write_text(json.dumps(shots + bad))
+    with pytest.raises(StudioError, match=r"record 11: missing field\(s\) code"):
         load_examples(DataSection(source="mbpp", path=str(path)))
 
 
@@ -386,24 +392,24 @@ LENGTHS = [random.Random(7).randint(1, 40) for _ in range(30)] + [
 ]  # example 30 spans several 32-token rows
 
 
-def test_packing_fills_rows_and_places_every_token_once_in_order() -> None:
+def test_packing_places_every_token_once_in_fixed_chunks_and_fills_rows() -> None:
     plan = epoch_plan(LENGTHS, batch=1, seed=0, epoch=0, packing=True, seq_len=32)
     rows = packed_rows(plan)
     fill = [sum(e - s for _, s, e in row) for row in rows]
-    assert all(f == 32 for f in fill[:-1]) and 0 < fill[-1] <= 32
+    assert all(0 < f <= 32 for f in fill)
     assert sum(fill) == sum(LENGTHS)
-    where: dict[int, list[tuple[int, int, int, int]]] = {
-        i: [] for i in range(len(LENGTHS))
-    }  # example -> [(row, position in row, start, end)]
-    for r, row in enumerate(rows):
-        for j, (i, s, e) in enumerate(row):
-            where[i].append((r, j, s, e))
+    chunks = [c for row in rows for c in row]
+    # first fit: many short examples (20..200 tokens, seq_len 256) fill rows to over 90 %
+    lengths = [random.Random(3).randint(20, 200) for _ in range(2000)]
+    dense = packed_rows(epoch_plan(lengths, batch=1, seed=0, epoch=0, packing=True, seq_len=256))
+    assert sum(lengths) / (256 * len(dense)) > 0.9
+    where: dict[int, list[tuple[int, int]]] = {i: [] for i in range(len(LENGTHS))}
+    for i, s, e in chunks:
+        where[i].append((s, e))
     for i, pieces in where.items():
-        assert pieces[0][2] == 0 and pieces[-1][3] == LENGTHS[i]
-        for (r0, j0, _, e0), (r1, j1, s1, _) in itertools.pairwise(pieces):
-            # a split example goes on at the start of the very next row, from where it stopped
-            assert (r1, j1, s1) == (r0 + 1, 0, e0) and j0 == len(rows[r0]) - 1
-    assert len(where[30]) >= math.ceil(100 / 32)
+        # cut at multiples of seq_len, whatever the row: (0, 32), (32, 64), (64, 96), (96, 100) for example 30
+        assert sorted(pieces) == [(s, min(s + 32, LENGTHS[i])) for s in range(0, LENGTHS[i], 32)]
+    assert len(where[30]) == math.ceil(100 / 32)
 
 
 def test_packing_with_larger_batches_uses_each_token_at_most_once() -> None:
@@ -512,3 +518,68 @@ def test_split_heldout_sizes_and_disjointness(n: int, fraction: float, held: int
 def test_split_heldout_depends_on_seed_and_zero_fraction_holds_nothing_out() -> None:
     assert split_heldout(100, 0.1, seed=0)[1] != split_heldout(100, 0.1, seed=1)[1]
     assert split_heldout(50, 0.0, seed=0) == (list(range(50)), [])
+
+
+# --- MBPP splits by task id ----------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def mbpp_full(tmp_path: Path) -> Path:
+    """Every task of the MBPP copy in one JSONL (prompt 1-10, test 11-510, train 601-974), shots inside it."""
+    records = [r for split in ("prompt", "test", "train") for r in mbpp_records(split)]
+    path = tmp_path / "mbpp.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_a_full_mbpp_file_trains_on_the_train_tasks_and_evaluates_the_500_test_tasks(mbpp_full: Path) -> None:
+    from wmtp_studio.evaluate.tasks import load_benchmark
+
+    # Before: training read all 884 tasks of this file (500 of them test tasks), evaluation 881 (all but 2, 3, 4).
+    train = load_examples(DataSection(source="mbpp", path=str(mbpp_full), split="train"))
+    assert [e.id for e in train] == [f"mbpp/{i}" for i in range(601, 975)]
+    bench = load_benchmark(f"mbpp:{mbpp_full}")
+    assert [t.task_id for t in bench.tasks] == [f"mbpp/{i}" for i in range(11, 511)]
+    assert not {e.id for e in train} & {t.task_id for t in bench.tasks}
+    prompt_split = load_examples(DataSection(source="mbpp", path=str(mbpp_full), split="prompt"))
+    assert [e.id for e in prompt_split] == [f"mbpp/{i}" for i in range(1, 11)]
+
+
+def test_mbpp_training_prompt_is_the_evaluation_prompt(mbpp_full: Path) -> None:
+    from wmtp_studio.evaluate.tasks import load_benchmark
+
+    test = load_examples(DataSection(source="mbpp", path=str(mbpp_full), split="test"))
+    bench = load_benchmark(f"mbpp:{mbpp_full}")
+    assert [e.prompt for e in test] == [t.prompt for t in bench.tasks]
+    assert all(e.prompt.count("[DONE]") == 3 for e in test)  # the 3 shots, then the task
+    assert all(e.completion.endswith("[DONE]") and bench.tasks[0].stop == ("[DONE]",) for e in test)
+
+
+def test_mbpp_split_errors_name_the_problem(tmp_path: Path, mbpp_full: Path) -> None:
+    with pytest.raises(
+        StudioError, match=r"unknown MBPP split 'dev': expected one of prompt, test, validation"
+    ):
+        load_examples(DataSection(source="mbpp", path=str(mbpp_full), split="dev"))
+    with pytest.raises(StudioError, match=r"no MBPP validation task \(task ids 511-600\).*ids 1-974"):
+        load_examples(DataSection(source="mbpp", path=str(mbpp_full), split="validation"))
+    rows = [*mbpp_records("prompt"), {k: v for k, v in mbpp_task(601).items() if k != "task_id"}]
+    (tmp_path / "no_id.json").write_text(json.dumps(rows))
+    with pytest.raises(StudioError, match=r"no_id\.json record 10: missing field\(s\) task_id"):
+        load_examples(DataSection(source="mbpp", path=str(tmp_path / "no_id.json")))
+    rows[-1] = {**mbpp_task(601), "task_id": "601"}
+    (tmp_path / "str_id.json").write_text(json.dumps(rows))
+    with pytest.raises(StudioError, match=r"record 10: task_id must be MBPP's integer task id"):
+        load_examples(DataSection(source="mbpp", path=str(tmp_path / "str_id.json")))
+
+
+def test_mbpp_records_may_carry_is_correct_labels(tmp_path: Path) -> None:
+    good = mbpp_task(601)
+    wrong = {**good, "code": good["code"].replace("return", "return None #"), "is_correct": 0}
+    path = tmp_path / "labelled.json"
+    path.write_text(json.dumps([*mbpp_records("prompt"), {**good, "is_correct": 1}, wrong, mbpp_task(11)]))
+    examples = load_examples(DataSection(source="mbpp", path=str(path)))
+    assert [(e.id, e.is_correct) for e in examples] == [("mbpp/601", 1), ("mbpp/601", 0)]
+    assert examples[0].prompt == examples[1].prompt and examples[0].completion != examples[1].completion
+    path.write_text(json.dumps([*mbpp_records("prompt"), {**good, "is_correct": 0.5}]))
+    with pytest.raises(StudioError, match=r"record 10: is_correct must be 0 or 1, got 0\.5"):
+        load_examples(DataSection(source="mbpp", path=str(path)))

@@ -222,3 +222,68 @@ def test_the_spaces_are_large_enough_to_train_on() -> None:
     assert space_size("train", "basic") >= 20_000
     assert space_size("train", "compose") >= 1_000_000
     assert space_size("test", "basic") >= 1_000
+
+
+# A shared probe set per argument type, larger than the generator's own: two programs that agree on every probe of
+# their argument type compute the same function as far as any assert can tell.
+TYPED_PROBES: dict[str, list[object]] = {
+    "int": list(range(41)),
+    "str": [*(p for p in PROBES if isinstance(p, str)), "gfedcba", "aaaa", "bcd", "xyz", "abcabc", "dd"],
+    "list": [
+        *(p for p in PROBES if isinstance(p, list)),
+        [9, 9],
+        [10, 0, 11],
+        [5],
+        [8, 7, 6, 5, 4, 3, 2, 1, 0],
+    ],
+}
+ARG_TYPE = {"x": "int", "n": "int", "k": "int", "s": "str", "text": "str", "word": "str", "xs": "list"}
+
+
+def typed_behaviour(body: str, arg: str) -> tuple[str, tuple[object, ...]]:
+    """(argument type, outputs on its probes) of a published body; bools as the ints an assert equates them to."""
+    scope: dict[str, object] = {}
+    exec(f"def f({arg}):\n{body}", scope)
+    fn = scope["f"]
+    assert callable(fn)
+    kind = ARG_TYPE.get(arg, "list")
+    out: list[object] = []
+    for value in TYPED_PROBES[kind]:
+        try:
+            got = fn(value)
+            out.append(int(got) if isinstance(got, bool) else repr(got))
+        except Exception:
+            out.append("!")
+    return kind, tuple(out)
+
+
+def test_no_program_of_either_test_split_computes_a_function_of_either_train_split() -> None:
+    """Brute force over every spec of both families, run as the bodies the problems publish."""
+    from wmtp_studio.gentask import _body, _partition
+
+    sides: dict[str, dict[tuple[str, tuple[object, ...]], str]] = {"train": {}, "test": {}}
+    for family in FAMILIES:
+        for side, specs in zip(("train", "test"), _partition(family), strict=True):
+            for spec in specs:
+                arg = {"int": "x", "str": "s", "list": "xs"}[spec[0].op.in_type]
+                sides[side][typed_behaviour(_body(spec, arg), arg)] = f"{family}: {_body(spec, arg).strip()}"
+    shared = sides["train"].keys() & sides["test"].keys()
+    examples = [(sides["train"][b], sides["test"][b]) for b in list(shared)[:3]]
+    assert not shared, f"{len(shared)} behaviours on both sides, e.g. {examples}"
+    assert len(sides["test"]) > 1000  # thousands of held-out behaviours were compared
+
+
+def test_the_issue_example_lands_on_one_side() -> None:
+    from wmtp_studio.gentask import _body, _partition
+
+    # `t = 'd' + text; len(t) + 6` and `y = len(text) + 9; y - 2` both return len(text) + 7.
+    bodies = ("    t = 'd' + text\n    return len(t) + 6\n", "    y = len(text) + 9\n    return y - 2\n")
+    assert typed_behaviour(bodies[0], "text") == typed_behaviour(bodies[1], "text")
+    train, test = _partition("compose")
+    sides = {
+        side
+        for side, specs in (("train", train), ("test", test))
+        for sp in specs
+        if _body(sp, "text") in bodies
+    }
+    assert len(sides) == 1

@@ -68,9 +68,10 @@ def test_mbpp_from_the_test_split_takes_shots_from_prompt_json() -> None:
 @needs_mbpp
 def test_mbpp_shots_from_the_file_itself_or_an_error(tmp_path: Path) -> None:
     records = json.loads((MBPP_DIR / "prompt.json").read_text())
-    path = _write_jsonl(tmp_path / "mine.jsonl", records)  # tasks 1-10, JSONL, no prompt.json beside it
+    records += json.loads((MBPP_DIR / "test.json").read_text())[:4]  # tasks 11-14
+    path = _write_jsonl(tmp_path / "mine.jsonl", records)  # tasks 1-14, JSONL, no prompt.json beside it
     bench = load_benchmark(f"mbpp:{path}")
-    assert [t.task_id for t in bench.tasks] == [f"mbpp/{i}" for i in (1, 5, 6, 7, 8, 9, 10)]  # shots left out
+    assert [t.task_id for t in bench.tasks] == [f"mbpp/{i}" for i in (11, 12, 13, 14)]  # the test split only
     no_shots = _write_jsonl(tmp_path / "few.jsonl", [r for r in records if r["task_id"] != 3])
     with pytest.raises(StudioError, match=r"few\.jsonl.*missing \[3\].*prompt\.json"):
         load_benchmark(f"mbpp:{no_shots}")
@@ -78,8 +79,9 @@ def test_mbpp_shots_from_the_file_itself_or_an_error(tmp_path: Path) -> None:
 
 @needs_mbpp
 def test_mbpp_malformed_record_is_named(tmp_path: Path) -> None:
-    records = json.loads((MBPP_DIR / "prompt.json").read_text())
+    records = json.loads((MBPP_DIR / "test.json").read_text())[:8]
     records[6]["test_list"] = []
+    (tmp_path / "prompt.json").write_text((MBPP_DIR / "prompt.json").read_text())
     path = tmp_path / "bad.json"
     path.write_text(json.dumps(records))
     with pytest.raises(StudioError, match=r"bad\.json record 6: test_list"):

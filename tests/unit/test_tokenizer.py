@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -110,3 +112,70 @@ def test_check_same_tokenizer_rejects_same_size_with_other_merges(home: Path) ->
     assert len(base) == len(ref) == 300 and base.eos_token_id == ref.eos_token_id
     with pytest.raises(StudioError, match=r"'prose-ref'.*different ids"):
         check_same_tokenizer(base, ref, "prose-ref")
+
+
+def variant(home: Path, name: str, edit: Any = None, **specials: str) -> Any:
+    """The CODE tokenizer saved again with its tokenizer.json edited and/or other special tokens."""
+    from transformers import PreTrainedTokenizerFast
+
+    train_bpe(CODE, vocab_size=300, cache_dir=home / "tokenizers")
+    [saved] = (home / "tokenizers").rglob("tokenizer.json")
+    data = json.loads(saved.read_text())
+    if edit is not None:
+        edit(data)
+    path = home / name / "tokenizer.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data))
+    return PreTrainedTokenizerFast(
+        tokenizer_file=str(path), **({"eos_token": EOS, "pad_token": PAD} | specials)
+    )
+
+
+def test_check_same_tokenizer_rejects_another_pad_id_naming_it(home: Path) -> None:
+    base = train_bpe(CODE, vocab_size=300, cache_dir=home / "tokenizers")
+    ref = variant(home, "pad-is-eos", pad_token=EOS)  # same vocabulary, same eos, pad id 0 instead of 1
+    assert len(ref) == len(base) and ref.eos_token_id == base.eos_token_id  # all the old check looked at
+    with pytest.raises(
+        StudioError, match=r"'ref'.*pad token '<\|endoftext\|>' \(id 0\) != '<\|pad\|>' \(id 1\)"
+    ):
+        check_same_tokenizer(base, ref, "ref")
+
+
+def test_check_same_tokenizer_rejects_another_unk_or_bos(home: Path) -> None:
+    base = train_bpe(CODE, vocab_size=300, cache_dir=home / "tokenizers")
+    with pytest.raises(StudioError, match=r"unk token '<\|pad\|>' \(id 1\) != None \(id None\)"):
+        check_same_tokenizer(base, variant(home, "unk", unk_token=PAD), "ref")
+    with pytest.raises(StudioError, match=r"bos token '<\|endoftext\|>' \(id 0\) != None"):
+        check_same_tokenizer(base, variant(home, "bos", bos_token=EOS), "ref")
+
+
+def test_check_same_tokenizer_rejects_an_added_token(home: Path) -> None:
+    base = train_bpe(CODE, vocab_size=300, cache_dir=home / "tokenizers")
+    ref = variant(home, "added")
+    ref.add_tokens(["<|fim|>"])
+    with pytest.raises(StudioError, match=r"added tokens differ \(reference has \{300: '<\|fim\|>'\}"):
+        check_same_tokenizer(base, ref, "ref")
+    special = variant(home, "added-special", additional_special_tokens=["<|fim|>"])
+    with pytest.raises(StudioError, match=r"special '<\|fim\|>' token '<\|fim\|>' \(id 300\) != None"):
+        check_same_tokenizer(base, special, "ref")
+
+
+def test_check_same_tokenizer_fingerprint_catches_a_token_the_probes_miss(home: Path) -> None:
+    base = train_bpe(CODE, vocab_size=300, cache_dir=home / "tokenizers")
+    used = {i for s in PROBES for i in base.encode(s, add_special_tokens=False)}
+    last = len(base) - 1  # the last merge: no later merge builds on it
+    assert last not in used
+    old = base.convert_ids_to_tokens(last)
+
+    def rename_last_merge(data: dict[str, Any]) -> None:
+        vocab, merges = data["model"]["vocab"], data["model"]["merges"]
+        del vocab[old]
+        vocab["QZ"] = last  # Q + Z: a pair no probe string contains
+        merges[-1] = ["Q", "Z"] if isinstance(merges[-1], list) else "Q Z"
+
+    ref = variant(home, "renamed", rename_last_merge)
+    assert len(ref) == len(base)
+    for s in PROBES:
+        assert ref.encode(s, add_special_tokens=False) == base.encode(s, add_special_tokens=False)
+    with pytest.raises(StudioError, match=rf"vocabulary fingerprint .* 1 ids differ \(id {last}: 'QZ' vs "):
+        check_same_tokenizer(base, ref, "ref")

@@ -33,7 +33,8 @@ def heldout_examples(spec: str, limit: int | None) -> tuple[list[Example], str]:
         raise StudioError(
             f"--data {spec!r}: expected jsonl:PATH, code_dir:PATH, mbpp:PATH or generated[:FAMILY]"
         )
-    examples = load_examples(DataSection(source=kind, path=arg, generated=GeneratedData()))  # type: ignore[arg-type]
+    split = "test" if kind == "mbpp" else "train"  # MBPP: its held-out test tasks (ids 11-510)
+    examples = load_examples(DataSection(source=kind, path=arg, split=split, generated=GeneratedData()))  # type: ignore[arg-type]
     return examples[:limit] if limit else examples, "all" if kind == "code_dir" else "completion"
 
 

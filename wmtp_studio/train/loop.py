@@ -301,7 +301,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
     for i, cpu_batch in enumerate(micro):
         batch = cpu_batch.to(s.accel.device)
         with s.accel.autocast():
-            trunk = s.model.trunk(batch.input_ids)
+            trunk = s.model.trunk(batch.input_ids, batch.segment_ids)
             weights_for, extra = algorithm_hooks(
                 s.recipe, batch, trunk, s.value_head, s.reference, diag, value_scale=s.world * cfg.grad_accum
             )
@@ -378,7 +378,7 @@ def validate(s: Setup) -> dict[str, float]:
     for rows in plan[: s.recipe.eval.val_batches]:
         b = collate(rows, s.val_data, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device)
         with s.accel.autocast():
-            trunk = s.model.trunk(b.input_ids)
+            trunk = s.model.trunk(b.input_ids, b.segment_ids)
             stats = forward_backward(
                 s.model,
                 trunk,

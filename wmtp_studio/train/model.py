@@ -65,6 +65,39 @@ def cache_kwarg(module: nn.Module) -> str:
     return "cache" if "cache" in _forward_parameters(cls) else "past_key_values"
 
 
+def packed_attention(config: Any, segment_ids: Tensor | None) -> dict[str, Tensor]:
+    """Forward kwargs that make every packed example attend only to itself, as if it were alone in its row.
+
+    METHOD.md, Fair comparison: packed examples never attend to each other. segment_ids: (B, S) long, -1 on
+    padding. Returns {} when no row holds two examples (right padding never changes earlier positions), else
+    per-example `position_ids` (restarting at 0) and, for eager/SDPA attention, a 4-D block-diagonal causal
+    mask (B, 1, S, S), which transformers passes to the attention as is: boolean (True = attend) for SDPA,
+    additive (0 / dtype min) for eager. Flash and flex attention get the position ids alone, from which
+    transformers derives the sequence boundaries itself (varlen kernels).
+    """
+    if segment_ids is None or segment_ids.shape[1] < 2 or int(segment_ids.max()) <= 0:
+        return {}
+    b, s = segment_ids.shape
+    arange = torch.arange(s, device=segment_ids.device).expand(b, s)
+    starts = torch.ones_like(segment_ids, dtype=torch.bool)
+    starts[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    first = (
+        torch.where(starts, arange, torch.zeros_like(arange)).cummax(dim=1).values
+    )  # segment's first index
+    out = {"position_ids": arange - first}  # (B, S)
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl.startswith("flash") or impl == "flex_attention":
+        return out
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]  # (B, S, S)
+    allowed = (same & torch.ones(s, s, dtype=torch.bool, device=same.device).tril())[:, None]  # (B, 1, S, S)
+    if impl == "sdpa":
+        return out | {"attention_mask": allowed}
+    floor = torch.finfo(torch.float32).min
+    return out | {
+        "attention_mask": torch.zeros(allowed.shape, device=same.device).masked_fill(~allowed, floor)
+    }
+
+
 class ResidualHead(nn.Module):
     """Linear head block: h + W2 GELU(W1 LN(h)); W2 starts at zero so a new head starts equal to head 0."""
 
@@ -126,9 +159,14 @@ class MTPModel(nn.Module):
     def hidden_size(self) -> int:
         return int(self.hf.config.hidden_size)
 
-    def trunk(self, input_ids: Tensor) -> TrunkOutput:
-        """Run the shared trunk. Transformer heads: the input of the last decoder layer; linear: the final hidden."""
-        return self._trunk(input_ids=input_ids, use_cache=False)
+    def trunk(self, input_ids: Tensor, segment_ids: Tensor | None = None) -> TrunkOutput:
+        """Run the shared trunk. Transformer heads: the input of the last decoder layer; linear: the final hidden.
+
+        `segment_ids` (B, S): example index inside a packed row (-1 on padding); with several examples in a row
+        each one attends only to itself, from position 0 (`packed_attention`). The head layers reuse the mask.
+        """
+        packed = packed_attention(self.hf.config, segment_ids)
+        return self._trunk(input_ids=input_ids, use_cache=False, **packed)
 
     def trunk_cached(
         self, input_ids: Tensor, cache: Any, position_ids: Tensor, attention_mask: Tensor | None = None
@@ -188,9 +226,9 @@ class MTPModel(nn.Module):
         """Logits of head k: (B, S, V)."""
         return self.unembed(self.head_hidden(k, trunk, hidden))
 
-    def forward(self, input_ids: Tensor) -> Tensor:
+    def forward(self, input_ids: Tensor, segment_ids: Tensor | None = None) -> Tensor:
         """All heads materialised at once (the naive path): (B, S, n, V)."""
-        trunk = self.trunk(input_ids)
+        trunk = self.trunk(input_ids, segment_ids)
         return torch.stack([self.head_logits(k, trunk) for k in range(self.n_heads)], dim=2)
 
     def save(self, directory: Path) -> None:

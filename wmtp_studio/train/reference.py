@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.train.data import Encoded
-from wmtp_studio.train.model import load_hf
+from wmtp_studio.train.data import Encoded, example_chunks
+from wmtp_studio.train.model import load_hf, packed_attention
 from wmtp_studio.train.tokenizer import check_same_tokenizer, wmtp_home
 
 
@@ -35,9 +35,14 @@ def load_reference(name_or_path: str, base_tokenizer: Any, device: torch.device)
 
 
 @torch.no_grad()
-def reference_ce(ref: nn.Module, input_ids: Tensor) -> Tensor:
-    """CE^ref_j = -log p_ref(x_j | x_{<j}) indexed by target position j; entry 0 is 0. (B, S) -> (B, S) fp32."""
-    logits = ref(input_ids=input_ids).logits[:, :-1].float()  # (B, S-1, V): position j-1 predicts x_j
+def reference_ce(ref: nn.Module, input_ids: Tensor, segment_ids: Tensor | None = None) -> Tensor:
+    """CE^ref_j = -log p_ref(x_j | x_{<j}) indexed by target position j; entry 0 is 0. (B, S) -> (B, S) fp32.
+
+    With `segment_ids` (packed rows) the reference reads each example alone, as the model does; the entry at an
+    example's first token scores it against the previous example and is never used (the head mask stops there).
+    """
+    out = ref(input_ids=input_ids, **packed_attention(ref.config, segment_ids))
+    logits = out.logits[:, :-1].float()  # (B, S-1, V): position j-1 predicts x_j
     ce = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, S-1)
     return F.pad(ce, (1, 0))
 
@@ -55,6 +60,7 @@ def fingerprint(ref: nn.Module, tokenizer: Any, encoded: list[Encoded], max_len:
         h.update(len(e.ids).to_bytes(4, "little"))
         h.update(torch.tensor(e.ids, dtype=torch.int64).numpy().tobytes())
     h.update(str(max_len).encode())
+    h.update(b"chunks-scored-alone")  # caches of whole examples (before chunking) are not reused
     return h.hexdigest()[:32]
 
 
@@ -69,7 +75,8 @@ def cached_reference_ce(
 ) -> list[list[float]]:
     """Per-example CE^ref (list aligned with `encoded`), from `$WMTP_HOME/ref_ce/<key>.pt` or computed now.
 
-    With compute=False (non-main ranks) the file must exist already.
+    Each `max_len` chunk of an example is scored alone (`example_chunks`): exactly what the model reads, whether
+    rows are truncated to max_len or packed. With compute=False (non-main ranks) the file must exist already.
     """
     path = wmtp_home() / "ref_ce" / f"{fingerprint(ref, tokenizer, encoded, max_len)}.pt"
     if path.is_file():
@@ -78,17 +85,19 @@ def cached_reference_ce(
     if not compute:
         raise StudioError(f"reference CE cache {path} is missing")
     pad = int(tokenizer.pad_token_id)
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i].ids))
-    out: list[list[float]] = [[] for _ in encoded]
-    for start in range(0, len(order), batch):
-        idx = order[start : start + batch]
-        width = max(len(encoded[i].ids) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        for r, i in enumerate(idx):
-            ids[r, : len(encoded[i].ids)] = torch.tensor(encoded[i].ids)
+    chunks = sorted(
+        (c for i, e in enumerate(encoded) for c in example_chunks(i, len(e.ids), max_len)),
+        key=lambda c: c[2] - c[1],
+    )
+    out: list[list[float]] = [[0.0] * len(e.ids) for e in encoded]
+    for start in range(0, len(chunks), batch):
+        part = chunks[start : start + batch]
+        ids = torch.full((len(part), max(e - s for _, s, e in part)), pad, dtype=torch.long)
+        for r, (i, s, e) in enumerate(part):
+            ids[r, : e - s] = torch.tensor(encoded[i].ids[s:e])
         ce = reference_ce(ref, ids.to(device)).cpu()  # right padding never changes earlier positions
-        for r, i in enumerate(idx):
-            out[i] = ce[r, : len(encoded[i].ids)].tolist()
+        for r, (i, s, e) in enumerate(part):
+            out[i][s:e] = ce[r, : e - s].tolist()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(out, tmp)

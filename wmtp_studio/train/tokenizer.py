@@ -76,8 +76,46 @@ def load_tokenizer(recipe: Recipe, corpus: Iterable[str] | None = None) -> Any:
     return tok
 
 
+SPECIAL_TOKENS = ("bos", "eos", "pad", "unk", "sep", "cls", "mask")
+
+
+def vocabulary_fingerprint(tok: Any) -> str:
+    """sha256 of every (token, id) pair of the vocabulary, added tokens included."""
+    h = hashlib.sha256()
+    for token, i in sorted(tok.get_vocab().items(), key=lambda kv: (kv[1], kv[0])):
+        h.update(f"{i}\t{token}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _specials(tok: Any) -> dict[str, tuple[str | None, int | None]]:
+    """Each named special token as (text, id), and every other registered special token by its text."""
+    out: dict[str, tuple[str | None, int | None]] = {
+        name: (getattr(tok, f"{name}_token", None), getattr(tok, f"{name}_token_id", None))
+        for name in SPECIAL_TOKENS
+    }
+    named = {text for text, _ in out.values()}
+    for text in getattr(tok, "all_special_tokens", []):
+        if text not in named:
+            out[f"special {text!r}"] = (text, tok.convert_tokens_to_ids(text))
+    return out
+
+
+def _vocab_difference(base: Any, ref: Any) -> str:
+    """The first ids where the two vocabularies disagree, for the error message."""
+    b = {i: t for t, i in base.get_vocab().items()}
+    r = {i: t for t, i in ref.get_vocab().items()}
+    diff = [i for i in sorted(set(b) | set(r)) if b.get(i) != r.get(i)]
+    shown = ", ".join(f"id {i}: {r.get(i)!r} vs {b.get(i)!r}" for i in diff[:3])
+    return f"{len(diff)} ids differ ({shown}{', ...' if len(diff) > 3 else ''})"
+
+
 def check_same_tokenizer(base: Any, ref: Any, ref_name: str) -> None:
-    """Raise unless `ref` tokenises exactly like `base` (vocabulary size, probe ids, special tokens)."""
+    """Raise unless `ref` tokenises exactly like `base` (METHOD.md, rho1-wmtp): vocabulary size, ids of the probe
+    strings, every special token (text and id: bos, eos, pad, unk, sep, cls, mask and any other registered one),
+    every added token, and a fingerprint of the whole vocabulary. The message names each difference.
+
+    The reference's pad falls back to its eos, as `load_tokenizer` does for the base.
+    """
     problems = []
     if len(base) != len(ref):
         problems.append(f"vocabulary size {len(ref)} != {len(base)}")
@@ -85,8 +123,24 @@ def check_same_tokenizer(base: Any, ref: Any, ref_name: str) -> None:
         if base.encode(s, add_special_tokens=False) != ref.encode(s, add_special_tokens=False):
             problems.append(f"different ids for {s!r}")
             break
-    if base.eos_token_id != ref.eos_token_id:
-        problems.append(f"eos id {ref.eos_token_id} != {base.eos_token_id}")
+    if ref.pad_token_id is None and ref.eos_token_id is not None:
+        ref.pad_token = ref.eos_token
+    ours, theirs = _specials(base), _specials(ref)
+    for name in sorted(set(ours) | set(theirs), key=lambda n: (n.startswith("special"), n)):
+        mine, other = ours.get(name, (None, None)), theirs.get(name, (None, None))
+        if mine != other:
+            problems.append(f"{name} token {other[0]!r} (id {other[1]}) != {mine[0]!r} (id {mine[1]})")
+    added = {i: str(t) for i, t in base.added_tokens_decoder.items()}
+    ref_added = {i: str(t) for i, t in ref.added_tokens_decoder.items()}
+    if added != ref_added:
+        extra = {i: t for i, t in ref_added.items() if added.get(i) != t}
+        missing = {i: t for i, t in added.items() if ref_added.get(i) != t}
+        problems.append(f"added tokens differ (reference has {extra}, base has {missing})")
+    if vocabulary_fingerprint(base) != vocabulary_fingerprint(ref):
+        problems.append(
+            f"vocabulary fingerprint {vocabulary_fingerprint(ref)} != {vocabulary_fingerprint(base)}: "
+            + _vocab_difference(base, ref)
+        )
     if problems:
         raise StudioError(
             f"reference {ref_name!r} does not share the base model's tokenizer: " + "; ".join(problems)
