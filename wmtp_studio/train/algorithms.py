@@ -93,6 +93,7 @@ def _critic_hooks(
             batch.rewards,
             batch.completion_mask,
             batch.segment_ids,
+            batch.example_end,
             gamma=algo.gamma,
             gae_lambda=algo.gae_lambda,
         )  # (B, S) indexed by target token
