@@ -155,6 +155,15 @@ def split_heldout(n: int, fraction: float, seed: int) -> tuple[list[int], list[i
     return sorted(order[k:]), sorted(order[:k])
 
 
+def split_by_problem(keys: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """`split_heldout` over distinct problem keys: examples sharing a key (a problem's correct and incorrect
+    variants) land on the same side. Returns sorted example indices (train, held-out)."""
+    problems = list(dict.fromkeys(keys))  # first-occurrence order: a function of the data only
+    _, held = split_heldout(len(problems), fraction, seed)
+    out = {problems[i] for i in held}
+    return [i for i, k in enumerate(keys) if k not in out], [i for i, k in enumerate(keys) if k in out]
+
+
 def epoch_plan(
     lengths: list[int], batch: int, seed: int, epoch: int, packing: bool, seq_len: int
 ) -> list[list[Any]]:

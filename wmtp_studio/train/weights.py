@@ -132,6 +132,19 @@ def excess_loss(ce_k: Tensor, ref_ce: Tensor, k: int) -> Tensor:
 
 
 @torch.no_grad()
+def select_top(scores: Tensor, keep: int) -> Tensor:
+    """The `keep` largest entries of a 1-D tensor (all when keep >= its length), ties broken by position, as bool.
+
+    The same order as `rho1_weights` select over a row-major flattened batch, so a step's scores concatenated
+    in (process, micro-batch, row, position) order select exactly what one batch holding them all selects.
+    """
+    order = scores.float().argsort(descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return rank < keep
+
+
+@torch.no_grad()
 def rho1_weights(
     excess: Tensor,
     mask: Tensor,
