@@ -227,7 +227,7 @@ class Stage1Config(Section):
     lr: float = Field(1e-3, gt=0)
     """Learning rate of the value head in Stage 1."""
     heldout_fraction: float = Field(0.1, gt=0, lt=1)
-    """Slice of the labelled data held out to measure value loss and explained variance."""
+    """Held-out value problems when `eval.val_fraction` is 0 (else the validation problems are): split by problem."""
     eval_every: int = Field(25, ge=1)
     """Measure held-out value loss every this many Stage 1 steps."""
     patience: int = Field(4, ge=1)
