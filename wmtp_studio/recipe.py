@@ -252,7 +252,7 @@ class Stage1Config(Section):
     lr: Real = Field(1e-3, gt=0, le=1)
     """Learning rate of the value head in Stage 1."""
     heldout_fraction: Real = Field(0.1, gt=0, lt=1)
-    """Slice of the labelled data held out to measure value loss and explained variance."""
+    """Held-out value problems when `eval.val_fraction` is 0 (else the validation problems are): split by problem."""
     eval_every: Int = Field(25, ge=1)
     """Measure held-out value loss every this many Stage 1 steps."""
     patience: Int = Field(4, ge=1)

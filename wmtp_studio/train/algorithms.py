@@ -10,15 +10,23 @@ import math
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
 from wmtp_studio.recipe import BaselineMTPConfig, CriticConfig, NTPConfig, Recipe, Rho1Config
-from wmtp_studio.train.critic import explained_variance, value_mask, value_mse
+from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
-from wmtp_studio.train.loss import ExtraLossFn, WeightFn
-from wmtp_studio.train.model import TrunkOutput, ValueHead
+from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_mask, head_targets, token_ce
+from wmtp_studio.train.model import MTPModel, TrunkOutput, ValueHead
 from wmtp_studio.train.reference import reference_ce
-from wmtp_studio.train.weights import critic_weights, excess_loss, rho1_weights, shift_to_head, td_errors
+from wmtp_studio.train.weights import (
+    critic_weights,
+    excess_loss,
+    rho1_weights,
+    select_top,
+    shift_to_head,
+    td_errors,
+)
 
 
 @dataclass
@@ -27,6 +35,7 @@ class StepDiagnostics:
 
     sums: dict[str, Tensor] = field(default_factory=dict)
     counts: dict[str, Tensor] = field(default_factory=dict)
+    ev: Tensor | None = None  # critic: summed `ev_moments` of the step's value-loss entries
 
     def add(self, name: str, value: Tensor, count: Tensor | float = 1.0) -> None:
         value = value.detach().float()
@@ -35,18 +44,29 @@ class StepDiagnostics:
         self.counts[name] = self.counts[name] + count if name in self.counts else count
 
     def means(self) -> dict[str, float]:
-        """Per-name means (one host read); NaN-valued entries (e.g. undefined explained variance) are left out."""
+        """Per-name means (one host read); the critic's explained variance, or a flag saying it is undefined."""
         out = {}
         for k, v in self.sums.items():
             c = float(self.counts[k])
             mean = float(v) / c if c > 0 else math.nan
             if math.isfinite(mean):
                 out[k] = mean
+        if self.ev is not None:
+            out |= ev_metrics(self.ev)
         return out
 
 
 def _uniform(_k: int, _ce: Tensor, m: Tensor) -> Tensor:
     return m.float()
+
+
+@dataclass
+class Rho1Selection:
+    """rho1 `select` for one micro-batch, chosen over the whole optimiser step (see `rho1_step_selection`)."""
+
+    kept: list[Tensor | None]  # per head (B, S) bool; None: the head keeps every valid entry (keep_head0)
+    scale: list[float]  # per head N_k / K_k over the step: the loss divides by N_k, the kept mean by K_k
+    ref_ce: Tensor  # (B, S) CE^ref used for the selection (computed once when live)
 
 
 def algorithm_hooks(
@@ -57,22 +77,30 @@ def algorithm_hooks(
     reference: nn.Module | None,
     diag: StepDiagnostics,
     value_scale: float,
+    *,
+    value_rows: ValueRows | None = None,
+    selection: Rho1Selection | None = None,
 ) -> tuple[WeightFn, ExtraLossFn | None]:
-    """Weights function and extra loss of one micro-batch; `value_scale` divides the value loss (processes x accum)."""
+    """Weights function and extra loss of one micro-batch; `value_scale` divides the value loss (processes x accum).
+
+    `value_rows`: critic rows seen by the value loss only. `selection`: rho1 select chosen over the whole step.
+    """
     algo = recipe.algorithm
     match algo:
         case NTPConfig() | BaselineMTPConfig():
             return _uniform, None  # METHOD.md: w = 1
         case CriticConfig():
             assert value_head is not None
-            return _critic_hooks(algo, batch, trunk, value_head, diag, value_scale)
+            return _critic_hooks(algo, batch, trunk, value_head, diag, value_scale, value_rows)
         case Rho1Config():
-            if batch.ref_ce is not None:
+            if selection is not None:
+                ref_ce = selection.ref_ce
+            elif batch.ref_ce is not None:
                 ref_ce = batch.ref_ce
             else:
                 assert reference is not None, "live rho1 needs the reference model"
                 ref_ce = reference_ce(reference, batch.input_ids, batch.segment_ids)
-            return _rho1_weights_fn(algo, ref_ce, diag), None
+            return _rho1_weights_fn(algo, ref_ce, diag, selection), None
     raise AssertionError(f"unhandled algorithm {algo}")
 
 
@@ -83,6 +111,7 @@ def _critic_hooks(
     value_head: ValueHead,
     diag: StepDiagnostics,
     value_scale: float,
+    rows: ValueRows | None,
 ) -> tuple[WeightFn, ExtraLossFn]:
     # One value forward serves the TD errors (detached) and the value loss, unless the value loss must reach the
     # trunk, in which case it runs again on the head loop's trunk output.
@@ -93,6 +122,7 @@ def _critic_hooks(
             batch.rewards,
             batch.completion_mask,
             batch.segment_ids,
+            batch.example_end,
             gamma=algo.gamma,
             gae_lambda=algo.gae_lambda,
         )  # (B, S) indexed by target token
@@ -110,18 +140,125 @@ def _critic_hooks(
         )
 
     def value_loss(h: Tensor) -> Tensor:
-        v = value_head(h) if algo.value_trunk_grad else values
-        mse, n = value_mse(v, batch)
-        diag.add("value_loss", mse * n, n)
-        diag.add("explained_variance", explained_variance(v.detach(), batch.rewards, value_mask(batch)))
+        # c_v * MSE(V, R) over the LM rows and the value-only rows together (METHOD.md: Stage 2 value
+        # continual learning sees correct AND incorrect examples, else V drifts to 1).
+        parts = [(value_head(h) if algo.value_trunk_grad else values, batch)]
+        if rows is not None:
+            hidden = rows.hidden if algo.value_trunk_grad else rows.hidden.detach()
+            parts.append((value_head(hidden), rows.batch))
+        sq = torch.zeros((), device=h.device)
+        n = torch.zeros((), device=h.device)
+        for v, b in parts:
+            m = value_mask(b)
+            sq = sq + (((v - b.rewards) ** 2) * m).sum()
+            n = n + m.sum()
+            moments = ev_moments(v, b.rewards, m)
+            diag.ev = moments if diag.ev is None else diag.ev + moments
+        mse = sq / n.clamp(min=1)
+        diag.add("value_loss", sq, n)
         return algo.value_coef * mse / value_scale
 
     return weights_for, value_loss
 
 
-def _rho1_weights_fn(algo: Rho1Config, ref_ce: Tensor, diag: StepDiagnostics) -> WeightFn:
+@torch.no_grad()
+def rho1_step_selection(
+    recipe: Recipe,
+    model: MTPModel,
+    micro: list[Batch],
+    reference: nn.Module | None,
+    world: int,
+    device: torch.device,
+) -> list[Rho1Selection] | None:
+    """rho1 `select` over the whole optimiser step: every micro-batch and every process (METHOD.md, rho1-wmtp).
+
+    Each head's excess losses of the step are scored first (one extra forward without gradients), gathered
+    across processes in (process, micro-batch, row, position) order, and the top round(ratio * N_k) are kept,
+    ties broken by that order: grad_accum 2 x batch 4 (or 2 processes x batch 4) keeps exactly what one batch of 8
+    keeps. None when there is nothing to coordinate (one micro-batch, one process) or the mode is not select.
+    """
+    algo = recipe.algorithm
+    if not isinstance(algo, Rho1Config) or algo.mode != "select" or (len(micro) == 1 and world == 1):
+        return None
+    n = recipe.n_heads
+    selected = [k for k in range(n) if not (k == 0 and algo.keep_head0)]
+    masks: list[list[Tensor]] = [[] for _ in range(n)]  # [head][micro-batch] (B, S) bool
+    scores: list[list[Tensor]] = [[] for _ in range(n)]  # [head][micro-batch] valid e, row-major
+    refs = []
+    for cpu_batch in micro:
+        b = cpu_batch.to(device)
+        if b.ref_ce is not None:
+            ref = b.ref_ce
+        else:
+            assert reference is not None, "live rho1 needs the reference model"
+            ref = reference_ce(reference, b.input_ids, b.segment_ids)
+        refs.append(ref)
+        trunk = model.trunk(b.input_ids, b.segment_ids) if selected else None
+        for k in selected:
+            assert trunk is not None
+            ce = token_ce(model.head_logits(k, trunk), head_targets(b.input_ids, k))  # (B, S)
+            m = head_mask(b.token_mask, b.segment_ids, k)
+            masks[k].append(m)
+            scores[k].append(excess_loss(ce, ref, k)[m])
+    local = [torch.cat(scores[k]) if k in selected else torch.zeros(0, device=device) for k in range(n)]
+    everyone, offsets = _gather_heads(local, world)
+    kept: list[list[Tensor | None]] = [[None] * n for _ in micro]
+    scale = [1.0] * n
+    for k in selected:
+        total = everyone[k].numel()
+        keep = max(1, round(total * algo.ratio))  # round half to even, as rho1_weights
+        mine = select_top(everyone[k], keep)[offsets[k] : offsets[k] + local[k].numel()]
+        scale[k] = total / min(keep, total) if total else 0.0
+        start = 0
+        for i, m in enumerate(masks[k]):
+            count = int(m.sum())
+            out = torch.zeros_like(m)
+            out[m] = mine[start : start + count]
+            kept[i][k] = out
+            start += count
+    return [Rho1Selection(kept[i], scale, refs[i]) for i in range(len(micro))]
+
+
+def _gather_heads(local: list[Tensor], world: int) -> tuple[list[Tensor], list[int]]:
+    """Concatenate each head's 1-D scores over processes in rank order; also this process's offset per head."""
+    if world == 1:
+        return local, [0] * len(local)
+    device = local[0].device
+    sizes = torch.tensor([x.numel() for x in local], dtype=torch.long, device=device)
+    all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
+    dist.all_gather(all_sizes, sizes)
+    width = max(int(z.sum()) for z in all_sizes)
+    flat = torch.zeros(width, dtype=torch.float32, device=device)
+    flat[: int(sizes.sum())] = torch.cat([x.float() for x in local])
+    gathered = [torch.empty_like(flat) for _ in range(world)]
+    dist.all_gather(gathered, flat)
+    rank = dist.get_rank()
+    heads, offsets = [], []
+    for k in range(len(local)):
+        pieces: list[Tensor] = []
+        offset = 0
+        for r in range(world):
+            begin = int(all_sizes[r][:k].sum())
+            if r == rank:
+                offset = sum(p.numel() for p in pieces)
+            pieces.append(gathered[r][begin : begin + int(all_sizes[r][k])])
+        heads.append(torch.cat(pieces))
+        offsets.append(offset)
+    return heads, offsets
+
+
+def _rho1_weights_fn(
+    algo: Rho1Config, ref_ce: Tensor, diag: StepDiagnostics, selection: Rho1Selection | None
+) -> WeightFn:
     def weights_for(k: int, ce: Tensor, m: Tensor) -> Tensor:
         e = excess_loss(ce, ref_ce, k)  # (B, S): CE_{t,k} - CE^ref_{t+k+1}
+        if selection is not None:  # select, chosen over the whole step: w = N_k / K_k on kept entries
+            chosen = selection.kept[k]
+            n = m.float().sum()
+            diag.add(f"head{k}/excess_mean", (e * m).sum(), n)
+            kept = m if chosen is None else chosen & m
+            diag.add(f"head{k}/selected_fraction", kept.float().sum(), n)
+            return kept.float() * selection.scale[k]
         w = rho1_weights(
             e,
             m,

@@ -7,8 +7,8 @@ P(success | x_{<=t}).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -30,33 +30,63 @@ def value_mse(values: Tensor, batch: Batch) -> tuple[Tensor, Tensor]:
     return (((values - batch.rewards) ** 2) * m).sum() / m.sum().clamp(min=1), m.sum()
 
 
-def explained_variance(values: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
-    """1 - Var(R - V) / Var(R) over masked entries, as a 0-d tensor; NaN when R is constant (undefined)."""
-    m = mask.float()
-    n = m.sum().clamp(min=1)
-    r, v = rewards.float(), values.float()
-    var_r = ((r - (r * m).sum() / n) ** 2 * m).sum() / n
-    res = r - v
-    var_res = ((res - (res * m).sum() / n) ** 2 * m).sum() / n
-    return torch.where(var_r > 0, 1 - var_res / var_r.clamp(min=1e-12), torch.full_like(var_r, math.nan))
+@dataclass
+class ValueRows:
+    """Stage 2 rows that only the value loss sees (incorrect examples under `train_on: correct`, METHOD.md):
+    their batch and the trunk's hidden states on them, (B', S', D)."""
+
+    batch: Batch
+    hidden: Tensor
+
+
+def ev_moments(values: Tensor, rewards: Tensor, mask: Tensor) -> Tensor:
+    """Sufficient statistics of explained variance over masked entries: [n, sum R, sum R^2, sum d, sum d^2] with
+    d = R - V, float64 (5,). They add up over micro-batches, so a step's EV is exact, not a mean of EVs."""
+    m = mask.bool()
+    r, d = rewards.double()[m], (rewards.double() - values.detach().double())[m]
+    return torch.stack([m.sum().double(), r.sum(), (r * r).sum(), d.sum(), (d * d).sum()])
+
+
+def ev_from_moments(moments: Tensor) -> float | None:
+    """1 - Var(R - V) / Var(R) (population variances); None when undefined (no entry, or R constant)."""
+    n, sr, sr2, sd, sd2 = (float(x) for x in moments)
+    if n < 1:
+        return None
+    var_r = sr2 / n - (sr / n) ** 2
+    if var_r <= 1e-12:
+        return None
+    return 1.0 - max(0.0, sd2 / n - (sd / n) ** 2) / var_r
+
+
+def ev_metrics(moments: Tensor, prefix: str = "") -> dict[str, float]:
+    """`explained_variance`, or `explained_variance_undefined: 1` when R is constant (never silently dropped)."""
+    ev = ev_from_moments(moments)
+    return (
+        {f"{prefix}explained_variance_undefined": 1.0} if ev is None else {f"{prefix}explained_variance": ev}
+    )
 
 
 @torch.no_grad()
 def heldout_value_stats(model: MTPModel, head: ValueHead, batches: list[Batch]) -> dict[str, float]:
-    """Value loss and explained variance over held-out batches."""
-    vals, rews, masks, loss_sum, count = [], [], [], 0.0, 0.0
+    """Value loss, explained variance and mean V on correct / incorrect examples over held-out batches."""
+    moments = torch.zeros(5, dtype=torch.float64)
+    loss_sum, count = 0.0, 0.0
+    v_sum = {1.0: 0.0, 0.0: 0.0}
+    v_n = {1.0: 0.0, 0.0: 0.0}
     for b in batches:
-        v = head(model.trunk(b.input_ids, b.segment_ids).hidden)
+        v = head(model.trunk(b.input_ids, b.segment_ids).hidden)  # (B, S)
         loss, n = value_mse(v, b)
         loss_sum, count = loss_sum + float(loss * n), count + float(n)
         m = value_mask(b)
-        vals.append(v[m])
-        rews.append(b.rewards[m])
-        masks.append(torch.ones_like(v[m], dtype=torch.bool))
-    stats = {"value_loss": loss_sum / max(count, 1.0)}
-    ev = float(explained_variance(torch.cat(vals), torch.cat(rews), torch.cat(masks))) if vals else math.nan
-    if math.isfinite(ev):
-        stats["explained_variance"] = ev
+        moments += ev_moments(v, b.rewards, m).cpu()
+        for r in v_sum:
+            sel = m & (b.rewards == r)
+            v_sum[r] += float(v[sel].sum())
+            v_n[r] += float(sel.sum())
+    stats = {"value_loss": loss_sum / max(count, 1.0), **ev_metrics(moments)}
+    for r, name in ((1.0, "correct"), (0.0, "incorrect")):
+        if v_n[r]:
+            stats[f"mean_v_{name}"] = v_sum[r] / v_n[r]
     return stats
 
 

@@ -42,6 +42,7 @@ class Encoded:
     ids: list[int]
     completion: list[bool]
     reward: float
+    truncated: bool = False  # the example's final token was cut off (its reward sits on no token)
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Batch:
     rewards: Tensor  # float: R of the example each position belongs to
     ref_ce: Tensor | None = None  # float: CE^ref_j (rho1, cached)
     tokens: int = 0  # non-pad tokens, counted on the CPU
+    example_end: Tensor | None = None  # bool: x_j is its example's true final token (critic: R sits there)
 
     def to(self, device: torch.device) -> Batch:
         moved = {k: v.to(device, non_blocking=True) for k, v in vars(self).items() if isinstance(v, Tensor)}
@@ -142,7 +144,8 @@ def encode(examples: list[Example], tokenizer: Any, max_len: int | None) -> list
         p = tokenizer.encode(ex.prompt, add_special_tokens=False) if ex.prompt else []
         c = [*tokenizer.encode(ex.completion, add_special_tokens=False), eos]
         ids = (p + c)[:max_len] if max_len else p + c
-        out.append(Encoded(ids, ([False] * len(p) + [True] * len(c))[: len(ids)], float(ex.is_correct)))
+        comp = ([False] * len(p) + [True] * len(c))[: len(ids)]
+        out.append(Encoded(ids, comp, float(ex.is_correct), len(ids) < len(p) + len(c)))
     return out
 
 
@@ -164,6 +167,15 @@ def example_chunks(i: int, length: int, seq_len: int) -> list[tuple[int, int, in
     (block-diagonal attention, positions from 0), so rho1's cached reference CE scores exactly these chunks.
     """
     return [(i, s, min(s + seq_len, length)) for s in range(0, length, seq_len)]
+
+
+def split_by_problem(keys: list[str], fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """`split_heldout` over distinct problem keys: examples sharing a key (a problem's correct and incorrect
+    variants) land on the same side. Returns sorted example indices (train, held-out)."""
+    problems = list(dict.fromkeys(keys))  # first-occurrence order: a function of the data only
+    _, held = split_heldout(len(problems), fraction, seed)
+    out = {problems[i] for i in held}
+    return [i for i, k in enumerate(keys) if k not in out], [i for i, k in enumerate(keys) if k in out]
 
 
 def epoch_plan(
@@ -220,6 +232,7 @@ def collate(
     seg = torch.full(shape, -1, dtype=torch.long)
     rew = torch.zeros(shape)
     ref = torch.zeros(shape) if ref_ce is not None else None
+    end = torch.zeros(shape, dtype=torch.bool)
     for r, row in enumerate(rows):
         pos = 0
         for j, (i, s, e) in enumerate(row):
@@ -230,6 +243,7 @@ def collate(
             rew[r, pos : pos + e - s] = enc.reward
             if ref is not None and ref_ce is not None:
                 ref[r, pos : pos + e - s] = torch.tensor(ref_ce[i][s:e])
+            end[r, pos + e - s - 1] = e == len(enc.ids) and not enc.truncated  # a cut piece never ends it
             pos += e - s
     trained = comp.clone() if cfg.loss_on == "completion" else seg >= 0
-    return Batch(ids, trained, comp, seg, rew, ref, int((seg >= 0).sum()))
+    return Batch(ids, trained, comp, seg, rew, ref, int((seg >= 0).sum()), example_end=end)

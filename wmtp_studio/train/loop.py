@@ -29,9 +29,17 @@ from wmtp_studio.runrefs import resolve_run_refs
 from wmtp_studio.tracking import MlflowLogger
 from wmtp_studio.train import checkpoint as ckpt
 from wmtp_studio.train import lifecycle
-from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
-from wmtp_studio.train.critic import stage1
-from wmtp_studio.train.data import Batch, Encoded, collate, encode, epoch_plan, load_examples, split_heldout
+from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks, rho1_step_selection
+from wmtp_studio.train.critic import ValueRows, heldout_value_stats, stage1
+from wmtp_studio.train.data import (
+    Batch,
+    Encoded,
+    collate,
+    encode,
+    epoch_plan,
+    load_examples,
+    split_by_problem,
+)
 from wmtp_studio.train.events import MetricsWriter
 from wmtp_studio.train.loss import HIST_EDGES, STAT_FIELDS, HeadStats, forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, ValueHead, build_tiny_hf, load_mtp
@@ -75,6 +83,11 @@ class Setup:
     writer: MetricsWriter
     mlflow: MlflowLogger | None
     plans: dict[int, list[list[Any]]] = field(default_factory=dict)
+    # critic: labelled examples of the held-out problems, and the incorrect rows only the value loss sees
+    value_heldout: list[Encoded] = field(default_factory=list)
+    value_extra: list[Encoded] = field(default_factory=list)
+    value_plans: dict[int, list[list[Any]]] = field(default_factory=dict)
+    value_heldout_batches: list[Batch] | None = None
 
     @property
     def world(self) -> int:
@@ -155,14 +168,14 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     tok_source = resume_from / "model" if resume_from else None
     tokenizer = _load_tok(recipe, examples, tok_source)
     encoded = encode(examples, tokenizer, cfg.seq_len if not cfg.packing else None)
-    lm = [e for e in encoded if e.reward == 1.0 or (algo.name == "critic-wmtp" and algo.train_on == "all")]
-    if algo.name == "critic-wmtp" and all(e.reward == 1.0 for e in encoded):
-        raise StudioError(
-            "critic-wmtp needs examples labelled is_correct: 0 (set data.generated."
-            "incorrect_fraction > 0, or label candidates with `wmtp label`)"
-        )
-    tr_idx, val_idx = split_heldout(len(lm), recipe.eval.val_fraction, cfg.seed)
-    train_data, val_data = [lm[i] for i in tr_idx], [lm[i] for i in val_idx]
+    # Held out by problem (its prompt): a problem's correct and incorrect variants never straddle the split, and
+    # the split is the same for every algorithm (METHOD.md, critic-wmtp and Fair comparison).
+    keys = [e.prompt or f"example-{i}" for i, e in enumerate(examples)]
+    tr_idx, val_idx = split_by_problem(keys, recipe.eval.val_fraction, cfg.seed)
+    lm_all = algo.name == "critic-wmtp" and algo.train_on == "all"  # train_on filters the LM loss only
+    train_data = [encoded[i] for i in tr_idx if encoded[i].reward == 1.0 or lm_all]
+    val_data = [encoded[i] for i in val_idx if encoded[i].reward == 1.0 or lm_all]
+    value_train, value_heldout = _value_split(recipe, encoded, keys, tr_idx, val_idx)
     model = _build_model(recipe, tokenizer, resume_from / "model" if resume_from else None).to(accel.device)
     model.train()
     value_head = ValueHead(model.hidden_size).to(accel.device) if algo.name == "critic-wmtp" else None
@@ -194,14 +207,41 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
         reference,
         train_data,
         val_data,
-        encoded,
+        value_train,
         ref_ce,
         optimizer,
         scheduler,
         total,
         MetricsWriter(run_dir / "metrics.jsonl", enabled=False),
         None,
+        value_heldout=value_heldout,
+        value_extra=[e for e in value_train if e.reward != 1.0 and not lm_all],
     )
+
+
+def _value_split(
+    recipe: Recipe, encoded: list[Encoded], keys: list[str], tr_idx: list[int], val_idx: list[int]
+) -> tuple[list[Encoded], list[Encoded]]:
+    """critic: (value training, value held-out) labelled examples, split by problem.
+
+    The held-out problems are the run's validation problems, which no algorithm trains on; with
+    `eval.val_fraction: 0` they are `stage1.heldout_fraction` of the training problems, kept from the value loss.
+    """
+    algo = recipe.algorithm
+    if algo.name != "critic-wmtp":
+        return [], []
+    if not val_idx:
+        tr, ho = split_by_problem(
+            [keys[i] for i in tr_idx], algo.stage1.heldout_fraction, recipe.train.seed + 1
+        )
+        tr_idx, val_idx = [tr_idx[i] for i in tr], [tr_idx[i] for i in ho]
+    train, held = [encoded[i] for i in tr_idx], [encoded[i] for i in val_idx]
+    if all(e.reward == 1.0 for e in train):
+        raise StudioError(
+            "critic-wmtp needs training examples labelled is_correct: 0 (set data.generated."
+            "incorrect_fraction > 0, or label candidates with `wmtp label`)"
+        )
+    return train, held
 
 
 def _load_tok(recipe: Recipe, examples: list[Any], saved: Path | None) -> Any:
@@ -242,6 +282,39 @@ def next_batch(s: Setup, state: State) -> Batch:
     b = s.recipe.train.batch_size
     mine = rows[s.accel.process_index * b : (s.accel.process_index + 1) * b]
     return collate(mine, s.train_data, s.recipe.train, s.tokenizer.pad_token_id, s.ref_ce)  # on the CPU
+
+
+def _value_rows(s: Setup, g: int) -> ValueRows | None:
+    """critic, `train_on: correct`: the incorrect rows riding with the step's g-th micro-batch, seen by the value
+    loss only (METHOD.md: else every Stage 2 reward is 1 and V drifts to 1). As many rows per micro-batch as keep
+    the data's ratio of incorrect to correct examples; their own plan, a function of (seed, g) only, so resumed
+    runs see the same rows. The LM rows, and so the LM loss's tokens, stay those of every other algorithm.
+    """
+    if not s.value_extra:
+        return None
+    cfg = s.recipe.train
+    per = max(1, round(cfg.batch_size * len(s.value_extra) / max(1, len(s.train_data))))
+    per = min(per, max(1, len(s.value_extra) // s.world))
+    if 0 not in s.value_plans:  # every epoch's plan has the same length (same examples, same rows)
+        s.value_plans = {0: _plan_rows(s, s.value_extra, per, 0)}
+    epoch, index = divmod(g, max(1, len(s.value_plans[0])))
+    if epoch not in s.value_plans:
+        s.value_plans = {0: s.value_plans[0], epoch: _plan_rows(s, s.value_extra, per, epoch)}
+    plan = s.value_plans[epoch]
+    if not plan:
+        return None
+    mine = plan[index % len(plan)][s.accel.process_index * per : (s.accel.process_index + 1) * per]
+    batch = collate(mine, s.value_extra, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device)
+    algo = s.recipe.algorithm
+    with torch.set_grad_enabled(algo.name == "critic-wmtp" and algo.value_trunk_grad):
+        return ValueRows(batch, s.model.trunk(batch.input_ids, batch.segment_ids).hidden)
+
+
+def _plan_rows(s: Setup, data: list[Encoded], per: int, epoch: int) -> list[list[Any]]:
+    cfg = s.recipe.train
+    return epoch_plan(
+        [len(e.ids) for e in data], per * s.world, cfg.seed + 2, epoch, cfg.packing, cfg.seq_len
+    )
 
 
 def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
@@ -298,12 +371,22 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
     denominators = _reduce(s, counts)
     diag = StepDiagnostics()
     heads: HeadStats | None = None
+    with s.accel.autocast():  # rho1 select: the kept tokens are chosen over the whole step first
+        selection = rho1_step_selection(s.recipe, s.model, micro, s.reference, s.world, s.accel.device)
     for i, cpu_batch in enumerate(micro):
         batch = cpu_batch.to(s.accel.device)
         with s.accel.autocast():
             trunk = s.model.trunk(batch.input_ids, batch.segment_ids)
             weights_for, extra = algorithm_hooks(
-                s.recipe, batch, trunk, s.value_head, s.reference, diag, value_scale=s.world * cfg.grad_accum
+                s.recipe,
+                batch,
+                trunk,
+                s.value_head,
+                s.reference,
+                diag,
+                value_scale=s.world * cfg.grad_accum,
+                value_rows=_value_rows(s, state.step * cfg.grad_accum + i),
+                selection=selection[i] if selection else None,
             )
             stats = forward_backward(
                 s.model,
@@ -485,8 +568,7 @@ def _run_stage1(s: Setup, state: State) -> None:
     algo = s.recipe.algorithm
     assert algo.name == "critic-wmtp" and s.value_head is not None
     cfg = s.recipe.train
-    tr, ho = split_heldout(len(s.stage1_data), algo.stage1.heldout_fraction, cfg.seed + 1)
-    train_part, held = [s.stage1_data[i] for i in tr], [s.stage1_data[i] for i in ho]
+    train_part = s.stage1_data  # labelled examples of the training problems; held-out problems never straddle
 
     def stream() -> Iterator[Batch]:  # every process sees the same batches: value heads stay identical
         epoch = 0
@@ -502,21 +584,48 @@ def _run_stage1(s: Setup, state: State) -> None:
                 yield collate(rows, train_part, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device)
             epoch += 1
 
-    held_plan = epoch_plan([len(e.ids) for e in held], cfg.batch_size, cfg.seed, -1, cfg.packing, cfg.seq_len)
-    held_batches = [
-        collate(r, held, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device) for r in held_plan
-    ]
     steps = stage1(
         s.model,
         s.value_head,
         algo.stage1,
         stream(),
-        held_batches,
+        _value_heldout_batches(s),
         lambda step, m: s.writer.write("stage1", step, metrics=m),
         cfg.grad_clip,
     )
     state.stage1_done = True
     s.writer.write("event", 0, event="stage1_done", data={"steps": steps})
+
+
+def _value_heldout_batches(s: Setup) -> list[Batch]:
+    """critic: the held-out problems' labelled examples, batched once (Stage 1 and Stage 2 measure the same)."""
+    if s.value_heldout_batches is None:
+        cfg = s.recipe.train
+        rows = sorted(
+            range(len(s.value_heldout)), key=lambda i: len(s.value_heldout[i].ids)
+        )  # little padding
+        s.value_heldout_batches = [
+            collate(rows[j : j + cfg.batch_size], s.value_heldout, cfg, s.tokenizer.pad_token_id, None).to(
+                s.accel.device
+            )
+            for j in range(0, len(rows), cfg.batch_size)
+        ]
+    return s.value_heldout_batches
+
+
+def _value_heldout_metrics(s: Setup, state: State) -> dict[str, float]:
+    """critic Stage 2: held-out value loss, explained variance (or that it is undefined) and mean V by label."""
+    if s.value_head is None:
+        return {}
+    stats = heldout_value_stats(s.model, s.value_head, _value_heldout_batches(s))
+    if "explained_variance_undefined" in stats:
+        s.writer.write(
+            "event",
+            state.step,
+            event="value_ev_undefined",
+            data={"reason": "the held-out value examples all have the same reward"},
+        )
+    return {f"heldout_{k}": v for k, v in stats.items()}
 
 
 def _log_step(s: Setup, state: State, r: StepResult, elapsed: float, tokens: int) -> dict[str, float]:
@@ -632,8 +741,10 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                     )
                 if detail and r.heads.weights and state.step % cfg.top_tokens_every == 0:
                     s.writer.write("top_tokens", state.step, data=_top_tokens(s, r))
-                if s.val_data and (state.step % s.recipe.eval.val_every == 0 or state.step == s.total_steps):
-                    s.writer.write("val", state.step, metrics=validate(s))
+                if state.step % s.recipe.eval.val_every == 0 or state.step == s.total_steps:
+                    val = (validate(s) if s.val_data else {}) | _value_heldout_metrics(s, state)
+                    if val:
+                        s.writer.write("val", state.step, metrics=val)
             if r.stop:
                 save_checkpoint(s, state)
                 s.writer.write("event", state.step, event="interrupted")

@@ -48,6 +48,7 @@ def td_errors(
     rewards: Tensor,
     completion_mask: Tensor,
     segment_ids: Tensor | None = None,
+    example_end: Tensor | None = None,
     *,
     gamma: float = 1.0,
     gae_lambda: float = 0.0,
@@ -58,11 +59,15 @@ def td_errors(
     rewards: (B, S), the reward R in {0, 1} of the example each position belongs to.
     completion_mask: (B, S) bool, x_j is a completion token (the tokens that are scored).
     segment_ids: (B, S) long, example index inside a packed row (None: one example per row).
+    example_end: (B, S) bool, x_j is its example's true final token (None: every piece's last completion token
+    is, i.e. nothing was cut by packing or truncation).
     Returns delta: (B, S) float32, zero where x_j is not a completion token (or j = 0).
 
         delta_j = gamma * V(s_j) - V(s_{j-1})   for a non-final completion token
         delta_T = R - V(s_{T-1})                for the final completion token of its example
-    With GAE (Schulman et al. 2016): A_j = sum_i (gamma * lambda)^i * delta_{j+i} within the same completion.
+    A piece cut off before its example's end keeps the ordinary gamma * V(s_j) - V(s_{j-1}) on its last token (a
+    bootstrap, as in truncated GAE): R is paid only where the example really ends (METHOD.md).
+    With GAE (Schulman et al. 2016): A_j = sum_i (gamma * lambda)^i * delta_{j+i} within the same piece.
     """
     values, rewards = values.float(), rewards.float()
     b, s = values.shape
@@ -72,7 +77,8 @@ def td_errors(
     valid[:, 1:] &= seg[:, 1:] == seg[:, :-1]
     nxt_same = torch.zeros_like(valid)
     nxt_same[:, :-1] = completion_mask[:, 1:] & (seg[:, 1:] == seg[:, :-1])
-    final = valid & ~nxt_same
+    last = valid & ~nxt_same  # last completion token of its piece
+    final = last if example_end is None else last & example_end.bool()
     prev_v = torch.zeros_like(values)
     prev_v[:, 1:] = values[:, :-1]  # V(s_{j-1})
     delta = torch.where(final, rewards - prev_v, gamma * values - prev_v)
@@ -81,8 +87,8 @@ def td_errors(
         return delta
     adv = torch.zeros_like(delta)
     running = torch.zeros(b, dtype=delta.dtype, device=delta.device)
-    for j in range(s - 1, -1, -1):  # reverse scan; restarts after each final token
-        cont = valid[:, j] & ~final[:, j]
+    for j in range(s - 1, -1, -1):  # reverse scan; restarts after the last token of each piece
+        cont = valid[:, j] & ~last[:, j]
         running = delta[:, j] + gamma * gae_lambda * running * cont
         adv[:, j] = torch.where(valid[:, j], running, torch.zeros_like(running))
         running = torch.where(valid[:, j], running, torch.zeros_like(running))
@@ -123,6 +129,19 @@ def excess_loss(ce_k: Tensor, ref_ce: Tensor, k: int) -> Tensor:
     by target position j (entry 0 unused). Returns (B, S); signed, as in Rho-1 (arXiv 2404.07965).
     """
     return ce_k.detach().float() - shift_to_head(ref_ce.float(), k)
+
+
+@torch.no_grad()
+def select_top(scores: Tensor, keep: int) -> Tensor:
+    """The `keep` largest entries of a 1-D tensor (all when keep >= its length), ties broken by position, as bool.
+
+    The same order as `rho1_weights` select over a row-major flattened batch, so a step's scores concatenated
+    in (process, micro-batch, row, position) order select exactly what one batch holding them all selects.
+    """
+    order = scores.float().argsort(descending=True, stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(order.numel(), device=order.device)
+    return rank < keep
 
 
 @torch.no_grad()

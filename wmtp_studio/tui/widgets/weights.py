@@ -10,7 +10,7 @@ from wmtp_studio.tui.series import RunData
 from wmtp_studio.tui.widgets.charts import BarsChart, LineChart
 from wmtp_studio.tui.widgets.heatmap import Heatmap
 
-OPTIONAL = ("chart-critic1", "chart-ev", "chart-critic2", "chart-selected")
+OPTIONAL = ("chart-critic1", "chart-ev", "chart-critic2", "chart-ev2", "chart-selected")
 """Charts hidden until their run writes the metrics they draw."""
 
 
@@ -32,6 +32,7 @@ class WeightsPanel(VerticalScroll):
             yield LineChart("critic stage 1: value loss", id="chart-critic1")
             yield LineChart("critic stage 1: explained variance (held-out)", id="chart-ev")
             yield LineChart("critic stage 2: value loss", id="chart-critic2")
+            yield LineChart("critic stage 2: explained variance (held-out)", id="chart-ev2")
             yield LineChart("rho-1: selected fraction per head", id="chart-selected")
 
     def draw(self, data: RunData, head: int) -> None:
@@ -51,7 +52,10 @@ class WeightsPanel(VerticalScroll):
             {"train": s.get("stage1/train_value_loss"), "held-out": s.get("stage1/heldout_value_loss")}
         )
         self._chart("chart-ev").draw({"held-out": s.get("stage1/heldout_explained_variance")})
-        self._chart("chart-critic2").draw({"value loss": s.get("train/value_loss")})
+        self._chart("chart-critic2").draw(
+            {"value loss": s.get("train/value_loss"), "held-out": s.get("val/heldout_value_loss")}
+        )
+        self._chart("chart-ev2").draw({"held-out": s.get("val/heldout_explained_variance")})
         for chart_id in OPTIONAL:
             chart = self._chart(chart_id)
             chart.display = bool(chart.drawn)
