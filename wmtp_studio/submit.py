@@ -92,10 +92,25 @@ def quickstart_recipes() -> tuple[Recipe, Recipe]:
         return load_recipe(path / "base.yaml"), load_recipe(path / "finetune.yaml")
 
 
-def submit_quickstart(*, engine: Engine, settings: Settings) -> tuple[ComparisonSet, list[Run]]:
+QUICKSTART_MAX_SEEDS = 10
+"""More seeds than this is no longer a quickstart (each seed adds four fine-tunes); queue a comparison instead."""
+
+
+def submit_quickstart(
+    *, engine: Engine, settings: Settings, seeds: int = 1
+) -> tuple[ComparisonSet, list[Run]]:
     """The quickstart comparison (DESIGN.md): a tiny NTP base pre-trained on the generated task, then fine-tunes
     of that base with every algorithm on its harder `compose` family, each evaluated on the held-out split.
-    Returns the set and all runs, the base first; one transaction."""
+    `seeds` fine-tuning seeds (0, 1, ...) per algorithm: one is fast; three or more show the seed noise of each
+    difference. The base is trained once (seed 0) and shared, so the seeds vary the fine-tuning only. The runs
+    are stored seed by seed, so that workers, which take the oldest first, finish a whole comparison of seed 0
+    before seed 1. Returns the set and all runs, the base first; one transaction."""
+    if not 1 <= seeds <= QUICKSTART_MAX_SEEDS:
+        raise StudioError(
+            f"quickstart seeds: {seeds} is not between 1 and {QUICKSTART_MAX_SEEDS} (1: fast; 3: shows seed "
+            "noise); for more, queue a comparison set with `wmtp-studio compare RECIPE --seeds ...`"
+        )
+    seed_list = list(range(seeds))
     base, finetune = quickstart_recipes()
     with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
         base_run = sub.add_run(recipe=base, priority=1)
@@ -103,12 +118,14 @@ def submit_quickstart(*, engine: Engine, settings: Settings) -> tuple[Comparison
         ref = f"run:{base_run.id}"
         data["model"]["name_or_path"] = data["tokenizer"]["path"] = data["algorithm"]["reference"] = ref
         finetune = type(finetune).model_validate(data)
-        expanded = expand(finetune, QUICKSTART_ALGORITHMS, [0])
+        expanded = sorted(
+            expand(finetune, QUICKSTART_ALGORITHMS, seed_list), key=lambda pair: pair[0].train.seed
+        )  # stable: algorithms stay in order within a seed
         cset = sub.add_comparison_set(
             name=finetune.name,
             base=finetune,
             factor=FACTOR,
-            diff={"algorithm": list(QUICKSTART_ALGORITHMS), "seed": [0]},
+            diff={"algorithm": list(QUICKSTART_ALGORITHMS), "seed": seed_list},
         )
         runs = [
             sub.add_run(recipe=r, comparison_set_id=cset.id, depends_on_run_id=base_run.id, diff=diff)

@@ -112,6 +112,19 @@ def test_invalid_input_exits_2_and_stores_nothing(studio: Any, tmp_path: Path) -
     assert not list((tmp_path / "home" / "runs").glob("2"))
 
 
+def test_quickstart_seeds_option(studio: Any) -> None:
+    assert "is not between 1 and 10" in studio("quickstart", "--seeds", "0", code=2).stderr
+    assert "--seeds" in studio("quickstart", "--seeds", "x", code=2).stderr  # typer: not an integer
+    assert runs_json(studio) == []
+    runs = json.loads(studio("quickstart", "--seeds", "3", "--json").stdout)
+    tunes = [r for r in runs if r["comparison_set_id"] is not None]
+    assert len(runs) == 13 and sorted({r["seed"] for r in tunes}) == [0, 1, 2]
+    assert sorted(r["algorithm"] for r in tunes if r["seed"] == 2) == sorted(
+        ["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp"]
+    )
+    assert "3 seed(s)" in studio("quickstart", "--seeds", "3").stdout
+
+
 def test_cancel_retry_priority_and_show(studio: Any) -> None:
     studio("compare", str(RECIPES / "tiny-rho1-wmtp.yaml"), "--algorithms", "ntp,rho1-wmtp")
     ntp = next(r for r in runs_json(studio) if r["algorithm"] == "ntp")

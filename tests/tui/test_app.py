@@ -9,13 +9,13 @@ from typing import Any
 import anyio
 import pytest
 from sqlalchemy.engine import Engine
-from textual.widgets import DataTable
+from textual.widgets import DataTable, OptionList
 
 from tests.tui.conftest import add_run, settle, until
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.app import StudioApp, create_app
-from wmtp_studio.tui.modals import ConfirmModal
+from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
 
@@ -67,13 +67,33 @@ async def test_first_start_offers_the_quickstart_and_shows_its_runs(
 ) -> None:
     app = _app(settings, offer_quickstart=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the quickstart offer")
-        await pilot.press("y")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
+        await pilot.press("enter")  # the first choice: fast, one seed
         await until(
             pilot, lambda: isinstance(app.screen, RunsScreen) and _rows(app) == 5, "the quickstart runs"
         )
     runs = store.list_runs(engine=engine)
     assert sorted(r.algorithm for r in runs) == ["baseline-mtp", "critic-wmtp", "ntp", "ntp", "rho1-wmtp"]
+    assert {r.seed for r in runs} == {0}
+
+
+async def test_thorough_quickstart_queues_three_seeds_per_algorithm(
+    settings: Settings, engine: Engine
+) -> None:
+    app = _app(settings, offer_quickstart=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
+        choices = app.screen.query_one(OptionList)
+        assert [choices.get_option_at_index(i).id for i in range(choices.option_count)] == ["1", "3", "no"]
+        choices.highlighted = 1  # thorough: 3 seeds
+        await pilot.press("enter")
+        await until(
+            pilot, lambda: isinstance(app.screen, RunsScreen) and _rows(app) == 13, "the quickstart runs"
+        )
+    tunes = [r for r in store.list_runs(engine=engine) if r.comparison_set_id is not None]
+    assert sorted((r.algorithm, r.seed) for r in tunes) == sorted(
+        (a, s) for a in ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp") for s in (0, 1, 2)
+    )
 
 
 async def test_declined_quickstart_queues_nothing_and_is_not_offered_to_a_used_studio(
@@ -81,8 +101,9 @@ async def test_declined_quickstart_queues_nothing_and_is_not_offered_to_a_used_s
 ) -> None:
     app = _app(settings, offer_quickstart=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, ConfirmModal), "the quickstart offer")
-        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
+        app.screen.query_one(OptionList).highlighted = 2  # not now
+        await pilot.press("enter")
         await settle(pilot)
         assert isinstance(app.screen, RunsScreen)
     assert store.list_runs(engine=engine) == []

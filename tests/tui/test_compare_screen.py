@@ -107,18 +107,20 @@ async def test_comparison_set_rows_per_algorithm_with_paired_tests(
         ntp, mtp = rows(table)
         # ntp is the default baseline. Pooled pass@1 = mean over problems of c/n over both seeds:
         # ntp (2/2 + 1/2 + 0 + 0)/4 = 0.375, baseline-mtp (2/2 + 2/2 + 1/2 + 2/2)/4 = 0.875.
-        assert ntp[:2] == ["ntp", "0,1"] and ntp[2].startswith("0.375 [") and ntp[3:] == ["baseline", "–"]
+        assert (
+            ntp[:2] == ["ntp", "0,1"] and ntp[2].startswith("0.375 [") and ntp[4:] == ["baseline"] + ["–"] * 4
+        )
         assert mtp[:2] == ["baseline-mtp", "0,1"] and mtp[2].startswith("0.875 [")
         # Seed-averaged per problem: ntp [1, .5, 0, 0], mtp [1, 1, .5, 1] → differences [0, .5, .5, 1], mean
-        # 0.5; Wilcoxon over the three non-zero ones, all positive: p = 2 x 1/8 = 0.25.
-        assert mtp[3].startswith("0.500 [") and mtp[4] == "0.250"
-        assert "Wilcoxon" in str(screen.query_one("#results-note", Static).render())
+        # 0.5; exact signed-rank over the three non-zero ones, all positive: p = 2 x 1/8 = 0.25.
+        assert mtp[4].startswith("0.500 [") and mtp[5] == "0.25 (exact Wilcoxon signed-rank)"
+        assert "exact sign test" in str(screen.query_one("#results-note", Static).render())
 
         # the other algorithm as baseline: the difference changes sign
         await pilot.press("b")
         screen.query_one("#baseline", Select).value = 1
-        await wait_for(pilot, lambda: rows(table)[0][3].startswith("-0.500"), "the new baseline")
-        assert rows(table)[1][3] == "baseline"
+        await wait_for(pilot, lambda: rows(table)[0][4].startswith("-0.500"), "the new baseline")
+        assert rows(table)[1][4] == "baseline"
 
         # config diff: the baseline (first baseline-mtp run, seed 0) against every other run
         await pilot.press("d")  # the focused baseline selector leaves letters to the screen's bindings
@@ -159,8 +161,20 @@ async def test_exports_write_table_and_chart_files(ctx: StudioContext, settings:
         assert (
             float(parsed[1]["Δ generated pass@1"]) == 0.5 and float(parsed[1]["p generated pass@1"]) == 0.25
         )
-        assert "| ntp | 0,1 | 0.375 [" in next(exports.glob("*.md")).read_text()
-        assert "\\toprule" in next(exports.glob("*.tex")).read_text()
+        assert parsed[1]["p generated pass@1 test"] == "exact Wilcoxon signed-rank"
+        # two seeds: per-seed Δ .75 and .25 (t-interval ± 3.18 contains 0), p = 0.5, the smallest with 2 seeds
+        assert (parsed[1]["p seeds generated pass@1"], parsed[1]["p seeds generated pass@1 min"]) == (
+            "0.5",
+            "0.5",
+        )
+        assert parsed[1]["seed noise generated pass@1"] == "within seed noise"
+        markdown = next(exports.glob("*.md")).read_text()
+        assert "| ntp | 0,1 | 0.375 [" in markdown and "| 0.25 (exact Wilcoxon signed-rank) |" in markdown
+        assert "| 0.5 (exact Wilcoxon signed-rank; min 0.5) | within seed noise |" in markdown
+        latex = next(exports.glob("*.tex")).read_text()
+        assert (
+            "\\toprule" in latex and "0.5 (exact Wilcoxon signed-rank; min 0.5) & within seed noise" in latex
+        )
         assert next(exports.glob("*.png")).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
         svg = next(exports.glob("*.svg")).read_bytes()
         assert ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg" and b"tiny-ntp-s0 val/loss" in svg
@@ -182,8 +196,9 @@ async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settin
         await wait_for(pilot, lambda: table.row_count == 2, "one row per picked run")
         ntp, mtp = rows(table)
         assert ntp[0] == f"#{runs[0].id} tiny-ntp-s0" and ntp[2] == "0.250 [0.000, 1.000]"  # as stored
-        # per-problem differences [1,1,1,1] − [1,0,0,0] = [0, 1, 1, 1]: mean 0.75, p = 2 x 1/8 = 0.25
-        assert mtp[3].startswith("0.750 [") and mtp[4] == "0.250"
+        # per-problem differences [1,1,1,1] − [1,0,0,0] = [0, 1, 1, 1]: mean 0.75; greedy pass@1, three
+        # discordant problems all one way: exact sign test, p = 2 x (1/2)^3 = 0.25
+        assert mtp[3].startswith("0.750 [") and mtp[4] == "0.25 (exact sign test)"
         await pilot.press("escape")  # opened over another screen: back to it
         assert pilot.app.screen is not screen
 
@@ -207,3 +222,78 @@ def test_feed_stops_reading_a_finished_run_until_it_is_retried(
     assert first not in snap.batches and len(snap.evaluations[first]) == 1  # settled: evaluations kept
     store.retry_run(engine=ctx.engine, run_id=first)
     assert [p[1:] for p in feed.read().batches[first][0].points] == [("train/loss", 15, 1.0)]
+
+
+# Greedy pass@1 on eight problems; each seed solves the first c of them (as in tests/unit/test_results.py).
+SOLVED_FIRST = {"ntp": (2, 3, 2), "baseline-mtp": (5, 7, 5), "critic-wmtp": (4, 2, 3)}
+
+
+def make_three_seed_set(engine: Engine, settings: Settings) -> int:
+    """A stored comparison set ntp, baseline-mtp, critic-wmtp x seeds 0, 1, 2 with per-problem pass@1."""
+    base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
+    algorithms, seeds = list(SOLVED_FIRST), [0, 1, 2]
+    cset = store.create_comparison_set(
+        engine=engine, name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
+    )
+    for recipe, diff in expand(base, algorithms, seeds):
+        run = store.create_run(
+            engine=engine, recipe=recipe, runs_dir=settings.runs_dir, comparison_set_id=cset.id, diff=diff
+        )
+        c = SOLVED_FIRST[run.algorithm][run.seed]
+        store.record_evaluation(
+            engine=engine,
+            evaluation=Evaluation(
+                run_id=run.id or 0,
+                benchmark="generated",
+                k=1,
+                pass_at_k=c / 8,
+                ci_low=0.0,
+                ci_high=1.0,
+                n_problems=8,
+                per_problem={f"t{j}": {"n": 1, "c": int(j < c)} for j in range(8)},
+            ),
+        )
+    return cset.id or 0
+
+
+async def test_three_seeds_show_the_test_used_and_which_differences_are_within_seed_noise(
+    ctx: StudioContext, settings: Settings
+) -> None:
+    set_id = make_three_seed_set(ctx.engine, settings)
+    screen = CompareScreen(ctx, comparison_set_id=set_id)
+    async with CompareApp(screen).run_test(size=(160, 40)) as pilot:
+        table = screen.query_one("#results-table", DataTable)
+        await wait_for(pilot, lambda: table.row_count == 3, "the results table")
+        ntp, mtp, critic = rows(table)
+        assert [c.label.plain for c in table.columns.values()][2:9] == [
+            "generated pass@1",
+            "generated pass@1 seed mean",
+            "Δ generated pass@1",
+            "p generated pass@1",
+            "Δ seeds generated pass@1",
+            "p seeds generated pass@1",
+            "seed noise generated pass@1",
+        ]
+        # ntp: seeds solve 2, 3, 2 of 8: pooled per problem (1 + 1 + 1/3)/8 = 7/24 with a bootstrap CI over
+        # problems; seed mean 7/24 = 0.292 with t-interval ± 4.302653·(√3/24)/√3 = ± 0.179
+        assert ntp[:2] == ["ntp", "0,1,2"] and ntp[2].startswith("0.292 [")
+        assert ntp[3] == "0.292 [0.112, 0.471]"
+        assert ntp[4:] == ["baseline", "–", "–", "–", "–"]
+        # baseline-mtp: per-seed Δ 3/8, 4/8, 3/8 → 0.417 ± 0.179 = [0.237, 0.596]: beyond seed noise; the
+        # seed-level p is 2/2^3 = 0.25, the smallest three seeds allow; over problems five positive Δ: 2/2^5
+        assert mtp[4].startswith("0.417 [") and mtp[5] == "0.0625 (exact Wilcoxon signed-rank)"
+        assert mtp[6:] == [
+            "0.417 [0.237, 0.596]",
+            "0.25 (exact Wilcoxon signed-rank; min 0.25)",
+            "beyond seed noise",
+        ]
+        # critic-wmtp: two discordant-by-1/3 problems (exact sign test, 2·(1/2)^2 = 0.5); per-seed Δ 2/8, −1/8,
+        # 1/8 → 1/12 ± 4.302653·√7/24 = 0.083 ± 0.474: within seed noise
+        assert critic[5] == "0.5 (exact sign test)"
+        assert critic[6:] == [
+            "0.083 [-0.391, 0.558]",
+            "0.75 (exact Wilcoxon signed-rank; min 0.25)",
+            "within seed noise",
+        ]
+        note = str(screen.query_one("#results-note", Static).render())
+        assert "2/2^S with S seeds (3 seeds: 0.25)" in note and "t-interval" in note

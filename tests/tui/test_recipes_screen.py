@@ -166,3 +166,44 @@ async def test_bad_seeds_or_rho1_without_a_reference_store_nothing(ctx: StudioCo
             await pilot.press("escape")
             await wait_for(pilot, lambda: pilot.app.screen is screen, "the modal to close")
             assert store.list_runs(engine=ctx.engine) == []
+
+
+async def test_three_seeds_queued_from_the_form_compare_per_algorithm_with_seed_columns(
+    ctx: StudioContext,
+) -> None:
+    from wmtp_studio.models import Evaluation
+    from wmtp_studio.tui.results import compare_tables
+
+    screen = RecipesScreen(ctx)
+    async with RecipesApp(screen).run_test(size=(120, 40)) as pilot:
+        await open_recipe(pilot, screen, "tiny-ntp.yaml")
+        await queue(pilot, {"ntp", "baseline-mtp"}, "0,1,2")
+        await wait_for(pilot, lambda: len(store.list_runs(engine=ctx.engine)) == 6, "the runs")
+    runs = store.list_runs(engine=ctx.engine)
+    assert sorted((r.algorithm, r.seed) for r in runs) == [
+        (a, s) for a in ("baseline-mtp", "ntp") for s in (0, 1, 2)
+    ]
+    for run in runs:  # each seed's evaluation, as a worker stores it: baseline-mtp solves one problem more
+        solved = run.seed + (2 if run.algorithm == "baseline-mtp" else 0)
+        store.record_evaluation(
+            engine=ctx.engine,
+            evaluation=Evaluation(
+                run_id=run.id or 0,
+                benchmark="generated",
+                k=1,
+                pass_at_k=solved / 8,
+                ci_low=0.0,
+                ci_high=1.0,
+                n_problems=8,
+                per_problem={f"t{j}": {"n": 1, "c": int(j < solved)} for j in range(8)},
+            ),
+        )
+    evaluations = {r.id or 0: store.list_evaluations(engine=ctx.engine, run_id=r.id or 0) for r in runs}
+    tables = compare_tables(runs, evaluations, None, is_set=True)
+    assert tables.labels == ["ntp", "baseline-mtp"] and tables.baseline == 0
+    mtp = dict(zip(tables.results.columns, tables.results.rows[1], strict=True))
+    assert mtp["seeds"] == "0,1,2"
+    # per-seed Δ 2/8 on every seed: a zero-width t-interval at 0.25, beyond seed noise; p over seeds 2/2^3
+    assert mtp["seed noise generated pass@1"] == "beyond seed noise"
+    p = mtp["p seeds generated pass@1"]
+    assert p is not None and getattr(p, "value", None) == 0.25 and getattr(p, "floor", None) == 0.25

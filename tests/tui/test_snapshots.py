@@ -142,6 +142,6 @@ def test_quickstart_offer(snap_compare: Snap, engine: Engine, settings: Settings
     )
 
     async def offered(pilot: Pilot[Any]) -> None:
-        await until(pilot, lambda: type(pilot.app.screen).__name__ == "ConfirmModal", "the offer")
+        await until(pilot, lambda: type(pilot.app.screen).__name__ == "QuickstartOffer", "the offer")
 
     assert snap_compare(app, terminal_size=(100, 24), run_before=offered)

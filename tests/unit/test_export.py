@@ -10,6 +10,7 @@ from pathlib import Path
 
 from wmtp_studio.tui.export import (
     Interval,
+    PValue,
     Series,
     Table,
     chart_image,
@@ -22,14 +23,22 @@ from wmtp_studio.tui.export import (
     to_markdown,
 )
 
+SIGN, RANK = "exact sign test", "exact Wilcoxon signed-rank"
 TABLE = Table(
-    columns=("run", "seeds", "generated pass@1", "Δ generated pass@1", "p generated pass@1"),
+    columns=("run", "seeds", "generated pass@1", "Δ generated pass@1", "p generated pass@1", "p seeds"),
     rows=(
-        ("tiny_ntp", 1, Interval(0.45, 0.3, 0.6), "baseline", None),
-        ("tiny|mtp 5%", 1, Interval(0.5, 0.35, 0.65), Interval(0.05, -0.1, 0.2), 0.0312),
-        ("rho1", 1, None, None, 0.0002),
+        ("tiny_ntp", 1, Interval(0.45, 0.3, 0.6), "baseline", None, None),
+        (
+            "tiny|mtp 5%",
+            1,
+            Interval(0.5, 0.35, 0.65),
+            Interval(0.05, -0.1, 0.2),
+            PValue(0.076812744140625, SIGN),
+            PValue(0.25, RANK, 0.25),
+        ),
+        ("rho1", 1, None, None, PValue(0.0002, RANK), None),
     ),
-    note="p: Wilcoxon signed-rank over problems",
+    note="p: the test named in each cell",
 )
 
 
@@ -40,17 +49,20 @@ def test_cells_read_as_numbers_with_ci_and_a_dash_for_none() -> None:
     assert format_cell(0.0002) == "2.0e-04"  # a small p-value does not read as 0.000
     assert format_cell(0.0) == "0.000"
     assert format_cell(3) == "3"
+    assert format_cell(PValue(0.0625, SIGN)) == "0.0625 (exact sign test)"  # three significant digits
+    assert format_cell(PValue(0.25, RANK, 0.25)) == "0.25 (exact Wilcoxon signed-rank; min 0.25)"
 
 
 def test_markdown_table_is_exact() -> None:
     assert to_markdown(TABLE) == (
-        "| run | seeds | generated pass@1 | Δ generated pass@1 | p generated pass@1 |\n"
-        "|---|---:|---:|---|---:|\n"
-        "| tiny_ntp | 1 | 0.450 [0.300, 0.600] | baseline | – |\n"
-        "| tiny\\|mtp 5% | 1 | 0.500 [0.350, 0.650] | 0.050 [-0.100, 0.200] | 0.031 |\n"
-        "| rho1 | 1 | – | – | 2.0e-04 |\n"
+        "| run | seeds | generated pass@1 | Δ generated pass@1 | p generated pass@1 | p seeds |\n"
+        "|---|---:|---:|---|---:|---:|\n"
+        "| tiny_ntp | 1 | 0.450 [0.300, 0.600] | baseline | – | – |\n"
+        "| tiny\\|mtp 5% | 1 | 0.500 [0.350, 0.650] | 0.050 [-0.100, 0.200] | 0.0768 (exact sign test) "
+        "| 0.25 (exact Wilcoxon signed-rank; min 0.25) |\n"
+        "| rho1 | 1 | – | – | 0.0002 (exact Wilcoxon signed-rank) | – |\n"
         "\n"
-        "p: Wilcoxon signed-rank over problems\n"
+        "p: the test named in each cell\n"
     )
 
 
@@ -58,16 +70,17 @@ def test_latex_table_is_booktabs_with_escaped_underscore_and_percent() -> None:
     assert to_latex(TABLE) == (
         "\\begin{table}[t]\n"
         "\\centering\n"
-        "\\begin{tabular}{lrrlr}\n"
+        "\\begin{tabular}{lrrlrr}\n"
         "\\toprule\n"
-        "run & seeds & generated pass@1 & $\\Delta$ generated pass@1 & p generated pass@1 \\\\\n"
+        "run & seeds & generated pass@1 & $\\Delta$ generated pass@1 & p generated pass@1 & p seeds \\\\\n"
         "\\midrule\n"
-        "tiny\\_ntp & 1 & 0.450 [0.300, 0.600] & baseline & -- \\\\\n"
-        "tiny|mtp 5\\% & 1 & 0.500 [0.350, 0.650] & 0.050 [-0.100, 0.200] & 0.031 \\\\\n"
-        "rho1 & 1 & -- & -- & 2.0e-04 \\\\\n"
+        "tiny\\_ntp & 1 & 0.450 [0.300, 0.600] & baseline & -- & -- \\\\\n"
+        "tiny|mtp 5\\% & 1 & 0.500 [0.350, 0.650] & 0.050 [-0.100, 0.200] & 0.0768 (exact sign test) & "
+        "0.25 (exact Wilcoxon signed-rank; min 0.25) \\\\\n"
+        "rho1 & 1 & -- & -- & 0.0002 (exact Wilcoxon signed-rank) & -- \\\\\n"
         "\\bottomrule\n"
         "\\end{tabular}\n"
-        "\\caption{p: Wilcoxon signed-rank over problems}\n"
+        "\\caption{p: the test named in each cell}\n"
         "\\end{table}\n"
     )
     assert latex_escape("a&b#c$d{e}~^\\") == (
@@ -79,12 +92,19 @@ def test_csv_splits_intervals_and_keeps_full_precision() -> None:
     text = to_csv(TABLE)
     assert text.splitlines()[0] == (
         "run,seeds,generated pass@1,generated pass@1 low,generated pass@1 high,"
-        "Δ generated pass@1,Δ generated pass@1 low,Δ generated pass@1 high,p generated pass@1"
+        "Δ generated pass@1,Δ generated pass@1 low,Δ generated pass@1 high,"
+        "p generated pass@1,p generated pass@1 test,p generated pass@1 min,p seeds,p seeds test,p seeds min"
     )
     rows = list(csv.DictReader(io.StringIO(text)))
     assert [r["run"] for r in rows] == ["tiny_ntp", "tiny|mtp 5%", "rho1"]
     assert float(rows[1]["generated pass@1 low"]) == 0.35
-    assert float(rows[1]["p generated pass@1"]) == 0.0312
+    assert float(rows[1]["p generated pass@1"]) == 0.076812744140625
+    assert (rows[1]["p generated pass@1 test"], rows[1]["p generated pass@1 min"]) == (SIGN, "")
+    assert (float(rows[1]["p seeds"]), rows[1]["p seeds test"], float(rows[1]["p seeds min"])) == (
+        0.25,
+        RANK,
+        0.25,
+    )
     # a text cell in an interval column keeps its text; no value is an empty cell
     assert (rows[0]["Δ generated pass@1"], rows[0]["Δ generated pass@1 low"]) == ("baseline", "")
     assert rows[2]["generated pass@1"] == "" and rows[0]["p generated pass@1"] == ""

@@ -123,3 +123,28 @@ def test_quickstart_is_a_base_and_four_fine_tunes_depending_on_it(engine: Engine
         assert frozen["data"]["generated"]["family"] == "compose"
         assert frozen["eval"]["benchmarks"] == ["generated:compose:100", "humaneval"]
     assert cset.diff == {"algorithm": list(QUICKSTART_ALGORITHMS), "seed": [0]}
+
+
+def test_quickstart_with_three_seeds_shares_the_base_and_stores_seed_by_seed(
+    engine: Engine, settings: Settings
+) -> None:
+    cset, runs = submit_quickstart(engine=engine, settings=settings, seeds=3)
+    base, tunes = runs[0], runs[1:]
+    assert base.name == "quickstart-base" and len(tunes) == 3 * len(QUICKSTART_ALGORITHMS)
+    # seed-major: workers take the oldest first, so seed 0's four fine-tunes finish before seed 1 starts
+    assert [(t.seed, t.algorithm) for t in tunes] == [
+        (s, a) for s in (0, 1, 2) for a in QUICKSTART_ALGORITHMS
+    ]
+    assert [t.id for t in tunes] == sorted(t.id or 0 for t in tunes)
+    assert {(t.depends_on_run_id, t.comparison_set_id) for t in tunes} == {(base.id, cset.id)}
+    assert tunes[4].name == "quickstart-ntp-s1"
+    assert cset.diff == {"algorithm": list(QUICKSTART_ALGORITHMS), "seed": [0, 1, 2]}
+
+
+@pytest.mark.parametrize("seeds", [0, -1, 11])
+def test_quickstart_refuses_a_seed_count_out_of_range_and_stores_nothing(
+    engine: Engine, settings: Settings, seeds: int
+) -> None:
+    with pytest.raises(StudioError, match=f"quickstart seeds: {seeds} is not between 1 and 10"):
+        submit_quickstart(engine=engine, settings=settings, seeds=seeds)
+    assert store.list_runs(engine=engine) == []

@@ -2,7 +2,13 @@
 
 Torch-free (numpy + scipy). Every confidence interval here is a 95 % percentile bootstrap *over problems*: it
 says how much the score would move on another draw of problems like these, not how much it moves between
-training seeds or sampling runs (for those, compare several seeds with `paired_comparison`).
+training seeds or sampling runs (for those, compare several seeds with `paired_comparison`, whose intervals over
+seeds are t-intervals).
+
+p-values are exact wherever the normal approximation is wrong (METHOD.md, "Evaluation"): the exact two-sided sign
+test when every non-zero difference has the same size (greedy pass@1: all ±1), else the exact distribution of the
+Wilcoxon signed-rank statistic over the 2^n sign flips (mid-ranks for ties) up to `EXACT_MAX` differences, and
+the normal approximation (with tie correction) only beyond that. Each p comes with the name of its test.
 """
 
 from __future__ import annotations
@@ -12,9 +18,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.stats import wilcoxon
+from scipy.stats import binomtest, rankdata, wilcoxon
+from scipy.stats import t as student_t
 
 _CHUNK = 1000  # bootstrap replicates drawn at once: bounds memory to _CHUNK x problems indices
+EXACT_MAX = 500
+"""Most non-zero differences whose signed-rank p is computed exactly (the distribution over sign flips costs
+O(n^3): 0.3 s at 500, 2 s at 1000); beyond it the normal approximation, accurate at that size, is used. The
+sign test is exact at any size. 500 covers MBPP's test split and HumanEval."""
+SIGN_TEST = "exact sign test"
+EXACT_SIGNED_RANK = "exact Wilcoxon signed-rank"
+NORMAL_SIGNED_RANK = "Wilcoxon signed-rank, normal approx."
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -49,6 +63,26 @@ class PassAtK:
 
 
 @dataclass(frozen=True)
+class SignedTest:
+    """A two-sided test that paired differences are centred on 0, on the non-zero ones (ties at 0 dropped)."""
+
+    p: float
+    test: str  # SIGN_TEST, EXACT_SIGNED_RANK or NORMAL_SIGNED_RANK
+    n: int  # non-zero differences tested
+    p_min: float | None  # the smallest p this test can give with n differences (2/2^n); None if approximate
+
+
+@dataclass(frozen=True)
+class SeedInterval:
+    """Mean over seeds with its 95 % t-interval over seeds (None with a single seed)."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    n_seeds: int
+
+
+@dataclass(frozen=True)
 class Paired:
     """Run b against run a on the same problems (and seeds); diff = mean_b − mean_a."""
 
@@ -58,10 +92,18 @@ class Paired:
     diff: float
     ci_low: float  # 95 % paired bootstrap CI of diff, over problems
     ci_high: float
-    wilcoxon_p: float | None  # signed-rank test over problems; None when every problem ties
+    problem_test: SignedTest | None  # over problems (seed-averaged); None when every problem ties
     n_problems: int
     n_seeds: int
-    seed_wilcoxon_p: float | None  # signed-rank test over per-seed means; None with < 2 seeds or all equal
+    seed_diff: SeedInterval  # per-seed differences (seed i of b − seed i of a): mean, t-interval over seeds
+    seed_test: SignedTest | None  # over per-seed differences; None with < 2 seeds or when all are 0
+
+    @property
+    def within_seed_noise(self) -> bool | None:
+        """True when the 95 % t-interval over seeds of the per-seed difference contains 0: the seeds do not
+        agree on the sign of the difference beyond their own spread. None with a single seed (unknown)."""
+        low, high = self.seed_diff.low, self.seed_diff.high
+        return None if low is None or high is None else low <= 0.0 <= high
 
 
 def _per_problem(results: Mapping[str, Sequence[bool]], ids: Sequence[str], k: int) -> np.ndarray:
@@ -123,12 +165,13 @@ def paired_comparison(
 
     Per problem, pass@k (Chen et al. 2021) is averaged over seeds; diff is the mean over problems of b − a.
     The CI is a 95 % paired percentile bootstrap over problems (the same resampled problems for a and b). The
-    Wilcoxon signed-rank test over problems uses zero_method="wilcox": problems on which a and b tie are dropped
-    (Wilcoxon 1945), so the test asks whether, where the runs differ, one is consistently better; for greedy
-    pass@1 (differences in {−1, 0, 1}) it is the sign test on the discordant problems, like McNemar's. Keeping
+    test over problems (`signed_test`) drops the problems on which a and b tie (zero_method "wilcox", Wilcoxon
+    1945), so it asks whether, where the runs differ, one is consistently better; for greedy pass@1 (differences
+    in {−1, 0, 1}) that is the exact sign test on the discordant problems, like McNemar's exact test. Keeping
     the ties ("zsplit", "pratt") would let the many problems both runs solve, or both fail, mask a real
-    difference. With ≥ 2 seeds a second signed-rank test runs over the per-seed means (seed i of a against seed
-    i of b). Only problems present in every run of a and b are compared.
+    difference. Over seeds: the per-seed difference (seed i of b − seed i of a, on the common problems) with
+    its mean and 95 % t-interval, and with ≥ 2 seeds a second `signed_test` over those differences (its
+    smallest attainable p is 2/2^S for S seeds). Only problems present in every run of a and b are compared.
     """
     if not a or not b:
         raise ValueError("paired_comparison: each side needs at least one run")
@@ -152,15 +195,62 @@ def paired_comparison(
         diff=float(diffs.mean()),
         ci_low=low,
         ci_high=high,
-        wilcoxon_p=_signed_rank_p(diffs),
+        problem_test=signed_test(diffs),
         n_problems=len(ids),
         n_seeds=len(a),
-        seed_wilcoxon_p=_signed_rank_p(seed_diffs) if len(a) >= 2 else None,
+        seed_diff=seed_interval(seed_diffs),
+        seed_test=signed_test(seed_diffs) if len(a) >= 2 else None,
     )
 
 
-def _signed_rank_p(diffs: np.ndarray) -> float | None:
-    """Two-sided Wilcoxon signed-rank p-value of paired differences; None when all of them are zero."""
-    if not np.any(diffs != 0):
+def seed_interval(values: Sequence[float] | np.ndarray) -> SeedInterval:
+    """Mean of per-seed values with its 95 % Student t-interval over seeds, mean ± t(0.975, S−1)·sd/√S (sd with
+    S−1 in the denominator); no interval with one seed. It is not clipped to [0, 1]."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        raise ValueError("seed_interval: no values")
+    mean = float(x.mean())
+    if x.size < 2:
+        return SeedInterval(mean, None, None, 1)
+    half = float(student_t.ppf(0.975, x.size - 1) * x.std(ddof=1) / math.sqrt(x.size))
+    return SeedInterval(mean, mean - half, mean + half, int(x.size))
+
+
+def signed_test(diffs: Sequence[float] | np.ndarray) -> SignedTest | None:
+    """Two-sided test that paired differences are centred on 0, on the non-zero differences; None when every
+    difference is 0. Differences are rounded to 12 decimals first, so that means of the same fractions tie.
+
+    - every non-zero difference of one size (greedy pass@1: ±1): the exact sign test, binomial(n, 1/2) on the
+      number of positive ones; the signed-rank test reduces to it there, since every rank ties;
+    - otherwise, up to `EXACT_MAX` differences: the exact distribution of the signed-rank statistic W+ (sum of
+      the mid-ranks of |d| of the positive differences) over the 2^n equally likely sign flips;
+    - beyond: scipy's normal approximation with tie correction.
+    Both exact p-values are 2·min(P(W ≤ w), P(W ≥ w)), capped at 1; their smallest value is 2/2^n.
+    """
+    d = np.round(np.asarray(diffs, dtype=float), 12)
+    d = d[d != 0]
+    n = int(d.size)
+    if n == 0:
         return None
-    return float(wilcoxon(diffs, zero_method="wilcox").pvalue)
+    p_min = min(1.0, 2.0 * 0.5**n)
+    if np.all(np.abs(d) == abs(d[0])):
+        return SignedTest(float(binomtest(int((d > 0).sum()), n, 0.5).pvalue), SIGN_TEST, n, p_min)
+    if n <= EXACT_MAX:
+        return SignedTest(_exact_signed_rank_p(d), EXACT_SIGNED_RANK, n, p_min)
+    p = wilcoxon(d, zero_method="wilcox", method="approx").pvalue
+    return SignedTest(float(p), NORMAL_SIGNED_RANK, n, None)
+
+
+def _exact_signed_rank_p(d: np.ndarray) -> float:
+    """Exact two-sided p of W+ for non-zero differences `d`, ties given mid-ranks. Mid-ranks are multiples of
+    1/2, so twice W+ is an integer sum of independent terms 0 or 2·rank_i (each with probability 1/2), and its
+    distribution is built by adding one term at a time (scipy's method="exact" assumes untied ranks 1..n)."""
+    doubled = np.rint(2 * rankdata(np.abs(d))).astype(np.int64)  # (n,)
+    w = int(doubled[d > 0].sum())
+    dist = np.ones(1)  # dist[j] = P(2·W+ = j) over the terms added so far
+    for r in doubled:
+        grown = np.zeros(dist.size + r)
+        grown[: dist.size] += dist
+        grown[r:] += dist
+        dist = 0.5 * grown
+    return float(min(1.0, 2.0 * min(dist[: w + 1].sum(), dist[w:].sum())))

@@ -23,14 +23,21 @@ from wmtp_studio.models import utcnow
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
-from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
+from wmtp_studio.tui.modals import ErrorModal
+from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
 
 QUICKSTART_QUESTION = (
     "The studio has no runs yet. Queue the quickstart comparison?\n\n"
     "It pre-trains a tiny model on a generated code task, fine-tunes it with ntp, baseline-mtp, critic-wmtp "
-    "and rho1-wmtp, and evaluates pass@1 on held-out problems: 5-10 minutes in all on 2 CPU cores."
+    "and rho1-wmtp, and evaluates pass@1 on held-out problems. With one fine-tuning seed it takes 5-10 minutes "
+    "in all on 2 CPU cores; three seeds take about 3x as long and show which differences are within seed noise."
+)
+QUICKSTART_CHOICES = (
+    ("1", "Fast: 1 seed (5-10 minutes)"),
+    ("3", "Thorough: 3 seeds, seed noise measured (about 15-25 minutes)"),
+    ("no", "Not now"),
 )
 MODES = (
     ("runs", "Runs", "Every run, live: open, compare, cancel, retry, reprioritise"),
@@ -41,6 +48,18 @@ MODES = (
 
 
 SCREENS = Binding.Group("Screens", compact=True)
+
+
+class QuickstartOffer(ChoiceModal):
+    """The quickstart question (wrapped to the dialog's width) and its choices: fast, thorough, not now."""
+
+    DEFAULT_CSS = """
+    QuickstartOffer > Vertical { width: 80; }
+    QuickstartOffer Label { width: 1fr; margin-bottom: 1; }
+    """
+
+    def __init__(self, question: str) -> None:
+        super().__init__(question, QUICKSTART_CHOICES)
 
 
 class StudioApp(App[None]):
@@ -92,7 +111,9 @@ class StudioApp(App[None]):
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         for mode, label, help_text in MODES:
             yield SystemCommand(label, help_text, lambda mode=mode: self.switch_mode(mode))
-        yield SystemCommand("Quickstart", "Queue the quickstart comparison", self.queue_quickstart)
+        yield SystemCommand(
+            "Quickstart", "Queue the quickstart comparison (1 or 3 seeds)", self.action_offer_quickstart
+        )
         yield from super().get_system_commands(screen)
 
     def deliver_screenshot(
@@ -125,26 +146,28 @@ class StudioApp(App[None]):
                 note = f"started an embedded worker (pid {self.embedded.pid}, log {self.embedded.log_path})"
                 self.call_from_thread(self.notify, note, timeout=6)
         if self.offer_quickstart and not store.list_runs(engine=self.ctx.engine, limit=1):
-            self.call_from_thread(
-                self.push_screen, ConfirmModal(QUICKSTART_QUESTION), self._quickstart_answer
-            )
+            self.call_from_thread(self.action_offer_quickstart, QUICKSTART_QUESTION)
 
-    def _quickstart_answer(self, yes: bool | None) -> None:
-        if yes:
-            self.queue_quickstart()
+    def action_offer_quickstart(self, question: str = "Queue the quickstart comparison?") -> None:
+        """Ask how many fine-tuning seeds (fast: 1, thorough: 3); Escape or "Not now" queues nothing."""
+        self.push_screen(QuickstartOffer(question), self._quickstart_answer)
+
+    def _quickstart_answer(self, choice: str | None) -> None:
+        if choice is not None and choice.isdigit():
+            self.queue_quickstart(int(choice))
 
     @work(thread=True, group="quickstart")
-    def queue_quickstart(self) -> None:
+    def queue_quickstart(self, seeds: int = 1) -> None:
         from wmtp_studio.submit import submit_quickstart, wake_workers
 
         try:
-            cset, runs = submit_quickstart(engine=self.ctx.engine, settings=self.ctx.settings)
+            cset, runs = submit_quickstart(engine=self.ctx.engine, settings=self.ctx.settings, seeds=seeds)
         except StudioError as exc:
             self.call_from_thread(self.push_screen, ErrorModal(str(exc), title="Quickstart not queued"))
             return
         warning = wake_workers(self.ctx.settings, [r.id or 0 for r in runs])
         self.call_from_thread(
-            self.notify, f"queued the quickstart: comparison set {cset.id}, {len(runs)} runs"
+            self.notify, f"queued the quickstart: comparison set {cset.id}, {seeds} seed(s), {len(runs)} runs"
         )
         if warning:
             self.call_from_thread(self.notify, warning, severity="warning", timeout=10)

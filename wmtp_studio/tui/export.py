@@ -29,7 +29,16 @@ class Interval:
     high: float | None = None
 
 
-Cell = str | int | float | Interval | None
+@dataclass(frozen=True)
+class PValue:
+    """A two-sided p-value, the test that gave it, and (exact tests over seeds) the smallest p attainable."""
+
+    value: float
+    test: str
+    floor: float | None = None
+
+
+Cell = str | int | float | Interval | PValue | None
 """None is shown as an en dash (no value)."""
 
 
@@ -56,10 +65,19 @@ def format_number(value: float) -> str:
     return f"{value:.3f}"
 
 
+def format_p(value: float) -> str:
+    """Three significant digits: 0.0625, 0.0768, 0.25, 1.91e-06."""
+    return f"{value:.3g}"
+
+
 def format_cell(cell: Cell) -> str:
-    """How a cell reads in the TUI, Markdown and LaTeX: `0.450 [0.300, 0.600]`, `–` for no value."""
+    """How a cell reads in the TUI, Markdown and LaTeX: `0.450 [0.300, 0.600]`, `0.0768 (exact sign test)`,
+    `0.25 (exact Wilcoxon signed-rank; min 0.25)`, `–` for no value."""
     if cell is None:
         return "–"
+    if isinstance(cell, PValue):
+        floor = "" if cell.floor is None else f"; min {format_p(cell.floor)}"
+        return f"{format_p(cell.value)} ({cell.test}{floor})"
     if isinstance(cell, Interval):
         if cell.low is None or cell.high is None:
             return format_number(cell.value)
@@ -72,7 +90,7 @@ def format_cell(cell: Cell) -> str:
 def _numeric(table: Table, index: int) -> bool:
     """A column is right-aligned when it holds numbers (every non-empty cell is one)."""
     cells = [row[index] for row in table.rows if row[index] is not None]
-    return bool(cells) and all(isinstance(c, int | float | Interval) for c in cells)
+    return bool(cells) and all(isinstance(c, int | float | Interval | PValue) for c in cells)
 
 
 def to_markdown(table: Table) -> str:
@@ -130,25 +148,36 @@ def to_latex(table: Table) -> str:
 
 def to_csv(table: Table) -> str:
     """CSV for analysis: full-precision numbers, an interval column split into `<col>`, `<col> low`,
-    `<col> high`, and empty cells for no value. The note is not included."""
-    split = [any(isinstance(row[i], Interval) for row in table.rows) for i in range(len(table.columns))]
+    `<col> high`, a p-value column into `<col>`, `<col> test`, `<col> min`, and empty cells for no value. The
+    note is not included."""
+    split = [_parts(table, i) for i in range(len(table.columns))]
     header: list[str] = []
-    for name, is_interval in zip(table.columns, split, strict=True):
-        header += [name, f"{name} low", f"{name} high"] if is_interval else [name]
+    for name, parts in zip(table.columns, split, strict=True):
+        header += [name, *(f"{name} {part}" for part in parts)]
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
     writer.writerow(header)
     for row in table.rows:
         cells: list[str] = []
-        for cell, is_interval in zip(row, split, strict=True):
+        for cell, parts in zip(row, split, strict=True):
             if isinstance(cell, Interval):
                 cells += [_raw(cell.value), _raw(cell.low), _raw(cell.high)]
-            elif is_interval:
-                cells += [_raw(cell), "", ""]
+            elif isinstance(cell, PValue):
+                cells += [_raw(cell.value), cell.test, _raw(cell.floor)]
             else:
-                cells.append(_raw(cell))
+                cells += [_raw(cell), *("" for _ in parts)]
         writer.writerow(cells)
     return out.getvalue()
+
+
+def _parts(table: Table, index: int) -> tuple[str, ...]:
+    """The extra CSV columns of a column: ("low", "high") for intervals, ("test", "min") for p-values."""
+    cells = [row[index] for row in table.rows]
+    if any(isinstance(c, Interval) for c in cells):
+        return ("low", "high")
+    if any(isinstance(c, PValue) for c in cells):
+        return ("test", "min")
+    return ()
 
 
 def _raw(cell: str | int | float | None) -> str:

@@ -1,7 +1,10 @@
 """The compare screen's tables, computed from stored runs and evaluations (pure; no Textual, no database).
 
 Rows are runs, or algorithms when a comparison set has several seeds: then a row pools its seeds and the paired
-test against the baseline pairs seed i with seed i (`wmtp_studio.evaluate.passk.paired_comparison`).
+test against the baseline pairs seed i with seed i (`wmtp_studio.evaluate.passk.paired_comparison`). With several
+seeds a row also shows the spread over seeds: pass@k's mean over seeds with a t-interval, the per-seed paired
+difference with its t-interval and test, and whether the difference is within seed noise (that interval
+contains 0).
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from typing import Any
 
 from wmtp_studio.compare import recipe_diff
 from wmtp_studio.errors import RecipeError, StudioError
-from wmtp_studio.evaluate.passk import paired_comparison, summarize
+from wmtp_studio.evaluate.passk import Paired, SignedTest, paired_comparison, seed_interval, summarize
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import recipe_from_json
-from wmtp_studio.tui.export import Cell, Interval, Table
+from wmtp_studio.tui.export import Cell, Interval, PValue, Table
 
 PerProblem = dict[str, list[bool]]
 
@@ -85,6 +88,17 @@ def pass_cell(evals: Sequence[Evaluation], k: int) -> Cell:
     return Interval(summary[0].value, summary[0].ci_low, summary[0].ci_high) if summary else None
 
 
+def seed_mean_cell(evals: Sequence[Evaluation]) -> Cell:
+    """pass@k of each seed's run, averaged over seeds, with its 95 % t-interval over seeds (≥ 2 seeds)."""
+    if len(evals) < 2:
+        return None
+    s = seed_interval([e.pass_at_k for e in evals])
+    return Interval(s.mean, s.low, s.high)
+
+
+WITHIN_NOISE, BEYOND_NOISE = "within seed noise", "beyond seed noise"
+
+
 def _seed_pairs(
     base: Sequence[Evaluation], other: Sequence[Evaluation], runs: Mapping[int, Run]
 ) -> list[tuple[Evaluation, Evaluation]]:
@@ -95,31 +109,67 @@ def _seed_pairs(
     return common or list(zip(base, other, strict=False))
 
 
-def paired_cells(
+def _p(test: SignedTest | None, *, floor: bool = False) -> Cell:
+    if test is None:
+        return None
+    return PValue(test.p, test.test, test.p_min if floor else None)
+
+
+def paired(
     base: Sequence[Evaluation], other: Sequence[Evaluation], k: int, runs: Mapping[int, Run]
-) -> tuple[Cell, Cell]:
-    """(diff other − baseline with its paired CI, Wilcoxon p over problems); no value without per-problem
-    results, without problems in common, or (p) when every problem ties."""
+) -> Paired | None:
+    """`paired_comparison` of other against the baseline, seed i with seed i; None without per-problem results,
+    without problems in common, or with k larger than some problem's samples."""
     pairs = _seed_pairs(base, other, runs)
     a = [per_problem_results(e) for e, _ in pairs]
     b = [per_problem_results(e) for _, e in pairs]
     if not pairs or any(r is None for r in (*a, *b)):
-        return None, None
+        return None
     try:
-        paired = paired_comparison([r or {} for r in a], [r or {} for r in b], k)
-    except ValueError:  # no problem in common, or k larger than some problem's samples
-        return None, None
-    return Interval(paired.diff, paired.ci_low, paired.ci_high), paired.wilcoxon_p
+        return paired_comparison([r or {} for r in a], [r or {} for r in b], k)
+    except ValueError:
+        return None
 
 
-def results_note(baseline: str, by_algorithm: bool) -> str:
-    pooling = " An algorithm row pools the samples of its seeds per problem." if by_algorithm else ""
-    pairing = ", seed i paired with seed i" if by_algorithm else ""
+def paired_cells(comparison: Paired | None, *, seeds: bool) -> list[Cell]:
+    """Δ (paired, over problems) and its p; with `seeds` also the per-seed Δ with its t-interval, its p (with
+    the smallest attainable one) and whether the difference is within seed noise."""
+    if comparison is None:
+        return [None] * (5 if seeds else 2)
+    c = comparison
+    cells: list[Cell] = [Interval(c.diff, c.ci_low, c.ci_high), _p(c.problem_test)]
+    if seeds:
+        noise = {None: None, True: WITHIN_NOISE, False: BEYOND_NOISE}[c.within_seed_noise]
+        cells += [Interval(c.seed_diff.mean, c.seed_diff.low, c.seed_diff.high), _p(c.seed_test, floor=True)]
+        cells.append(noise)
+    return cells
+
+
+TESTS_NOTE = (
+    "p: two-sided, over the problems where the two differ (ties dropped), with the test named in the cell: the"
+    " exact sign test when every such difference has one size (greedy pass@1: ±1), else the exact Wilcoxon"
+    " signed-rank distribution over sign flips (ties get mid-ranks; normal approximation only beyond 500"
+    " differences); – when every problem ties."
+)
+
+
+def results_note(baseline: str, by_algorithm: bool, n_seeds: int = 1) -> str:
+    if not by_algorithm:
+        return (
+            "pass@k: unbiased estimator (Chen et al. 2021) averaged over problems, 95% bootstrap CI over problems."
+            f" Δ: paired difference with the baseline {baseline} (mean over problems of row − baseline), 95%"
+            f" paired bootstrap CI over problems. {TESTS_NOTE} One seed per run: the spread between training"
+            " seeds is not measured (queue 3 or more seeds to see it)."
+        )
     return (
-        "pass@k: unbiased estimator (Chen et al. 2021) averaged over problems, 95% bootstrap CI over problems."
-        f"{pooling} Δ: paired difference with the baseline {baseline} (mean over problems of row − baseline"
-        f"{pairing}), 95% paired bootstrap CI over problems. p: two-sided Wilcoxon signed-rank test over"
-        " problems, ties dropped; – when every problem ties."
+        "pass@k: unbiased estimator (Chen et al. 2021); the seeds' samples pooled per problem, averaged over"
+        " problems, 95% bootstrap CI over problems. seed mean: each seed's pass@k averaged over seeds, 95%"
+        f" t-interval over seeds. Δ: paired difference with the baseline {baseline}, seed i paired with seed i"
+        f" (mean over problems of the seed-averaged row − baseline), 95% paired bootstrap CI over problems. {TESTS_NOTE}"
+        " Δ seeds: the per-seed differences' mean with a 95% t-interval over seeds; p seeds: the same tests over"
+        f" the per-seed differences, whose smallest attainable value (min) is 2/2^S with S seeds ({n_seeds} seeds:"
+        f" {2 / 2**n_seeds:.3g}). within seed noise: that t-interval contains 0, so the seeds do not agree on the"
+        " sign of the difference beyond their own spread."
     )
 
 
@@ -130,25 +180,35 @@ def results_table(
     *,
     by_algorithm: bool,
 ) -> Table:
-    """pass@k with CI for every (benchmark, k), and Δ and p against `groups[baseline]`."""
+    """pass@k with CI for every (benchmark, k), and Δ and p against `groups[baseline]`; with `by_algorithm`
+    (several seeds) also the seed-level mean, Δ, p and the seed-noise verdict."""
     keys = sorted({(e.benchmark, e.k) for evals in evaluations.values() for e in evals})
     runs = {r.id or 0: r for g in groups for r in g.runs}
     columns = ["algorithm" if by_algorithm else "run", "seeds"]
     for bench, k in keys:
-        columns += [f"{bench} pass@{k}", f"Δ {bench} pass@{k}", f"p {bench} pass@{k}"]
+        name = f"{bench} pass@{k}"
+        columns += [name, f"{name} seed mean"] if by_algorithm else [name]
+        columns += [f"Δ {name}", f"p {name}"]
+        if by_algorithm:
+            columns += [f"Δ seeds {name}", f"p seeds {name}", f"seed noise {name}"]
     rows: list[tuple[Cell, ...]] = []
     for i, group in enumerate(groups):
         cells: list[Cell] = [group.label, ",".join(str(r.seed) for r in group.runs)]
         for key in keys:
             mine = _evals(group, evaluations, key)
             cells.append(pass_cell(mine, key[1]))
+            if by_algorithm:
+                cells.append(seed_mean_cell(mine))
             if i == baseline:
-                cells += ["baseline", None]
+                cells += ["baseline", *([None] * (4 if by_algorithm else 1))]
             else:
-                cells += paired_cells(_evals(groups[baseline], evaluations, key), mine, key[1], runs)
+                comparison = paired(_evals(groups[baseline], evaluations, key), mine, key[1], runs)
+                cells += paired_cells(comparison, seeds=by_algorithm)
         rows.append(tuple(cells))
     label = groups[baseline].label if groups else "–"
-    return Table(tuple(columns), tuple(rows), note=results_note(label, by_algorithm) if keys else "")
+    n_seeds = max((len(g.runs) for g in groups), default=1)
+    note = results_note(label, by_algorithm, n_seeds) if keys else ""
+    return Table(tuple(columns), tuple(rows), note=note)
 
 
 def config_diff_table(baseline: Run, others: Sequence[Run]) -> Table:
