@@ -60,10 +60,13 @@ def test_per_test_timeout(sandbox: Sandbox) -> None:
     assert (r.status, r.detail) == ("timeout", "test ran past 0.5 s")
 
 
-def test_output_is_capped(sandbox: Sandbox) -> None:
-    r = sandbox.run("import sys\nfor _ in range(1000):\n    sys.stdout.write('y' * 100)\n")
-    assert (r.status, r.detail) == ("failed", "stdout over 2000 bytes")
-    assert r.stdout == "y" * 2000
+def test_output_past_the_cap_is_dropped_not_failed(sandbox: Sandbox) -> None:
+    # 1000 x 100 bytes = 100,000 bytes on each stream, cap 2,000: stdout keeps its head, stderr its tail.
+    program = "import sys\nfor i in range(1000):\n    sys.stdout.write('y' * 100)\n    sys.stderr.write(str(i % 10) * 100)\n"
+    r = sandbox.run(program + "assert 1 == 1\n")
+    assert (r.status, r.detail, r.output_truncated) == ("passed", "", True)
+    assert r.stdout == "y" * 2000 and r.stderr == "".join(str(i % 10) * 100 for i in range(980, 1000))
+    assert not sandbox.run("print('short')\n").output_truncated
 
 
 def test_stdin_is_closed_and_environment_scrubbed(sandbox: Sandbox) -> None:
@@ -244,6 +247,7 @@ def test_judge_evaluates_with_real_builtins() -> None:
 def test_result_fields() -> None:
     assert [f for f in Result.__dataclass_fields__] == [
         "passed", "status", "exit_code", "duration_s", "stdout", "stderr", "tier", "detail", "verified",
+        "line", "expected", "got", "exception", "output_truncated",
     ]  # fmt: skip
 
 
