@@ -322,7 +322,8 @@ def _print_failures(path: Path) -> None:
         if v["passed"]:
             continue
         shown += 1
-        why = "; ".join(filter(None, [v.get("detail", ""), v.get("exception", "")]))
+        detail, exception = v.get("detail", ""), v.get("exception", "")
+        why = "; ".join(filter(None, [detail, "" if exception in detail else exception]))
         stderr_end = (v.get("stderr", "").strip().splitlines() or [""])[-1]
         cells = (v["task_id"], str(v["index"]), v["status"], str(v.get("line") or ""), why)
         cells += (v.get("expected", ""), v.get("got", ""), stderr_end[-200:])

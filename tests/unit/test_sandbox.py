@@ -308,3 +308,45 @@ def test_entry_point_may_shadow_a_builtin_but_other_rebindings_are_ignored() -> 
         # A rebinding that is not the entry point cannot fool a tolerance check written with the real abs.
         cheat = "abs = lambda x: 0\ndef f(x):\n    return 0\nassert abs(f(2) - 4) < 1e-9\n"
         assert not box.run(cheat, entry_points=("f",)).passed
+
+
+def test_only_the_test_code_is_instrumented() -> None:
+    completion = (
+        "def add(x, y):\n    assert x >= 0\n    return x + y\n\ndef test_add():\n    assert add(2, 3) == 6\n"
+    )
+    tests = "def check(candidate):\n    assert candidate(2, 3) == 5\ncheck(add)\n"
+    plan = make_plan(completion + "\n" + tests, tests_from=len(completion) + 1)
+    assert [(s.line, s.required) for s in plan.sites] == [(9, True)]  # check's assert only (line 9)
+    assert "assert x >= 0" in plan.source and "assert add(2, 3) == 6" in plan.source  # left as written
+    whole = make_plan(completion + "\n" + tests)  # no boundary: every test function is test code
+    assert [s.line for s in whole.sites] == [6, 9]
+    with pytest.raises(ValueError, match="test code"):
+        make_plan("x = '''\n" + tests + "'''\n", tests_from=8)  # the completion turns the tests into a string
+
+
+def test_function_programs_do_not_run_as_main(sandbox: Sandbox) -> None:
+    program = "import sys\nassert __name__ != '__main__'\nif __name__ == '__main__':\n    sys.exit(3)\n"
+    assert sandbox.run(program).passed
+    stdio = "print(__name__)\n"
+    assert sandbox.run(stdio, stdin="").stdout == "__main__\n"
+    assert sandbox.run(stdio, as_main=True).stdout == "__main__\n"
+
+
+def test_fractions_and_decimals_are_rebuilt_by_value() -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from wmtp_studio.evaluate.sandbox_child import encode
+
+    class Half(Fraction):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    (site,) = make_plan("assert f(1) == 1\n").sites
+    values = [Fraction(1, 3), Half(1, 2), Decimal("-1.250"), Decimal("NaN"), Decimal("-Infinity")]
+    got = [decode_report(f'{{"s":0,"v":[{encode(v)}]}}'.encode(), (site,))[1][0] for v in values]
+    assert got[0] == Fraction(1, 3) and type(got[0]) is Fraction
+    assert got[1] == 0.5 and type(got[1]) is Fraction and got[1] != 1  # the subclass's __eq__ is gone
+    assert str(got[2]) == "-1.250" and type(got[2]) is Decimal
+    assert got[3].is_nan() and got[4] == Decimal("-Infinity")
+    assert encode(Fraction(1, 3)) == '["Q","1","3"]'  # numerator and denominator in hex

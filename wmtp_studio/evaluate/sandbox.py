@@ -136,7 +136,7 @@ class Sandbox:
                 f"refusing to run below tier {Tier(require_tier).name}; this host provides {best.name} ({why})"
             )
         self.limits = limits
-        self.slots = slots or min(os.cpu_count() or 1, 8)
+        self.slots = slots or len(os.sched_getaffinity(0))  # one program per CPU this process may use
         self._python = found.python if self.tier >= Tier.UID else sys.executable
         uids, self._locks = claim_uids(uid_base, self.slots) if self.tier >= Tier.UID else ([], [])
         self.uids = tuple(uids)  # one per slot, used by no one else while this Sandbox is open
@@ -208,15 +208,26 @@ class Sandbox:
         pending = iter(range(len(programs)))
         lock = threading.Lock()
 
+        failed = (
+            threading.Event()
+        )  # one slot raised (e.g. the sandbox was closed): the others stop taking work
+
         def slot() -> None:
-            while True:
+            while not failed.is_set():
                 with lock:
                     i = next(pending, None)
                 if i is None:
                     return
-                result = self.run(
-                    programs[i], test_timeout_s=test_timeout_s, entry_points=names[i], tests_from=starts[i]
-                )
+                try:
+                    result = self.run(
+                        programs[i],
+                        test_timeout_s=test_timeout_s,
+                        entry_points=names[i],
+                        tests_from=starts[i],
+                    )
+                except BaseException:
+                    failed.set()
+                    raise
                 results[i] = result
                 if on_result is not None:
                     with lock:
