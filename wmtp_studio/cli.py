@@ -325,8 +325,8 @@ def _print_failures(path: Path) -> None:
         detail, exception = v.get("detail", ""), v.get("exception", "")
         why = "; ".join(filter(None, [detail, "" if exception in detail else exception]))
         stderr_end = (v.get("stderr", "").strip().splitlines() or [""])[-1]
-        cells = (v["task_id"], str(v["index"]), v["status"], str(v.get("line") or ""), why)
-        cells += (v.get("expected", ""), v.get("got", ""), stderr_end[-200:])
+        cells = [v["task_id"], str(v["index"]), v["status"], str(v.get("line") or ""), why]
+        cells += [v.get("expected", ""), v.get("got", ""), stderr_end[-200:]]
         table.add_row(*map(Text, cells))  # Text: the program's output is not markup
     Console().print(table if shown else "no failed samples")
 

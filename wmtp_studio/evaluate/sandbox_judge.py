@@ -206,7 +206,7 @@ def _number(tag: str, rest: list[Any]) -> Any:
         or len(digits) > _MAX_BITS
     ):
         raise ValueError("malformed value")
-    exp: int | str = exponent if exponent in ("n", "N", "F") else int(exponent)
+    exp: Any = exponent if exponent in ("n", "N", "F") else int(exponent)  # NaN, sNaN, Infinity, or a power
     return Decimal((int(sign), tuple(map(int, digits)), exp))
 
 
