@@ -18,6 +18,13 @@ expected value is a literal. ``Result.verified`` says whether every assert was o
 with ``y`` computed by the program, or a bare ``assert f(x)``, is judged the same way but the child could lie about
 it, as it could about a program without asserts. The nonce only defeats blind forgeries (it is in the child's memory).
 
+Judging agrees with the official harnesses on legitimate code (METHOD.md, "Evaluation"): only the benchmark's own
+test code is rewritten (`tests_from`), so a test function the completion defines but never calls does not run;
+function-benchmark programs run as module ``candidate``, not ``__main__``; output past the cap is read and dropped
+(recorded in ``Result.output_truncated``), never a failure; Fraction and Decimal, like subclasses of the built-in
+types, are reported as plain data and rebuilt here. A failed run says why: the assert's line with its expected and
+reported values, the exception, the limit it hit (``Result.line``, ``expected``, ``got``, ``exception``, ``detail``).
+
 Isolation (``Tier``, recorded in every ``Result``; the process tree is described in ``sandbox_launch``):
   PROCESS    own process (a fork of a pristine zygote interpreter, never of the harness), new session, rlimits
              (address space, CPU, file size, open files, processes), temp dir cwd, stdin /dev/null, scrubbed env,
