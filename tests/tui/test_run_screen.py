@@ -323,3 +323,26 @@ async def test_evaluations_tab_shows_each_sample_and_why_it_failed(
         await pilot.press("down")
         await until(pilot, lambda: "raise ValueError('boom')" in shown(detail), "the second sample's code")
         assert "Traceback" in shown(detail) and "exit status 1; ValueError: boom" in shown(detail)
+        # An evaluation stored without the path: its samples are found beside the run's results.json.
+        found = Path(run.run_dir) / "eval" / "0-mbpp"
+        found.mkdir(parents=True)
+        (found / "results.json").write_text(json.dumps({"benchmark": "mbpp"}))
+        (found / "samples.jsonl").write_text(json.dumps(records[0] | {"task_id": "mbpp/11"}) + "\n")
+        store.record_evaluation(
+            engine=ctx.engine,
+            evaluation=Evaluation(
+                run_id=run.id or 0,
+                benchmark="mbpp",
+                k=1,
+                pass_at_k=1.0,
+                ci_low=1.0,
+                ci_high=1.0,
+                n_problems=1,
+            ),
+        )
+        evaluations = app.screen.query_one(EvaluationTable)
+        await until(pilot, lambda: evaluations.row_count == 2, "the second evaluation")
+        evaluations.focus()
+        await pilot.press("down")
+        await until(pilot, lambda: table.row_count == 1, "the mbpp evaluation's sample")
+        assert str(table.get_row_at(0)[0]) == "mbpp/11"

@@ -29,7 +29,7 @@ from wmtp_studio.tui.series import FeedBatch, MetricFeed, RunData, TextTail
 from wmtp_studio.tui.widgets.charts import CurvesPanel, RunProgress
 from wmtp_studio.tui.widgets.evaluations import EvaluationTable
 from wmtp_studio.tui.widgets.recipe import RecipeView
-from wmtp_studio.tui.widgets.samples import SamplesView, read_samples
+from wmtp_studio.tui.widgets.samples import SamplesView, find_samples, read_samples
 from wmtp_studio.tui.widgets.tokens import TokensPanel
 from wmtp_studio.tui.widgets.weights import WeightsPanel
 
@@ -240,16 +240,18 @@ class RunScreen(Screen[None]):
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
         evaluation = self.evaluations.get(str(event.row_key.value))
-        if isinstance(event.data_table, EvaluationTable) and evaluation is not None:
-            path = evaluation.protocol.get("samples")
-            caption = f"{evaluation.benchmark} (k={evaluation.k})"
-            if isinstance(path, str):
-                self._load_samples(Path(path), caption)
-            else:
-                self.query_one(SamplesView).show(f"{caption}: no samples file was recorded", [])
+        if isinstance(event.data_table, EvaluationTable) and evaluation is not None and self.run is not None:
+            self._load_samples(evaluation, Path(self.run.run_dir))
 
     @work(thread=True, group="samples", exclusive=True, exit_on_error=False)
-    def _load_samples(self, path: Path, caption: str) -> None:
+    def _load_samples(self, evaluation: Evaluation, run_dir: Path) -> None:
+        caption = f"{evaluation.benchmark} (k={evaluation.k})"
+        path = find_samples(evaluation.protocol, run_dir, evaluation.benchmark)
+        if path is None:
+            self.app.call_from_thread(
+                self.query_one(SamplesView).show, f"{caption}: no samples file found", []
+            )
+            return
         try:
             samples = read_samples(path)
         except (OSError, ValueError) as exc:

@@ -31,6 +31,20 @@ def read_samples(path: Path) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: bool(r.get("passed")))
 
 
+def find_samples(protocol: dict[str, Any], run_dir: Path, benchmark: str) -> Path | None:
+    """The evaluation's samples.jsonl: as recorded with it, else (evaluations stored before the path was) the one
+    beside the run's `eval/*/results.json` for the same benchmark."""
+    if isinstance(protocol.get("samples"), str):
+        return Path(protocol["samples"])
+    for results in sorted(run_dir.glob("eval/*/results.json")):
+        try:
+            if json.loads(results.read_text()).get("benchmark") == benchmark:
+                return results.with_name("samples.jsonl")
+        except (OSError, ValueError, AttributeError):
+            continue
+    return None
+
+
 def why(sample: dict[str, Any]) -> str:
     """One line: why the sample failed ("" when it passed)."""
     if sample.get("passed"):
