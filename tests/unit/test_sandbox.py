@@ -322,6 +322,8 @@ def test_only_the_test_code_is_instrumented() -> None:
     assert [s.line for s in whole.sites] == [6, 9]
     with pytest.raises(ValueError, match="test code"):
         make_plan("x = '''\n" + tests + "'''\n", tests_from=8)  # the completion turns the tests into a string
+    with pytest.raises(ValueError, match="outside the program"):
+        make_plan(tests, tests_from=len(tests))  # no test code at all would leave nothing to judge
 
 
 def test_function_programs_do_not_run_as_main(sandbox: Sandbox) -> None:

@@ -77,6 +77,8 @@ def make_plan(program: str, entry_points: Collection[str] = (), tests_from: int 
         line = lines[(lineno or 1) - 1] if lines else ""
         return starts[(lineno or 1) - 1] + len(line.encode()[: col or 0].decode())
 
+    if tests_from < 0 or (tests_from and tests_from >= len(program)):
+        raise ValueError(f"tests_from {tests_from} is outside the program ({len(program)} characters)")
     first = len(io.StringIO(program[:tests_from], newline="").readlines()) + 1 if tests_from > 0 else 1
     if tests_from > 0:
         _check_test_code(tree, program[tests_from:], first)
