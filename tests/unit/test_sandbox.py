@@ -352,3 +352,10 @@ def test_fractions_and_decimals_are_rebuilt_by_value() -> None:
     assert str(got[2]) == "-1.250" and type(got[2]) is Decimal
     assert got[3].is_nan() and got[4] == Decimal("-Infinity")
     assert encode(Fraction(1, 3)) == '["Q","1","3"]'  # numerator and denominator in hex
+
+
+def test_a_program_that_prints_megabytes_still_passes(sandbox: Sandbox) -> None:
+    # 5,000 lines of 1,000 bytes: past the 2,000-byte cap the rest is drained to /dev/null, not judged.
+    r = sandbox.run("for i in range(5000):\n    print(str(i % 10) * 999)\nassert 1 == 1\n")
+    assert (r.status, r.output_truncated) == ("passed", True)
+    assert r.stdout == ("0" * 999 + "\n" + "1" * 999 + "\n")[:2000]

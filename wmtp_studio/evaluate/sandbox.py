@@ -43,7 +43,10 @@ Isolation (``Tier``, recorded in every ``Result``; the process tree is described
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
+import functools
 import json
 import math
 import os
@@ -68,6 +71,8 @@ from wmtp_studio.evaluate.sandbox_verdict import Plan, make_plan
 _MAX_REPORT_BYTES = 32 << 20
 _PLAN_LOCK = threading.Lock()  # run_many plans programs from several threads
 _GRACE_S = 5.0  # how long a cancelled run may take to be cleaned up and reported
+_PIPE_BYTES = 1 << 20  # output pipes' capacity and the most read at once
+_DRAIN_S = 0.01  # past the cap, output is drained this often: at most ~100 MiB/s of it, at little cost to us
 
 
 class Tier(enum.IntEnum):
@@ -335,6 +340,9 @@ class _Watch:
     def run(self, submit: Callable[[bytes, list[int]], None], config: bytes, tier: Tier) -> Result:
         names = ("out", "err", "report", "status")
         pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(5)]
+        for _, w in pipes[:2]:  # output floods: fewer, larger reads (the kernel may refuse: keep its default)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         cancel_w = pipes[4][1]
         theirs = [pipes[0][1], pipes[1][1], pipes[2][1], pipes[3][1], pipes[4][0]]
         start = time.monotonic()
@@ -354,8 +362,15 @@ class _Watch:
         if self.test_timeout_s is not None:
             self.test_deadline = start + self.test_timeout_s
         give_up = math.inf
-        while selector.get_map():
+        paused: dict[
+            int, tuple[str, float]
+        ] = {}  # output past the cap is drained every _DRAIN_S, not as it comes
+        while selector.get_map() or paused:
             now = time.monotonic()
+            for fd, (name, when) in list(paused.items()):
+                if now >= when:
+                    selector.register(fd, selectors.EVENT_READ, name)
+                    del paused[fd]
             if self.stop is None and now >= min(deadline, self.test_deadline):
                 which = "program" if now >= deadline else "test"
                 limit = self.limits.timeout_s if now >= deadline else self.test_timeout_s
@@ -366,17 +381,33 @@ class _Watch:
             if now >= give_up:
                 break
             wait = min(deadline, self.test_deadline, give_up) - now if self.stop is None else give_up - now
+            wait = min([wait, *(when - now for _, when in paused.values())])
             for key, _ in selector.select(max(wait, 0.0)):
-                data = os.read(key.fd, 1 << 16)
-                if not data:
+                full = (
+                    key.data in ("out", "err") and len(self.streams[key.data]) >= self.limits.max_output_bytes
+                )
+                if (
+                    full and key.data == "out"
+                ):  # its head is kept: the rest goes to /dev/null, never through us
+                    more = os.splice(key.fd, _devnull(), _PIPE_BYTES) > 0
+                    self.truncated |= more
+                else:
+                    data = os.read(key.fd, _PIPE_BYTES)
+                    more = bool(data)
+                    if more:
+                        self._feed(key.data, data)
+                if not more:
                     selector.unregister(key.fd)
                     os.close(key.fd)
                     if key.data == "status":
                         give_up = min(give_up, time.monotonic() + 1.0)  # stragglers hold a pipe: stop reading
-                else:
-                    self._feed(key.data, data)
+                elif full:  # a flood: let the pipe fill for a while (the program waits on it, not us on it)
+                    selector.unregister(key.fd)
+                    paused[key.fd] = (key.data, time.monotonic() + _DRAIN_S)
         for key in list(selector.get_map().values()):
             os.close(key.fd)
+        for fd in paused:
+            os.close(fd)
         selector.close()
         if cancel_w >= 0:
             os.close(cancel_w)
@@ -486,3 +517,9 @@ def _exception(stderr: str) -> str:
         return ""
     last = lines[-1].strip()
     return last[:300] if last and not last.startswith(("File ", "^", "~")) else ""
+
+
+@functools.cache
+def _devnull() -> int:
+    """One write-only /dev/null descriptor for the process, where dropped output is spliced."""
+    return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
