@@ -359,3 +359,17 @@ def test_a_program_that_prints_megabytes_still_passes(sandbox: Sandbox) -> None:
     r = sandbox.run("for i in range(5000):\n    print(str(i % 10) * 999)\nassert 1 == 1\n")
     assert (r.status, r.output_truncated) == ("passed", True)
     assert r.stdout == ("0" * 999 + "\n" + "1" * 999 + "\n")[:2000]
+
+
+def test_the_cpu_time_of_a_killed_run_is_accounted() -> None:
+    import resource
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    before = children_cpu()
+    with Sandbox(slots=1, limits=Limits(timeout_s=1.0)) as box:  # closing waits for the zygote and its runs
+        assert box.run("while True:\n    pass\n").status == "timeout"
+    # A 1 s spin uses up to 1 CPU-s (less on a busy machine); at tier NAMESPACE it used to vanish (~0.02 s).
+    assert children_cpu() - before > 0.1
