@@ -193,6 +193,17 @@ def _print_passk(results: dict[str, Any], out: Path) -> None:
 TierOpt = Annotated[
     str | None, typer.Option(help="Refuse to run below this isolation tier: process|uid|namespace.")
 ]
+TimeoutOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--timeout",
+        min=0.1,
+        help="Seconds per program (default: the benchmark's protocol, humaneval/mbpp 3).",
+    ),
+]
+MemoryOpt = Annotated[
+    int | None, typer.Option("--memory", min=64, help="Address space per program, MiB (default 1024).")
+]
 
 
 @app.command("eval")
@@ -217,6 +228,8 @@ def eval_(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: RUN/eval/BENCHMARK).")] = None,
     require_tier: TierOpt = None,
     slots: Annotated[int | None, typer.Option(min=1, help="Parallel sandbox slots.")] = None,
+    timeout: TimeoutOpt = None,
+    memory: MemoryOpt = None,
 ) -> None:
     """Sample completions, run them in the sandbox and report pass@k with 95% bootstrap CIs."""
     from wmtp_studio.evaluate.run import EvalRequest, evaluate_model
@@ -236,6 +249,8 @@ def eval_(
             out,
             require_tier,
             slots,
+            timeout,
+            memory,
         )
         with _progress_bar() as bar:
             tasks: dict[str, Any] = {}
@@ -261,6 +276,11 @@ def eval_samples(
     out: Annotated[Path | None, typer.Option(help="Output directory (default: SAMPLES-results).")] = None,
     require_tier: TierOpt = None,
     slots: Annotated[int | None, typer.Option(min=1)] = None,
+    timeout: TimeoutOpt = None,
+    memory: MemoryOpt = None,
+    failures: Annotated[
+        bool, typer.Option("--failures", help="Also print why each failed sample failed.")
+    ] = False,
 ) -> None:
     """Judge completions produced elsewhere; print per-problem results and pass@k."""
     from rich.table import Table
@@ -278,9 +298,13 @@ def eval_samples(
                 require_tier,
                 slots,
                 lambda _p, adv, total: bar.update(task, advance=adv, total=total),
+                timeout,
+                memory,
             )
     except StudioError as exc:
         raise fail(str(exc)) from None
+    if failures:
+        _print_failures(out_dir / "samples.jsonl")
     table = Table(title="per problem")
     for col in ("task_id", "samples", "passed"):
         table.add_column(col)
@@ -288,6 +312,31 @@ def eval_samples(
         table.add_row(task_id, str(r["n"]), str(r["c"]))
     Console().print(table)
     _print_passk(results, out_dir)
+
+
+def _print_failures(path: Path) -> None:
+    """A table of the failed samples in a samples.jsonl: status, the failed assert or exception, stderr's end."""
+    import json
+
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title="failed samples", show_lines=True)
+    for col in ("task_id", "#", "status", "line", "why", "expected", "got", "stderr (end)"):
+        table.add_column(col, overflow="fold")
+    shown = 0
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        v = json.loads(raw)
+        if v["passed"]:
+            continue
+        shown += 1
+        detail, exception = v.get("detail", ""), v.get("exception", "")
+        why = "; ".join(filter(None, [detail, "" if exception in detail else exception]))
+        stderr_end = (v.get("stderr", "").strip().splitlines() or [""])[-1]
+        cells = [v["task_id"], str(v["index"]), v["status"], str(v.get("line") or ""), why]
+        cells += [v.get("expected", ""), v.get("got", ""), stderr_end[-200:]]
+        table.add_row(*map(Text, cells))  # Text: the program's output is not markup
+    Console().print(table if shown else "no failed samples")
 
 
 @app.command()

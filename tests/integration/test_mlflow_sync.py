@@ -4,6 +4,7 @@ server that cannot be reached never fails the job and is reported once; a later 
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 from collections import Counter
@@ -97,8 +98,11 @@ def test_unreachable_mlflow_never_fails_the_job_and_is_caught_up_exactly_once(
     assert mrun.data.metrics["eval/generated:basic:10/pass_at_1/ci_high"] == ev.ci_high
     assert client.get_experiment(mrun.info.experiment_id).name == mlflow_sync.NO_SET_EXPERIMENT
     assert {a.path for a in client.list_artifacts(row.mlflow_run_id)} == {"recipe.json", "eval"}
-    (results,) = client.list_artifacts(row.mlflow_run_id, "eval/0-generated_basic_10")
-    assert results.path.endswith("results.json")
+    results, samples = client.list_artifacts(row.mlflow_run_id, "eval/0-generated_basic_10")
+    assert results.path.endswith("results.json") and samples.path.endswith("samples.jsonl")
+    got = Path(client.download_artifacts(row.mlflow_run_id, samples.path, str(tmp_path)))
+    verdicts = [json.loads(line) for line in got.read_text().splitlines()]
+    assert len(verdicts) == 10 and all(v["passed"] or v["detail"] for v in verdicts)  # each failure says why
     local = Path(client.download_artifacts(row.mlflow_run_id, "recipe.json", str(tmp_path)))
     assert local.read_text() == row.recipe_json
     # artifacts beside the tracking database, not in the current directory

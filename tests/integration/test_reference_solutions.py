@@ -31,6 +31,9 @@ def _failing(box: Sandbox, tasks: Sequence[Task], completions: Sequence[str]) ->
     results = box.run_many(
         [t.program(c) for t, c in zip(tasks, completions, strict=True)],
         entry_points=[(t.entry_point,) if t.entry_point else () for t in tasks],
+        tests_from=[
+            t.tests_from(c) for t, c in zip(tasks, completions, strict=True)
+        ],  # as judge_all runs them
     )
     assert {r.tier for r in results} <= {box.tier}
     return [(t.task_id, r.status, r.detail) for t, r in zip(tasks, results, strict=True) if not r.passed]

@@ -45,9 +45,12 @@ ATTACKS = [
     Attack("cpu_spin_thread", '"""Spin in a thread, wait on it forever."""\nimport threading\n'
            "def spin():\n    while True:\n        pass\nt = threading.Thread(target=spin)\nt.start()\nt.join()\n" + TEST,
            ("timeout",)),
-    Attack("huge_stdout", '"""Flood stdout."""\nwhile True:\n    print("x" * 10000)\n', ("failed",)),
+    # Output past the cap is dropped, not a failure (as in the official harnesses): a flood runs to its timeout.
+    Attack("huge_stdout", '"""Flood stdout."""\nwhile True:\n    print("x" * 10000)\n', ("timeout",)),
     Attack("huge_stderr", '"""Flood stderr."""\nimport sys\nwhile True:\n    sys.stderr.write("e" * 10000)\n',
-           ("failed",)),
+           ("timeout",)),
+    Attack("flood_then_fail", '"""Flood stdout past the cap, then fail the test."""\nfor _ in range(10**4):\n'
+           '    print("x" * 1000)\n' + WRONG + TEST, ("failed",)),
     Attack("write_canary_absolute", '"""Overwrite a file outside the sandbox by absolute path."""\n'
            'open("@CANARY@", "w").write("pwned")\n' + WRONG + TEST, ("failed",), U),
     Attack("write_dotdot_escape", '"""Climb out of the temp dir with ../ and write next to the canary."""\n'
@@ -149,7 +152,7 @@ ATTACKS = [
            "try:\n    while True:\n        files.append(open('/dev/null'))\nexcept OSError:\n    pass\n" + WRONG + TEST,
            ("failed",)),
     Attack("no_newline_output", '"""Write without a newline, then spin."""\nimport sys\nsys.stdout.write("z" * 500)\n'
-           "sys.stdout.flush()\nwhile True:\n    sys.stdout.write('z')\n", ("failed",)),
+           "sys.stdout.flush()\nwhile True:\n    sys.stdout.write('z')\n", ("timeout",)),
     Attack("antigravity", '"""Imports that try the network: antigravity, urllib."""\nimport antigravity\n'
            "import urllib.request\nurllib.request.urlopen('http://example.com', timeout=2)\n" + WRONG + TEST,
            ("failed",)),

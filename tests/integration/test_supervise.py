@@ -3,6 +3,7 @@ shutdown and resume, failure, fencing."""
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -205,11 +206,25 @@ def test_stale_token_kills_the_child_and_records_nothing(engine: Engine, tmp_pat
 
 
 def test_the_recipes_evaluations_run_after_training_and_are_stored(engine: Engine, tmp_path: Path) -> None:
-    run = _claim(engine, tmp_path, "train.steps=30", "eval.benchmarks=[generated:basic:10]", "eval.k=[1]")
+    run = _claim(
+        engine,
+        tmp_path,
+        "train.steps=30",
+        "eval.benchmarks=[generated:basic:10]",
+        "eval.k=[1]",
+        "eval.timeout_s=4",
+    )
     out = supervise(engine=engine, run=run, owner=OWNER, token=run.fencing_token, poll_s=0.2)
     assert (out.status, out.exit_code) == ("succeeded", 0), out
     (ev,) = store.list_evaluations(engine=engine, run_id=run.id or 0)
     assert (ev.benchmark, ev.k, ev.n_problems) == ("generated:basic:10", 1, 10)
     assert ev.ci_low <= ev.pass_at_k <= ev.ci_high and ev.protocol["isolation_tier"]
+    assert (
+        ev.protocol["protocol"]["timeout_s"] == 4.0
+    )  # the recipe's limit reached the sandbox and the record
+    samples = (
+        Path(ev.protocol["samples"]).read_text().splitlines()
+    )  # where the dashboard finds why each failed
+    assert len(samples) == 10 and all("detail" in json.loads(line) for line in samples)
     names = {p.name for p in store.metric_points_since(engine=engine, run_id=run.id or 0, after_seq=-1)}
     assert "eval/pass@1" in names  # the eval line appended to metrics.jsonl was ingested too

@@ -4,12 +4,15 @@ The `ctx` fixture (a temp studio home and database, polled every 50 ms) comes fr
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 from rich.text import Text
 from textual.app import App
 from textual.pilot import Pilot
@@ -274,3 +277,72 @@ async def test_log_tab_falls_back_to_the_stored_error_tail(ctx: StudioContext) -
         await until(pilot, lambda: log.line_count == 2, "the stored error tail")
         assert log.lines[-1] == "RuntimeError: out of memory"
         assert "is not on this host" in plain(app.screen.query_one("#log-caption", Static))
+
+
+async def test_evaluations_tab_shows_each_sample_and_why_it_failed(
+    ctx: StudioContext, tmp_path: Path
+) -> None:
+    from wmtp_studio.tui.widgets.samples import SamplesView
+
+    def shown(widget: Static) -> str:
+        console = Console(width=200, file=io.StringIO(), record=True)
+        console.print(widget.content)
+        return console.export_text()
+
+    samples = tmp_path / "samples.jsonl"
+    records = [
+        {"task_id": "HumanEval/53", "index": 0, "completion": "    return x + y\n", "passed": True,
+         "status": "passed"},
+        {"task_id": "HumanEval/54", "index": 0, "completion": "    return x - y  # wrong\n", "passed": False,
+         "status": "failed", "detail": "assert at line 21 failed", "line": 21, "expected": "1", "got": "-1",
+         "exception": "", "stderr": ""},
+        {"task_id": "HumanEval/55", "index": 0, "completion": "    raise ValueError('boom')\n", "passed": False,
+         "status": "failed", "detail": "exit status 1", "exception": "ValueError: boom",
+         "stderr": "Traceback (most recent call last):\nValueError: boom\n"},
+    ]  # fmt: skip
+    samples.write_text("".join(json.dumps(r) + "\n" for r in records))
+    run = new_run(ctx, "ntp", stream("ntp"))
+    evaluation = Evaluation(
+        run_id=run.id or 0, benchmark="humaneval", k=1, pass_at_k=1 / 3, ci_low=0.0, ci_high=1.0, n_problems=3,
+        protocol={"isolation_tier": "namespace", "samples": str(samples)},
+    )  # fmt: skip
+    store.record_evaluation(engine=ctx.engine, evaluation=evaluation)
+    app = RunApp(ctx, run.id or 0)
+    async with app.run_test(size=(120, 50)) as pilot:
+        await pilot.press("3")
+        view = app.screen.query_one(SamplesView)
+        table = view.query_one("#samples-table", DataTable)
+        await until(pilot, lambda: table.row_count == 3, "the evaluation's three samples")
+        rows = [[str(c) for c in table.get_row_at(i)] for i in range(3)]
+        assert [r[0] for r in rows] == ["HumanEval/54", "HumanEval/55", "HumanEval/53"]  # failures first
+        assert rows[0][3] == "assert at line 21 failed; expected 1, got -1"
+        assert rows[1][3] == "exit status 1; ValueError: boom" and rows[2][2:] == ["passed", ""]
+        detail = view.query_one("#sample-detail", Static)
+        await until(pilot, lambda: "return x - y  # wrong" in shown(detail), "the first sample's code")
+        table.focus()
+        await pilot.press("down")
+        await until(pilot, lambda: "raise ValueError('boom')" in shown(detail), "the second sample's code")
+        assert "Traceback" in shown(detail) and "exit status 1; ValueError: boom" in shown(detail)
+        # An evaluation stored without the path: its samples are found beside the run's results.json.
+        found = Path(run.run_dir) / "eval" / "0-mbpp"
+        found.mkdir(parents=True)
+        (found / "results.json").write_text(json.dumps({"benchmark": "mbpp"}))
+        (found / "samples.jsonl").write_text(json.dumps(records[0] | {"task_id": "mbpp/11"}) + "\n")
+        store.record_evaluation(
+            engine=ctx.engine,
+            evaluation=Evaluation(
+                run_id=run.id or 0,
+                benchmark="mbpp",
+                k=1,
+                pass_at_k=1.0,
+                ci_low=1.0,
+                ci_high=1.0,
+                n_problems=1,
+            ),
+        )
+        evaluations = app.screen.query_one(EvaluationTable)
+        await until(pilot, lambda: evaluations.row_count == 2, "the second evaluation")
+        evaluations.focus()
+        await pilot.press("down")
+        await until(pilot, lambda: table.row_count == 1, "the mbpp evaluation's sample")
+        assert str(table.get_row_at(0)[0]) == "mbpp/11"

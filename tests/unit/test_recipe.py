@@ -235,3 +235,19 @@ def test_recipe_text_is_validated_like_a_file() -> None:
     assert load_recipe_text(text, "editor", ["train.steps=9"], env={}).train.steps == 9
     with pytest.raises(RecipeError, match=r"^editor: invalid recipe\n  train.steps"):
         load_recipe_text(BASE.replace("steps: 5", "steps: -1"), "editor", env={})
+
+
+def test_eval_limits_are_recipe_fields_passed_to_wmtp_eval() -> None:
+    from wmtp_studio.models import Run
+    from workers.supervise import eval_command
+
+    path = RECIPES / "tiny-ntp.yaml"
+    assert load_recipe(path).eval.timeout_s is None  # default: the benchmark's published protocol
+    recipe = load_recipe(path, ["eval.timeout_s=1.5", "eval.memory_mb=512"])
+    run = Run(name="r", algorithm="ntp", recipe_json=recipe.canonical_json(), run_dir="/runs/r")
+    cmd = eval_command(run, "humaneval", Path("out"))
+    assert cmd[cmd.index("--timeout") + 1] == "1.5" and cmd[cmd.index("--memory") + 1] == "512"
+    plain = Run(name="r", algorithm="ntp", recipe_json=load_recipe(path).canonical_json(), run_dir="/runs/r")
+    assert "--timeout" not in eval_command(plain, "humaneval", Path("out"))
+    with pytest.raises(RecipeError):
+        load_recipe(path, ["eval.timeout_s=0"])

@@ -60,10 +60,13 @@ def test_per_test_timeout(sandbox: Sandbox) -> None:
     assert (r.status, r.detail) == ("timeout", "test ran past 0.5 s")
 
 
-def test_output_is_capped(sandbox: Sandbox) -> None:
-    r = sandbox.run("import sys\nfor _ in range(1000):\n    sys.stdout.write('y' * 100)\n")
-    assert (r.status, r.detail) == ("failed", "stdout over 2000 bytes")
-    assert r.stdout == "y" * 2000
+def test_output_past_the_cap_is_dropped_not_failed(sandbox: Sandbox) -> None:
+    # 1000 x 100 bytes = 100,000 bytes on each stream, cap 2,000: stdout keeps its head, stderr its tail.
+    program = "import sys\nfor i in range(1000):\n    sys.stdout.write('y' * 100)\n    sys.stderr.write(str(i % 10) * 100)\n"
+    r = sandbox.run(program + "assert 1 == 1\n")
+    assert (r.status, r.detail, r.output_truncated) == ("passed", "", True)
+    assert r.stdout == "y" * 2000 and r.stderr == "".join(str(i % 10) * 100 for i in range(980, 1000))
+    assert not sandbox.run("print('short')\n").output_truncated
 
 
 def test_stdin_is_closed_and_environment_scrubbed(sandbox: Sandbox) -> None:
@@ -244,6 +247,7 @@ def test_judge_evaluates_with_real_builtins() -> None:
 def test_result_fields() -> None:
     assert [f for f in Result.__dataclass_fields__] == [
         "passed", "status", "exit_code", "duration_s", "stdout", "stderr", "tier", "detail", "verified",
+        "line", "expected", "got", "exception", "output_truncated",
     ]  # fmt: skip
 
 
@@ -304,3 +308,68 @@ def test_entry_point_may_shadow_a_builtin_but_other_rebindings_are_ignored() -> 
         # A rebinding that is not the entry point cannot fool a tolerance check written with the real abs.
         cheat = "abs = lambda x: 0\ndef f(x):\n    return 0\nassert abs(f(2) - 4) < 1e-9\n"
         assert not box.run(cheat, entry_points=("f",)).passed
+
+
+def test_only_the_test_code_is_instrumented() -> None:
+    completion = (
+        "def add(x, y):\n    assert x >= 0\n    return x + y\n\ndef test_add():\n    assert add(2, 3) == 6\n"
+    )
+    tests = "def check(candidate):\n    assert candidate(2, 3) == 5\ncheck(add)\n"
+    plan = make_plan(completion + "\n" + tests, tests_from=len(completion) + 1)
+    assert [(s.line, s.required) for s in plan.sites] == [(9, True)]  # check's assert only (line 9)
+    assert "assert x >= 0" in plan.source and "assert add(2, 3) == 6" in plan.source  # left as written
+    whole = make_plan(completion + "\n" + tests)  # no boundary: every test function is test code
+    assert [s.line for s in whole.sites] == [6, 9]
+    with pytest.raises(ValueError, match="test code"):
+        make_plan("x = '''\n" + tests + "'''\n", tests_from=8)  # the completion turns the tests into a string
+    with pytest.raises(ValueError, match="outside the program"):
+        make_plan(tests, tests_from=len(tests))  # no test code at all would leave nothing to judge
+
+
+def test_function_programs_do_not_run_as_main(sandbox: Sandbox) -> None:
+    program = "import sys\nassert __name__ != '__main__'\nif __name__ == '__main__':\n    sys.exit(3)\n"
+    assert sandbox.run(program).passed
+    stdio = "print(__name__)\n"
+    assert sandbox.run(stdio, stdin="").stdout == "__main__\n"
+    assert sandbox.run(stdio, as_main=True).stdout == "__main__\n"
+
+
+def test_fractions_and_decimals_are_rebuilt_by_value() -> None:
+    from decimal import Decimal
+    from fractions import Fraction
+
+    from wmtp_studio.evaluate.sandbox_child import encode
+
+    class Half(Fraction):
+        def __eq__(self, other: object) -> bool:
+            return True
+
+    (site,) = make_plan("assert f(1) == 1\n").sites
+    values = [Fraction(1, 3), Half(1, 2), Decimal("-1.250"), Decimal("NaN"), Decimal("-Infinity")]
+    got = [decode_report(f'{{"s":0,"v":[{encode(v)}]}}'.encode(), (site,))[1][0] for v in values]
+    assert got[0] == Fraction(1, 3) and type(got[0]) is Fraction
+    assert got[1] == 0.5 and type(got[1]) is Fraction and got[1] != 1  # the subclass's __eq__ is gone
+    assert str(got[2]) == "-1.250" and type(got[2]) is Decimal
+    assert got[3].is_nan() and got[4] == Decimal("-Infinity")
+    assert encode(Fraction(1, 3)) == '["Q","1","3"]'  # numerator and denominator in hex
+
+
+def test_a_program_that_prints_megabytes_still_passes(sandbox: Sandbox) -> None:
+    # 5,000 lines of 1,000 bytes: past the 2,000-byte cap the rest is drained to /dev/null, not judged.
+    r = sandbox.run("for i in range(5000):\n    print(str(i % 10) * 999)\nassert 1 == 1\n")
+    assert (r.status, r.output_truncated) == ("passed", True)
+    assert r.stdout == ("0" * 999 + "\n" + "1" * 999 + "\n")[:2000]
+
+
+def test_the_cpu_time_of_a_killed_run_is_accounted() -> None:
+    import resource
+
+    def children_cpu() -> float:
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return usage.ru_utime + usage.ru_stime
+
+    before = children_cpu()
+    with Sandbox(slots=1, limits=Limits(timeout_s=1.0)) as box:  # closing waits for the zygote and its runs
+        assert box.run("while True:\n    pass\n").status == "timeout"
+    # A 1 s spin uses up to 1 CPU-s (less on a busy machine); at tier NAMESPACE it used to vanish (~0.02 s).
+    assert children_cpu() - before > 0.1

@@ -9,14 +9,14 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from wmtp_studio.errors import StudioError
 from wmtp_studio.evaluate.model_files import check_model_dir
 from wmtp_studio.evaluate.passk import PassAtK, summarize
-from wmtp_studio.evaluate.sandbox import Result, Sandbox, Tier
+from wmtp_studio.evaluate.sandbox import Limits, Result, Sandbox, Tier
 from wmtp_studio.evaluate.tasks import (
     MBPP_ROW,
     Benchmark,
@@ -29,10 +29,12 @@ from wmtp_studio.evaluate.tasks import (
 from wmtp_studio.prompts import MBPP_STOP, mbpp_program
 from wmtp_studio.records import read_records
 
+STDERR_TAIL = 2000  # characters of a sample's stderr kept in samples.jsonl
+
 
 @dataclass(frozen=True)
 class Verdict:
-    """One executed sample."""
+    """One executed sample, and why it failed (a line of samples.jsonl)."""
 
     task_id: str
     index: int
@@ -42,6 +44,25 @@ class Verdict:
     tier: str
     finish_reason: str = ""
     n_tokens: int = 0
+    detail: str = ""  # the failed assert, the limit hit, the exit status
+    line: int | None = None  # the failed assert's line in the program
+    expected: str = ""  # its expected value, short
+    got: str = ""  # what the program's side was, short
+    exception: str = ""  # `Type: message` that ended the program
+    stderr: str = ""  # the tail of its stderr
+    output_truncated: bool = False  # its output went past the cap (dropped, not a failure)
+    duration_s: float = 0.0
+
+
+def verdict(
+    task_id: str, index: int, completion: str, r: Result, finish: str = "", tokens: int = 0
+) -> Verdict:
+    """The samples.jsonl record of one judged sample."""
+    return Verdict(
+        task_id, index, completion, r.passed, r.status, r.tier.name.lower(), finish, tokens, r.detail, r.line,
+        r.expected, r.got, r.exception, r.stderr[-STDERR_TAIL:] if not r.passed else "", r.output_truncated,
+        round(r.duration_s, 4),
+    )  # fmt: skip
 
 
 def resolve_model_dir(path: Path) -> tuple[Path, Path | None]:
@@ -74,22 +95,17 @@ def judge_all(
     tasks: dict[str, Task],
     completions: Sequence[tuple[str, int, str]],
     progress: Callable[[int], None] | None = None,
-) -> list[tuple[bool, str, str]]:
-    """(passed, status, tier) for each (task_id, index, completion), in order; run in the sandbox's slots."""
+) -> list[Result]:
+    """The sandbox's Result for each (task_id, index, completion), in order; program by program in its slots."""
     if any(tasks[t].kind == "stdio" for t, _, _ in completions):
         return _judge_stdio(sandbox, tasks, completions, progress)
-    programs = [tasks[task_id].program(completion) for task_id, _, completion in completions]
-    entry = [(e,) if (e := tasks[task_id].entry_point) else () for task_id, _, _ in completions]
-    out: list[tuple[bool, str, str]] = []
-    batch = max(1, sandbox.slots * 4)
-    for start in range(0, len(programs), batch):
-        results: list[Result] = sandbox.run_many(
-            programs[start : start + batch], entry_points=entry[start : start + batch]
-        )
-        out += [(r.passed, r.status, r.tier.name.lower()) for r in results]
-        if progress:
-            progress(len(results))
-    return out
+    found = [(tasks[task_id], completion) for task_id, _, completion in completions]
+    return sandbox.run_many(
+        [task.program(c) for task, c in found],
+        entry_points=[(task.entry_point,) if task.entry_point else () for task, _ in found],
+        tests_from=[task.tests_from(c) for task, c in found],
+        on_result=(lambda _i, _r: progress(1)) if progress else None,
+    )
 
 
 def _judge_stdio(
@@ -97,22 +113,30 @@ def _judge_stdio(
     tasks: dict[str, Task],
     completions: Sequence[tuple[str, int, str]],
     progress: Callable[[int], None] | None,
-) -> list[tuple[bool, str, str]]:
+) -> list[Result]:
     """stdin/stdout tasks: each test case is a run; the trusted parent compares stdout with the expected output."""
     out = []
     for task_id, _, completion in completions:
-        verdict: tuple[bool, str, str] = (True, "passed", "")
-        for stdin, expected in tasks[task_id].stdio_cases:
+        cases = tasks[task_id].stdio_cases
+        for n, (stdin, expected) in enumerate(cases, start=1):
             r = sandbox.run(tasks[task_id].program(completion), stdin=stdin)
-            ok = r.status in ("passed", "failed") and r.exit_code == 0 and stdio_passed(r.stdout, expected)
-            verdict = (
-                ok,
-                "passed" if ok else ("wrong_answer" if r.exit_code == 0 else r.status),
-                r.tier.name.lower(),
+            complete = not r.output_truncated  # a cut stdout cannot be compared
+            ok = (
+                r.status in ("passed", "failed")
+                and r.exit_code == 0
+                and complete
+                and stdio_passed(r.stdout, expected)
             )
+            if not ok and r.exit_code == 0:
+                why = "wrong answer" if complete else "stdout past the output cap, cannot be compared"
+                r = replace(r, status="wrong_answer", detail=f"case {n} of {len(cases)}: {why}",
+                            expected=expected[:200], got=r.stdout[:200])  # fmt: skip
+            elif not ok:
+                r = replace(r, detail=f"case {n} of {len(cases)}: {r.detail}")
+            r = replace(r, passed=ok, status="passed" if ok else r.status)
             if not ok:
                 break
-        out.append(verdict)
+        out.append(r)
         if progress:
             progress(1)
     return out
@@ -132,8 +156,9 @@ def write_outputs(
     ks: Sequence[int],
     sampling: dict[str, Any],
     model: str,
+    limits: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """samples.jsonl + results.json; returns the results dict."""
+    """samples.jsonl + results.json (the protocol with the `limits` in force); returns the results dict."""
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / "samples.jsonl", "w") as fh:
         for v in verdicts:
@@ -143,7 +168,7 @@ def write_outputs(
     tiers = sorted({v.tier for v in verdicts})
     results = {
         "benchmark": bench.name,
-        "protocol": bench.protocol,
+        "protocol": {**bench.protocol, **(limits or {})},
         "sampling": sampling,
         "model": model,
         "isolation_tier": tiers[0] if len(tiers) == 1 else tiers,
@@ -189,9 +214,26 @@ def append_eval_events(run_dir: Path, results: dict[str, Any]) -> None:
         writer.close()
 
 
-def make_sandbox(require_tier: str | None, slots: int | None) -> Sandbox:
+def make_sandbox(
+    require_tier: str | None, slots: int | None, timeout_s: float | None = None, memory_mb: int | None = None
+) -> Sandbox:
+    """A sandbox with the given limits (defaults: `Limits()`)."""
     tier = Tier[require_tier.upper()] if require_tier else None
-    return Sandbox(require_tier=tier, slots=slots)
+    if timeout_s is not None and not timeout_s > 0:
+        raise StudioError(f"--timeout must be a positive number of seconds, got {timeout_s}")
+    if memory_mb is not None and memory_mb < 64:
+        raise StudioError(
+            f"--memory must be at least 64 MiB (an interpreter needs that much), got {memory_mb}"
+        )
+    base = Limits()
+    limits = Limits(timeout_s=timeout_s or base.timeout_s, memory_mb=memory_mb or base.memory_mb)
+    return Sandbox(require_tier=tier, slots=slots, limits=limits)
+
+
+def limits_of(sandbox: Sandbox) -> dict[str, Any]:
+    """The limits a result was judged under, for its protocol."""
+    lim = sandbox.limits
+    return {"timeout_s": lim.timeout_s, "memory_mb": lim.memory_mb, "max_output_bytes": lim.max_output_bytes}
 
 
 @dataclass(frozen=True)
@@ -211,6 +253,8 @@ class EvalRequest:
     out: Path | None = None
     require_tier: str | None = None
     slots: int | None = None
+    timeout_s: float | None = None  # per program; None: the benchmark's published protocol
+    memory_mb: int | None = None  # address space per program; None: Limits' default
 
 
 Progress = Callable[[str, int, int], None]  # (phase, advance, total)
@@ -225,7 +269,8 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
         raise StudioError(f"--k {','.join(map(str, bad_k))}: every k must be between 1 and --n ({req.n})")
     model_dir, run_dir = resolve_model_dir(req.target)
     bench = load_benchmark(req.benchmark, limit=req.limit)
-    sandbox = make_sandbox(req.require_tier, req.slots)  # refuses early when the tier is not available
+    # refuses early when the tier is not available
+    sandbox = make_sandbox(req.require_tier, req.slots, req.timeout_s or bench.timeout_s, req.memory_mb)
     from transformers import AutoTokenizer
 
     from wmtp_studio.evaluate.generate import SamplingConfig, generate
@@ -266,8 +311,8 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
             (lambda k: progress("execute", k, total)) if progress else None,
         )
     verdicts = [
-        Verdict(s.prompt_id, s.index, s.text, ok, status, tier, s.finish_reason, s.n_tokens)
-        for s, (ok, status, tier) in zip(samples, judged, strict=True)
+        verdict(s.prompt_id, s.index, s.text, r, s.finish_reason, s.n_tokens)
+        for s, r in zip(samples, judged, strict=True)
     ]
     slug = bench.name.replace("/", "_").replace(":", "_") + (f"_limit{req.limit}" if req.limit else "")
     out = req.out or ((run_dir / "eval" / slug) if run_dir else Path(f"eval-{slug}"))
@@ -279,7 +324,7 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
         "stop": sorted({s for g in groups for s in g}),
         "seed": req.seed,
     }
-    results = write_outputs(out, bench, verdicts, req.ks, sampling, str(model_dir))
+    results = write_outputs(out, bench, verdicts, req.ks, sampling, str(model_dir), limits_of(sandbox))
     if run_dir is not None:
         append_eval_events(run_dir, results)
     return results, out
@@ -327,8 +372,12 @@ def evaluate_samples(
     require_tier: str | None = None,
     slots: int | None = None,
     progress: Progress | None = None,
+    timeout_s: float | None = None,
+    memory_mb: int | None = None,
 ) -> tuple[dict[str, Any], Path]:
-    """Judge completions produced elsewhere; pass@k only over the problems present in the file."""
+    """Judge completions produced elsewhere; pass@k only over the problems present in the file.
+
+    `timeout_s` defaults to the benchmark's published protocol, `memory_mb` to the sandbox's default."""
     from wmtp_studio.evaluate.tasks import load_benchmark
 
     bench = load_benchmark(benchmark)
@@ -340,20 +389,18 @@ def evaluate_samples(
     bad_k = [k for k in ks if k > n_min]
     if bad_k:
         raise StudioError(f"--k {','.join(map(str, bad_k))}: some problems have only {n_min} samples")
-    with make_sandbox(require_tier, slots) as sandbox:
+    with make_sandbox(require_tier, slots, timeout_s or bench.timeout_s, memory_mb) as sandbox:
         judged = judge_all(
             sandbox,
             tasks,
             completions,
             (lambda k: progress("execute", k, len(completions))) if progress else None,
         )
-    verdicts = [
-        Verdict(t, i, c, ok, status, tier)
-        for (t, i, c), (ok, status, tier) in zip(completions, judged, strict=True)
-    ]
+    verdicts = [verdict(t, i, c, r) for (t, i, c), r in zip(completions, judged, strict=True)]
     out_dir = out or path.with_name(path.stem + "-results")
     sampling = {"source": str(path)}
-    return write_outputs(out_dir, bench, verdicts, ks, sampling, "external"), out_dir
+    limits = limits_of(sandbox)
+    return write_outputs(out_dir, bench, verdicts, ks, sampling, "external", limits), out_dir
 
 
 def label_file(
@@ -403,8 +450,13 @@ def label_file(
         else r["prompt"] + r["completion"] + "\n" + "\n".join(r["tests"]) + "\n"
         for r in rows
     ]
+    # where the benchmark's own asserts start: only they are instrumented
+    starts = [
+        len(prog) - len("\n".join(r[MBPP_ROW]["test_list"] if MBPP_ROW in r else r["tests"]) + "\n")
+        for prog, r in zip(programs, rows, strict=True)
+    ]
     with make_sandbox(require_tier, slots) as sandbox:
-        results = sandbox.run_many(programs)
+        results = sandbox.run_many(programs, tests_from=starts)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     with open(tmp, "w") as fh:

@@ -18,6 +18,13 @@ expected value is a literal. ``Result.verified`` says whether every assert was o
 with ``y`` computed by the program, or a bare ``assert f(x)``, is judged the same way but the child could lie about
 it, as it could about a program without asserts. The nonce only defeats blind forgeries (it is in the child's memory).
 
+Judging agrees with the official harnesses on legitimate code (METHOD.md, "Evaluation"): only the benchmark's own
+test code is rewritten (`tests_from`), so a test function the completion defines but never calls does not run;
+function-benchmark programs run as module ``candidate``, not ``__main__``; output past the cap is read and dropped
+(recorded in ``Result.output_truncated``), never a failure; Fraction and Decimal, like subclasses of the built-in
+types, are reported as plain data and rebuilt here. A failed run says why: the assert's line with its expected and
+reported values, the exception, the limit it hit (``Result.line``, ``expected``, ``got``, ``exception``, ``detail``).
+
 Isolation (``Tier``, recorded in every ``Result``; the process tree is described in ``sandbox_launch``):
   PROCESS    own process (a fork of a pristine zygote interpreter, never of the harness), new session, rlimits
              (address space, CPU, file size, open files, processes), temp dir cwd, stdin /dev/null, scrubbed env,
@@ -36,7 +43,10 @@ Isolation (``Tier``, recorded in every ``Result``; the process tree is described
 
 from __future__ import annotations
 
+import contextlib
 import enum
+import fcntl
+import functools
 import json
 import math
 import os
@@ -55,12 +65,14 @@ from dataclasses import dataclass
 
 from wmtp_studio.errors import StudioError
 from wmtp_studio.evaluate.sandbox_host import DEFAULT_UID_BASE, Zygote, claim_uids, host
-from wmtp_studio.evaluate.sandbox_judge import decode_report, judge
+from wmtp_studio.evaluate.sandbox_judge import decode_report, explain, judge, raised
 from wmtp_studio.evaluate.sandbox_verdict import Plan, make_plan
 
 _MAX_REPORT_BYTES = 32 << 20
 _PLAN_LOCK = threading.Lock()  # run_many plans programs from several threads
 _GRACE_S = 5.0  # how long a cancelled run may take to be cleaned up and reported
+_PIPE_BYTES = 1 << 20  # output pipes' capacity and the most read at once
+_DRAIN_S = 0.01  # past the cap, output is drained this often: at most ~100 MiB/s of it, at little cost to us
 
 
 class Tier(enum.IntEnum):
@@ -77,7 +89,9 @@ class Limits:
 
     timeout_s: float = 10.0  # wall clock for the whole program
     memory_mb: int = 1024  # address space (RLIMIT_AS)
-    max_output_bytes: int = 64_000  # per stream; beyond it the program is stopped and fails
+    max_output_bytes: int = (
+        64_000  # kept per stream (stdout's head, stderr's tail); the rest is read and dropped
+    )
     max_procs: int = 64  # processes and threads of the run's uid (RLIMIT_NPROC)
     max_file_mb: int = 16  # largest file it may write (RLIMIT_FSIZE)
     cpu_s: int | None = None  # CPU seconds (RLIMIT_CPU); default ceil(timeout_s) + 1
@@ -91,11 +105,18 @@ class Result:
     status: str
     exit_code: int | None  # negative: killed by that signal; None: never ran, or unknown
     duration_s: float
-    stdout: str  # at most Limits.max_output_bytes of it
-    stderr: str
+    stdout: str  # its first Limits.max_output_bytes
+    stderr: str  # its last Limits.max_output_bytes
     tier: Tier
     detail: str = ""  # why it did not pass: the first failed assert, the limit it hit, its exit status
     verified: bool = False  # every assert compared the program's output with a literal it never saw
+    line: int | None = None  # the failed assert's line in the program
+    expected: str = ""  # that assert's expected value (short repr), when it compares with one
+    got: str = ""  # what the program's side evaluated to (or each probe's value)
+    exception: str = ""  # `Type: message` of the exception that ended it (from its stderr: informative only)
+    output_truncated: bool = (
+        False  # stdout or stderr went past Limits.max_output_bytes (the rest was dropped)
+    )
 
 
 def detect_tier() -> Tier:
@@ -127,7 +148,7 @@ class Sandbox:
                 f"refusing to run below tier {Tier(require_tier).name}; this host provides {best.name} ({why})"
             )
         self.limits = limits
-        self.slots = slots or min(os.cpu_count() or 1, 8)
+        self.slots = slots or len(os.sched_getaffinity(0))  # one program per CPU this process may use
         self._python = found.python if self.tier >= Tier.UID else sys.executable
         uids, self._locks = claim_uids(uid_base, self.slots) if self.tier >= Tier.UID else ([], [])
         self.uids = tuple(uids)  # one per slot, used by no one else while this Sandbox is open
@@ -149,27 +170,31 @@ class Sandbox:
         test_timeout_s: float | None = None,
         stdin: str | None = None,
         entry_points: Collection[str] = (),
+        tests_from: int = 0,
+        as_main: bool | None = None,
     ) -> Result:
         """Run one program (candidate code followed by its tests) and judge it; `stdin` is its input (default none).
 
         `entry_points`: the names the tests exercise, which the program may define even if they shadow built-ins.
+        `tests_from`: where the benchmark's test code starts (a line start); only it is instrumented (0: all).
+        `as_main`: run as `__main__` (default: only when given `stdin`, i.e. a stdio program; function benchmarks
+        run under another name, as in the official harnesses, so `if __name__ == "__main__":` blocks are skipped).
         """
         try:
             # CPython 3.11's ast is not thread-safe ("AST constructor recursion depth mismatch").
             with _PLAN_LOCK:
-                plan = make_plan(program, entry_points)
-        except (
-            SyntaxError,
-            ValueError,
-            RecursionError,
-            MemoryError,
-        ) as exc:  # Python could not compile it either
+                plan = make_plan(program, entry_points, tests_from)
+        except (SyntaxError, RecursionError, MemoryError) as exc:  # Python could not compile it either
             return Result(
-                False, "error", None, 0.0, "", f"{type(exc).__name__}: {exc}", self.tier, "does not compile"
-            )
+                False, "error", None, 0.0, "", f"{type(exc).__name__}: {exc}", self.tier, "does not compile",
+                exception=f"{type(exc).__name__}: {exc}",
+            )  # fmt: skip
+        except ValueError as exc:  # a null byte, or a completion that swallows the test code
+            return Result(False, "error", None, 0.0, "", f"ValueError: {exc}", self.tier, str(exc))
+        main = stdin is not None if as_main is None else as_main
         uid = self._free.get()
         try:
-            return self._execute(plan, uid, test_timeout_s, stdin)
+            return self._execute(plan, uid, test_timeout_s, stdin, main)
         finally:
             self._free.put(uid)
 
@@ -179,17 +204,51 @@ class Sandbox:
         *,
         test_timeout_s: float | None = None,
         entry_points: Sequence[Collection[str]] | None = None,
+        tests_from: Sequence[int] | None = None,
+        on_result: Callable[[int, Result], None] | None = None,
     ) -> list[Result]:
-        """Run programs `slots` at a time; results in the order of `programs` (entry points per program)."""
+        """Run programs `slots` at a time, each slot taking the next program the moment its last one ends (no
+        batches: a program that times out holds one slot, never a group); results in the order of `programs`.
+
+        Per program: `entry_points` and `tests_from` (see `run`). `on_result(i, result)` is called as each ends.
+        """
         names = entry_points if entry_points is not None else [()] * len(programs)
-        if len(names) != len(programs):
-            raise ValueError("entry_points must have one entry per program")
+        starts = tests_from if tests_from is not None else [0] * len(programs)
+        if len(names) != len(programs) or len(starts) != len(programs):
+            raise ValueError("entry_points and tests_from must have one entry per program")
+        results: list[Result | None] = [None] * len(programs)
+        pending = iter(range(len(programs)))
+        lock = threading.Lock()
+
+        failed = (
+            threading.Event()
+        )  # one slot raised (e.g. the sandbox was closed): the others stop taking work
+
+        def slot() -> None:
+            while not failed.is_set():
+                with lock:
+                    i = next(pending, None)
+                if i is None:
+                    return
+                try:
+                    result = self.run(
+                        programs[i],
+                        test_timeout_s=test_timeout_s,
+                        entry_points=names[i],
+                        tests_from=starts[i],
+                    )
+                except BaseException:
+                    failed.set()
+                    raise
+                results[i] = result
+                if on_result is not None:
+                    with lock:
+                        on_result(i, result)
+
         with ThreadPoolExecutor(max_workers=self.slots) as pool:
-            return list(
-                pool.map(
-                    lambda p, e: self.run(p, test_timeout_s=test_timeout_s, entry_points=e), programs, names
-                )
-            )
+            for future in [pool.submit(slot) for _ in range(min(self.slots, len(programs)))]:
+                future.result()
+        return [r for r in results if r is not None]
 
     def close(self) -> None:
         """Stop the zygote and release the uids (runs still in flight are cancelled)."""
@@ -224,7 +283,7 @@ class Sandbox:
                         raise StudioError("the sandbox zygote process keeps dying") from None
 
     def _execute(
-        self, plan: Plan, uid: int | None, test_timeout_s: float | None, stdin: str | None
+        self, plan: Plan, uid: int | None, test_timeout_s: float | None, stdin: str | None, main: bool
     ) -> Result:
         limits = self.limits
         nonce = secrets.token_hex(16)
@@ -238,6 +297,7 @@ class Sandbox:
                 os.chown(workdir, uid, uid)
         config = {
             "program": plan.source,
+            "module": "__main__" if main else "candidate",
             "stdin": stdin,
             "nonce": nonce,
             "tier": int(self.tier),
@@ -265,6 +325,10 @@ class _Watch:
         self.plan, self.limits, self.test_timeout_s = plan, limits, test_timeout_s
         self.done_line = b'{"done":"%s"}' % nonce.encode()
         self.streams = {"out": bytearray(), "err": bytearray()}
+        self.truncated = False
+        self.failure: tuple[int, str, str, str] | None = (
+            None  # (line, expected, got, raised) of a failed assert
+        )
         self.report = bytearray()
         self.report_total = 0
         self.seen = [0] * len(plan.sites)
@@ -276,6 +340,9 @@ class _Watch:
     def run(self, submit: Callable[[bytes, list[int]], None], config: bytes, tier: Tier) -> Result:
         names = ("out", "err", "report", "status")
         pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(5)]
+        for _, w in pipes[:2]:  # output floods: fewer, larger reads (the kernel may refuse: keep its default)
+            with contextlib.suppress(OSError):
+                fcntl.fcntl(w, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
         cancel_w = pipes[4][1]
         theirs = [pipes[0][1], pipes[1][1], pipes[2][1], pipes[3][1], pipes[4][0]]
         start = time.monotonic()
@@ -295,8 +362,15 @@ class _Watch:
         if self.test_timeout_s is not None:
             self.test_deadline = start + self.test_timeout_s
         give_up = math.inf
-        while selector.get_map():
+        paused: dict[
+            int, tuple[str, float]
+        ] = {}  # output past the cap is drained every _DRAIN_S, not as it comes
+        while selector.get_map() or paused:
             now = time.monotonic()
+            for fd, (name, when) in list(paused.items()):
+                if now >= when:
+                    selector.register(fd, selectors.EVENT_READ, name)
+                    del paused[fd]
             if self.stop is None and now >= min(deadline, self.test_deadline):
                 which = "program" if now >= deadline else "test"
                 limit = self.limits.timeout_s if now >= deadline else self.test_timeout_s
@@ -307,17 +381,33 @@ class _Watch:
             if now >= give_up:
                 break
             wait = min(deadline, self.test_deadline, give_up) - now if self.stop is None else give_up - now
+            wait = min([wait, *(when - now for _, when in paused.values())])
             for key, _ in selector.select(max(wait, 0.0)):
-                data = os.read(key.fd, 1 << 16)
-                if not data:
+                full = (
+                    key.data in ("out", "err") and len(self.streams[key.data]) >= self.limits.max_output_bytes
+                )
+                if (
+                    full and key.data == "out"
+                ):  # its head is kept: the rest goes to /dev/null, never through us
+                    more = os.splice(key.fd, _devnull(), _PIPE_BYTES) > 0
+                    self.truncated |= more
+                else:
+                    data = os.read(key.fd, _PIPE_BYTES)
+                    more = bool(data)
+                    if more:
+                        self._feed(key.data, data)
+                if not more:
                     selector.unregister(key.fd)
                     os.close(key.fd)
                     if key.data == "status":
                         give_up = min(give_up, time.monotonic() + 1.0)  # stragglers hold a pipe: stop reading
-                else:
-                    self._feed(key.data, data)
+                elif full:  # a flood: let the pipe fill for a while (the program waits on it, not us on it)
+                    selector.unregister(key.fd)
+                    paused[key.fd] = (key.data, time.monotonic() + _DRAIN_S)
         for key in list(selector.get_map().values()):
             os.close(key.fd)
+        for fd in paused:
+            os.close(fd)
         selector.close()
         if cancel_w >= 0:
             os.close(cancel_w)
@@ -339,12 +429,15 @@ class _Watch:
                 self.report = bytearray(rest)
                 for line in lines:
                     self._on_report(bytes(line))
-        else:
-            kept = self.streams[name]
-            room = self.limits.max_output_bytes - len(kept)
-            kept += data[: max(room, 0)]
-            if len(data) > room:
-                self._halt("failed", f"std{name} over {self.limits.max_output_bytes} bytes")
+        else:  # past the cap, output is read and dropped (stdout keeps its head, stderr its tail): not a failure
+            kept, cap = self.streams[name], self.limits.max_output_bytes
+            if len(kept) + len(data) > cap:
+                self.truncated = True
+            if name == "out":
+                kept += data[: max(cap - len(kept), 0)]
+            else:
+                kept += data
+                del kept[: max(len(kept) - cap, 0)]
 
     def _on_report(self, line: bytes) -> None:
         if self.stop is not None:
@@ -367,8 +460,10 @@ class _Watch:
             except ValueError:
                 self._halt("failed", "malformed report from the program")
                 return
-            failure = judge(self.plan.sites[index], values)
-            if failure is not None:
+            site = self.plan.sites[index]
+            failure = judge(site, values)
+            if failure is not None and self.stop is None:
+                self.failure = (site.line, *explain(site, values), raised(values))
                 self._halt("failed", failure)
             self.seen[index] += 1
             if self.test_timeout_s is not None:
@@ -390,9 +485,11 @@ class _Watch:
         if report.get("clean") is False:
             detail = "; ".join(filter(None, [detail, "some of its processes outlived the cleanup"]))
         out, err = (bytes(self.streams[s]).decode("utf-8", "replace") for s in ("out", "err"))
+        line, expected, got, exception = self.failure or (None, "", "", "")
         return Result(
-            status == "passed", status, exit_code, duration, out, err, tier, detail, self.plan.verified
-        )
+            status == "passed", status, exit_code, duration, out, err, tier, detail, self.plan.verified,
+            line, expected, got, exception or (_exception(err) if status != "passed" else ""), self.truncated,
+        )  # fmt: skip
 
     def _verdict(self, exit_code: int | None, report: dict[str, object]) -> tuple[str, str]:
         if self.stop is not None:
@@ -411,3 +508,18 @@ class _Watch:
             if site.required and count == 0:
                 return "failed", f"assert at line {site.line} never ran"
         return "passed", ""
+
+
+def _exception(stderr: str) -> str:
+    """The last line of a Python traceback in `stderr` (`ValueError: boom`), or ""."""
+    lines = stderr.rstrip().splitlines()
+    if "Traceback (most recent call last):" not in stderr or not lines:
+        return ""
+    last = lines[-1].strip()
+    return last[:300] if last and not last.startswith(("File ", "^", "~")) else ""
+
+
+@functools.cache
+def _devnull() -> int:
+    """One write-only /dev/null descriptor for the process, where dropped output is spliced."""
+    return os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)

@@ -3,7 +3,9 @@
 `become_candidate` turns a fresh fork of the zygote (see ``sandbox_launch``) into the candidate: new session,
 stdin /dev/null (or a memfd holding the run's input), stdout/stderr/report pipes on fds 1-3 and nothing else, rlimits, a clean environment,
 no_new_privs, a seccomp filter, the run's own uid/gid, default signal handling. `run_program` then executes the
-program as ``__main__`` with ``__wmtp_probe`` in its globals: each test assert, rewritten by
+program as module ``__main__`` (stdio programs) or ``candidate`` (function benchmarks: like the official harnesses,
+whose ``__name__`` is not ``"__main__"``, so ``if __name__ == "__main__":`` blocks do not run), with
+``__wmtp_probe`` in its globals: each test assert, rewritten by
 ``sandbox_verdict.make_plan``, calls it with the values it needs, and it writes them as one JSON line on fd 3
 (``{"s": K, "v": [...]}``) in the tagged form ``sandbox_judge.decode_report`` reads. After the last statement it
 writes ``{"done": NONCE}``, then exits at once (no atexit handlers, no waiting for threads).
@@ -151,7 +153,7 @@ def become_candidate(
     except BaseException:
         _emit(f'{{"setup":"{_hex(traceback.format_exc())}"}}\n')
         os._exit(71)
-    run_program(cfg["program"], cfg["nonce"])
+    run_program(cfg["program"], cfg["nonce"], cfg.get("module", "__main__"))
 
 
 def _stdin(text: str | None) -> int:
@@ -193,11 +195,11 @@ def _count_own_processes() -> int:
 
 
 # ---------------------------------------------------------------- running the program
-def run_program(source: str, nonce: str) -> NoReturn:
-    """Run the program as `__main__`; after its last statement, report completion. Then exit at once."""
-    module = types.ModuleType("__main__")
+def run_program(source: str, nonce: str, name: str = "__main__") -> NoReturn:
+    """Run the program as module `name`; after its last statement, report completion. Then exit at once."""
+    module = types.ModuleType(name)
     module.__dict__.update(__builtins__=builtins, __file__="program.py", __wmtp_probe=_probe)
-    sys.modules["__main__"] = module
+    sys.modules["__main__"] = sys.modules[name] = module  # pickle and dataclasses look modules up by name
     sys.argv[:] = ["program.py"]
     linecache.cache["program.py"] = (len(source), None, source.splitlines(True), "program.py")
     code = 1
@@ -238,13 +240,21 @@ def _probe(site: int, *thunks: Any) -> None:
         try:
             value = thunk()
         except Exception as exc:
-            parts.append(f'["x","{_hex(type(exc).__name__)}"]')
+            parts.append(f'["x","{_hex(type(exc).__name__)}","{_hex(_message(exc))}"]')
             continue
         try:
             parts.append(encode(value))
         except Exception:
             parts.append(f'["o","{_hex("unreadable")}"]')
     _emit(f'{{"s":{int(site)},"v":[{",".join(parts)}]}}\n')
+
+
+def _message(exc: BaseException) -> str:
+    """The exception's message, short (it is only shown, never judged)."""
+    try:
+        return str(exc)[:300]
+    except Exception:
+        return ""
 
 
 def _hex(text: str) -> str:
@@ -271,10 +281,28 @@ def encode(v: Any, depth: int = 0) -> str:
         return f'["b","{bytes.hex(v)}"]'
     if isinstance(v, bytearray):
         return f'["B","{bytearray.hex(v)}"]'
+    number = _number(v)
+    if number is not None:
+        return number
     tag, items = _members(v)
     if tag == "o":
         return f'["o","{_hex(items)}"]'
     return f'["{tag}"' + "".join("," + encode(x, depth + 1) for x in items) + "]"
+
+
+def _number(v: Any) -> str | None:
+    """Fraction and Decimal (subclasses too) as plain data, read through the standard classes' own slots and
+    methods: the harness rebuilds the value (tags Q and D); None for anything else."""
+    fractions, decimal = sys.modules.get("fractions"), sys.modules.get("decimal")
+    if fractions is not None and isinstance(v, fractions.Fraction):
+        cls = fractions.Fraction
+        n, d = cls.__dict__["_numerator"].__get__(v), cls.__dict__["_denominator"].__get__(v)
+        return f'["Q","{int.__format__(n, "x")}","{int.__format__(d, "x")}"]'
+    if decimal is not None and isinstance(v, decimal.Decimal):
+        sign, digits, exponent = decimal.Decimal.as_tuple(v)
+        text = "".join(map(str, digits))
+        return f'["D","{int(sign)}","{text}","{exponent}"]'
+    return None
 
 
 def _members(v: Any) -> tuple[str, Any]:

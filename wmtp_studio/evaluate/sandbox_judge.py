@@ -3,8 +3,8 @@
 A report line ``{"s": K, "v": [...]}`` (written by ``sandbox_child``) carries one tagged-JSON value per probe of
 site K: ``null``/``true``/``false``, or ``[tag, ...]`` with tags i (int, hex), f (float, ``float.hex``), c
 (complex), s (str, UTF-8 hex), b/B (bytes/bytearray, hex), l/t/S/F/d (list, tuple, set, frozenset, dict as
-k1, v1, ...), I (what an iterator yielded), o (any other object: only its type name), x (the probe raised: the
-exception's name). :func:`decode_report` rebuilds values with fresh built-in types, so no method of the program's
+k1, v1, ...), I (what an iterator yielded), Q (a Fraction: numerator, denominator), D (a Decimal: sign, digits,
+exponent), o (any other object: only its type name), x (the probe raised: the exception's name and message). :func:`decode_report` rebuilds values with fresh built-in types, so no method of the program's
 objects ever runs here; :func:`judge` evaluates the assert's own expression on them with the real built-ins, and
 guards the few operations whose cost a reported value could blow up.
 """
@@ -14,6 +14,9 @@ from __future__ import annotations
 import ast
 import json
 import math
+import reprlib
+from decimal import Decimal
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,6 +24,10 @@ if TYPE_CHECKING:
 
 _MAX_DEPTH = 100
 _MAX_REPEAT = 10_000_000  # largest sequence `seq * n` the parent will build
+_MAX_BITS = 1 << 17  # largest Fraction term (bits) or Decimal (digits) rebuilt: normalising costs a gcd
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = _SHOW.maxother = 160
+_SHOW.maxlist = _SHOW.maxtuple = _SHOW.maxset = _SHOW.maxdict = _SHOW.maxfrozenset = 12
 _BUILTINS = (abs, all, any, bool, complex, dict, float, frozenset, int, isinstance, len, list, max, min, repr)
 SAFE_NAMES: dict[str, Any] = {f.__name__: f for f in (*_BUILTINS, round, set, sorted, str, sum, tuple, type)}
 SAFE_MATH = {"isclose", "fabs", "isnan", "isinf", "isfinite", "floor", "ceil"}
@@ -65,6 +72,50 @@ def judge(site: Site, values: list[Any]) -> str | None:
     return None if held else f"assert at line {site.line} failed"
 
 
+def explain(site: Site, values: list[Any]) -> tuple[str, str]:
+    """(expected, got) of a failed assert, short, for people: for `probe OP expected` the two sides' values,
+    otherwise each probe's value (`f(2) -> 5`). Computed here from the rebuilt plain data, like the verdict."""
+    env = {id(p): v for p, v in zip(site.probes, values, strict=True)}
+    probed = {id(p) for p in site.probes}
+    test = site.test
+    if isinstance(test, ast.Compare) and len(test.ops) == 1:
+        got, expected = test.left, test.comparators[0]
+        if any(id(n) in probed for n in ast.walk(expected)) and not any(
+            id(n) in probed for n in ast.walk(got)
+        ):
+            got, expected = expected, got
+        if not any(id(n) in probed for n in ast.walk(expected)):
+            return show(_value(expected, env)), show(_value(got, env))
+    return "", "; ".join(f"{ast.unparse(p)} -> {show(_value(p, env))}" for p in site.probes)
+
+
+def raised(values: list[Any]) -> str:
+    """`Type: message` of the first reported probe that raised, or ""."""
+    return next((str(v) for v in values if isinstance(v, _Raised)), "")
+
+
+def _value(node: ast.AST, env: dict[int, Any]) -> Any:
+    try:
+        return _eval(node, env)
+    except _Raised as exc:
+        return _Shown(f"raised {exc}")
+    except Exception as exc:
+        return _Shown(f"raised {type(exc).__name__}")
+
+
+class _Shown(str):
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def show(value: Any) -> str:
+    """A short repr of a rebuilt value (its size bounded: huge containers and integers are elided)."""
+    try:
+        return _SHOW.repr(value)
+    except ValueError:  # an int too long to print in decimal
+        return f"<int of {value.bit_length()} bits>" if isinstance(value, int) else "<unprintable>"
+
+
 def decode_report(line: bytes, sites: tuple[Site, ...]) -> tuple[int, list[Any]]:
     """Parse one probe record `{"s": K, "v": [...]}`; raises ValueError for anything malformed."""
     try:
@@ -80,8 +131,15 @@ def decode_report(line: bytes, sites: tuple[Site, ...]) -> tuple[int, list[Any]]
 
 
 def _decode_probe(raw: Any) -> Any:
-    if type(raw) is list and raw and raw[0] == "x" and len(raw) == 2 and type(raw[1]) is str:
-        return _Raised(bytes.fromhex(raw[1]).decode("utf-8", "replace"))
+    if (
+        type(raw) is list
+        and raw
+        and raw[0] == "x"
+        and len(raw) in (2, 3)
+        and all(type(x) is str for x in raw)
+    ):
+        name, message = (bytes.fromhex(x).decode("utf-8", "replace") for x in (*raw[1:], "")[:2])
+        return _Raised(f"{name}: {message}" if message else name)
     return _decode(raw, 0)
 
 
@@ -92,6 +150,8 @@ def _decode(raw: Any, depth: int) -> Any:
     if depth > _MAX_DEPTH or type(raw) is not list or not raw or type(raw[0]) is not str:
         raise ValueError("malformed value")
     tag, rest = raw[0], raw[1:]
+    if tag in ("Q", "D"):
+        return _number(tag, rest)
     if tag in ("i", "f", "c", "s", "b", "B", "o"):
         if not rest or not all(type(x) is str for x in rest):
             raise ValueError("malformed value")
@@ -128,6 +188,26 @@ def _decode(raw: Any, depth: int) -> Any:
     except TypeError as exc:  # unhashable member
         raise ValueError("malformed value") from exc
     raise ValueError("malformed value")
+
+
+def _number(tag: str, rest: list[Any]) -> Any:
+    """A Fraction (numerator, denominator in hex) or a Decimal (sign, digits, exponent) built here from plain data."""
+    if not all(type(x) is str for x in rest) or len(rest) != (2 if tag == "Q" else 3):
+        raise ValueError("malformed value")
+    if tag == "Q":
+        n, d = int(rest[0], 16), int(rest[1], 16)
+        if d == 0:
+            raise ValueError("malformed value")
+        return Fraction(n, d) if max(n.bit_length(), d.bit_length()) <= _MAX_BITS else Opaque("Fraction")
+    sign, digits, exponent = rest
+    if (
+        sign not in ("0", "1")
+        or not ((digits.isascii() and digits.isdigit()) or not digits)
+        or len(digits) > _MAX_BITS
+    ):
+        raise ValueError("malformed value")
+    exp: Any = exponent if exponent in ("n", "N", "F") else int(exponent)  # NaN, sNaN, Infinity, or a power
+    return Decimal((int(sign), tuple(map(int, digits)), exp))
 
 
 def _eval(node: ast.AST, env: dict[int, Any]) -> Any:

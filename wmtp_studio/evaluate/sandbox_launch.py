@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import json
+import math
 import os
 import select
 import shutil
@@ -174,7 +175,7 @@ def _supervise(cfg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     for fd in (out_w, err_w, report_w, exit_w):
         os.close(fd)
     started = time.monotonic()
-    wait_status, cancelled = _wait(pid, wake_r, cancel_r)
+    wait_status, cancelled = _wait(pid, wake_r, cancel_r, init=tier >= NAMESPACE)
     ended = time.monotonic()
     if tier >= NAMESPACE:
         told = os.read(exit_r, 32)
@@ -187,18 +188,25 @@ def _supervise(cfg: dict[str, Any], fds: list[int]) -> dict[str, Any]:
     return {"wait_status": wait_status, "cancelled": cancelled, "clean": clean, "run_s": ended - started}
 
 
-def _wait(pid: int, wake_r: int, cancel_r: int) -> tuple[int, bool]:
+def _wait(pid: int, wake_r: int, cancel_r: int, init: bool = False) -> tuple[int, bool]:
     """Wait for our child, reaping orphans as they come; SIGKILL it when the harness cancels.
 
     The child is killed, and its process group too, only while it is unreaped (a zombie still holds its pid), so
-    no signal can reach a process that later got the same number.
+    no signal can reach a process that later got the same number. A namespace's `init` is asked first (SIGTERM):
+    it kills the run and reaps it, so that the run's CPU time is accounted (the kernel's own clean-up of a killed
+    init reaps without accounting); SIGKILL follows if it has not exited within a second.
     """
-    cancelled = False
+    cancelled, kill_at = False, math.inf
     while True:
-        ready = select.select([wake_r] if cancelled else [wake_r, cancel_r], [], [])[0]
+        timeout = max(kill_at - time.monotonic(), 0.0) if kill_at < math.inf else None
+        ready = select.select([wake_r] if cancelled else [wake_r, cancel_r], [], [], timeout)[0]
         if cancel_r in ready:
             cancelled = True
+            _kill(pid, signal.SIGTERM if init else signal.SIGKILL)
+            kill_at = time.monotonic() + 1.0 if init else math.inf
+        elif cancelled and not ready and time.monotonic() >= kill_at:
             _kill(pid)
+            kill_at = math.inf
         while _drain(wake_r):
             pass
         while True:
@@ -346,6 +354,8 @@ def _init(cfg: dict[str, Any], fds: tuple[int, int, int], exit_w: int) -> NoRetu
     except BaseException:
         traceback.print_exc()
         os._exit(70)
+    # Asked to stop (the run was cancelled), kill everything in this namespace but us, then reap as usual.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(-1, signal.SIGKILL))
     pid = os.fork()
     if pid == 0:
         os.close(exit_w)

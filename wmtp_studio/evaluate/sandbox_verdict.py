@@ -1,7 +1,7 @@
 """The trusted half of the sandbox's verdict, part 1: strip the expected values out of a program before it runs.
 
-Before a program runs, :func:`make_plan` rewrites each test assert (module level, or in the last top-level
-``check``/``test*`` function) into a report: ``assert candidate(3) == 9, msg`` becomes
+Before a program runs, :func:`make_plan` rewrites each test assert of the benchmark's own test code (module level,
+or in its top-level ``check``/``test*`` functions) into a report: ``assert candidate(3) == 9, msg`` becomes
 ``__wmtp_probe(K, lambda: (candidate(3)))``. Only the parts the parent cannot compute itself (the *probes*: calls
 into the program, its variables) stay in the program; the comparison and the expected value ``9`` stay here. The
 child reports each probe's value as plain data (``sandbox_child.encode``), and ``sandbox_judge`` rebuilds it with
@@ -9,6 +9,10 @@ fresh built-in types and evaluates the original assert expression with the real 
 with a forged ``__eq__``, patched built-ins or a tampered report cannot make ``9`` appear: the candidate's process
 never holds it. Asserts whose expected side is itself computed by the child (``assert f(x) == y``) are still judged
 here but could be lied about; :attr:`Plan.verified` says whether every assert was of the unforgeable kind.
+
+Only the test code is instrumented: given where it starts (``tests_from``), the completion's own asserts and test
+functions are left as they are, to run or not as the completion decides (as the official harnesses do). The test
+code must parse as it does on its own, so a completion cannot swallow it (an unclosed string) or change its shape.
 """
 
 from __future__ import annotations
@@ -52,8 +56,12 @@ class Plan:
         return bool(checked) and not self.unjudged and all(s.verified and s.required for s in checked)
 
 
-def make_plan(program: str, entry_points: Collection[str] = ()) -> Plan:
+def make_plan(program: str, entry_points: Collection[str] = (), tests_from: int = 0) -> Plan:
     """Rewrite the program's test asserts into reports; raises SyntaxError for a program that does not parse.
+
+    `tests_from`: the offset (at a line start) where the benchmark's test code begins; everything before it is the
+    candidate's and is not instrumented. 0: the whole program is test code. Raises ValueError when the test code
+    does not parse in the program as it does alone (the completion swallowed or reshaped it).
 
     `entry_points` are the names the tests are about (HumanEval's entry point, the function an MBPP test calls):
     the program may legitimately define them even when they are built-in names (MBPP task 126 defines `sum`), so
@@ -69,10 +77,15 @@ def make_plan(program: str, entry_points: Collection[str] = ()) -> Plan:
         line = lines[(lineno or 1) - 1] if lines else ""
         return starts[(lineno or 1) - 1] + len(line.encode()[: col or 0].decode())
 
+    if tests_from < 0 or (tests_from and tests_from >= len(program)):
+        raise ValueError(f"tests_from {tests_from} is outside the program ({len(program)} characters)")
+    first = len(io.StringIO(program[:tests_from], newline="").readlines()) + 1 if tests_from > 0 else 1
+    if tests_from > 0:
+        _check_test_code(tree, program[tests_from:], first)
     sites: list[Site] = []
     edits: list[tuple[int, int, str]] = []
     unjudged = 0
-    for node, required, shadowed in _test_asserts(tree):
+    for node, required, shadowed in _test_asserts(tree, first):
         probes: list[ast.expr] = []
         _split(node.test, probes, shadowed | frozenset(entry_points))
         if any(isinstance(n, _NO_REWRITE) for p in probes for n in ast.walk(p)):
@@ -107,8 +120,26 @@ def _thunk(segment: str, probe: ast.expr) -> str:
     return f"lambda: ({segment})"
 
 
-def _test_asserts(tree: ast.Module) -> list[tuple[ast.Assert, bool, frozenset[str]]]:
-    """Asserts at module level and in the last top-level `check`/`test*` function (and functions nested in it).
+def _check_test_code(tree: ast.Module, tests: str, first: int) -> None:
+    """Raise ValueError unless the statements from line `first` on are exactly the test code parsed alone."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            alone = ast.parse(tests)
+    except (
+        SyntaxError
+    ):  # the whole program parses but its tests alone do not: the completion reached into them
+        raise ValueError(
+            "the completion changes how the test code parses (e.g. an unclosed string)"
+        ) from None
+    ours = [s for s in tree.body if s.lineno >= first]
+    if [ast.dump(s) for s in ours] != [ast.dump(s) for s in alone.body]:
+        raise ValueError("the completion changes how the test code parses (e.g. an unclosed string)")
+
+
+def _test_asserts(tree: ast.Module, first: int = 1) -> list[tuple[ast.Assert, bool, frozenset[str]]]:
+    """Asserts at module level and in top-level `check`/`test*` functions (and functions nested in them), from
+    line `first` on (the test code).
 
     With each: whether it is required, and the names its scope rebinds. A test function's own variables (HumanEval
     calls one `str`) hide the built-ins; module-level rebindings do not, as the program's author may have made them
@@ -136,11 +167,13 @@ def _test_asserts(tree: ast.Module) -> list[tuple[ast.Assert, bool, frozenset[st
                 for case in stmt.cases:
                     visit(case.body, False, nested)
 
-    visit(tree.body, True)
+    visit([s for s in tree.body if s.lineno >= first], True)
     tests = {
         s.name: s
         for s in tree.body
-        if isinstance(s, ast.FunctionDef) and (s.name == "check" or s.name.startswith("test"))
+        if isinstance(s, ast.FunctionDef)
+        and s.lineno >= first
+        and (s.name == "check" or s.name.startswith("test"))
     }
     for function in tests.values():
         shadowed = _bound_names(function)

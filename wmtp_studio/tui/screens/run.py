@@ -17,7 +17,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Footer, Label, Log, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Label, Log, Static, TabbedContent, TabPane
 from textual.worker import Worker, get_current_worker
 
 from wmtp_studio import store
@@ -29,6 +29,7 @@ from wmtp_studio.tui.series import FeedBatch, MetricFeed, RunData, TextTail
 from wmtp_studio.tui.widgets.charts import CurvesPanel, RunProgress
 from wmtp_studio.tui.widgets.evaluations import EvaluationTable
 from wmtp_studio.tui.widgets.recipe import RecipeView
+from wmtp_studio.tui.widgets.samples import SamplesView, find_samples, read_samples
 from wmtp_studio.tui.widgets.tokens import TokensPanel
 from wmtp_studio.tui.widgets.weights import WeightsPanel
 
@@ -105,6 +106,7 @@ class RunScreen(Screen[None]):
             with TabPane("Evaluations", id="evaluations"):
                 yield Label("no evaluations yet", id="no-evaluations")
                 yield EvaluationTable(id="evaluation-table")
+                yield SamplesView(id="samples")
             with TabPane("Tokens", id="tokens"):
                 yield TokensPanel()
             with TabPane("Log", id="log"):
@@ -174,6 +176,7 @@ class RunScreen(Screen[None]):
         self._show_header(snap.run)
         self.query_one("#no-evaluations").display = not snap.evaluations
         self.query_one(EvaluationTable).show(snap.evaluations)
+        self.evaluations = {str(e.id): e for e in snap.evaluations}
         self._show_log(snap)
         if first:
             self.query_one(RecipeView).show(snap.run, snap.comparison_set)
@@ -230,6 +233,32 @@ class RunScreen(Screen[None]):
 
     def on_tabbed_content_tab_activated(self, event: TabbedContent.TabActivated) -> None:
         self._draw()
+
+    # --- the Evaluations tab: the highlighted evaluation's samples and why each failed ---------------------------
+
+    evaluations: dict[str, Evaluation] = {}
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        evaluation = self.evaluations.get(str(event.row_key.value))
+        if isinstance(event.data_table, EvaluationTable) and evaluation is not None and self.run is not None:
+            self._load_samples(evaluation, Path(self.run.run_dir))
+
+    @work(thread=True, group="samples", exclusive=True, exit_on_error=False)
+    def _load_samples(self, evaluation: Evaluation, run_dir: Path) -> None:
+        caption = f"{evaluation.benchmark} (k={evaluation.k})"
+        path = find_samples(evaluation.protocol, run_dir, evaluation.benchmark)
+        if path is None:
+            self.app.call_from_thread(
+                self.query_one(SamplesView).show, f"{caption}: no samples file found", []
+            )
+            return
+        try:
+            samples = read_samples(path)
+        except (OSError, ValueError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON lines"
+            self.app.call_from_thread(self.query_one(SamplesView).show, f"{caption}: {path}: {reason}", [])
+            return
+        self.app.call_from_thread(self.query_one(SamplesView).show, f"{caption}, {path}", samples)
 
     # --- actions --------------------------------------------------------------------------------------------
 
