@@ -351,9 +351,9 @@ class EvalSection(Section):
     """Nucleus sampling threshold."""
     max_new_tokens: Int = Field(128, ge=1)
     """Generation budget per sample."""
-    timeout_s: float | None = Field(None, gt=0)
+    timeout_s: Real | None = Field(None, gt=0, le=86_400)
     """Sandbox wall-clock limit per program; none: each benchmark's published protocol (humaneval, mbpp: 3 s)."""
-    memory_mb: int | None = Field(None, ge=64)
+    memory_mb: Int | None = Field(None, ge=64)
     """Sandbox address-space limit per program, MiB; none: the sandbox's default (1024)."""
 
 
