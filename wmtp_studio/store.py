@@ -555,7 +555,8 @@ class RunOverview:
     loss: float | None
     """The latest `train/loss` point."""
     pass_at_1: float | None
-    """pass@1 of the run's first recorded evaluation with k = 1."""
+    """pass@1 of the run's first recorded evaluation with k = 1, HumanEval only when there is no other (a model
+    trained on its own task is scored on that task first; HumanEval's 0 at tiny scale must not stand for it)."""
 
 
 def runs_overview(*, engine: Engine, limit: int = 1000) -> list[RunOverview]:
@@ -571,7 +572,7 @@ def runs_overview(*, engine: Engine, limit: int = 1000) -> list[RunOverview]:
     pass1 = (
         select(Evaluation.pass_at_k)
         .where(Evaluation.run_id == Run.id, Evaluation.k == 1)
-        .order_by(col(Evaluation.id))
+        .order_by(col(Evaluation.benchmark) == "humaneval", col(Evaluation.id))
         .limit(1)
         .scalar_subquery()
     )

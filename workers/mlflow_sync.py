@@ -65,7 +65,8 @@ def metric_key(name: str, allowed: str = "_-.:/") -> str:
 
 
 def _segment(text: str) -> str:
-    """A benchmark name as one segment of a metric name (no `/`)."""
+    """A benchmark name as one segment of a metric name (no `/`), as the evaluator names its eval lines
+    (`wmtp_studio.evaluate.run.metric_segment`)."""
     return metric_key(text, allowed="_-.:").strip(".") or "_"
 
 
@@ -141,7 +142,13 @@ def _forward_points(client: Any, engine: Engine, run: Run, mlflow_id: str) -> in
     assert run.id is not None
     cursor, sent, base = run.mlflow_synced_seq, 0, _ms(run.created_at) or 0
     while points := store.points_to_forward(engine=engine, run_id=run.id, after_seq=cursor, max_points=BATCH):
-        _send(client, mlflow_id, [Metric(metric_key(p.name), p.value, base + p.seq, p.step) for p in points])
+        # eval/ points go as the run's evaluations (_finish), under the same names: sent once, not twice
+        metrics = [
+            Metric(metric_key(p.name), p.value, base + p.seq, p.step)
+            for p in points
+            if not p.name.startswith("eval/")
+        ]
+        _send(client, mlflow_id, metrics)
         cursor, sent = points[-1].seq, sent + len(points)
         store.mark_mlflow_synced(engine=engine, run_id=run.id, synced_seq=cursor)
     return sent

@@ -43,7 +43,7 @@ def test_eval_writes_samples_results_and_metrics_events(trained: Path) -> None:
     assert len(samples) == 40 and all(s["finish_reason"] in ("stop", "eos", "length") for s in samples)
     assert sum(s["passed"] for s in samples) / 40 == pytest.approx(p1["value"])
     evals = [m for m in lines(trained) if m["kind"] == "eval"]
-    assert evals and evals[-1]["metrics"]["pass@1"] == pytest.approx(p1["value"])
+    assert evals and evals[-1]["metrics"]["generated:basic:40/pass@1"] == pytest.approx(p1["value"])
     seqs = [m["seq"] for m in lines(trained)]
     assert seqs == list(range(len(seqs)))  # eval lines continue the stream without gaps
     assert "pass@k" not in res.stderr and "0." in res.stdout  # the table is printed

@@ -212,4 +212,5 @@ def test_the_recipes_evaluations_run_after_training_and_are_stored(engine: Engin
     assert (ev.benchmark, ev.k, ev.n_problems) == ("generated:basic:10", 1, 10)
     assert ev.ci_low <= ev.pass_at_k <= ev.ci_high and ev.protocol["isolation_tier"]
     names = {p.name for p in store.metric_points_since(engine=engine, run_id=run.id or 0, after_seq=-1)}
-    assert "eval/pass@1" in names  # the eval line appended to metrics.jsonl was ingested too
+    assert "eval/generated:basic:10/pass@1" in names  # the eval line, keyed by its benchmark, was ingested
+    assert "eval/pass@1" not in names

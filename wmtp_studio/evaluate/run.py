@@ -141,8 +141,17 @@ def write_outputs(
     return results
 
 
+def metric_segment(benchmark: str) -> str:
+    """A benchmark name as one segment of a metric name: characters other than alphanumerics and `_-.:` become
+    `_` (a path's `/` too), leading and trailing dots go, so MLflow takes the name as it is (its validation allows
+    alphanumerics, `_-. :/` and no `..` segment). `generated:compose:100` stays as it is."""
+    return "".join(c if c.isalnum() or c in "_-.:" else "_" for c in benchmark).strip(".") or "_"
+
+
 def append_eval_events(run_dir: Path, results: dict[str, Any]) -> None:
-    """One `eval` line per k in the run's metrics.jsonl, continuing its seq."""
+    """One `eval` line per k in the run's metrics.jsonl, continuing its seq. Its metrics are keyed by benchmark
+    (`<benchmark>/pass@<k>`, stored as `eval/<benchmark>/pass@<k>`), so that two evaluations of a run never
+    write the same name (HumanEval's 0 used to hide the held-out score)."""
     from wmtp_studio.train.events import MetricsWriter, read_metrics
 
     path = run_dir / "metrics.jsonl"
@@ -151,14 +160,15 @@ def append_eval_events(run_dir: Path, results: dict[str, Any]) -> None:
     step = max((m.step for m in existing), default=0)
     writer = MetricsWriter(path, seq=seq)
     try:
+        bench = metric_segment(results["benchmark"])
         for p in results["pass_at_k"]:
             writer.write(
                 "eval",
                 step,
                 metrics={
-                    f"pass@{p['k']}": p["value"],
-                    f"pass@{p['k']}/ci_low": p["ci_low"],
-                    f"pass@{p['k']}/ci_high": p["ci_high"],
+                    f"{bench}/pass@{p['k']}": p["value"],
+                    f"{bench}/pass@{p['k']}/ci_low": p["ci_low"],
+                    f"{bench}/pass@{p['k']}/ci_high": p["ci_high"],
                 },
                 data={
                     "benchmark": results["benchmark"],
