@@ -559,6 +559,19 @@ class RunOverview:
     trained on its own task is scored on that task first; HumanEval's 0 at tiny scale must not stand for it)."""
 
 
+def failure_reason(run: Run) -> str | None:
+    """Why a failed run failed, in one line, from the log tail the supervisor stored (`Run.error_tail`): the last
+    `error: ...` line the trainer or the evaluator printed (without the prefix), else the last non-empty line
+    (e.g. a traceback's exception); None for a run that did not fail or left no log."""
+    if run.status != "failed" or not run.error_tail:
+        return None
+    lines = [ln.strip() for ln in run.error_tail.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.lower().startswith("error:")]
+    if errors:
+        return errors[-1][len("error:") :].strip()
+    return lines[-1] if lines else None
+
+
 def runs_overview(*, engine: Engine, limit: int = 1000) -> list[RunOverview]:
     """The newest `limit` runs with their latest train loss and pass@1: one query, whose correlated subqueries
     are index seeks per run (ix_metricpoint_run_name_step, ix_evaluation_run_id)."""

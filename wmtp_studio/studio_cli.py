@@ -267,6 +267,7 @@ def _run_details(engine: Engine, run: Run) -> dict[str, Any]:
     }
     evaluations = store.list_evaluations(engine=engine, run_id=run.id or 0)
     return run_row(run) | {
+        "failure_reason": store.failure_reason(run),
         "recipe": json.loads(run.recipe_json),
         "latest_metrics": latest,
         "evaluations": [e.model_dump(mode="json") for e in evaluations],
@@ -288,6 +289,8 @@ def show(run_id: RunIdArg, as_json: JsonOpt = False) -> None:
     for key in ("created_at", "started_at", "finished_at", "exit_code", "run_dir", "depends_on_run_id"):
         if details[key] is not None:
             typer.echo(f"  {key}: {details[key]}")
+    if details["failure_reason"]:
+        typer.echo(f"  failed: {details['failure_reason']}")
     if details["error_tail"]:
         typer.echo("  error:\n    " + "\n    ".join(details["error_tail"].splitlines()))
     diff = details["diff"]

@@ -2,8 +2,8 @@
 
 Everything is checked before the first write and each call is one transaction, so a bad recipe or factor stores
 nothing. A recipe naming an earlier run's model as `run:N` (runrefs.py) makes the new runs depend on run N: they
-wait until it succeeded and then train from its model. Relative local paths are made absolute here, so workers
-started elsewhere find them. Only run ids then travel through the queue (`wake_workers`).
+wait until it succeeded and then train from its model. Local paths must exist (runrefs.check_local_paths) and
+relative ones are made absolute here, so workers started elsewhere find them. Only run ids then travel through the queue (`wake_workers`).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import ComparisonSet, Run
 from wmtp_studio.recipe import Recipe, load_recipe
-from wmtp_studio.runrefs import absolutize_local_paths, run_refs
+from wmtp_studio.runrefs import absolutize_local_paths, check_local_paths, run_refs
 from wmtp_studio.settings import Settings
 
 QUICKSTART_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
@@ -38,6 +38,7 @@ def _prepare(engine: Engine, recipe: Recipe) -> tuple[Recipe, int | None]:
         row = store.get_run(engine=engine, run_id=dep)
         if row is None:
             raise StudioError(f"{recipe.name}: run:{dep} names no run (list them with `wmtp-studio runs`)")
+    check_local_paths(recipe)  # a missing local model or reference: refused now, not 4 s into the run
     return absolutize_local_paths(recipe, Path.cwd()), dep
 
 

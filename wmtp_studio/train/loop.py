@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from wmtp_studio.errors import StudioError, TrainingAborted
 from wmtp_studio.recipe import Recipe, recipe_from_json
-from wmtp_studio.runrefs import resolve_run_refs
+from wmtp_studio.runrefs import check_local_paths, resolve_run_refs
 from wmtp_studio.tracking import MlflowLogger
 from wmtp_studio.train import checkpoint as ckpt
 from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
@@ -130,6 +130,7 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     frozen = run_dir / "recipe.json"
     recipe = recipe_from_json(frozen.read_text(), str(frozen), resolve_secrets=True)  # secrets: from our env
     recipe = resolve_run_refs(recipe, run_dir.resolve().parent)  # run:N -> <runs dir>/N/model
+    check_local_paths(recipe)  # "no such directory", never a hub error about repo ids
     cfg, algo = recipe.train, recipe.algorithm
     if cfg.num_threads:
         torch.set_num_threads(cfg.num_threads)
