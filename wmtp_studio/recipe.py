@@ -179,8 +179,9 @@ class TrainSection(Section):
     """Publish a checkpoint every this many steps (and at the end, and on SIGTERM)."""
     keep_checkpoints: int = Field(2, ge=1)
     """Complete checkpoints kept on disk."""
-    num_threads: int | None = Field(None, ge=1)
-    """torch CPU threads (default: torch's choice)."""
+    num_threads: Annotated[int, Field(ge=1)] | Literal["auto"] | None = "auto"
+    """torch CPU threads: `auto` (default) uses the cores free when the run starts (affinity minus the other
+    processes' load), a number fixes it (with a warning when it oversubscribes), null keeps torch's choice."""
 
     @model_validator(mode="after")
     def _budget(self) -> TrainSection:

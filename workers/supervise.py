@@ -190,6 +190,9 @@ def supervise(
     run_id, run_dir = run.id, Path(run.run_dir)
     log_path = log_path or run_dir / "train.log"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env["PYTHONUNBUFFERED"] = (
+        "1"  # the job's output reaches train.log (the Log tab) line by line, as it happens
+    )
     env["WMTP_TRAINER_MLFLOW"] = "off"  # the worker forwards the stored metrics itself (mlflow_sync)
     cmd = launch_command(run, gpus=gpus, processes=max(1, len(gpus)))
     rewind(engine, run_id, run_dir)

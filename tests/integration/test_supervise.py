@@ -123,6 +123,9 @@ def test_cancel_stops_the_whole_session(engine: Engine, tmp_path: Path) -> None:
             supervise, engine=engine, run=run, owner=OWNER, token=run.fencing_token, poll_s=0.2, grace_s=grace
         )
         _wait_for(lambda: _has_train_points(engine, run.id or 0), fut)
+        # the trainer's progress lines reach train.log (the Log tab) while it trains, not at the end
+        log = Path(run.run_dir) / "train.log"
+        _wait_for(lambda: log.exists() and " step " in log.read_text() and "loss" in log.read_text(), fut)
         store.request_cancel(engine=engine, run_id=run.id)
         asked = time.monotonic()
         out = fut.result(timeout=grace + 10)
@@ -182,6 +185,7 @@ def test_failing_run_records_the_log_tail(engine: Engine, tmp_path: Path) -> Non
     assert "missing.jsonl" in out.error_tail
     row = store.get_run(engine=engine, run_id=run.id)
     assert row is not None and row.status == "failed" and "missing.jsonl" in (row.error_tail or "")
+    assert "missing.jsonl" in (store.failure_reason(row) or "")  # the one line the dashboard shows
 
 
 def test_stale_token_kills_the_child_and_records_nothing(engine: Engine, tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ token count over the whole step and every process, so 2 processes x batch 2 equa
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import signal
@@ -33,9 +34,11 @@ from wmtp_studio.train.events import MetricsWriter
 from wmtp_studio.train.loss import HIST_EDGES, STAT_FIELDS, HeadStats, forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, ValueHead, build_tiny_hf, load_mtp
 from wmtp_studio.train.reference import cached_reference_ce, load_reference
+from wmtp_studio.train.threads import apply_threads
 from wmtp_studio.train.tokenizer import load_tokenizer
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: checkpointed, can be resumed
+log = logging.getLogger("wmtp.train")  # progress lines for train.log (python -m wmtp_studio.train sets it up)
 
 
 @dataclass
@@ -132,8 +135,7 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     recipe = resolve_run_refs(recipe, run_dir.resolve().parent)  # run:N -> <runs dir>/N/model
     check_local_paths(recipe)  # "no such directory", never a hub error about repo ids
     cfg, algo = recipe.train, recipe.algorithm
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    apply_threads(cfg.num_threads)  # the cores free now, or a warning when a fixed number oversubscribes them
     mp = {"fp32": "no", "bf16": "bf16"}.get(
         cfg.mixed_precision, "bf16" if torch.cuda.is_available() else "no"
     )
@@ -443,6 +445,7 @@ def save_checkpoint(s: Setup, state: State) -> None:
         state.seq, state.metrics_offset = s.writer.seq, s.writer.offset
         ckpt.write_json(staging / "trainer_state.json", asdict(state))
         ckpt.publish(s.run_dir, state.step, s.recipe.train.keep_checkpoints)
+        log.info("checkpoint at step %d", state.step)
     s.accel.wait_for_everyone()
 
 
@@ -514,6 +517,7 @@ def _run_stage1(s: Setup, state: State) -> None:
     )
     state.stage1_done = True
     s.writer.write("event", 0, event="stage1_done", data={"steps": steps})
+    log.info("critic stage 1 done after %d steps", steps)
 
 
 def _log_step(s: Setup, state: State, r: StepResult, elapsed: float, tokens: int) -> dict[str, float]:
@@ -570,6 +574,16 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
             "train_examples": len(s.train_data),
         },
     )
+    log.info(
+        "%s %s: %s, %d head(s), %d training examples, %d steps on %d process(es)",
+        f"resuming at step {state.step} of" if latest else "training",
+        s.recipe.name,
+        s.recipe.algorithm.name,
+        s.recipe.n_heads,
+        len(s.train_data),
+        s.total_steps,
+        s.world,
+    )
     if s.recipe.algorithm.name == "critic-wmtp" and not state.stage1_done:
         _run_stage1(s, state)
     cfg = s.recipe.train
@@ -602,6 +616,14 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                     now = time.perf_counter()
                     metrics = _log_step(s, state, r, now - tick, tick_tokens)
                     tick, tick_tokens = now, 0
+                    log.info(
+                        "step %d/%d loss %.4f lr %.2e %.0f tok/s",
+                        state.step,
+                        s.total_steps,
+                        metrics["loss"],
+                        metrics["lr"],
+                        metrics["tokens_per_s"],
+                    )
                     if progress:
                         progress(state.step, s.total_steps, metrics)
                 if detail and r.heads.hist is not None and state.step % cfg.hist_every == 0:
@@ -611,16 +633,24 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                 if detail and r.heads.weights and state.step % cfg.top_tokens_every == 0:
                     s.writer.write("top_tokens", state.step, data=_top_tokens(s, r))
                 if s.val_data and (state.step % s.recipe.eval.val_every == 0 or state.step == s.total_steps):
-                    s.writer.write("val", state.step, metrics=validate(s))
+                    val = validate(s)
+                    s.writer.write("val", state.step, metrics=val)
+                    log.info(
+                        "step %d/%d val_loss %.4f", state.step, s.total_steps, val.get("val_loss", math.nan)
+                    )
             if r.stop:
                 save_checkpoint(s, state)
                 s.writer.write("event", state.step, event="interrupted")
+                log.info("interrupted: checkpoint at step %d; the run resumes from it", state.step)
                 return EXIT_INTERRUPTED
             if state.step % cfg.checkpoint_every == 0 and state.step < s.total_steps:
                 save_checkpoint(s, state)
         save_checkpoint(s, state)
         export_model(s)
         s.writer.write("event", state.step, event="done", data={"tokens_seen": state.tokens_seen})
+        log.info(
+            "done: %d steps, %d tokens seen; model in %s", state.step, state.tokens_seen, run_dir / "model"
+        )
         return 0
     except StudioError as exc:
         s.writer.write("event", state.step, event="error", data={"message": str(exc)})
