@@ -664,6 +664,17 @@ def points_to_forward(*, engine: Engine, run_id: int, after_seq: int, max_points
         return whole or list(s.exec(query.where(MetricPoint.seq == cut)))
 
 
+def set_of_run(*, engine: Engine, run_id: int) -> int | None:
+    """The comparison set a run belongs to, or, for a base that sets were fine-tuned from (their runs depend on
+    it, e.g. the quickstart's base), the first of those sets; None otherwise."""
+    with _read(engine) as s:
+        run = _run(s, run_id)
+        if run.comparison_set_id is not None:
+            return run.comparison_set_id
+        query = select(sa.func.min(Run.comparison_set_id)).where(Run.depends_on_run_id == run_id)
+        return s.exec(query).one()
+
+
 def set_mlflow_run(*, engine: Engine, run_id: int, mlflow_run_id: str) -> str:
     """Record the run's MLflow run unless one is recorded already; returns the one recorded (first wins)."""
     with _write(engine) as s:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -31,7 +32,13 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, RUN_STATUSES, Run, Worker, utcnow
 from wmtp_studio.recipe import ALGORITHMS, load_recipe
 from wmtp_studio.settings import Settings
-from wmtp_studio.submit import submit_comparison, submit_quickstart, submit_run, wake_workers
+from wmtp_studio.submit import (
+    QUICKSTART_DURATION,
+    submit_comparison,
+    submit_quickstart,
+    submit_run,
+    wake_workers,
+)
 
 studio_app = typer.Typer(
     name="wmtp-studio",
@@ -105,10 +112,11 @@ def serve(
 
 
 @contextmanager
-def _studio() -> Iterator[Engine]:
-    """The upgraded studio database; StudioError and database errors become exit 2 with their message."""
+def _studio(settings: Settings | None = None) -> Iterator[Engine]:
+    """The upgraded studio database (of `settings`, default the environment's); StudioError and database errors
+    become exit 2 with their message."""
     try:
-        settings = Settings.from_env()
+        settings = settings or Settings.from_env()
         engine = store.make_engine(settings.database_url)
         store.upgrade(engine=engine)
         yield engine
@@ -221,18 +229,78 @@ def compare(
     _print_runs(runs, False)
 
 
-@studio_app.command()
-def quickstart(as_json: JsonOpt = False) -> None:
-    """Queue the quickstart comparison: a tiny NTP base pre-trained on the generated task, then its fine-tunes
-    with ntp, baseline-mtp, critic-wmtp and rho1-wmtp, each evaluated on held-out problems (~10 min on 2 cores)."""
+@studio_app.command(
+    help="Queue the quickstart comparison: a tiny NTP base pre-trained on the generated task, then its fine-tunes "
+    f"with ntp, baseline-mtp, critic-wmtp and rho1-wmtp, each evaluated on held-out problems ({QUICKSTART_DURATION})."
+    " With --report: run it to the end here and print its results as Markdown (the README's table)."
+)
+def quickstart(
+    as_json: JsonOpt = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Train and evaluate the quickstart headless in a fresh temporary studio home (a worker of its "
+            "own), wait, and print the results table with the paired tests against ntp, the commit and the cores.",
+        ),
+    ] = False,
+    existing: Annotated[
+        bool,
+        typer.Option(
+            "--existing",
+            help="With --report: use this studio's latest quickstart (queued now if there is none) instead.",
+        ),
+    ] = False,
+    set_: SetOpt = None,
+) -> None:
+    if existing and not report:
+        raise fail("--existing goes with --report")
+    if report:
+        _quickstart_report(existing, set_ or [])
+        return
     with _studio() as engine:
-        cset, runs = submit_quickstart(engine=engine, settings=Settings.from_env())
+        cset, runs = submit_quickstart(engine=engine, settings=Settings.from_env(), overrides=set_ or [])
     _wake_workers([r.id or 0 for r in runs])
     if as_json:
         _print_runs(runs, True)
         return
     typer.echo(f"comparison set {cset.id}: {cset.name}, fine-tuned from run {runs[0].id} once it succeeds")
     _print_runs(runs, False)
+
+
+def _quickstart_report(existing: bool, overrides: list[str]) -> None:
+    """Run (or find) a quickstart, wait for it with a worker, print the Markdown report on stdout."""
+    from wmtp_studio import report
+    from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
+
+    settings = Settings.from_env() if existing else report.fresh_home()
+    err.print(f"studio home: {settings.home}", highlight=False)
+    started = time.monotonic()
+
+    def on_change(run: Run, index: int, total: int) -> None:
+        elapsed = int(time.monotonic() - started)
+        err.print(
+            f"[{elapsed // 60}m{elapsed % 60:02d}s] run {index} of {total} (#{run.id} {run.name}): {run.status}"
+        )
+
+    with _studio(settings) as engine:
+        set_id = report.latest_quickstart(engine) if existing else None
+        if set_id is None:
+            cset, _ = submit_quickstart(engine=engine, settings=settings, overrides=overrides)
+            set_id = cset.id or 0
+        worker = (
+            start_if_needed(engine=engine, settings=settings, poll_s=1.0)
+            if existing
+            else EmbeddedWorker(settings, poll_s=1.0)
+        )
+        try:
+            qs = report.wait_for(engine, set_id, on_change)
+        finally:
+            if worker is not None:
+                worker.stop()
+        typer.echo(report.render(engine, qs, overrides), nl=False)
+    if not existing:
+        err.print(f"open it with: WMTP_HOME={settings.home} wmtp-studio (delete the folder when done)")
 
 
 @studio_app.command("runs")

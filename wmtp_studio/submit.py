@@ -23,6 +23,9 @@ from wmtp_studio.runrefs import absolutize_local_paths, check_local_paths, run_r
 from wmtp_studio.settings import Settings
 
 QUICKSTART_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
+QUICKSTART_DURATION = "5-10 minutes in all on 2 CPU cores"
+"""How long the quickstart takes, said the same way everywhere (the CLI's help, the dashboard's offer, the
+README); `wmtp-studio quickstart --report` measures it. Other programs loading the cores make it longer."""
 
 
 def _prepare(engine: Engine, recipe: Recipe) -> tuple[Recipe, int | None]:
@@ -85,19 +88,24 @@ def submit_comparison(
     return cset, runs
 
 
-def quickstart_recipes() -> tuple[Recipe, Recipe]:
-    """(pre-training base, fine-tune) of the quickstart, shipped with the package. The fine-tune names its base
-    as `run:0`, replaced by the base run's id when submitted."""
+def quickstart_recipes(overrides: Sequence[str] = ()) -> tuple[Recipe, Recipe]:
+    """(pre-training base, fine-tune) of the quickstart, shipped with the package, with `overrides` applied to
+    both. The fine-tune names its base as `run:0`, replaced by the base run's id when submitted."""
     folder = resources.files("wmtp_studio") / "quickstart"
     with resources.as_file(folder) as path:
-        return load_recipe(path / "base.yaml"), load_recipe(path / "finetune.yaml")
+        return load_recipe(path / "base.yaml", list(overrides)), load_recipe(
+            path / "finetune.yaml", list(overrides)
+        )
 
 
-def submit_quickstart(*, engine: Engine, settings: Settings) -> tuple[ComparisonSet, list[Run]]:
+def submit_quickstart(
+    *, engine: Engine, settings: Settings, overrides: Sequence[str] = ()
+) -> tuple[ComparisonSet, list[Run]]:
     """The quickstart comparison (DESIGN.md): a tiny NTP base pre-trained on the generated task, then fine-tunes
     of that base with every algorithm on its harder `compose` family, each evaluated on the held-out split.
-    Returns the set and all runs, the base first; one transaction."""
-    base, finetune = quickstart_recipes()
+    `overrides` (dotted, e.g. train.steps=3) apply to the base and the fine-tunes. Returns the set and all runs,
+    the base first; one transaction."""
+    base, finetune = quickstart_recipes(overrides)
     with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
         base_run = sub.add_run(recipe=base, priority=1)
         data = finetune.model_dump(mode="json")

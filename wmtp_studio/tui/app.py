@@ -21,6 +21,7 @@ from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import utcnow
 from wmtp_studio.settings import Settings
+from wmtp_studio.submit import QUICKSTART_DURATION
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
 from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
@@ -30,7 +31,7 @@ from wmtp_studio.tui.screens.runs import RunsScreen
 QUICKSTART_QUESTION = (
     "The studio has no runs yet. Queue the quickstart comparison?\n\n"
     "It pre-trains a tiny model on a generated code task, fine-tunes it with ntp, baseline-mtp, critic-wmtp "
-    "and rho1-wmtp, and evaluates pass@1 on held-out problems: 5-10 minutes in all on 2 CPU cores."
+    f"and rho1-wmtp, and evaluates pass@1 on held-out problems: {QUICKSTART_DURATION}."
 )
 MODES = (
     ("runs", "Runs", "Every run, live: open, compare, cancel, retry, reprioritise"),
