@@ -23,6 +23,7 @@ from wmtp_studio import __version__, store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, ComparisonSet, Run
 from wmtp_studio.settings import Settings
+from wmtp_studio.submit import submit_quickstart
 from wmtp_studio.tui.export import Interval, format_cell, to_markdown
 from wmtp_studio.tui.results import CompareTables, compare_tables
 
@@ -178,3 +179,40 @@ def fresh_home() -> Settings:
 
     home = Path(tempfile.mkdtemp(prefix="wmtp-quickstart-"))
     return Settings.from_env({"WMTP_HOME": str(home)})
+
+
+def run_and_report(
+    engine: Engine, settings: Settings, *, existing: bool, overrides: Sequence[str]
+) -> tuple[str, int]:
+    """(Markdown report, set id) of the studio's latest quickstart (`existing`) or of a new one queued now, after
+    waiting for all its runs with a worker: a worker of its own on a fresh home, else an embedded one unless a
+    live worker is registered. Progress goes to stderr."""
+    import sys
+
+    from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
+
+    started = time.monotonic()
+
+    def on_change(run: Run, index: int, total: int) -> None:
+        took = _duration(time.monotonic() - started)
+        print(
+            f"[{took}] run {index} of {total} (#{run.id} {run.name}): {run.status}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    set_id = latest_quickstart(engine) if existing else None
+    if set_id is None:
+        cset, _ = submit_quickstart(engine=engine, settings=settings, overrides=overrides)
+        set_id = cset.id or 0
+    worker = (
+        start_if_needed(engine=engine, settings=settings, poll_s=1.0)
+        if existing
+        else EmbeddedWorker(settings, poll_s=1.0)
+    )
+    try:
+        qs = wait_for(engine, set_id, on_change)
+    finally:
+        if worker is not None:
+            worker.stop()
+    return render(engine, qs, overrides), set_id

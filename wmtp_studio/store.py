@@ -467,6 +467,44 @@ def record_evaluation(*, engine: Engine, evaluation: Evaluation) -> Evaluation:
         return evaluation
 
 
+def record_results(*, engine: Engine, run_id: int, results: dict[str, Any]) -> list[Evaluation]:
+    """Store an evaluation's results.json (as `wmtp eval` writes it): one Evaluation per k, in one transaction."""
+    rows = [
+        Evaluation(
+            run_id=run_id,
+            benchmark=results["benchmark"],
+            k=p["k"],
+            pass_at_k=p["value"],
+            ci_low=p["ci_low"],
+            ci_high=p["ci_high"],
+            n_problems=results["n_problems"],
+            per_problem=results.get("per_problem"),
+            protocol={
+                "protocol": results["protocol"],
+                "sampling": results["sampling"],
+                "isolation_tier": results["isolation_tier"],
+            },
+        )
+        for p in results["pass_at_k"]
+    ]
+    with _write(engine) as s:
+        _run(s, run_id)
+        s.add_all(rows)
+    return rows
+
+
+def record_later_evaluation(
+    *, engine: Engine, run_id: int, lines: Sequence[MetricLine], results: dict[str, Any]
+) -> list[Evaluation]:
+    """An evaluation made after the run's supervisor stopped following it (`wmtp eval` of a studio run dir): its
+    new metrics.jsonl lines and its results, as the supervisor would have stored them, and the run's MLflow copy
+    marked behind so that the forwarder sends the evaluation and its artifacts."""
+    ingest_metric_lines(engine=engine, run_id=run_id, lines=lines)
+    rows = record_results(engine=engine, run_id=run_id, results=results)
+    mark_mlflow_synced(engine=engine, run_id=run_id, done=False)
+    return rows
+
+
 def list_evaluations(*, engine: Engine, run_id: int) -> list[Evaluation]:
     with _read(engine) as s:
         query = select(Evaluation).where(Evaluation.run_id == run_id)

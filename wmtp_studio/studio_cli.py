@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
@@ -271,34 +270,17 @@ def quickstart(
 def _quickstart_report(existing: bool, overrides: list[str]) -> None:
     """Run (or find) a quickstart, wait for it with a worker, print the Markdown report on stdout."""
     from wmtp_studio import report
-    from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
 
     settings = Settings.from_env() if existing else report.fresh_home()
     err.print(f"studio home: {settings.home}", highlight=False)
-    started = time.monotonic()
-
-    def on_change(run: Run, index: int, total: int) -> None:
-        elapsed = int(time.monotonic() - started)
-        err.print(
-            f"[{elapsed // 60}m{elapsed % 60:02d}s] run {index} of {total} (#{run.id} {run.name}): {run.status}"
-        )
-
     with _studio(settings) as engine:
-        set_id = report.latest_quickstart(engine) if existing else None
-        if set_id is None:
-            cset, _ = submit_quickstart(engine=engine, settings=settings, overrides=overrides)
-            set_id = cset.id or 0
-        worker = (
-            start_if_needed(engine=engine, settings=settings, poll_s=1.0)
-            if existing
-            else EmbeddedWorker(settings, poll_s=1.0)
-        )
-        try:
-            qs = report.wait_for(engine, set_id, on_change)
-        finally:
-            if worker is not None:
-                worker.stop()
-        typer.echo(report.render(engine, qs, overrides), nl=False)
+        markdown, set_id = report.run_and_report(engine, settings, existing=existing, overrides=overrides)
+    typer.echo(markdown, nl=False)
+    err.print(
+        f"MLflow: `mlflow ui --backend-store-uri {settings.mlflow_uri}`, experiment wmtp/set-{set_id}-quickstart "
+        "(MLflow 3.17 opens its GenAI views unless the URL ends in ?workflowType=machine_learning)",
+        highlight=False,
+    )
     if not existing:
         err.print(f"open it with: WMTP_HOME={settings.home} wmtp-studio (delete the folder when done)")
 

@@ -33,7 +33,7 @@ from pydantic import ValidationError
 from sqlalchemy.engine import Engine
 
 from wmtp_studio import store
-from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.models import Run
 from wmtp_studio.train.events import MetricLine
 from workers import mlflow_sync
 
@@ -361,23 +361,4 @@ def eval_command(run: Run, benchmark: str, out: Path) -> list[str]:
 
 
 def _record_results(engine: Engine, run_id: int, path: Path) -> None:
-    results = json.loads(path.read_text())
-    for p in results["pass_at_k"]:
-        store.record_evaluation(
-            engine=engine,
-            evaluation=Evaluation(
-                run_id=run_id,
-                benchmark=results["benchmark"],
-                k=p["k"],
-                pass_at_k=p["value"],
-                ci_low=p["ci_low"],
-                ci_high=p["ci_high"],
-                n_problems=results["n_problems"],
-                per_problem=results.get("per_problem"),
-                protocol={
-                    "protocol": results["protocol"],
-                    "sampling": results["sampling"],
-                    "isolation_tier": results["isolation_tier"],
-                },
-            ),
-        )
+    store.record_results(engine=engine, run_id=run_id, results=json.loads(path.read_text()))

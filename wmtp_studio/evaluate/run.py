@@ -209,6 +209,24 @@ class EvalRequest:
 Progress = Callable[[str, int, int], None]  # (phase, advance, total)
 
 
+def benchmark_for_run(spec: str, run_dir: Path | None) -> str:
+    """`generated` without a family means, for a run trained on the generated task, that run's own family (the
+    benchmark its recipe evaluates it on, e.g. `generated:compose:100`, when it lists one), not `basic`."""
+    if spec != "generated" or run_dir is None:
+        return spec
+    recipe = json.loads((run_dir / "recipe.json").read_text())
+    data = recipe.get("data") or {}
+    if data.get("source") != "generated":
+        return spec
+    family = (data.get("generated") or {}).get("family", "basic")
+    own = [
+        b
+        for b in (recipe.get("eval") or {}).get("benchmarks", [])
+        if b == f"generated:{family}" or b.startswith(f"generated:{family}:")
+    ]
+    return own[0] if own else f"generated:{family}"
+
+
 def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
     """Generate, judge and summarise; returns (results, output directory)."""
     from wmtp_studio.evaluate.tasks import load_benchmark
@@ -217,7 +235,7 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
     if bad_k:
         raise StudioError(f"--k {','.join(map(str, bad_k))}: every k must be between 1 and --n ({req.n})")
     model_dir, run_dir = resolve_model_dir(req.target)
-    bench = load_benchmark(req.benchmark, limit=req.limit)
+    bench = load_benchmark(benchmark_for_run(req.benchmark, run_dir), limit=req.limit)
     sandbox = make_sandbox(req.require_tier, req.slots)  # refuses early when the tier is not available
     from transformers import AutoTokenizer
 
@@ -273,6 +291,8 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
         "seed": req.seed,
     }
     results = write_outputs(out, bench, verdicts, req.ks, sampling, str(model_dir))
+    if bench.name != req.benchmark:
+        results["requested"] = req.benchmark  # what was asked for, e.g. `generated` for the run's own family
     if run_dir is not None:
         append_eval_events(run_dir, results)
     return results, out
