@@ -8,11 +8,13 @@ CONSTRAINTS ?= constraints-cpu.txt
 
 .PHONY: install studio check lint types contracts test quickstart bench clean
 
+# One line while installing; pip's and setuptools' output goes to $(VENV)/install.log (shown if it fails).
 $(BIN)/wmtp: pyproject.toml $(CONSTRAINTS)
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
-	touch $@
+	@echo "installing WMTP Studio and its dependencies into $(VENV) (takes ~3 min; log in $(VENV)/install.log)"
+	@$(PY) -m venv $(VENV)
+	@( $(BIN)/pip install --upgrade pip && $(BIN)/pip install -c $(CONSTRAINTS) -e '.[dev]' ) \
+		> $(VENV)/install.log 2>&1 || { tail -n 30 $(VENV)/install.log; echo "install failed: see $(VENV)/install.log"; exit 1; }
+	@touch $@
 
 install: $(BIN)/wmtp
 

@@ -178,8 +178,10 @@ def _progress_bar() -> Any:
 def _print_passk(results: dict[str, Any], out: Path) -> None:
     from rich.table import Table
 
+    asked = f" (asked for {results['requested']}: the run's own task)" if results.get("requested") else ""
     err.print(
-        f"{results['benchmark']}: {results['n_problems']} problems, isolation tier {results['isolation_tier']}"
+        f"{results['benchmark']}{asked}: {results['n_problems']} problems, "
+        f"isolation tier {results['isolation_tier']}"
     )
     table = Table()
     for col in ("k", "pass@k", "95% CI"):
@@ -261,9 +263,51 @@ def eval_(
                 bar.advance(tasks[phase], advance)
 
             results, out_dir = evaluate_model(req, on_progress)
+        stored = _record_in_studio(target, results, out_dir / "samples.jsonl")
     except StudioError as exc:
         raise fail(str(exc)) from None
     _print_passk(results, out_dir)
+    if stored is not None:
+        err.print(
+            f"stored with studio run {stored}: its Evaluations tab, and MLflow once a worker forwards it"
+        )
+
+
+def _record_in_studio(target: Path, results: dict[str, Any], samples: Path) -> int | None:
+    """If `target` is a studio run's directory (`<WMTP_RUNS_DIR>/<id>`), store the evaluation just made (its new
+    metrics.jsonl lines and results) as the run's supervisor would have; returns the run id. Files -> database,
+    as everywhere in the studio, only done here because no supervisor follows a finished run."""
+    from wmtp_studio.settings import Settings
+
+    settings = Settings.from_env()
+    run_dir = target.resolve()
+    if not (run_dir / "recipe.json").is_file() or run_dir.parent != settings.runs_dir.resolve():
+        return None
+    sqlite_file = settings.database_url.removeprefix("sqlite:///")
+    if not run_dir.name.isdigit() or (
+        sqlite_file != settings.database_url and not Path(sqlite_file).exists()
+    ):
+        return None
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from wmtp_studio import store
+    from wmtp_studio.train.events import read_metrics
+
+    try:
+        engine = store.make_engine(settings.database_url)
+        store.upgrade(engine=engine)
+        run = store.get_run(engine=engine, run_id=int(run_dir.name))
+        if run is None or Path(run.run_dir).resolve() != run_dir:
+            return None
+        after = store.last_seq(engine=engine, run_id=run.id or 0)
+        lines = [ln for ln in read_metrics(run_dir / "metrics.jsonl") if ln.seq > after]
+        store.record_later_evaluation(
+            engine=engine, run_id=run.id or 0, lines=lines, results=results, samples=samples.resolve()
+        )
+    except SQLAlchemyError as exc:  # the results are on disk either way
+        err.print(f"warning: not stored in the studio database ({exc.__class__.__name__}: {exc})")
+        return None
+    return run.id
 
 
 @app.command("eval-samples")

@@ -1,7 +1,8 @@
 """Comparison sets: one base recipe expanded over algorithms x seeds into recipes that differ only in that factor.
 
 METHOD.md ("Fair comparison"): everything but the declared factor is equal, so each expanded recipe differs from
-the base only in `algorithm`, `train.seed` and `name`, and the difference is recorded (`recipe_diff`).
+the base only in `algorithm`, `train.seed` and `name` (and the ntp control in its one head, `model.n_heads`), and the
+difference is recorded (`recipe_diff`).
 
 The algorithm section of an expanded recipe is the base recipe's own section when the algorithm is the base's,
 and otherwise that algorithm's section with every default. `rho1-wmtp` has no default: it needs a reference

@@ -88,7 +88,8 @@ class ModelSection(Section):
     tiny: TinyModel | None = None
     """Build a small model from this config instead of loading one."""
     n_heads: Int = Field(4, ge=1, le=16)
-    """Number of output heads n; head k predicts the token k+1 steps ahead. The `ntp` algorithm always uses 1."""
+    """Number of output heads n; head k predicts the token k+1 steps ahead. The `ntp` algorithm always uses 1
+    (an ntp recipe is stored with 1, and head_coefficients cut to head 0's)."""
     heads: Literal["transformer", "linear"] = "transformer"
     """`transformer`: each head is one decoder layer (Gloeckle et al. 2024); `linear`: a residual block on the
     final hidden state (Medusa-like)."""
@@ -202,8 +203,10 @@ class TrainSection(Section):
     """Publish a checkpoint every this many steps (and at the end, and on SIGTERM)."""
     keep_checkpoints: Int = Field(2, ge=1)
     """Complete checkpoints kept on disk."""
-    num_threads: Int | None = Field(None, ge=1, le=1024)
-    """torch CPU threads (default: torch's choice; at most 1024)."""
+    num_threads: Annotated[Int, Field(ge=1, le=1024)] | Literal["auto"] | None = "auto"
+    """torch CPU threads: `auto` (default) uses the cores free when the run starts (affinity minus the other
+    processes' load), a number (at most 1024) fixes it (with a warning when it oversubscribes), null keeps torch's
+    choice."""
 
     @model_validator(mode="after")
     def _budget(self) -> TrainSection:
@@ -389,6 +392,17 @@ class Recipe(Section):
     """Validation and post-training evaluation."""
     tracking: TrackingSection = TrackingSection()
     """MLflow."""
+
+    @model_validator(mode="after")
+    def _ntp_has_one_head(self) -> Recipe:
+        """The NTP control trains one head: its stored recipe says so (model.n_heads 1, head 0's coefficient),
+        so the frozen recipe, the database and MLflow show what runs, whatever the base recipe it came from."""
+        if self.algorithm.name == "ntp" and self.model.n_heads != 1:
+            coefs = self.model.head_coefficients
+            self.model = self.model.model_copy(
+                update={"n_heads": 1, "head_coefficients": coefs and coefs[:1]}
+            )
+        return self
 
     @property
     def n_heads(self) -> int:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from wmtp_studio.errors import RecipeError
+from wmtp_studio.errors import RecipeError, StudioError
 from wmtp_studio.recipe import Recipe, parse_recipe
 
 REF_FIELDS: tuple[tuple[str, str], ...] = (
@@ -23,6 +23,8 @@ REF_FIELDS: tuple[tuple[str, str], ...] = (
     ("algorithm", "reference"),
 )
 _REF = re.compile(r"run:(\d+)")
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+"""A Hugging Face repo id: `name` or `namespace/name` (huggingface_hub's validate_repo_id, roughly)."""
 
 
 def _fields(data: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str, str]]:
@@ -66,3 +68,37 @@ def absolutize_local_paths(recipe: Recipe, cwd: Path) -> Recipe:
             continue
         section[key], changed = str((cwd / value).resolve()), True
     return parse_recipe(data, recipe.name) if changed else recipe
+
+
+def is_local_path(value: str) -> bool:
+    """Whether a reference can only be a local path, never a Hugging Face id: absolute, `~`, `./`, `../`, or more
+    than one `/` (hub ids are `name` or `namespace/name`). `org/model` stays ambiguous: a hub id unless it exists
+    here."""
+    if value.startswith("run:"):
+        return False
+    return value.startswith(("/", "~", "./", "../")) or value in (".", "..") or not _HUB_ID.fullmatch(value)
+
+
+def check_local_paths(recipe: Recipe, cwd: Path | None = None) -> None:
+    """Raise a StudioError naming the field and the path of every reference that can only be a local path and
+    does not exist (relative ones resolved against `cwd`, default the current directory), so that a missing
+    directory is reported as such before anything runs, not as the hub's "Repo id must be in the form" later.
+    `run:N` references are checked by the studio against its runs."""
+    cwd = cwd or Path.cwd()
+    missing = []
+    for section, key in REF_FIELDS:
+        value = getattr(getattr(recipe, section), key, None)
+        if isinstance(value, str) and is_local_path(value):
+            path = cwd / Path(value).expanduser()
+            if not path.exists():
+                missing.append(
+                    f"{section}.{key}: {value} does not exist" + ("" if path == Path(value) else f" ({path})")
+                )
+    if missing:
+        raise StudioError(
+            f"{recipe.name}: "
+            + "; ".join(missing)
+            + ". Point it at a model directory, a Hugging Face id, or an "
+            "earlier studio run's model as run:N (train a local reference first, e.g. `wmtp train "
+            "recipes/tiny-ntp.yaml --run-dir runs/tiny-ntp` for the tiny rho1 recipes)"
+        )

@@ -496,6 +496,53 @@ def record_evaluation(*, engine: Engine, evaluation: Evaluation) -> Evaluation:
         return evaluation
 
 
+def record_results(
+    *, engine: Engine, run_id: int, results: dict[str, Any], samples: Path | None = None
+) -> list[Evaluation]:
+    """Store an evaluation's results.json (as `wmtp eval` writes it): one Evaluation per k, in one transaction.
+    `samples`: its samples.jsonl (each sample's verdict and why), which the Evaluations tab reads."""
+    rows = [
+        Evaluation(
+            run_id=run_id,
+            benchmark=results["benchmark"],
+            k=p["k"],
+            pass_at_k=p["value"],
+            ci_low=p["ci_low"],
+            ci_high=p["ci_high"],
+            n_problems=results["n_problems"],
+            per_problem=results.get("per_problem"),
+            protocol={
+                "protocol": results["protocol"],
+                "sampling": results["sampling"],
+                "isolation_tier": results["isolation_tier"],
+            }
+            | ({"samples": str(samples)} if samples is not None else {}),
+        )
+        for p in results["pass_at_k"]
+    ]
+    with _write(engine) as s:
+        _run(s, run_id)
+        s.add_all(rows)
+    return rows
+
+
+def record_later_evaluation(
+    *,
+    engine: Engine,
+    run_id: int,
+    lines: Sequence[MetricLine],
+    results: dict[str, Any],
+    samples: Path | None = None,
+) -> list[Evaluation]:
+    """An evaluation made after the run's supervisor stopped following it (`wmtp eval` of a studio run dir): its
+    new metrics.jsonl lines and its results, as the supervisor would have stored them, and the run's MLflow copy
+    marked behind so that the forwarder sends the evaluation and its artifacts."""
+    ingest_metric_lines(engine=engine, run_id=run_id, lines=lines)
+    rows = record_results(engine=engine, run_id=run_id, results=results, samples=samples)
+    mark_mlflow_synced(engine=engine, run_id=run_id, done=False)
+    return rows
+
+
 def list_evaluations(*, engine: Engine, run_id: int) -> list[Evaluation]:
     with _read(engine) as s:
         query = select(Evaluation).where(Evaluation.run_id == run_id)
@@ -584,7 +631,21 @@ class RunOverview:
     loss: float | None
     """The latest `train/loss` point."""
     pass_at_1: float | None
-    """pass@1 of the run's first recorded evaluation with k = 1."""
+    """pass@1 of the run's first recorded evaluation with k = 1, HumanEval only when there is no other (a model
+    trained on its own task is scored on that task first; HumanEval's 0 at tiny scale must not stand for it)."""
+
+
+def failure_reason(run: Run) -> str | None:
+    """Why a failed run failed, in one line, from the log tail the supervisor stored (`Run.error_tail`): the last
+    `error: ...` line the trainer or the evaluator printed (without the prefix), else the last non-empty line
+    (e.g. a traceback's exception); None for a run that did not fail or left no log."""
+    if run.status != "failed" or not run.error_tail:
+        return None
+    lines = [ln.strip() for ln in run.error_tail.splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.lower().startswith("error:")]
+    if errors:
+        return errors[-1][len("error:") :].strip()
+    return lines[-1] if lines else None
 
 
 def runs_overview(*, engine: Engine, limit: int = 1000) -> list[RunOverview]:
@@ -600,7 +661,7 @@ def runs_overview(*, engine: Engine, limit: int = 1000) -> list[RunOverview]:
     pass1 = (
         select(Evaluation.pass_at_k)
         .where(Evaluation.run_id == Run.id, Evaluation.k == 1)
-        .order_by(col(Evaluation.id))
+        .order_by(col(Evaluation.benchmark) == "humaneval", col(Evaluation.id))
         .limit(1)
         .scalar_subquery()
     )
@@ -677,6 +738,17 @@ def points_to_forward(*, engine: Engine, run_id: int, after_seq: int, max_points
         cut = rows[max_points].seq  # that line may be incomplete: stop before it
         whole = [p for p in rows if p.seq < cut]
         return whole or list(s.exec(query.where(MetricPoint.seq == cut)))
+
+
+def set_of_run(*, engine: Engine, run_id: int) -> int | None:
+    """The comparison set a run belongs to, or, for a base that sets were fine-tuned from (their runs depend on
+    it, e.g. the quickstart's base), the first of those sets; None otherwise."""
+    with _read(engine) as s:
+        run = _run(s, run_id)
+        if run.comparison_set_id is not None:
+            return run.comparison_set_id
+        query = select(sa.func.min(Run.comparison_set_id)).where(Run.depends_on_run_id == run_id)
+        return s.exec(query).one()
 
 
 def set_mlflow_run(*, engine: Engine, run_id: int, mlflow_run_id: str) -> str:

@@ -31,7 +31,13 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, RUN_STATUSES, Run, Worker, utcnow
 from wmtp_studio.recipe import ALGORITHMS, load_recipe
 from wmtp_studio.settings import Settings
-from wmtp_studio.submit import submit_comparison, submit_quickstart, submit_run, wake_workers
+from wmtp_studio.submit import (
+    QUICKSTART_DURATION,
+    submit_comparison,
+    submit_quickstart,
+    submit_run,
+    wake_workers,
+)
 
 studio_app = typer.Typer(
     name="wmtp-studio",
@@ -105,10 +111,11 @@ def serve(
 
 
 @contextmanager
-def _studio() -> Iterator[Engine]:
-    """The upgraded studio database; StudioError and database errors become exit 2 with their message."""
+def _studio(settings: Settings | None = None) -> Iterator[Engine]:
+    """The upgraded studio database (of `settings`, default the environment's); StudioError and database errors
+    become exit 2 with their message."""
     try:
-        settings = Settings.from_env()
+        settings = settings or Settings.from_env()
         engine = store.make_engine(settings.database_url)
         store.upgrade(engine=engine)
         yield engine
@@ -221,7 +228,11 @@ def compare(
     _print_runs(runs, False)
 
 
-@studio_app.command()
+@studio_app.command(
+    help="Queue the quickstart comparison: a tiny NTP base pre-trained on the generated task, then its fine-tunes "
+    f"with ntp, baseline-mtp, critic-wmtp and rho1-wmtp, each evaluated on held-out problems ({QUICKSTART_DURATION}"
+    " with one seed). With --report: run it to the end here and print its results as Markdown (the README's table)."
+)
 def quickstart(
     seeds: Annotated[
         int,
@@ -231,12 +242,32 @@ def quickstart(
         ),
     ] = 1,
     as_json: JsonOpt = False,
+    report: Annotated[
+        bool,
+        typer.Option(
+            "--report",
+            help="Train and evaluate the quickstart headless in a fresh temporary studio home (a worker of its "
+            "own), wait, and print the results table with the paired tests against ntp, the commit and the cores.",
+        ),
+    ] = False,
+    existing: Annotated[
+        bool,
+        typer.Option(
+            "--existing",
+            help="With --report: use this studio's latest quickstart (queued now if there is none) instead.",
+        ),
+    ] = False,
+    set_: SetOpt = None,
 ) -> None:
-    """Queue the quickstart comparison: a tiny NTP base pre-trained on the generated task, then its fine-tunes
-    with ntp, baseline-mtp, critic-wmtp and rho1-wmtp, each evaluated on held-out problems (~10 min on 2 cores
-    with one seed)."""
+    if existing and not report:
+        raise fail("--existing goes with --report")
+    if report:
+        _quickstart_report(existing, set_ or [], seeds)
+        return
     with _studio() as engine:
-        cset, runs = submit_quickstart(engine=engine, settings=Settings.from_env(), seeds=seeds)
+        cset, runs = submit_quickstart(
+            engine=engine, settings=Settings.from_env(), seeds=seeds, overrides=set_ or []
+        )
     _wake_workers([r.id or 0 for r in runs])
     if as_json:
         _print_runs(runs, True)
@@ -245,6 +276,26 @@ def quickstart(
         f"comparison set {cset.id}: {cset.name}, {seeds} seed(s), fine-tuned from run {runs[0].id} once it succeeds"
     )
     _print_runs(runs, False)
+
+
+def _quickstart_report(existing: bool, overrides: list[str], seeds: int) -> None:
+    """Run (or find) a quickstart, wait for it with a worker, print the Markdown report on stdout."""
+    from wmtp_studio import report
+
+    settings = Settings.from_env() if existing else report.fresh_home()
+    err.print(f"studio home: {settings.home}", highlight=False)
+    with _studio(settings) as engine:
+        markdown, set_id = report.run_and_report(
+            engine, settings, existing=existing, overrides=overrides, seeds=seeds
+        )
+    typer.echo(markdown, nl=False)
+    err.print(
+        f"MLflow: `mlflow ui --backend-store-uri {settings.mlflow_uri}`, experiment wmtp/set-{set_id}-quickstart "
+        "(MLflow 3.17 opens its GenAI views unless the URL ends in ?workflowType=machine_learning)",
+        highlight=False,
+    )
+    if not existing:
+        err.print(f"open it with: WMTP_HOME={settings.home} wmtp-studio (delete the folder when done)")
 
 
 @studio_app.command("runs")
@@ -279,6 +330,7 @@ def _run_details(engine: Engine, run: Run) -> dict[str, Any]:
     }
     evaluations = store.list_evaluations(engine=engine, run_id=run.id or 0)
     return run_row(run) | {
+        "failure_reason": store.failure_reason(run),
         "recipe": json.loads(run.recipe_json),
         "latest_metrics": latest,
         "evaluations": [e.model_dump(mode="json") for e in evaluations],
@@ -300,6 +352,8 @@ def show(run_id: RunIdArg, as_json: JsonOpt = False) -> None:
     for key in ("created_at", "started_at", "finished_at", "exit_code", "run_dir", "depends_on_run_id"):
         if details[key] is not None:
             typer.echo(f"  {key}: {details[key]}")
+    if details["failure_reason"]:
+        typer.echo(f"  failed: {details['failure_reason']}")
     if details["error_tail"]:
         typer.echo("  error:\n    " + "\n    ".join(details["error_tail"].splitlines()))
     diff = details["diff"]

@@ -2,8 +2,8 @@
 
 Everything is checked before the first write and each call is one transaction, so a bad recipe or factor stores
 nothing. A recipe naming an earlier run's model as `run:N` (runrefs.py) makes the new runs depend on run N: they
-wait until it succeeded and then train from its model. Relative local paths are made absolute here, so workers
-started elsewhere find them. Only run ids then travel through the queue (`wake_workers`).
+wait until it succeeded and then train from its model. Local paths must exist (runrefs.check_local_paths) and
+relative ones are made absolute here, so workers started elsewhere find them. Only run ids then travel through the queue (`wake_workers`).
 """
 
 from __future__ import annotations
@@ -19,10 +19,13 @@ from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import ComparisonSet, Run
 from wmtp_studio.recipe import Recipe, load_recipe
-from wmtp_studio.runrefs import absolutize_local_paths, run_refs
+from wmtp_studio.runrefs import absolutize_local_paths, check_local_paths, run_refs
 from wmtp_studio.settings import Settings
 
 QUICKSTART_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
+QUICKSTART_DURATION = "5-10 minutes in all on 2 CPU cores"
+"""How long the quickstart takes, said the same way everywhere (the CLI's help, the dashboard's offer, the
+README); `wmtp-studio quickstart --report` measures it. Other programs loading the cores make it longer."""
 
 
 def _prepare(engine: Engine, recipe: Recipe) -> tuple[Recipe, int | None]:
@@ -38,6 +41,7 @@ def _prepare(engine: Engine, recipe: Recipe) -> tuple[Recipe, int | None]:
         row = store.get_run(engine=engine, run_id=dep)
         if row is None:
             raise StudioError(f"{recipe.name}: run:{dep} names no run (list them with `wmtp-studio runs`)")
+    check_local_paths(recipe)  # a missing local model or reference: refused now, not 4 s into the run
     return absolutize_local_paths(recipe, Path.cwd()), dep
 
 
@@ -84,12 +88,14 @@ def submit_comparison(
     return cset, runs
 
 
-def quickstart_recipes() -> tuple[Recipe, Recipe]:
-    """(pre-training base, fine-tune) of the quickstart, shipped with the package. The fine-tune names its base
-    as `run:0`, replaced by the base run's id when submitted."""
+def quickstart_recipes(overrides: Sequence[str] = ()) -> tuple[Recipe, Recipe]:
+    """(pre-training base, fine-tune) of the quickstart, shipped with the package, with `overrides` applied to
+    both. The fine-tune names its base as `run:0`, replaced by the base run's id when submitted."""
     folder = resources.files("wmtp_studio") / "quickstart"
     with resources.as_file(folder) as path:
-        return load_recipe(path / "base.yaml"), load_recipe(path / "finetune.yaml")
+        return load_recipe(path / "base.yaml", list(overrides)), load_recipe(
+            path / "finetune.yaml", list(overrides)
+        )
 
 
 QUICKSTART_MAX_SEEDS = 10
@@ -97,21 +103,22 @@ QUICKSTART_MAX_SEEDS = 10
 
 
 def submit_quickstart(
-    *, engine: Engine, settings: Settings, seeds: int = 1
+    *, engine: Engine, settings: Settings, seeds: int = 1, overrides: Sequence[str] = ()
 ) -> tuple[ComparisonSet, list[Run]]:
     """The quickstart comparison (DESIGN.md): a tiny NTP base pre-trained on the generated task, then fine-tunes
     of that base with every algorithm on its harder `compose` family, each evaluated on the held-out split.
     `seeds` fine-tuning seeds (0, 1, ...) per algorithm: one is fast; three or more show the seed noise of each
     difference. The base is trained once (seed 0) and shared, so the seeds vary the fine-tuning only. The runs
     are stored seed by seed, so that workers, which take the oldest first, finish a whole comparison of seed 0
-    before seed 1. Returns the set and all runs, the base first; one transaction."""
+    before seed 1. `overrides` (dotted, e.g. train.steps=3) apply to the base and the fine-tunes. Returns the set
+    and all runs, the base first; one transaction."""
     if not 1 <= seeds <= QUICKSTART_MAX_SEEDS:
         raise StudioError(
             f"quickstart seeds: {seeds} is not between 1 and {QUICKSTART_MAX_SEEDS} (1: fast; 3: shows seed "
             "noise); for more, queue a comparison set with `wmtp-studio compare RECIPE --seeds ...`"
         )
     seed_list = list(range(seeds))
-    base, finetune = quickstart_recipes()
+    base, finetune = quickstart_recipes(overrides)
     with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
         base_run = sub.add_run(recipe=base, priority=1)
         data = finetune.model_dump(mode="json")

@@ -1,7 +1,9 @@
-"""Forward runs from the studio database to MLflow (DESIGN.md hop 6): one experiment per comparison set (runs
-without one go to `wmtp/runs`), one MLflow run per studio run with allow-listed params, the metrics in batches,
-and, once the run has finished, its status, evaluations (as `eval/<benchmark>/pass_at_<k>` metrics) and
-artifacts (recipe.json, each evaluation's results.json and samples.jsonl).
+"""Forward runs from the studio database to MLflow (DESIGN.md hop 6): one experiment per comparison set, the base
+it was fine-tuned from included (other runs go to `wmtp/runs`), tagged to open as training runs; one MLflow run
+per studio run with allow-listed params, the metrics in batches, and, once the run has finished, its status,
+evaluations (as `eval/<benchmark>/pass_at_<k>` metrics) and artifacts (recipe.json, each evaluation's
+results.json and samples.jsonl); once a whole set has finished, its comparison table (Δ, CI, p against ntp) on a
+parent run.
 
 The database is the source and each run's cursor (`Run.mlflow_synced_seq`) says what MLflow already has, so a
 forwarder that was stopped, or an MLflow that could not be reached, catches up later. Metric timestamps are
@@ -39,6 +41,13 @@ log = logging.getLogger("wmtp_worker.mlflow")
 BATCH = 1000
 """Metrics per `log_batch` call (MLflow's limit)."""
 NO_SET_EXPERIMENT = "wmtp/runs"
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
+"""MLflow's experiment type "Machine learning" (its UI's ExperimentKind; the other is `genai_development`): the
+experiment opens on its runs table rather than the GenAI Traces view. MLflow 3.17.2's UI follows its sidebar's
+workflow switch instead (stored in the browser, GenAI by default; `?workflowType=machine_learning` in the URL
+overrides it), so links to an experiment should carry that parameter."""
+COMPARISON_TAG = "wmtp.comparison"
+"""Tag of the MLflow run that holds a comparison set's table (the parent of the set's runs)."""
 MLFLOW_STATUS = {"succeeded": "FINISHED", "failed": "FAILED", "cancelled": "KILLED"}
 HTTP_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
@@ -66,7 +75,8 @@ def metric_key(name: str, allowed: str = "_-.:/") -> str:
 
 
 def _segment(text: str) -> str:
-    """A benchmark name as one segment of a metric name (no `/`)."""
+    """A benchmark name as one segment of a metric name (no `/`), as the evaluator names its eval lines
+    (`wmtp_studio.evaluate.run.metric_segment`)."""
     return metric_key(text, allowed="_-.:").strip(".") or "_"
 
 
@@ -81,22 +91,29 @@ def _quiet_retries(record: logging.LogRecord) -> bool:
 
 
 def _experiment_id(client: Any, engine: Engine, run: Run, uri: str) -> str:
+    """The experiment of the run's comparison set (a base the set was fine-tuned from included), else
+    `wmtp/runs`; created with the tag that makes MLflow's UI open it as training runs."""
     from mlflow.exceptions import MlflowException
 
     name = NO_SET_EXPERIMENT
-    if run.comparison_set_id is not None:
-        cset = store.get_comparison_set(engine=engine, comparison_set_id=run.comparison_set_id)
-        name = f"wmtp/set-{run.comparison_set_id}-{cset.name if cset else ''}"
+    set_id = store.set_of_run(engine=engine, run_id=run.id or 0)
+    if set_id is not None:
+        cset = store.get_comparison_set(engine=engine, comparison_set_id=set_id)
+        name = f"wmtp/set-{set_id}-{cset.name if cset else ''}"
     exp = client.get_experiment_by_name(name)
+    if exp is None:
+        try:
+            exp_id = str(client.create_experiment(name, artifact_location=artifact_location(uri)))
+        except MlflowException:  # another worker created it meanwhile
+            exp = client.get_experiment_by_name(name)
+            if exp is None:
+                raise
     if exp is not None:
-        return str(exp.experiment_id)
-    try:
-        return str(client.create_experiment(name, artifact_location=artifact_location(uri)))
-    except MlflowException:  # another worker created it meanwhile
-        exp = client.get_experiment_by_name(name)
-        if exp is None:
-            raise
-        return str(exp.experiment_id)
+        exp_id = str(exp.experiment_id)
+        if exp.tags.get(EXPERIMENT_KIND_TAG) == EXPERIMENT_KIND:
+            return exp_id
+    client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return exp_id
 
 
 def _start(client: Any, engine: Engine, run: Run, uri: str) -> str:
@@ -142,7 +159,13 @@ def _forward_points(client: Any, engine: Engine, run: Run, mlflow_id: str) -> in
     assert run.id is not None
     cursor, sent, base = run.mlflow_synced_seq, 0, _ms(run.created_at) or 0
     while points := store.points_to_forward(engine=engine, run_id=run.id, after_seq=cursor, max_points=BATCH):
-        _send(client, mlflow_id, [Metric(metric_key(p.name), p.value, base + p.seq, p.step) for p in points])
+        # eval/ points go as the run's evaluations (_finish), under the same names: sent once, not twice
+        metrics = [
+            Metric(metric_key(p.name), p.value, base + p.seq, p.step)
+            for p in points
+            if not p.name.startswith("eval/")
+        ]
+        _send(client, mlflow_id, metrics)
         cursor, sent = points[-1].seq, sent + len(points)
         store.mark_mlflow_synced(engine=engine, run_id=run.id, synced_seq=cursor)
     return sent
@@ -186,7 +209,61 @@ def sync_run(*, engine: Engine, client: Any, uri: str, run_id: int) -> int:
     sent = _forward_points(client, engine, run, mlflow_id)
     if finished and (not run.mlflow_done or sent):  # new points after done: it was retried and finished again
         _finish(client, engine, run, mlflow_id)
+        log_comparison(engine=engine, client=client, run_id=run_id)
     return sent
+
+
+def log_comparison(*, engine: Engine, client: Any, run_id: int) -> str | None:
+    """Once every run of the run's comparison set (and the base it was fine-tuned from) has finished and is in
+    MLflow: the set's comparison table on a parent run in the set's experiment (pass@k with CIs; Δ, CI and p
+    against the ntp row as metrics `<bench>/<algorithm>/delta|delta_ci_low|delta_ci_high|p`; the table as
+    comparison.md with the note naming the test), and every run of the set nested under it. Idempotent: the
+    parent is found again by its tag; returns its id, or None while the set is not complete."""
+    from mlflow.entities import Metric
+
+    from wmtp_studio.report import set_tables
+    from wmtp_studio.tui.export import Interval, to_markdown
+
+    set_id = store.set_of_run(engine=engine, run_id=run_id)
+    if set_id is None:
+        return None
+    runs = sorted(
+        store.list_runs(engine=engine, comparison_set_id=set_id, limit=1000), key=lambda r: r.id or 0
+    )
+    bases = {r.depends_on_run_id for r in runs if r.depends_on_run_id is not None}
+    members = [*(b for i in sorted(bases) if (b := store.get_run(engine=engine, run_id=i))), *runs]
+    if not runs or any(r.status not in MLFLOW_STATUS or r.mlflow_run_id is None for r in members):
+        return None
+    exp_id = client.get_run(members[-1].mlflow_run_id).info.experiment_id
+    found = client.search_runs([exp_id], filter_string=f"tags.`{COMPARISON_TAG}` = '{set_id}'", max_results=1)
+    parent = found[0].info.run_id if found else None
+    if parent is None:
+        cset = store.get_comparison_set(engine=engine, comparison_set_id=set_id)
+        name = f"set-{set_id} {cset.name if cset else ''} comparison".replace("  ", " ")
+        parent = client.create_run(exp_id, run_name=name, tags={COMPARISON_TAG: str(set_id)}).info.run_id
+    tables = set_tables(engine, runs)
+    ts = max(_ms(r.finished_at) or 0 for r in members)
+    metrics, columns = [], tables.results.columns
+    for label, row in zip(tables.labels, tables.results.rows, strict=True):
+        algorithm = _segment(label.split(" ", 1)[-1])
+        for name, cell in zip(columns, row, strict=True):
+            kind, _, key = name.partition(" ")  # "Δ <benchmark> pass@<k>", "p <benchmark> pass@<k>"
+            benchmark, _, at_k = key.rpartition(" ")
+            bench = f"{_segment(benchmark)}/{metric_key(at_k)}"
+            if kind == "Δ" and isinstance(cell, Interval):
+                metrics.append(Metric(f"{bench}/{algorithm}/delta", cell.value, ts, 0))
+                if cell.low is not None and cell.high is not None:
+                    metrics.append(Metric(f"{bench}/{algorithm}/delta_ci_low", cell.low, ts, 0))
+                    metrics.append(Metric(f"{bench}/{algorithm}/delta_ci_high", cell.high, ts, 0))
+            elif kind == "p" and isinstance(cell, float):
+                metrics.append(Metric(f"{bench}/{algorithm}/p", cell, ts, 0))
+    _send(client, parent, metrics)
+    client.log_text(parent, to_markdown(tables.results), "comparison.md")
+    client.set_tag(parent, "wmtp.baseline", tables.labels[tables.baseline])
+    for member in members:
+        client.set_tag(member.mlflow_run_id, "mlflow.parentRunId", parent)
+    client.set_terminated(parent, "FINISHED", end_time=ts)
+    return str(parent)
 
 
 class Forwarder:

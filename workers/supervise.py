@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from wmtp_studio import rundir, store
-from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.models import Run
 from wmtp_studio.train.events import MetricLine
 from wmtp_studio.train.lifecycle import SUPERVISOR_ENV, supervisor_identity
 from workers import mlflow_sync
@@ -201,6 +201,9 @@ def supervise(
     run_id, run_dir = run.id, Path(run.run_dir)
     log_path = log_path or run_dir / "train.log"
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env["PYTHONUNBUFFERED"] = (
+        "1"  # the job's output reaches train.log (the Log tab) line by line, as it happens
+    )
     env["WMTP_TRAINER_MLFLOW"] = "off"  # the worker forwards the stored metrics itself (mlflow_sync)
     env[SUPERVISOR_ENV] = supervisor_identity()  # the trainer checkpoints and exits once this process is gone
     cmd = launch_command(run, gpus=gpus, processes=max(1, len(gpus)))
@@ -450,24 +453,9 @@ def eval_command(run: Run, benchmark: str, out: Path) -> list[str]:
 
 
 def _record_results(engine: Engine, run_id: int, path: Path) -> None:
-    results = json.loads(path.read_text())
-    for p in results["pass_at_k"]:
-        store.record_evaluation(
-            engine=engine,
-            evaluation=Evaluation(
-                run_id=run_id,
-                benchmark=results["benchmark"],
-                k=p["k"],
-                pass_at_k=p["value"],
-                ci_low=p["ci_low"],
-                ci_high=p["ci_high"],
-                n_problems=results["n_problems"],
-                per_problem=results.get("per_problem"),
-                protocol={
-                    "protocol": results["protocol"],
-                    "sampling": results["sampling"],
-                    "isolation_tier": results["isolation_tier"],
-                    "samples": str(path.with_name("samples.jsonl")),  # each sample's verdict and why
-                },
-            ),
-        )
+    store.record_results(
+        engine=engine,
+        run_id=run_id,
+        results=json.loads(path.read_text()),
+        samples=path.with_name("samples.jsonl"),
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ def test_eval_writes_samples_results_and_metrics_events(trained: Path) -> None:
     assert len(samples) == 40 and all(s["finish_reason"] in ("stop", "eos", "length") for s in samples)
     assert sum(s["passed"] for s in samples) / 40 == pytest.approx(p1["value"])
     evals = [m for m in lines(trained) if m["kind"] == "eval"]
-    assert evals and evals[-1]["metrics"]["pass@1"] == pytest.approx(p1["value"])
+    assert evals and evals[-1]["metrics"]["generated:basic:40/pass@1"] == pytest.approx(p1["value"])
     seqs = [m["seq"] for m in lines(trained)]
     assert seqs == list(range(len(seqs)))  # eval lines continue the stream without gaps
     assert "pass@k" not in res.stderr and "0." in res.stdout  # the table is printed
@@ -154,3 +155,59 @@ def test_eval_lm_reports_per_head_ce_and_speed(trained: Path) -> None:
     assert out["n_heads"] == 4 and m["perplexity"] > 1.0
     assert m["head0/ce"] < m["head3/ce"]  # nearer tokens are easier to predict
     assert 0 <= m["head0/acc"] <= 1 and out["speed"]["mean_accepted_length"] >= 1.0
+
+
+def test_eval_of_a_studio_run_uses_its_family_and_reaches_the_store_and_mlflow(
+    trained: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from wmtp_studio import store
+    from wmtp_studio.recipe import load_recipe
+    from wmtp_studio.settings import Settings
+    from workers import mlflow_sync
+
+    home = tmp_path / "home"
+    settings = Settings.from_env({"WMTP_HOME": str(home)})
+    engine = store.make_engine(settings.database_url)
+    store.upgrade(engine=engine)
+    recipe = load_recipe(
+        Path(__file__).resolve().parents[2] / "recipes" / "tiny-baseline-mtp.yaml",
+        ["data.generated.family=compose", "eval.benchmarks=[generated:compose:100]"],
+    )
+    run = store.create_run(engine=engine, recipe=recipe, runs_dir=settings.runs_dir)
+    claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
+    assert claimed is not None and run.id is not None
+    store.finish_run(
+        engine=engine, run_id=run.id, owner="w", token=claimed.fencing_token, status="succeeded", exit_code=0
+    )
+    shutil.copytree(trained / "model", Path(run.run_dir) / "model")  # as if it had trained there
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    mlflow_sync.Forwarder(engine=engine, uri=uri).sync_pending()  # the finished run is in MLflow already
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")} | {"WMTP_HOME": str(home)}
+    res = wmtp(
+        "eval", run.run_dir, "--benchmark", "generated", "--limit", "10", "--max-new-tokens", "48", env=env
+    )
+    assert res.returncode == 0, res.stderr
+    flat = res.stderr.replace("\n", " ")
+    assert "generated:compose:100 (asked for generated: the run's own task)" in flat
+    assert f"stored with studio run {run.id}" in flat
+    (ev,) = store.list_evaluations(engine=engine, run_id=run.id)
+    results = json.loads(
+        (Path(run.run_dir) / "eval" / "generated_compose_100_limit10" / "results.json").read_text()
+    )
+    assert (ev.benchmark, ev.n_problems, ev.pass_at_k) == (
+        "generated:compose:100",
+        10,
+        results["pass_at_k"][0]["value"],
+    )
+    names = {p.name for p in store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1)}
+    assert "eval/generated:compose:100/pass@1" in names
+    mlflow_sync.Forwarder(engine=engine, uri=uri).sync_pending()
+    row = store.get_run(engine=engine, run_id=run.id)
+    assert row is not None and row.mlflow_done and row.mlflow_run_id
+    metrics = MlflowClient(uri).get_run(row.mlflow_run_id).data.metrics
+    assert metrics["eval/generated:compose:100/pass_at_1"] == ev.pass_at_k

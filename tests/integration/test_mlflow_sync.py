@@ -157,3 +157,68 @@ def test_batches_of_whole_lines_a_set_experiment_and_a_retried_run(engine: Engin
     assert client.get_run(row.mlflow_run_id).info.status == "FINISHED"
     history = client.get_metric_history(row.mlflow_run_id, "train/m2")
     assert sorted(m.step for m in history) == list(range(1, 1211))  # each point exactly once
+
+
+def test_a_quickstart_set_is_one_experiment_with_its_comparison_on_a_parent_run(tmp_path: Path) -> None:
+    from wmtp_studio.models import Evaluation
+    from wmtp_studio.settings import Settings
+    from wmtp_studio.submit import submit_quickstart
+
+    settings = Settings.from_env({"WMTP_HOME": str(tmp_path / "home")})
+    engine = store.make_engine(settings.database_url)
+    store.upgrade(engine=engine)
+    cset, runs = submit_quickstart(engine=engine, settings=settings)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    forwarder = mlflow_sync.Forwarder(engine=engine, uri=uri)
+    # held-out pass@1 on 10 problems, greedy (one sample each): the problems each run solves
+    solved = {"ntp": 6, "baseline-mtp": 4, "critic-wmtp": 7, "rho1-wmtp": 6}
+    for _ in runs:
+        run = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
+        assert run is not None and run.id is not None
+        if run.algorithm in solved and run.comparison_set_id is not None:
+            c = solved[run.algorithm]
+            per_problem = {f"t{i}": {"n": 1, "c": int(i < c)} for i in range(10)}
+            store.record_evaluation(
+                engine=engine,
+                evaluation=Evaluation(
+                    run_id=run.id,
+                    benchmark="generated:compose:100",
+                    k=1,
+                    pass_at_k=c / 10,
+                    ci_low=0.0,
+                    ci_high=1.0,
+                    n_problems=10,
+                    per_problem=per_problem,
+                ),
+            )
+        assert mlflow_sync.log_comparison(engine=engine, client=MlflowClient(uri), run_id=run.id) is None
+        store.finish_run(
+            engine=engine, run_id=run.id, owner="w", token=run.fencing_token, status="succeeded", exit_code=0
+        )
+        forwarder.sync_pending()
+
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(f"wmtp/set-{cset.id}-quickstart")
+    assert exp is not None and exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    in_exp = client.search_runs([exp.experiment_id])
+    assert len(in_exp) == 6  # the base, the 4 fine-tunes and the comparison
+    assert client.get_experiment_by_name(mlflow_sync.NO_SET_EXPERIMENT) is None  # the base is not elsewhere
+    (parent,) = [r for r in in_exp if r.data.tags.get(mlflow_sync.COMPARISON_TAG) == str(cset.id)]
+    children = {r.info.run_id for r in in_exp if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert children == {store.get_run(engine=engine, run_id=r.id or 0).mlflow_run_id for r in runs}  # type: ignore[union-attr]
+    m = parent.data.metrics
+    key = "generated:compose:100/pass_at_1"
+    # paired over the same 10 problems: baseline-mtp solves 4 of ntp's 6 -> (4 - 6) / 10 = -0.2
+    assert m[f"{key}/quickstart-baseline-mtp-s0/delta"] == pytest.approx(-0.2)
+    assert m[f"{key}/quickstart-critic-wmtp-s0/delta"] == pytest.approx(0.1)  # (7 - 6) / 10
+    assert m[f"{key}/quickstart-rho1-wmtp-s0/delta"] == 0.0
+    low, high = (m[f"{key}/quickstart-baseline-mtp-s0/delta_ci_{s}"] for s in ("low", "high"))
+    assert low <= -0.2 <= high <= 0  # bootstrap over problems: 2 discordant of 10
+    assert 0 < m[f"{key}/quickstart-baseline-mtp-s0/p"] <= 1
+    assert f"{key}/quickstart-rho1-wmtp-s0/p" not in m  # every problem ties: no test
+    table = Path(client.download_artifacts(parent.info.run_id, "comparison.md", str(tmp_path))).read_text()
+    assert "Δ generated:compose:100 pass@1" in table and "quickstart-ntp-s0" in table
+    assert parent.data.tags["wmtp.baseline"].endswith("quickstart-ntp-s0")
+    # again (e.g. a run retried and finished once more): the same parent, no second one
+    again = mlflow_sync.log_comparison(engine=engine, client=client, run_id=runs[-1].id or 0)
+    assert again == parent.info.run_id and len(client.search_runs([exp.experiment_id])) == 6

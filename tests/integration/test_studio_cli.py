@@ -26,7 +26,10 @@ def studio(tmp_path: Path) -> Any:
         "WMTP_HOME": str(tmp_path / "home"),
         "WMTP_DATABASE_URL": f"sqlite:///{tmp_path / 'home' / 'studio.db'}",
         "WMTP_TINY_STEPS": "20",
+        # the tiny rho1 recipe's reference must exist when it is submitted (a stand-in directory will do)
+        "WMTP_RHO1_REFERENCE": str(tmp_path / "runs" / "tiny-ntp" / "model"),
     }
+    (tmp_path / "runs" / "tiny-ntp" / "model").mkdir(parents=True)
 
     def call(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run(
@@ -94,6 +97,10 @@ def test_invalid_input_exits_2_and_stores_nothing(studio: Any, tmp_path: Path) -
     err = studio("compare", str(RECIPES / "tiny-ntp.yaml"), "--algorithms", "ntp,mtp", code=2).stderr
     assert "'mtp'" in err and "valid ones are ntp, baseline-mtp, critic-wmtp, rho1-wmtp" in err
     assert "rho1-wmtp needs a reference" in studio("compare", str(RECIPES / "tiny-ntp.yaml"), code=2).stderr
+    err = studio(
+        "compare", str(RECIPES / "tiny-rho1-wmtp.yaml"), "--set", "algorithm.reference=no/such/model", code=2
+    ).stderr
+    assert "algorithm.reference: no/such/model does not exist" in err and str(ROOT / "no/such/model") in err
     assert (
         "expected comma-separated integers"
         in studio(

@@ -124,6 +124,9 @@ def test_cancel_stops_the_whole_session(engine: Engine, tmp_path: Path) -> None:
             supervise, engine=engine, run=run, owner=OWNER, token=run.fencing_token, poll_s=0.2, grace_s=grace
         )
         _wait_for(lambda: _has_train_points(engine, run.id or 0), fut)
+        # the trainer's progress lines reach train.log (the Log tab) while it trains, not at the end
+        log = Path(run.run_dir) / "train.log"
+        _wait_for(lambda: log.exists() and " step " in log.read_text() and "loss" in log.read_text(), fut)
         store.request_cancel(engine=engine, run_id=run.id)
         asked = time.monotonic()
         out = fut.result(timeout=grace + 10)
@@ -183,6 +186,7 @@ def test_failing_run_records_the_log_tail(engine: Engine, tmp_path: Path) -> Non
     assert "missing.jsonl" in out.error_tail
     row = store.get_run(engine=engine, run_id=run.id)
     assert row is not None and row.status == "failed" and "missing.jsonl" in (row.error_tail or "")
+    assert "missing.jsonl" in (store.failure_reason(row) or "")  # the one line the dashboard shows
 
 
 def test_stale_token_kills_the_child_and_records_nothing(engine: Engine, tmp_path: Path) -> None:
@@ -227,4 +231,5 @@ def test_the_recipes_evaluations_run_after_training_and_are_stored(engine: Engin
     )  # where the dashboard finds why each failed
     assert len(samples) == 10 and all("detail" in json.loads(line) for line in samples)
     names = {p.name for p in store.metric_points_since(engine=engine, run_id=run.id or 0, after_seq=-1)}
-    assert "eval/pass@1" in names  # the eval line appended to metrics.jsonl was ingested too
+    assert "eval/generated:basic:10/pass@1" in names  # the eval line, keyed by its benchmark, was ingested
+    assert "eval/pass@1" not in names

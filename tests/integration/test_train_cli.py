@@ -125,3 +125,18 @@ def test_resume_with_a_different_recipe_is_refused(ntp_run: Path) -> None:
     assert res.returncode == 2 and "differs" in res.stderr and "optim" in res.stderr
     frozen = json.loads((ntp_run / "recipe.json").read_text())
     assert frozen["optim"]["lr"] == 3e-3  # nothing stored was changed
+
+
+def test_a_missing_local_reference_says_so_instead_of_a_hub_error(tmp_path: Path) -> None:
+    missing = tmp_path / "runs" / "tiny-ntp" / "model"
+    res = wmtp(
+        "train",
+        str(RECIPES / "tiny-rho1-wmtp.yaml"),
+        "--run-dir",
+        str(tmp_path / "run"),
+        *sets(),
+        env={"WMTP_RHO1_REFERENCE": str(missing)},
+    )
+    assert res.returncode == 2, res.stderr
+    assert f"algorithm.reference: {missing} does not exist" in res.stderr.replace("\n", "")
+    assert "Repo id" not in res.stderr and "Traceback" not in res.stderr

@@ -14,8 +14,10 @@ RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
 def test_recipe_diff_lists_changed_leaves_with_both_values() -> None:
-    a = load_recipe(RECIPES / "tiny-ntp.yaml")
-    b = load_recipe(RECIPES / "tiny-ntp.yaml", ["optim.lr=0.1", "model.head_coefficients=[1, 1, 1, 1]"])
+    a = load_recipe(RECIPES / "tiny-baseline-mtp.yaml")
+    b = load_recipe(
+        RECIPES / "tiny-baseline-mtp.yaml", ["optim.lr=0.1", "model.head_coefficients=[1, 1, 1, 1]"]
+    )
     assert recipe_diff(a, a) == {}
     assert recipe_diff(a, b) == {
         "model.head_coefficients": [[1.0, 0.5, 0.25, 0.125], [1.0, 1.0, 1.0, 1.0]],
@@ -24,7 +26,7 @@ def test_recipe_diff_lists_changed_leaves_with_both_values() -> None:
     # fields of another algorithm's section are present on one side only
     c = load_recipe(RECIPES / "tiny-ntp.yaml", ["algorithm.name=rho1-wmtp", "algorithm.reference=ref"])
     diff = recipe_diff(a, c)
-    assert diff["algorithm.name"] == ["ntp", "rho1-wmtp"]
+    assert diff["algorithm.name"] == ["baseline-mtp", "rho1-wmtp"]
     assert diff["algorithm.reference"] == [None, "ref"]
 
 
@@ -38,10 +40,20 @@ def test_expand_four_algorithms_three_seeds_differ_only_in_the_factor() -> None:
     assert len({r.name for r, _ in out}) == 12
     for recipe, diff in out:
         assert diff == recipe_diff(base, recipe)
-        assert all(p == "name" or p == "train.seed" or p.startswith("algorithm.") for p in diff)
+        # ntp's one head is part of its algorithm, and its stored recipe says so
+        heads = ("model.n_heads", "model.head_coefficients") if recipe.algorithm.name == "ntp" else ()
+        assert all(p in ("name", "train.seed", *heads) or p.startswith("algorithm.") for p in diff)
         assert (recipe.train.seed == base.train.seed) == ("train.seed" not in diff)
+        if heads:
+            assert (diff["model.n_heads"], diff["model.head_coefficients"]) == (
+                [4, 1],
+                [[1.0, 0.5, 0.25, 0.125], [1.0]],
+            )
         # the rest of the recipe is the base's, section by section
-        for section in ("model", "tokenizer", "data", "optim", "eval", "tracking"):
+        assert recipe.model.model_copy(update={"n_heads": 4, "head_coefficients": None}) == (
+            base.model.model_copy(update={"head_coefficients": None})
+        )
+        for section in ("tokenizer", "data", "optim", "eval", "tracking"):
             assert getattr(recipe, section) == getattr(base, section)
         assert recipe.train.model_copy(update={"seed": 0}) == base.train.model_copy(update={"seed": 0})
     names = {(r.algorithm.name, r.train.seed): r.name for r, _ in out}

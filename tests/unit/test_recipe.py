@@ -170,8 +170,11 @@ def test_ntp_always_trains_one_head(tmp_path: Path) -> None:
         "\n  n_heads: 4\n", "\n  n_heads: 4\n  head_coefficients: [1, 0.5, 0.25, 0.125]\n"
     )
     r = load_recipe(write(tmp_path, text), env={})
-    assert r.model.n_heads == 4
     assert r.n_heads == 1 and r.head_coefficients == [1.0]
+    # stored as it runs: the frozen recipe (and MLflow's params) say 1 head, not the 4 written in the YAML
+    frozen = json.loads(r.canonical_json())["model"]
+    assert (frozen["n_heads"], frozen["head_coefficients"]) == (1, [1.0])
+    assert recipe_from_json(r.canonical_json(), "recipe.json") == r
 
 
 def test_canonical_json_and_sha256_ignore_key_order(tmp_path: Path) -> None:

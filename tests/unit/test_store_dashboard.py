@@ -57,3 +57,27 @@ def test_latest_metrics_is_the_newest_point_per_name(tmp_path: Path) -> None:
         "val/loss": (2, 10, 2.5),
     }
     assert store.latest_metrics(engine=engine, run_id=999) == {}
+
+
+def test_runs_table_pass1_is_the_runs_own_task_not_humaneval(tmp_path: Path) -> None:
+    from wmtp_studio.models import Evaluation
+
+    engine = store.make_engine(f"sqlite:///{tmp_path / 'studio.db'}")
+    store.upgrade(engine=engine)
+    recipe = load_recipe(RECIPES / "tiny-ntp.yaml")
+    both, only_he = (
+        store.create_run(engine=engine, recipe=recipe, runs_dir=tmp_path / "r") for _ in range(2)
+    )
+    assert both.id is not None and only_he.id is not None
+
+    def evaluation(run_id: int, benchmark: str, value: float) -> Evaluation:
+        return Evaluation(
+            run_id=run_id, benchmark=benchmark, k=1, pass_at_k=value, ci_low=0, ci_high=1, n_problems=1
+        )
+
+    # HumanEval recorded first (e.g. listed first in the recipe, or the held-out score came from a later eval)
+    store.record_evaluation(engine=engine, evaluation=evaluation(both.id, "humaneval", 0.0))
+    store.record_evaluation(engine=engine, evaluation=evaluation(both.id, "generated:compose:100", 0.71))
+    store.record_evaluation(engine=engine, evaluation=evaluation(only_he.id, "humaneval", 0.05))
+    pass1 = {o.run.id: o.pass_at_1 for o in store.runs_overview(engine=engine)}
+    assert pass1 == {both.id: 0.71, only_he.id: 0.05}

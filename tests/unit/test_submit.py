@@ -148,3 +148,51 @@ def test_quickstart_refuses_a_seed_count_out_of_range_and_stores_nothing(
     with pytest.raises(StudioError, match=f"quickstart seeds: {seeds} is not between 1 and 10"):
         submit_quickstart(engine=engine, settings=settings, seeds=seeds)
     assert store.list_runs(engine=engine) == []
+
+
+def test_a_missing_local_reference_is_refused_naming_field_and_path(
+    engine: Engine, settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    # the README's example: tiny-rho1-wmtp.yaml's default reference, before tiny-ntp was trained here
+    with pytest.raises(StudioError) as caught:
+        submit_comparison(
+            engine=engine, settings=settings, recipe=rho1(), algorithms=["ntp", "rho1-wmtp"], seeds=[0]
+        )
+    message = str(caught.value)
+    assert "algorithm.reference: runs/tiny-ntp/model does not exist" in message
+    assert str(tmp_path / "runs" / "tiny-ntp" / "model") in message
+    missing_model = rho1(
+        "model.tiny=null", f"model.name_or_path={tmp_path / 'nope'}", "algorithm.reference=org/m"
+    )
+    with pytest.raises(StudioError, match=f"model.name_or_path: {tmp_path / 'nope'} does not exist"):
+        submit_run(engine=engine, settings=settings, recipe=missing_model)
+    assert store.list_runs(engine=engine) == []  # nothing stored
+    with Session(engine) as s:
+        assert s.exec(select(ComparisonSet)).all() == []
+    # a hub id (name or namespace/name) is not a path; an existing directory is fine
+    assert submit_run(engine=engine, settings=settings, recipe=rho1("algorithm.reference=org/some-model")).id
+    (tmp_path / "runs" / "tiny-ntp" / "model").mkdir(parents=True)
+    run = submit_run(engine=engine, settings=settings, recipe=rho1())
+    assert json.loads(run.recipe_json)["algorithm"]["reference"] == str(tmp_path / "runs/tiny-ntp/model")
+
+
+def test_failure_reason_is_the_last_error_line_of_a_failed_run(engine: Engine, settings: Settings) -> None:
+    run = submit_run(engine=engine, settings=settings, recipe=load_recipe(RECIPES / "tiny-ntp.yaml"))
+    claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
+    assert claimed is not None and store.failure_reason(claimed) is None
+    tail = "step 5/600 loss 3.2\nerror: quickstart: algorithm.reference: /x/runs/1/model does not exist\n"
+    store.finish_run(
+        engine=engine,
+        run_id=run.id or 0,
+        owner="w",
+        token=claimed.fencing_token,
+        status="failed",
+        exit_code=2,
+        error_tail=tail,
+    )
+    failed = store.get_run(engine=engine, run_id=run.id or 0)
+    assert failed is not None
+    assert store.failure_reason(failed) == "quickstart: algorithm.reference: /x/runs/1/model does not exist"
+    crashed = failed.model_copy(update={"error_tail": "Traceback ...\n  File x\nRuntimeError: boom\n\n"})
+    assert store.failure_reason(crashed) == "RuntimeError: boom"

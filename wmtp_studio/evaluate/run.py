@@ -183,8 +183,17 @@ def write_outputs(
     return results
 
 
+def metric_segment(benchmark: str) -> str:
+    """A benchmark name as one segment of a metric name: characters other than alphanumerics and `_-.:` become
+    `_` (a path's `/` too), leading and trailing dots go, so MLflow takes the name as it is (its validation allows
+    alphanumerics, `_-. :/` and no `..` segment). `generated:compose:100` stays as it is."""
+    return "".join(c if c.isalnum() or c in "_-.:" else "_" for c in benchmark).strip(".") or "_"
+
+
 def append_eval_events(run_dir: Path, results: dict[str, Any]) -> None:
-    """One `eval` line per k in the run's metrics.jsonl, continuing its seq."""
+    """One `eval` line per k in the run's metrics.jsonl, continuing its seq. Its metrics are keyed by benchmark
+    (`<benchmark>/pass@<k>`, stored as `eval/<benchmark>/pass@<k>`), so that two evaluations of a run never
+    write the same name (HumanEval's 0 used to hide the held-out score)."""
     from wmtp_studio.train.events import MetricsWriter, read_metrics
 
     path = run_dir / "metrics.jsonl"
@@ -193,14 +202,15 @@ def append_eval_events(run_dir: Path, results: dict[str, Any]) -> None:
     step = max((m.step for m in existing), default=0)
     writer = MetricsWriter(path, seq=seq)
     try:
+        bench = metric_segment(results["benchmark"])
         for p in results["pass_at_k"]:
             writer.write(
                 "eval",
                 step,
                 metrics={
-                    f"pass@{p['k']}": p["value"],
-                    f"pass@{p['k']}/ci_low": p["ci_low"],
-                    f"pass@{p['k']}/ci_high": p["ci_high"],
+                    f"{bench}/pass@{p['k']}": p["value"],
+                    f"{bench}/pass@{p['k']}/ci_low": p["ci_low"],
+                    f"{bench}/pass@{p['k']}/ci_high": p["ci_high"],
                 },
                 data={
                     "benchmark": results["benchmark"],
@@ -260,6 +270,24 @@ class EvalRequest:
 Progress = Callable[[str, int, int], None]  # (phase, advance, total)
 
 
+def benchmark_for_run(spec: str, run_dir: Path | None) -> str:
+    """`generated` without a family means, for a run trained on the generated task, that run's own family (the
+    benchmark its recipe evaluates it on, e.g. `generated:compose:100`, when it lists one), not `basic`."""
+    if spec != "generated" or run_dir is None:
+        return spec
+    recipe = json.loads((run_dir / "recipe.json").read_text())
+    data = recipe.get("data") or {}
+    if data.get("source") != "generated":
+        return spec
+    family = (data.get("generated") or {}).get("family", "basic")
+    own = [
+        b
+        for b in (recipe.get("eval") or {}).get("benchmarks", [])
+        if b == f"generated:{family}" or b.startswith(f"generated:{family}:")
+    ]
+    return own[0] if own else f"generated:{family}"
+
+
 def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
     """Generate, judge and summarise; returns (results, output directory)."""
     from wmtp_studio.evaluate.tasks import load_benchmark
@@ -268,7 +296,7 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
     if bad_k:
         raise StudioError(f"--k {','.join(map(str, bad_k))}: every k must be between 1 and --n ({req.n})")
     model_dir, run_dir = resolve_model_dir(req.target)
-    bench = load_benchmark(req.benchmark, limit=req.limit)
+    bench = load_benchmark(benchmark_for_run(req.benchmark, run_dir), limit=req.limit)
     # refuses early when the tier is not available
     sandbox = make_sandbox(req.require_tier, req.slots, req.timeout_s or bench.timeout_s, req.memory_mb)
     from transformers import AutoTokenizer
@@ -325,6 +353,8 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
         "seed": req.seed,
     }
     results = write_outputs(out, bench, verdicts, req.ks, sampling, str(model_dir), limits_of(sandbox))
+    if bench.name != req.benchmark:
+        results["requested"] = req.benchmark  # what was asked for, e.g. `generated` for the run's own family
     if run_dir is not None:
         append_eval_events(run_dir, results)
     return results, out

@@ -8,6 +8,7 @@ The run directory must hold `recipe.json` (as written by `wmtp train` or the stu
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -27,6 +28,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {args.run_dir}/recipe.json does not exist", file=sys.stderr)
         return 2
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    # Progress lines go to stderr (the worker's train.log, the dashboard's Log tab) as they happen: logging
+    # flushes each record, and stdout is made line-buffered for anything printed.
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        datefmt="%H:%M:%S",
+    )
     from wmtp_studio.train.loop import train
     from wmtp_studio.train.model import quiet_transformers
 

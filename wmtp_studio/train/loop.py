@@ -8,6 +8,7 @@ token count over the whole step and every process, so 2 processes x batch 2 equa
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import random
@@ -25,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from wmtp_studio import rundir
 from wmtp_studio.errors import StudioError, TrainingAborted
 from wmtp_studio.recipe import Recipe, recipe_from_json
-from wmtp_studio.runrefs import resolve_run_refs
+from wmtp_studio.runrefs import check_local_paths, resolve_run_refs
 from wmtp_studio.tracking import MlflowLogger
 from wmtp_studio.train import checkpoint as ckpt
 from wmtp_studio.train import lifecycle
@@ -44,9 +45,11 @@ from wmtp_studio.train.events import MetricsWriter
 from wmtp_studio.train.loss import HIST_EDGES, STAT_FIELDS, HeadStats, forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, ValueHead, build_tiny_hf, load_mtp
 from wmtp_studio.train.reference import cached_reference_ce, load_reference
+from wmtp_studio.train.threads import apply_threads
 from wmtp_studio.train.tokenizer import load_tokenizer
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: checkpointed, can be resumed
+log = logging.getLogger("wmtp.train")  # progress lines for train.log (python -m wmtp_studio.train sets it up)
 
 
 @dataclass
@@ -146,9 +149,9 @@ def setup(run_dir: Path, resume_from: Path | None) -> Setup:
     frozen = run_dir / "recipe.json"
     recipe = recipe_from_json(frozen.read_text(), str(frozen), resolve_secrets=True)  # secrets: from our env
     recipe = resolve_run_refs(recipe, run_dir.resolve().parent)  # run:N -> <runs dir>/N/model
+    check_local_paths(recipe)  # "no such directory", never a hub error about repo ids
     cfg, algo = recipe.train, recipe.algorithm
-    if cfg.num_threads:
-        torch.set_num_threads(cfg.num_threads)
+    apply_threads(cfg.num_threads)  # the cores free now, or a warning when a fixed number oversubscribes them
     mp = {"fp32": "no", "bf16": "bf16"}.get(
         cfg.mixed_precision, "bf16" if torch.cuda.is_available() else "no"
     )
@@ -529,6 +532,7 @@ def save_checkpoint(s: Setup, state: State) -> None:
         state.seq, state.metrics_offset = s.writer.seq, s.writer.offset
         ckpt.write_json(staging / "trainer_state.json", asdict(state))
         ckpt.publish(s.run_dir, state.step, s.recipe.train.keep_checkpoints)
+        log.info("checkpoint at step %d", state.step)
     s.accel.wait_for_everyone()
 
 
@@ -595,6 +599,7 @@ def _run_stage1(s: Setup, state: State) -> None:
     )
     state.stage1_done = True
     s.writer.write("event", 0, event="stage1_done", data={"steps": steps})
+    log.info("critic stage 1 done after %d steps", steps)
 
 
 def _value_heldout_batches(s: Setup) -> list[Batch]:
@@ -690,6 +695,16 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
             "train_examples": len(s.train_data),
         },
     )
+    log.info(
+        "%s %s: %s, %d head(s), %d training examples, %d steps on %d process(es)",
+        f"resuming at step {state.step} of" if latest else "training",
+        s.recipe.name,
+        s.recipe.algorithm.name,
+        s.recipe.n_heads,
+        len(s.train_data),
+        s.total_steps,
+        s.world,
+    )
     if s.recipe.algorithm.name == "critic-wmtp" and not state.stage1_done:
         _run_stage1(s, state)
     cfg = s.recipe.train
@@ -733,6 +748,14 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                     now = time.perf_counter()
                     metrics = _log_step(s, state, r, now - tick, tick_tokens)
                     tick, tick_tokens = now, 0
+                    log.info(
+                        "step %d/%d loss %.4f lr %.2e %.0f tok/s",
+                        state.step,
+                        s.total_steps,
+                        metrics["loss"],
+                        metrics["lr"],
+                        metrics["tokens_per_s"],
+                    )
                     if progress:
                         progress(state.step, s.total_steps, metrics)
                 if detail and r.heads.hist is not None and state.step % cfg.hist_every == 0:
@@ -745,15 +768,21 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                     val = (validate(s) if s.val_data else {}) | _value_heldout_metrics(s, state)
                     if val:
                         s.writer.write("val", state.step, metrics=val)
+                        if "val_loss" in val:
+                            log.info("step %d/%d val_loss %.4f", state.step, s.total_steps, val["val_loss"])
             if r.stop:
                 save_checkpoint(s, state)
                 s.writer.write("event", state.step, event="interrupted")
+                log.info("interrupted: checkpoint at step %d; the run resumes from it", state.step)
                 return EXIT_INTERRUPTED
             if state.step % cfg.checkpoint_every == 0 and state.step < s.total_steps:
                 save_checkpoint(s, state)
         save_checkpoint(s, state)
         export_model(s)
         s.writer.write("event", state.step, event="done", data={"tokens_seen": state.tokens_seen})
+        log.info(
+            "done: %d steps, %d tokens seen; model in %s", state.step, state.tokens_seen, run_dir / "model"
+        )
         return 0
     except StudioError as exc:
         s.writer.write("event", state.step, event="error", data={"message": str(exc)})

@@ -21,6 +21,7 @@ from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import utcnow
 from wmtp_studio.settings import Settings
+from wmtp_studio.submit import QUICKSTART_DURATION
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
 from wmtp_studio.tui.modals import ErrorModal
@@ -31,12 +32,12 @@ from wmtp_studio.tui.screens.runs import RunsScreen
 QUICKSTART_QUESTION = (
     "The studio has no runs yet. Queue the quickstart comparison?\n\n"
     "It pre-trains a tiny model on a generated code task, fine-tunes it with ntp, baseline-mtp, critic-wmtp "
-    "and rho1-wmtp, and evaluates pass@1 on held-out problems. With one fine-tuning seed it takes 5-10 minutes "
-    "in all on 2 CPU cores; three seeds take about 3x as long and show which differences are within seed noise."
+    "and rho1-wmtp, and evaluates pass@1 on held-out problems. With one fine-tuning seed it takes "
+    f"{QUICKSTART_DURATION}; three seeds take about 3x as long and show which differences are within seed noise."
 )
 QUICKSTART_CHOICES = (
-    ("1", "Fast: 1 seed (5-10 minutes)"),
-    ("3", "Thorough: 3 seeds, seed noise measured (about 15-25 minutes)"),
+    ("1", "Fast: 1 seed"),
+    ("3", "Thorough: 3 seeds, seed noise measured (about 3x as long)"),
     ("no", "Not now"),
 )
 MODES = (
