@@ -121,7 +121,7 @@ def fit_columns(rows: Sequence[Mapping[str, Cell]], width: int) -> list[tuple[Co
         w = need[c.key]
         if c.key == "reason":
             w = min(w, width - used - PADDING)
-            if w < MIN_REASON:
+            if w < min(MIN_REASON, need[c.key]):
                 continue
         if used + w + PADDING <= width or c.rank == 0:
             kept[c.key], used = w, used + w + PADDING
@@ -161,10 +161,14 @@ def with_headers(
     return out
 
 
+def header_label(value: str, count: int) -> str:
+    return f"▾ {value} · {count} run{'s' if count != 1 else ''}"
+
+
 def header_row(value: str, count: int, columns: Sequence[tuple[Column, int]]) -> Row:
     """A separator row above a group: its value and size in the name column (the title says what the groups
     are). Its key starts with `group:`, so it is never taken for a run."""
-    label = _cut(Text(f"▾ {value} · {count} run{'s' if count != 1 else ''}", style="bold"), COLUMNS[1].widest)
+    label = _cut(Text(header_label(value, count), style="bold"), COLUMNS[1].widest)
     return (f"group:{value}", [label if c.key == "name" else Text("") for c, _ in columns])
 
 

@@ -31,6 +31,7 @@ from wmtp_studio.tui.runstable import (
     LABELS,
     arrange,
     fit_columns,
+    header_label,
     read_rates,
     run_cells,
     table_rows,
@@ -142,7 +143,14 @@ class RunsScreen(Screen[None]):
         ]
         table = self.query_one("#runs", DataTable)
         width = (table.size.width or self.app.size.width) - 3  # the scrollbar and the sort arrow
-        columns = fit_columns([c for _, c in cells], width)
+        fit = [c for _, c in cells]
+        if self.group is not None:  # header rows need room in the name column too
+            groups = [group_of(o, self.group) for o in shown]
+            fit += [
+                {**c, "name": header_label(g, groups.count(g))}
+                for (_, c), g in zip(cells, groups, strict=True)
+            ]
+        columns = fit_columns(fit, width)
         rows = table_rows(cells, columns)
         if self.group is not None:
             rows = with_headers([group_of(o, self.group) for o in shown], rows, columns)
