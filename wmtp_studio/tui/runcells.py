@@ -100,7 +100,7 @@ def set_progress(
         for r in members
         if r.status == "succeeded" and r.started_at and r.finished_at and r.total_steps
     ]
-    rates = finished or [per_step[r.id] for r in running if r.id in per_step]
+    rates = finished or [per_step[r.id] for r in running if r.id is not None and r.id in per_step]
     if not rates:
         return text
     mean = sum(rates) / len(rates)
