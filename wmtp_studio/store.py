@@ -704,6 +704,24 @@ def point_rows_since(
         return [(seq, name, step, value) for seq, name, step, value in s.exec(query)]
 
 
+def latest_points(
+    *, engine: Engine, run_id: int, names: Sequence[str], limit: int
+) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) of the run's `limit` latest points of each of `names`, oldest first: index seeks on
+    ix_metricpoint_run_name_step (the dashboard's ETA reads the trainer's recent timing this way)."""
+    out: dict[str, list[tuple[int, float]]] = {}
+    with _read(engine) as s:
+        for name in names:
+            query = (
+                select(MetricPoint.step, MetricPoint.value)
+                .where(MetricPoint.run_id == run_id, MetricPoint.name == name)
+                .order_by(col(MetricPoint.step).desc())
+                .limit(limit)
+            )
+            out[name] = [(step, value) for step, value in reversed(s.exec(query).all())]
+    return out
+
+
 # --- MLflow sync -----------------------------------------------------------------------------------------------
 
 

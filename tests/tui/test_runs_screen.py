@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,13 +10,22 @@ import pytest
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable
 
-from tests.tui.conftest import FROZEN, ScreenApp, add_losses, add_pass1, add_run, claim, settle, until
+from tests.tui.conftest import ScreenApp, add_losses, add_pass1, add_run, ago, claim, settle, until
 from wmtp_studio import store
 from wmtp_studio.models import Run
 from wmtp_studio.settings import Settings
+from wmtp_studio.submit import submit_quickstart
+from wmtp_studio.train.events import MetricLine
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.embedded import EmbeddedWorker
-from wmtp_studio.tui.runcells import duration, eta_seconds, progress_bar
+from wmtp_studio.tui.runcells import (
+    duration,
+    eta_seconds,
+    failure_reason,
+    progress_bar,
+    seconds_per_step,
+    set_progress,
+)
 from wmtp_studio.tui.screens.runs import RunsScreen
 from workers.supervise import session_pids
 
@@ -33,7 +41,7 @@ def _column(app: ScreenApp, key: str) -> list[str]:
     return [str(table.get_cell(row, key)) for row in table.rows]
 
 
-def _cell(app: ScreenApp, run_id: int, key: str) -> str:
+def _cell(app: ScreenApp, run_id: int | str, key: str) -> str:
     return str(_table(app).get_cell(str(run_id), key))
 
 
@@ -130,11 +138,21 @@ async def test_filter_sort_and_group(ctx: StudioContext, engine: Engine, setting
             await pilot.press("s")
         assert app.screen.sort_column == "loss"  # type: ignore[attr-defined]
         assert _column(app, "loss") == ["1.0000", "2.0000", "3.0000"]
-        await pilot.press("g", "g", "g")  # set -> algorithm -> status
-        assert _column(app, "group") == ["cancelled", "queued", "queued"]
-        assert _column(app, "id") == [str(runs[1].id), str(runs[0].id), str(runs[2].id)]  # by loss within
+        await pilot.press("S")  # reversed
+        assert (
+            _column(app, "loss") == ["3.0000", "2.0000", "1.0000"]
+            and "loss, descending" in app.screen.sub_title
+        )
+        await pilot.press("S", "g", "g", "g")  # set -> algorithm -> status: a header row above each group
+        keys = [k.value for k in _table(app).rows]
+        assert keys == ["group:cancelled", str(runs[1].id), "group:queued", str(runs[0].id), str(runs[2].id)]
+        assert _cell(app, "group:queued", "name") == "▾ queued · 2 runs"  # type: ignore[arg-type]
         await pilot.press("g")
-        assert "group" not in [c.value for c in _table(app).columns]
+        assert not any(str(k.value).startswith("group:") for k in _table(app).rows)
+        await pilot.press("slash", *"zeta")
+        await until(pilot, lambda: _table(app).row_count == 1, "the filtered row")
+        await pilot.press("escape")  # clears the filter and goes back to the table
+        assert _table(app).row_count == 3 and _table(app).has_focus
 
 
 def _status(engine: Engine, run_id: int) -> str:
@@ -186,7 +204,7 @@ async def test_renders_at_80x24(ctx: StudioContext, engine: Engine, settings: Se
     async with app.run_test(size=(80, 24)) as pilot:
         await until(pilot, lambda: _table(app).row_count == 30, "the runs")
         await pilot.press("g", "s", "down", "down", "space")
-        assert "●" in _column(app, "mark")
+        assert any(cell.startswith("●") for cell in _column(app, "id"))
         assert app.screen.query_one("#runs").region.height > 10
 
 
@@ -239,14 +257,145 @@ async def test_cancel_from_the_ui_stops_a_real_running_job(
 
 
 def test_progress_eta_and_durations_by_hand() -> None:
-    started = FROZEN - timedelta(seconds=100)
     run = Run(recipe_json="", recipe_sha256="", algorithm="ntp", seed=0, status="running", total_steps=600)
-    run.last_step, run.started_at = 150, started
-    # 150 steps in 100 s -> 1.5 steps/s; 450 steps left -> 300 s
-    assert eta_seconds(run, FROZEN) == 300.0
-    assert progress_bar(run) == "██░░░░░░  25%"  # 0.25 * 8 = 2 cells
+    run.last_step = 150
+    # Train lines at steps 130, 140, 150: 2000 tokens per 10 steps at 1000 tok/s, then at 500 tok/s:
+    # 2 s + 4 s for 20 steps = 0.3 s/step; 450 steps left -> 135 s. (The run's start time plays no part.)
+    per_step = seconds_per_step([130, 140, 150], [10_000, 12_000, 14_000], [9999.0, 1000.0, 500.0])
+    assert per_step == pytest.approx(0.3)
+    assert eta_seconds(run, per_step) == pytest.approx(135.0)
+    # a resume rewinds the stream (step 150 -> 100): that pair is skipped, the others count
+    assert seconds_per_step([150, 100, 110], [14_000, 4_000, 6_000], [1.0, 1.0, 2000.0]) == pytest.approx(0.1)
+    assert seconds_per_step([150], [14_000], [1000.0]) is None  # one line: no interval yet
+    assert eta_seconds(run, None) is None
+    assert progress_bar(run) == "█░░░░  25%"  # 0.25 * 5 = 1.25 -> 1 cell
     assert duration(59) == "59s" and duration(300) == "5m00s" and duration(3 * 3600 + 65) == "3h01m"
     run.status = "succeeded"
-    assert eta_seconds(run, FROZEN) is None  # only running runs have an ETA
+    assert eta_seconds(run, 0.3) is None  # only running runs have an ETA
     run.last_step = 700  # past the budget (a resumed run): capped at 100 %
-    assert progress_bar(run) == "████████ 100%"
+    assert progress_bar(run) == "█████ 100%"
+
+
+def _run(rid: int, status: str, steps: int, **kw: Any) -> Run:
+    return Run(
+        id=rid,
+        recipe_json="",
+        recipe_sha256="",
+        algorithm="ntp",
+        seed=0,
+        status=status,
+        total_steps=steps,
+        **kw,
+    )
+
+
+def test_set_progress_and_failure_reason_by_hand() -> None:
+    base = _run(1, "succeeded", 700, started_at=ago(400), finished_at=ago(260))
+    tunes = [
+        _run(
+            2,
+            "succeeded",
+            300,
+            comparison_set_id=1,
+            depends_on_run_id=1,
+            started_at=ago(260),
+            finished_at=ago(140),
+        ),
+        _run(3, "running", 300, comparison_set_id=1, depends_on_run_id=1, last_step=100),
+        _run(4, "queued", 300, comparison_set_id=1, depends_on_run_id=1),
+        _run(5, "queued", 300, comparison_set_id=1, depends_on_run_id=1),
+    ]
+    # run 2 took 120 s for 300 steps = 0.4 s/step; run 3 runs at 0.5 s/step with 200 steps left = 100 s;
+    # runs 4 and 5: 300 steps x 0.4 s = 120 s each; 100 + 240 = 340 s = 5.7 -> ~6 min. Base done, run 2 done,
+    # run 3 running: run 3 of 5.
+    assert set_progress([base, *tunes], {3: 0.5}) == "run 3 of 5, ~6 min left"
+    # nothing finished in the set yet: the running run's rate stands for the others
+    first = [base, _run(2, "running", 300, comparison_set_id=1, depends_on_run_id=1, last_step=0)]
+    assert set_progress(first, {2: 1.0}) == "run 2 of 2, ~5 min left"
+    assert set_progress(first, {}) == "run 2 of 2"
+    assert set_progress([base], {}) is None  # no set going
+    failed = _run(
+        6, "failed", 10, exit_code=1, error_tail="Traceback:\n  x\nOSError: no such directory: /ref\n\n"
+    )
+    assert failure_reason(failed) == "OSError: no such directory: /ref"
+    assert failure_reason(_run(7, "failed", 10, exit_code=137)) == "exit code 137"
+    assert failure_reason(base) is None
+
+
+def _timed_lines(first_seq: int, steps: list[int], tokens_per_s: float) -> list[MetricLine]:
+    """Train lines with the trainer's timing: 1000 tokens per step at `tokens_per_s`."""
+    return [
+        MetricLine(
+            seq=first_seq + i,
+            step=step,
+            time=0.0,
+            kind="train",
+            metrics={"loss": 2.0, "tokens_seen": 1000.0 * step, "tokens_per_s": tokens_per_s},
+        )
+        for i, step in enumerate(steps)
+    ]
+
+
+async def test_eta_follows_the_recent_step_rate_and_the_title_the_sets_progress(
+    ctx: StudioContext, engine: Engine, settings: Settings
+) -> None:
+    _, runs = submit_quickstart(engine=engine, settings=settings)
+    base = claim(engine)
+    assert base.id == runs[0].id and base.total_steps == 700
+    # steps 5..100 at 1000 tok/s (1 s/step), then 105..120 at 5000 tok/s (0.2 s/step): the last 5 intervals
+    # (steps 95..120, 25 steps) took 1 x 5 + 0.2 x 20 = 9 s -> 0.36 s/step; 580 steps left -> 208.8 s = 3m28s.
+    # (The old ETA from the run's start would not move when the pace changes.)
+    store.ingest_metric_lines(
+        engine=engine, run_id=base.id or 0, lines=_timed_lines(0, list(range(5, 101, 5)), 1000.0)
+    )
+    store.ingest_metric_lines(
+        engine=engine, run_id=base.id or 0, lines=_timed_lines(20, [105, 110, 115, 120], 5000.0)
+    )
+    app = _app(ctx)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: _table(app).row_count == 5, "the quickstart's runs")
+        await until(pilot, lambda: _cell(app, base.id or 0, "eta") == "3m28s", "the ETA at the recent rate")
+        # quickstart: the base runs (1 of 5); nothing finished yet, so the others are estimated at 0.36 s/step:
+        # 208.8 s + 4 x 300 x 0.36 s = 640.8 s -> ~11 min
+        assert "quickstart: run 1 of 5, ~11 min left" in app.screen.sub_title
+
+
+async def test_table_fits_120_columns_and_shows_why_a_run_failed(
+    ctx: StudioContext, engine: Engine, settings: Settings
+) -> None:
+    failed = add_run(engine, settings, "tiny-rho1-wmtp.yaml", "train.steps=700")
+    claimed = claim(engine, owner="a-rather-long-hostname:123456")
+    tail = "Traceback (most recent call last):\nOSError: Repo id must be in the form 'repo_name': '/nope/ref'"
+    store.finish_run(
+        engine=engine,
+        run_id=failed.id or 0,
+        owner=claimed.lease_owner or "",
+        token=1,
+        status="failed",
+        exit_code=1,
+        error_tail=tail,
+    )
+    running = add_run(
+        engine, settings, "tiny-ntp.yaml", "train.steps=700", "name=quickstart-baseline-mtp-s0-long"
+    )
+    claim(engine, owner="a-rather-long-hostname:123456")
+    add_run(engine, settings, "tiny-ntp.yaml")
+    add_losses(engine, running.id or 0, [2.0] * 43)  # step 215 of 700
+    app = _app(ctx)
+    async with app.run_test(size=(120, 30)) as pilot:
+        await until(pilot, lambda: _table(app).row_count == 3, "the runs")
+        await pilot.pause()
+        table = _table(app)
+        columns = [c.key.value for c in table.columns.values()]
+        assert {"prio", "worker", "status", "progress"} <= set(columns)
+        widths = sum(c.get_render_width(table) for c in table.columns.values())
+        assert widths <= table.scrollable_content_region.width  # nothing off-screen to the right
+        assert not app.screen.query_one("#detail").display
+        await pilot.press("down", "down")  # the failed run: its reason under the table, whole
+        detail = str(app.screen.query_one("#detail").render())
+        assert detail == f"#{failed.id} failed: OSError: Repo id must be in the form 'repo_name': '/nope/ref'"
+    app = _app(ctx)  # wide: the reason and the step get columns
+    async with app.run_test(size=(200, 30)) as pilot:
+        await until(pilot, lambda: _table(app).row_count == 3, "the runs")
+        assert _cell(app, failed.id or 0, "reason").startswith("OSError: Repo id must be")
+        assert _cell(app, running.id or 0, "step") == "215/700"

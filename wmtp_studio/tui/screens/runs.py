@@ -16,7 +16,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Header, Input
+from textual.widgets import DataTable, Footer, Header, Input, Static
 from textual.worker import Worker
 
 from wmtp_studio import store
@@ -25,26 +25,21 @@ from wmtp_studio.models import FINISHED_STATUSES, utcnow
 from wmtp_studio.store import RunOverview
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
-from wmtp_studio.tui.runcells import duration, eta_seconds, group_of, progress_bar, sort_value, status_text
-from wmtp_studio.tui.tablesync import Cell, current_key, sync_rows
-
-COLUMNS = (  # what matters most first: narrow terminals scroll the rest
-    ("mark", " "),
-    ("id", "id"),
-    ("name", "name"),
-    ("status", "status"),
-    ("progress", "progress"),
-    ("eta", "ETA"),
-    ("loss", "loss"),
-    ("pass1", "pass@1"),
-    ("algorithm", "algorithm"),
-    ("seed", "seed"),
-    ("set", "set"),
-    ("step", "step"),
-    ("prio", "prio"),
-    ("worker", "worker"),
+from wmtp_studio.tui.runcells import failure_reason, group_of, set_progress
+from wmtp_studio.tui.runstable import (
+    COLUMNS,
+    LABELS,
+    arrange,
+    fit_columns,
+    header_label,
+    read_rates,
+    run_cells,
+    table_rows,
+    with_headers,
 )
-SORTABLE = tuple(key for key, _ in COLUMNS if key != "mark")
+from wmtp_studio.tui.tablesync import current_key, sync_rows
+
+SORTABLE = tuple(c.key for c in COLUMNS)
 GROUPS: tuple[str | None, ...] = (None, "set", "algorithm", "status")
 PRIORITY = Binding.Group("Priority", compact=True)
 
@@ -54,6 +49,8 @@ class RunsPolled(Message):
     """Fresh rows from the store (posted by the poll worker; dropped if the screen is gone by then)."""
 
     rows: list[RunOverview]
+    per_step: dict[int, float]
+    """Recent wall seconds per step of the running runs that report their timing."""
 
 
 class RunsScreen(Screen[None]):
@@ -62,6 +59,7 @@ class RunsScreen(Screen[None]):
     DEFAULT_CSS = """
     RunsScreen #filter { height: 3; }
     RunsScreen DataTable { height: 1fr; }
+    RunsScreen #detail { height: auto; max-height: 3; padding: 0 1; color: $error; }
     """
     BINDINGS = [
         Binding("enter", "open_run", "Open", priority=True),  # shown in the footer over the table's own
@@ -72,9 +70,10 @@ class RunsScreen(Screen[None]):
         Binding("plus,equals_sign", "priority(1)", "Priority", key_display="+", group=PRIORITY),
         Binding("minus", "priority(-1)", "Priority", key_display="-", group=PRIORITY),
         Binding("s", "cycle_sort", "Sort"),
+        Binding("S", "reverse_sort", "Reverse sort", key_display="S"),
         Binding("g", "cycle_group", "Group"),
         Binding("slash", "focus_filter", "Filter"),
-        Binding("escape", "focus_table", "Table", show=False),
+        Binding("escape", "clear_filter", "Clear filter", show=False),
     ]
 
     def __init__(
@@ -83,21 +82,22 @@ class RunsScreen(Screen[None]):
         super().__init__()
         self.ctx, self.limit, self.clock = ctx, limit, clock
         self.overviews: dict[str, RunOverview] = {}
+        self.per_step: dict[int, float] = {}
         self.marked: set[int] = set()
-        self.columns: list[tuple[str, str]] = []
         self._reader: Worker[None] | None = None
         self.sort_column, self.reverse = "id", True
         self.group: str | None = None
+        self.progress: str | None = None
         self.sub_title = "Runs"
 
     def compose(self) -> ComposeResult:
         yield Header()
-        yield Input(placeholder="filter: name, algorithm or status  (/)", id="filter")
+        yield Input(placeholder="filter: name, algorithm or status  (/ to type, Escape clears)", id="filter")
         yield DataTable(id="runs", cursor_type="row", zebra_stripes=True)
+        yield Static("", id="detail", markup=False)
         yield Footer()
 
     def on_mount(self) -> None:
-        self._set_columns()
         self._redraw()
         self.query_one("#runs", DataTable).focus()
         self.refresh_runs()
@@ -113,57 +113,67 @@ class RunsScreen(Screen[None]):
     @work(thread=True, group="runs-poll")
     def read_runs(self) -> None:
         rows = store.runs_overview(engine=self.ctx.engine, limit=self.limit)
-        self.post_message(RunsPolled(rows))
+        self.post_message(RunsPolled(rows, read_rates(self.ctx.engine, rows)))
 
     def on_runs_polled(self, message: RunsPolled) -> None:
         self.overviews = {str(o.run.id): o for o in message.rows}
+        self.per_step = message.per_step
+        names = {o.run.comparison_set_id: o.comparison_set for o in message.rows if o.comparison_set}
+        self.progress = set_progress([o.run for o in message.rows], message.per_step, names)  # type: ignore[arg-type]
         self._redraw()
 
-    def _set_columns(self) -> None:
+    def _title(self) -> None:
         order = "descending" if self.reverse else "ascending"
         grouped = f" · grouped by {self.group}" if self.group else ""
-        self.sub_title = f"Runs · sorted by {self.sort_column}, {order}{grouped}"
-        arrow = " ▼" if self.reverse else " ▲"
-        columns = [(key, label + arrow if key == self.sort_column else label) for key, label in COLUMNS]
-        self.columns = columns if self.group is None else [("group", f"by {self.group}"), *columns]
+        going = f" · {self.progress}" if self.progress else ""
+        self.sub_title = f"Runs · sorted by {LABELS[self.sort_column]}, {order}{grouped}{going}"
 
     def _redraw(self) -> None:
-        now = self.clock()
-        needle = self.query_one("#filter", Input).value.strip().lower()
-        shown = [o for o in self.overviews.values() if self._matches(o, needle)]
-        shown.sort(key=lambda o: sort_value(o, self.sort_column, now), reverse=self.reverse)
+        self._title()
+        needle = self.query_one("#filter", Input).value
+        shown = arrange(
+            self.overviews.values(), needle, self.sort_column, self.reverse, self.group, self.per_step
+        )
+        cells = [
+            (
+                str(o.run.id),
+                run_cells(o, marked=o.run.id in self.marked, per_step=self.per_step.get(o.run.id or 0)),
+            )
+            for o in shown
+        ]
+        table = self.query_one("#runs", DataTable)
+        width = (table.size.width or self.app.size.width) - 3  # the scrollbar and the sort arrow
+        fit = [c for _, c in cells]
+        if self.group is not None:  # header rows need room in the name column too
+            groups = [group_of(o, self.group) for o in shown]
+            fit += [
+                {**c, "name": header_label(g, groups.count(g))}
+                for (_, c), g in zip(cells, groups, strict=True)
+            ]
+        columns = fit_columns(fit, width)
+        rows = table_rows(cells, columns)
         if self.group is not None:
-            group = self.group
-            shown.sort(key=lambda o: group_of(o, group))  # stable: sorted blocks, sorted within
-        rows = [(str(o.run.id), self._cells(o, now)) for o in shown]
-        sync_rows(self.query_one("#runs", DataTable), self.columns, rows)
+            rows = with_headers([group_of(o, self.group) for o in shown], rows, columns)
+        arrow = " ▼" if self.reverse else " ▲"
+        labels = [(c.key, c.label + arrow if c.key == self.sort_column else c.label) for c, _ in columns]
+        sync_rows(table, labels, rows)
+        self._show_detail()
 
-    @staticmethod
-    def _matches(o: RunOverview, needle: str) -> bool:
-        r = o.run
-        return not needle or any(needle in text.lower() for text in (r.name, r.algorithm, r.status))
+    def _show_detail(self) -> None:
+        """The selected failed run's reason, whole (the table's column is cut or, when narrow, left out)."""
+        o = self.selected()
+        reason = failure_reason(o.run) if o is not None else None
+        detail = self.query_one("#detail", Static)
+        detail.update(f"#{o.run.id} failed: {reason}" if o is not None and reason else "")
+        detail.display = bool(reason)
+        self.query_one("#runs", DataTable).tooltip = reason
 
-    def _cells(self, o: RunOverview, now: datetime) -> list[Cell]:
-        r = o.run
-        eta = eta_seconds(r, now)
-        cells: list[Cell] = [] if self.group is None else [group_of(o, self.group)]
-        by_key: dict[str, Cell] = {
-            "mark": "●" if r.id in self.marked else "",
-            "id": str(r.id),
-            "name": r.name,
-            "status": status_text(r),
-            "progress": progress_bar(r),
-            "eta": "-" if eta is None else duration(eta),
-            "loss": "-" if o.loss is None else f"{o.loss:.4f}",
-            "pass1": "-" if o.pass_at_1 is None else f"{o.pass_at_1:.3f}",
-            "algorithm": r.algorithm,
-            "seed": str(r.seed),
-            "set": o.comparison_set or "-",
-            "step": f"{r.last_step}/{r.total_steps}",
-            "prio": str(r.priority),
-            "worker": r.lease_owner or "-",
-        }
-        return [*cells, *(by_key[key] for key, _ in COLUMNS)]
+    @on(DataTable.RowHighlighted, "#runs")
+    def _row_highlighted(self) -> None:
+        self._show_detail()
+
+    def on_resize(self) -> None:
+        self._redraw()
 
     # --- filter, sort, group -------------------------------------------------------------------------------
 
@@ -171,7 +181,8 @@ class RunsScreen(Screen[None]):
     def _filter_changed(self) -> None:
         self._redraw()
 
-    def action_focus_table(self) -> None:
+    def action_clear_filter(self) -> None:
+        self.query_one("#filter", Input).value = ""
         self.query_one("#runs", DataTable).focus()
 
     def action_focus_filter(self) -> None:
@@ -186,14 +197,15 @@ class RunsScreen(Screen[None]):
     def action_cycle_sort(self) -> None:
         self.sort_by(SORTABLE[(SORTABLE.index(self.sort_column) + 1) % len(SORTABLE)], reverse=False)
 
+    def action_reverse_sort(self) -> None:
+        self.sort_by(self.sort_column, reverse=not self.reverse)
+
     def sort_by(self, column: str, *, reverse: bool) -> None:
         self.sort_column, self.reverse = column, reverse
-        self._set_columns()
         self._redraw()
 
     def action_cycle_group(self) -> None:
         self.group = GROUPS[(GROUPS.index(self.group) + 1) % len(GROUPS)]
-        self._set_columns()
         self._redraw()
 
     # --- actions -------------------------------------------------------------------------------------------
@@ -208,7 +220,7 @@ class RunsScreen(Screen[None]):
 
     def action_open_run(self) -> None:
         if self.focused is self.query_one("#filter", Input):
-            self.action_focus_table()
+            self.query_one("#runs", DataTable).focus()
             return
         o = self.selected()
         if o is not None and o.run.id is not None:
