@@ -40,7 +40,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from wmtp_studio import rundir, store
-from wmtp_studio.models import Run
+from wmtp_studio.models import Run, RunStatus
 from wmtp_studio.train.events import MetricLine
 from wmtp_studio.train.lifecycle import SUPERVISOR_ENV, supervisor_identity
 from workers import mlflow_sync
@@ -251,6 +251,7 @@ def supervise(
                 code = ev.returncode
                 break
             _record_results(engine, run_id, out / "results.json")
+    status: RunStatus
     if code == 0 and watch.stopping is None:
         status, error_tail = "succeeded", ""
     elif watch.stopping is not None:
@@ -352,7 +353,7 @@ class _Watch:
             ingest,
         )
         self.database_ok = database_ok
-        self.stopping: str | None = None
+        self.stopping: RunStatus | None = None
         self.next_renew = 0.0
         self.db_problem: str | None = None
         """Why the database can no longer be written (then nothing more is read from or written to it)."""
@@ -388,7 +389,7 @@ class _Watch:
                 kill_session(proc)
         return True
 
-    def _stop_job(self, proc: subprocess.Popen[bytes], why: str, now: float) -> None:
+    def _stop_job(self, proc: subprocess.Popen[bytes], why: RunStatus, now: float) -> None:
         self.stopping, self.kill_at = why, now + self.grace_s
         _signal_group(proc.pid, signal.SIGTERM)
 

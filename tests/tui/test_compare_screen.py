@@ -59,14 +59,16 @@ def make_set(engine: Engine, settings: Settings) -> tuple[int, list[Run]]:
     """A comparison set ntp, baseline-mtp x seeds 0, 1 with losses and pass@1 with per-problem results."""
     base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
     algorithms, seeds = ["ntp", "baseline-mtp"], [0, 1]
-    cset = store.create_comparison_set(
-        engine=engine, name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
-    )
-    runs = []
-    for recipe, diff in expand(base, algorithms, seeds):
-        run = store.create_run(
-            engine=engine, recipe=recipe, runs_dir=settings.runs_dir, comparison_set_id=cset.id, diff=diff
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        cset = sub.add_comparison_set(
+            name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
         )
+        stored = [
+            sub.add_run(recipe=recipe, comparison_set_id=cset.id, diff=diff)
+            for recipe, diff in expand(base, algorithms, seeds)
+        ]
+    runs = []
+    for run in stored:
         rid = run.id or 0
         lines = [
             MetricLine(seq=0, step=5, time=0.0, kind="train", metrics={"loss": 4.0 + rid}),
@@ -232,13 +234,15 @@ def make_three_seed_set(engine: Engine, settings: Settings) -> int:
     """A stored comparison set ntp, baseline-mtp, critic-wmtp x seeds 0, 1, 2 with per-problem pass@1."""
     base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
     algorithms, seeds = list(SOLVED_FIRST), [0, 1, 2]
-    cset = store.create_comparison_set(
-        engine=engine, name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
-    )
-    for recipe, diff in expand(base, algorithms, seeds):
-        run = store.create_run(
-            engine=engine, recipe=recipe, runs_dir=settings.runs_dir, comparison_set_id=cset.id, diff=diff
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        cset = sub.add_comparison_set(
+            name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
         )
+        stored = [
+            sub.add_run(recipe=recipe, comparison_set_id=cset.id, diff=diff)
+            for recipe, diff in expand(base, algorithms, seeds)
+        ]
+    for run in stored:
         c = SOLVED_FIRST[run.algorithm][run.seed]
         store.record_evaluation(
             engine=engine,
