@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import starmap
 from typing import NamedTuple
 
 import sqlalchemy as sa
@@ -112,13 +113,13 @@ def points_since(
         query = query.where(col(MetricPoint.name).in_(names))
     query = query.order_by(col(MetricPoint.seq), col(MetricPoint.name))
     with _read(engine) as s:
-        rows = [Point(*row) for row in s.exec(query.limit(None if limit is None else limit + 1))]
+        rows = list(starmap(Point, s.exec(query.limit(None if limit is None else limit + 1))))
         if limit is None or len(rows) <= limit:
             return PointPage(rows, more=False)
         cut = rows[limit].seq  # that line may be incomplete: stop before it
         whole = [p for p in rows if p.seq < cut]
         if not whole:  # one line longer than the limit
-            whole = [Point(*row) for row in s.exec(query.where(MetricPoint.seq == cut))]
+            whole = list(starmap(Point, s.exec(query.where(MetricPoint.seq == cut))))
         return PointPage(whole, more=True)
 
 
