@@ -55,20 +55,23 @@ async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> No
         await pilot.pause(0.02)
 
 
-def make_set(engine: Engine, settings: Settings) -> tuple[int, list[Run]]:
-    """A comparison set ntp, baseline-mtp x seeds 0, 1 with losses and pass@1 with per-problem results."""
+def store_set(engine: Engine, settings: Settings, algorithms: list[str], seeds: list[int]) -> list[Run]:
+    """A comparison set of the tiny recipe (10 steps) over algorithms x seeds, stored as the CLI stores one."""
     base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
-    algorithms, seeds = ["ntp", "baseline-mtp"], [0, 1]
     with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
         cset = sub.add_comparison_set(
             name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
         )
-        stored = [
+        return [
             sub.add_run(recipe=recipe, comparison_set_id=cset.id, diff=diff)
             for recipe, diff in expand(base, algorithms, seeds)
         ]
+
+
+def make_set(engine: Engine, settings: Settings) -> tuple[int, list[Run]]:
+    """A comparison set ntp, baseline-mtp x seeds 0, 1 with losses and pass@1 with per-problem results."""
     runs = []
-    for run in stored:
+    for run in store_set(engine, settings, ["ntp", "baseline-mtp"], [0, 1]):
         rid = run.id or 0
         lines = [
             MetricLine(seq=0, step=5, time=0.0, kind="train", metrics={"loss": 4.0 + rid}),
@@ -91,7 +94,7 @@ def make_set(engine: Engine, settings: Settings) -> tuple[int, list[Run]]:
             ),
         )
         runs.append(run)
-    return cset.id or 0, runs
+    return runs[0].comparison_set_id or 0, runs
 
 
 def rows(table: DataTable[Any]) -> list[list[str]]:
@@ -232,16 +235,7 @@ SOLVED_FIRST = {"ntp": (2, 3, 2), "baseline-mtp": (5, 7, 5), "critic-wmtp": (4, 
 
 def make_three_seed_set(engine: Engine, settings: Settings) -> int:
     """A stored comparison set ntp, baseline-mtp, critic-wmtp x seeds 0, 1, 2 with per-problem pass@1."""
-    base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
-    algorithms, seeds = list(SOLVED_FIRST), [0, 1, 2]
-    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
-        cset = sub.add_comparison_set(
-            name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
-        )
-        stored = [
-            sub.add_run(recipe=recipe, comparison_set_id=cset.id, diff=diff)
-            for recipe, diff in expand(base, algorithms, seeds)
-        ]
+    stored = store_set(engine, settings, list(SOLVED_FIRST), [0, 1, 2])
     for run in stored:
         c = SOLVED_FIRST[run.algorithm][run.seed]
         store.record_evaluation(
@@ -257,7 +251,7 @@ def make_three_seed_set(engine: Engine, settings: Settings) -> int:
                 per_problem={f"t{j}": {"n": 1, "c": int(j < c)} for j in range(8)},
             ),
         )
-    return cset.id or 0
+    return stored[0].comparison_set_id or 0
 
 
 async def test_three_seeds_show_the_test_used_and_which_differences_are_within_seed_noise(
