@@ -1,5 +1,5 @@
 """The dashboard: `wmtp-studio` without arguments. Four modes (Runs, Compare, Recipes, Queue; keys 1-4 and the
-command palette), a help panel (F1 or ?), the embedded worker and the quickstart offer on a first start.
+command palette), a help panel (F1 or ?), `q` to quit from any screen, the embedded worker and the quickstart offer on a first start.
 
 `create_app` is the one way to build it, for the CLI, `wmtp-studio serve` and the tests alike.
 """
@@ -72,6 +72,7 @@ class StudioApp(App[None]):
             for i, (mode, label, _) in enumerate(MODES, 1)
         ),
         Binding("f1,question_mark", "toggle_help", "Help"),
+        Binding("q", "quit", "Quit"),  # on every screen; a focused text field types it instead
     ]
 
     def __init__(
