@@ -7,12 +7,11 @@ import shutil
 from pathlib import Path
 
 from sqlalchemy.engine import Engine
-from textual.widgets import OptionList
+from textual.widgets import OptionList, TextArea
 
 from tests.tui.conftest import RECIPES, until
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.app import StudioApp, create_app
-from wmtp_studio.tui.widgets.yaml_editor import YamlEditor
 
 
 def _app(settings: Settings, tmp_path: Path) -> StudioApp:
@@ -31,7 +30,7 @@ async def test_tab_and_escape_leave_the_editor_where_digits_and_q_are_text(
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("3")
         await until(pilot, lambda: app.current_mode == "recipes", "the recipes mode")
-        editor = app.screen.query_one("#editor", YamlEditor)
+        editor = app.screen.query_one("#editor", TextArea)
         editor.focus()
         editor.load_text("name: x\n")
         editor.move_cursor((1, 0))
@@ -57,7 +56,7 @@ async def test_enter_keeps_the_indentation_and_ctrl_t_ctrl_d_change_it(
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("3")
         await until(pilot, lambda: app.current_mode == "recipes", "the recipes mode")
-        editor = app.screen.query_one("#editor", YamlEditor)
+        editor = app.screen.query_one("#editor", TextArea)
         editor.focus()
         editor.load_text("train:")
         editor.move_cursor((0, 6))

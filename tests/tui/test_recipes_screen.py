@@ -144,10 +144,11 @@ async def test_live_validation_names_the_field_and_only_valid_recipes_are_saved(
         assert str(options.get_option_at_index(len(TINY) + 2).prompt) == "tiny-ntp-12"
 
 
-async def queue(pilot: Pilot[Any], checked: set[str], seeds: str) -> ComparisonForm:
-    """Open the form (ctrl+g), tick `checked`, type the seeds and priority 3, press Enter in the seeds field."""
+async def queue(pilot: Pilot[Any], checked: set[str], seeds: str, *, key: bool = False) -> ComparisonForm:
+    """Open the form (ctrl+g, or the screen's button), tick `checked`, type the seeds and priority 3, press Enter
+    in the seeds field."""
     if not isinstance(pilot.app.screen, ComparisonForm):
-        await pilot.press("ctrl+g")
+        await (pilot.press("ctrl+g") if key else pilot.click("#queue"))
     await wait_for(pilot, lambda: isinstance(pilot.app.screen, ComparisonForm), "the comparison form")
     form = pilot.app.screen
     assert isinstance(form, ComparisonForm)
@@ -174,7 +175,7 @@ async def test_queue_comparison_stores_algorithms_x_seeds(ctx: StudioContext) ->
     screen = RecipesScreen(ctx)
     async with RecipesApp(screen).run_test(size=(120, 40)) as pilot:
         await open_recipe(pilot, screen, "tiny-ntp.yaml")
-        await queue(pilot, {"ntp", "baseline-mtp"}, "0, 1")
+        await queue(pilot, {"ntp", "baseline-mtp"}, "0, 1", key=True)
         await wait_for(pilot, lambda: len(store.list_runs(engine=ctx.engine)) == 4, "the runs")
         runs = store.list_runs(engine=ctx.engine)
         assert sorted((r.algorithm, r.seed) for r in runs) == [
