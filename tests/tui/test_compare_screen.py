@@ -55,12 +55,17 @@ async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> No
         await pilot.pause(0.02)
 
 
-def make_set(engine: Engine, settings: Settings) -> tuple[int, list[Run]]:
-    """A comparison set ntp, baseline-mtp x seeds 0, 1 with losses and pass@1 with per-problem results."""
+def make_set(engine: Engine, settings: Settings, name: str | None = None) -> tuple[int, list[Run]]:
+    """A comparison set ntp, baseline-mtp x seeds 0, 1 with losses (named as the trainer writes them: the total
+    and head 0's CE in training, their val_ counterparts on the held-out slice) and pass@1 per problem."""
     base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
     algorithms, seeds = ["ntp", "baseline-mtp"], [0, 1]
     cset = store.create_comparison_set(
-        engine=engine, name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
+        engine=engine,
+        name=name or base.name,
+        base=base,
+        factor=FACTOR,
+        diff={"algorithm": algorithms, "seed": seeds},
     )
     runs = []
     for recipe, diff in expand(base, algorithms, seeds):
@@ -69,9 +74,11 @@ def make_set(engine: Engine, settings: Settings) -> tuple[int, list[Run]]:
         )
         rid = run.id or 0
         lines = [
-            MetricLine(seq=0, step=5, time=0.0, kind="train", metrics={"loss": 4.0 + rid}),
-            MetricLine(seq=1, step=10, time=0.0, kind="train", metrics={"loss": 3.0 + rid}),
-            MetricLine(seq=2, step=10, time=0.0, kind="val", metrics={"loss": 3.5 + rid}),
+            MetricLine(seq=0, step=5, time=0.0, kind="train", metrics={"loss": 4.0 + rid, "head0/ce": 2.0}),
+            MetricLine(seq=1, step=10, time=0.0, kind="train", metrics={"loss": 3.0 + rid, "head0/ce": 1.5}),
+            MetricLine(
+                seq=2, step=10, time=0.0, kind="val", metrics={"val_loss": 3.5 + rid, "head0/val_ce": 1.8}
+            ),
         ]
         store.ingest_metric_lines(engine=engine, run_id=rid, lines=lines)
         solved = SOLVED[(run.algorithm, run.seed)]
@@ -138,7 +145,14 @@ async def test_comparison_set_rows_per_algorithm_with_paired_tests(
         assert loss is not None and (loss.steps, loss.values) == ([5, 10], [4.0 + rid, 3.0 + rid])
         await pilot.press("m")
         options = screen._metric_options
-        assert options == ["train/loss+val/loss", "train/loss", "val/loss"]
+        assert options == [
+            "train/head0/ce+val/head0/val_ce",
+            "train/loss+val/val_loss",
+            "train/head0/ce",
+            "train/loss",
+            "val/head0/val_ce",
+            "val/val_loss",
+        ]
 
 
 async def test_exports_write_table_and_chart_files(ctx: StudioContext, settings: Settings) -> None:
@@ -177,7 +191,7 @@ async def test_exports_write_table_and_chart_files(ctx: StudioContext, settings:
         )
         assert next(exports.glob("*.png")).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
         svg = next(exports.glob("*.svg")).read_bytes()
-        assert ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg" and b"tiny-ntp-s0 val/loss" in svg
+        assert ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg" and b"tiny-ntp-s0 val/head0/val_ce" in svg
 
 
 async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settings) -> None:
@@ -185,10 +199,12 @@ async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settin
     screen = CompareScreen(ctx)
     async with CompareApp(screen).run_test(size=(80, 24)) as pilot:
         title = screen.query_one("#compare-title", Static)
-        await wait_for(pilot, lambda: "press p" in str(title.render()), "the empty title")
+        await wait_for(pilot, lambda: "set" in str(title.render()), "the latest set")
         await pilot.press("p")
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, PickRunsModal), "the run picker")
         picker = pilot.app.screen.query_one(SelectionList)
+        assert sorted(picker.selected) == sorted(r.id for r in runs)  # the set's runs, ticked
+        picker.deselect_all()
         picker.select(runs[0].id or 0)  # ntp seed 0
         picker.select(runs[2].id or 0)  # baseline-mtp seed 0
         await pilot.press("enter")
@@ -209,7 +225,7 @@ def test_feed_stops_reading_a_finished_run_until_it_is_retried(
     set_id, runs = make_set(ctx.engine, settings)
     feed = CompareFeed(engine=ctx.engine, comparison_set_id=set_id, run_ids=[])
     first = runs[0].id or 0
-    assert len(feed.read().batches[first][0].points) == 3
+    assert len(feed.read().batches[first][0].points) == 6
     claimed = store.claim_next_run(engine=ctx.engine, owner="test", gpus_free=0, lease_s=60)
     assert claimed is not None and claimed.id == first
     store.finish_run(
