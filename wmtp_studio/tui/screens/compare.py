@@ -139,6 +139,7 @@ class CompareScreen(Screen[None]):
         if snap.set_id != self.set_id or snap.set_name != self.set_name:  # the latest set is another one now
             self.set_id, self.set_name, self.baseline, self._fresh = snap.set_id, snap.set_name, None, True
             self.series = {}
+            self.query_one("#summary", Static).update("")  # the other set's, until its own is computed
         runs_changed = self._fresh or [r.id for r in snap.runs] != [r.id for r in self.runs]
         self._fresh = False
         evals_changed = snap.evaluation_ids() != self._evaluation_ids
