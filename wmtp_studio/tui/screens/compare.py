@@ -198,7 +198,7 @@ class CompareScreen(Screen[None]):
                 steps += [xs[0], xs[-1]]
         if steps:  # whole steps: plotext's own ticks split the range into fractions (78.8)
             ticks = sorted({round(min(steps) + (max(steps) - min(steps)) * t / 4) for t in range(5)})
-            plt.xticks(ticks, [str(t) for t in ticks])
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
         value = self.query_one("#metric", Select).value
         plt.title(COMBINED.get(value, " + ".join(names)) if isinstance(value, str) else " + ".join(names))
         plt.xlabel("step")
