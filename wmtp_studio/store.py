@@ -871,3 +871,34 @@ def latest_metrics(*, engine: Engine, run_id: int) -> dict[str, MetricPoint]:
     )
     with _read(engine) as s:
         return {p.name: p for p in s.exec(query)}
+
+
+# --- comparison sets: progress ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SetProgress:
+    """A comparison set with how many runs it has and how many of them finished (succeeded, failed, cancelled)."""
+
+    id: int
+    name: str
+    runs: int
+    finished: int
+
+    @property
+    def done(self) -> bool:
+        return self.runs > 0 and self.finished == self.runs
+
+
+def comparison_set_progress(*, engine: Engine, limit: int = 50) -> list[SetProgress]:
+    """The newest `limit` comparison sets, newest first, with their runs counted: one grouped query."""
+    finished = sa.func.sum(sa.case((col(Run.status).in_(FINISHED_STATUSES), 1), else_=0))
+    query = (
+        select(ComparisonSet.id, ComparisonSet.name, sa.func.count(col(Run.id)), finished)
+        .outerjoin(Run, col(Run.comparison_set_id) == ComparisonSet.id)
+        .group_by(col(ComparisonSet.id), col(ComparisonSet.name))
+        .order_by(col(ComparisonSet.id).desc())
+        .limit(limit)
+    )
+    with _read(engine) as s:
+        return [SetProgress(i or 0, name, n, int(f or 0)) for i, name, n, f in s.exec(query)]

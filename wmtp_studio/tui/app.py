@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -28,6 +29,9 @@ from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
+
+if TYPE_CHECKING:
+    from wmtp_studio.tui.compare_feed import SetWatcher
 
 QUICKSTART_QUESTION = (
     "The studio has no runs yet. Queue the quickstart comparison?\n\n"
@@ -88,6 +92,8 @@ class StudioApp(App[None]):
         self.want_worker, self.offer_quickstart = embedded_worker, offer_quickstart
         self.embedded: EmbeddedWorker | None = None
         self._worker_lock, self._closing = threading.Lock(), False
+        self._sets_lock = threading.Lock()
+        self._sets: SetWatcher | None = None  # made by the first look (imports the statistics)
         self.add_mode("runs", lambda: RunsScreen(ctx, clock=clock))
         self.add_mode("compare", self._compare_screen)
         self.add_mode("recipes", self._recipes_screen)
@@ -109,6 +115,25 @@ class StudioApp(App[None]):
     def on_mount(self) -> None:
         self.switch_mode("runs")
         self.start_up()
+        self.watch_sets()  # the sets finished already, noted before anything else can finish
+        self.set_interval(self.ctx.poll_s, self.watch_sets)
+
+    @work(thread=True, group="sets-poll")
+    def watch_sets(self) -> None:
+        """Announce each comparison set that finishes while the dashboard is open, with its Δ and p."""
+        from wmtp_studio.tui.compare_feed import SetWatcher  # cheap: the statistics load once a set finishes
+
+        if not self._sets_lock.acquire(blocking=False):
+            return  # the previous look is still reading
+        try:
+            self._sets = self._sets or SetWatcher(self.ctx.engine)
+            summaries = self._sets.finished()
+        except Exception:  # the store is unreachable: the screens say so
+            return
+        finally:
+            self._sets_lock.release()
+        for text in summaries:
+            self.call_from_thread(self.notify, f"{text}\nCompare (2) shows the table.", timeout=60)
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         for mode, label, help_text in MODES:

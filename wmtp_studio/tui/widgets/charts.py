@@ -15,6 +15,18 @@ from wmtp_studio.tui.series import Series, SeriesStore, downsample
 
 DEFAULT_WIDTH = 80
 """Columns assumed before a chart has been laid out."""
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (0xE6, 0x9F, 0x00),  # orange
+    (0x56, 0xB4, 0xE9),  # sky blue
+    (0x00, 0x9E, 0x73),  # bluish green
+    (0xCC, 0x79, 0xA7),  # reddish purple
+    (0xF0, 0xE4, 0x42),  # yellow
+    (0xD5, 0x5E, 0x00),  # vermillion
+    (0x00, 0x72, 0xB2),  # blue
+    (0x99, 0x99, 0x99),  # grey, for Okabe-Ito's black, which a dark background would hide
+)
+"""Line colours told apart with any colour vision (Okabe & Ito 2008), as RGB for plotext; ordered so that the
+first four lines (a quickstart's algorithms) differ in hue and lightness."""
 
 
 class LineChart(PlotextPlot):
