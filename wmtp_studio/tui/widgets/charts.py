@@ -33,7 +33,8 @@ class LineChart(PlotextPlot):
         super().__init__(id=id, classes=classes)
         self.title = title
         self._series: dict[str, Series] = {}
-        self._x_range: tuple[float, float] | None = None
+        self.x_range: tuple[float, float] | None = None
+        """The steps the x axis spans when shared with other charts (else the data's own)."""
         self.drawn: dict[str, tuple[list[float], list[float]]] = {}
         """What the last draw plotted, per label: (steps, values) after downsampling."""
         self.lines: dict[str, tuple[list[float], list[float]]] = {}
@@ -45,7 +46,7 @@ class LineChart(PlotextPlot):
     def draw(self, series: Mapping[str, Series | None], x_range: tuple[float, float] | None = None) -> None:
         """Plot `series`; `x_range` (steps) is shared with other charts, e.g. validation's with training's."""
         self._series = {label: s for label, s in series.items() if s is not None and len(s)}
-        self._x_range = x_range
+        self.x_range = x_range
         # One min/max pair per two columns: at most about one point per column. Plotext rasterises every joining
         # segment, so noisy series at two points per column took twice as long to build (measured ~60 ms for
         # five series at 58 columns) for no visible gain.
@@ -77,13 +78,13 @@ class LineChart(PlotextPlot):
         # The legend covers the canvas's top rows: the lines stay below them (plotext cannot move its legend).
         rows = (self.size.height or 0) - 4  # title, frame top and bottom, x tick labels
         free = rows - len(self.lines) - 1 if legend else rows
-        top = lo + (hi - lo) * rows / free if 3 <= free < rows else hi
+        top = lo + (hi - lo) * rows / (free - 0.5) if 3 <= free < rows else hi  # half a row: pixels round
         self.limits = (lo, top)
         plt.ylim(lo, top)
         yticks = nice_ticks(lo, top, max(3, min(8, rows // 2)))
         plt.yticks(yticks, [tick_label(t, yticks) for t in yticks])
         xs_all = [x for xs, _ in self.drawn.values() for x in xs]
-        x0, x1 = self._x_range or (min(xs_all), max(xs_all))
+        x0, x1 = self.x_range or (min(xs_all), max(xs_all))
         x0, x1 = (x0 - 1, x1 + 1) if x1 <= x0 else (x0, x1)
         width = max(len(f"{x1:.0f}") + 4, 6)
         self.xticks = nice_ticks(
@@ -94,7 +95,7 @@ class LineChart(PlotextPlot):
 
     def on_resize(self, event: Resize) -> None:
         if self._series:
-            self.draw(self._series, self._x_range)
+            self.draw(self._series, self.x_range)
 
 
 def y_range(values: Sequence[float]) -> tuple[float, float, float | None]:
