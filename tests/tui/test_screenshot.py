@@ -23,7 +23,8 @@ from wmtp_studio.tui.screenshot import RENDERER, cell_positions, screenshot_svg
 
 CELL = 20 * 0.61
 """Rich's SVG geometry: a 20 px font, cells 0.61 of it wide."""
-RUN = re.compile(r"<text ([^>]*)>([^<]*)</text>")
+RUN = re.compile(r"<text ([^>]*)>(.*?)</text>")
+CELLS = re.compile(r'<tspan x="([^"]*)">([^<]*)</tspan>')
 LINE = re.compile(r"line-(\d+)\)")
 
 
@@ -50,19 +51,19 @@ async def open_tiny_ntp(pilot: Pilot[Any]) -> None:
 
 def grid_rows(svg: str) -> dict[int, str]:
     """The terminal text as the SVG places it: each character at column round(x / cell) of its line. Checks on
-    the way that every run positions each of its characters and preserves its spaces."""
+    the way that every character of a run has its own positioned `<tspan>` and that spaces are preserved."""
     rows: dict[int, list[str]] = {}
     for attrs, body in RUN.findall(svg):
         line = LINE.search(attrs)
         if line is None:
             continue  # the window title
-        chars = html.unescape(body)
-        xs = [float(v) for v in re.search(r' x="([^"]*)"', attrs)[1].split()]  # type: ignore[index]
-        assert len(xs) == len(chars), f"one x per character in {chars!r}"
         assert 'xml:space="preserve"' in attrs and "textLength" not in attrs, attrs
+        cells = CELLS.findall(body)
+        assert "".join(f'<tspan x="{x}">{ch}</tspan>' for x, ch in cells) == body, f"a tspan per cell: {body}"
         row = rows.setdefault(int(line[1]), [" "] * 200)
-        for x, ch in zip(xs, chars, strict=True):
-            row[round(x / CELL)] = " " if ch == "\xa0" else ch
+        for x, ch in cells:
+            assert len(html.unescape(ch)) == 1, ch
+            row[round(float(x) / CELL)] = html.unescape(ch).replace("\xa0", " ")
     return {n: "".join(r).rstrip() for n, r in rows.items()}
 
 
@@ -108,10 +109,10 @@ def run_at(svg: str, text: str) -> tuple[float, float]:
     """(x of its first cell, top of its text band) of the run showing `text`, in the PNG's pixels: Rich draws
     the terminal at translate(9, 41) and puts a run's baseline 20 px below its band's top."""
     for attrs, body in RUN.findall(svg):
-        if html.unescape(body).replace("\xa0", " ") == text:
-            x = float(re.search(r' x="([^" ]*)', attrs)[1])  # type: ignore[index]
+        cells = CELLS.findall(body)
+        if "".join(html.unescape(ch) for _, ch in cells).replace("\xa0", " ") == text:
             y = float(re.search(r' y="([^"]*)"', attrs)[1])  # type: ignore[index]
-            return 9 + x, 41 + y - 20
+            return 9 + float(cells[0][0]), 41 + y - 20
     raise AssertionError(f"no run {text!r} in the SVG")
 
 

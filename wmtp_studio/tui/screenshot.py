@@ -3,15 +3,17 @@
 Textual saves Rich's SVG export: one `<text>` per styled run of characters, its spaces written as no-break
 spaces, stretched to the run's width with `textLength`. Real viewers disagree with that: librsvg (GNOME's image
 viewer, `rsvg-convert`) drops leading no-break spaces, so YAML loses its indentation, right-aligned numbers move
-left and the footer reads "^ppalette"; where the font lacks a glyph (braille chart dots, block elements), the
-fallback font's wider advance pushes the rest of the run out of its cells, past the chart's frame.
+left and the footer reads "^ppalette", and it lays braille chart dots out wider than their cells, past the
+chart's frame.
 
-`fix_svg` places every character at its cell with per-character `x` positions (wide characters take two cells)
-and drops `textLength`, so no glyph's width can move another character. Spaces stay no-break spaces, and each run
-gets `xml:space="preserve"`: librsvg drops leading no-break spaces without it, and Chromium collapses spaces
-unless the attribute is on the `<text>` itself. `svg_to_png` renders the SVG with librsvg's `rsvg-convert`
-(Debian package librsvg2-bin): a system tool, so PNG is optional and its absence is a StudioError that says
-what to install.
+`fix_svg` gives every character its own `<tspan>` at its cell's x (wide characters take two cells) and drops
+`textLength`, so no glyph's width can move another character. (A list of x positions on the run says the same,
+but librsvg 2.54 still misplaces braille under it: the lines overshoot their frame by 2-3 cells.) Spaces stay
+no-break spaces and each run gets `xml:space="preserve"`: librsvg drops leading no-break spaces without it, and
+Chromium collapses spaces unless the attribute is on the `<text>` itself.
+
+`svg_to_png` renders the SVG with librsvg's `rsvg-convert` (Debian package librsvg2-bin): a system tool, so PNG
+is optional and its absence is a StudioError that says what to install.
 """
 
 from __future__ import annotations
@@ -48,6 +50,10 @@ def cell_positions(chars: str, x0: float, cell: float) -> list[float]:
     return xs
 
 
+def escape_cell(ch: str) -> str:
+    return "&#160;" if ch in " \xa0" else html.escape(ch, quote=False)
+
+
 def fix_svg(svg: str) -> str:
     """Rich's terminal SVG with every character positioned at its own cell and spaces kept (see the module doc).
 
@@ -60,10 +66,11 @@ def fix_svg(svg: str) -> str:
         if "textLength" not in attrs or "x" not in attrs or not chars:
             return match[0]  # the window title: centred, not on the grid
         xs = cell_positions(chars, float(attrs["x"]), float(attrs.pop("textLength")) / len(chars))
-        attrs["x"] = " ".join(f"{round(x, 2):g}" for x in xs)
         joined = " ".join(f'{k}="{v}"' for k, v in attrs.items())
-        text = html.escape(chars, quote=False).replace(" ", "&#160;").replace("\xa0", "&#160;")
-        return f'<text xml:space="preserve" {joined}>{text}</text>'
+        cells = "".join(
+            f'<tspan x="{round(x, 2):g}">{escape_cell(ch)}</tspan>' for x, ch in zip(xs, chars, strict=True)
+        )
+        return f'<text xml:space="preserve" {joined}>{cells}</text>'
 
     return TEXT.sub(fix_run, svg)
 
