@@ -4,6 +4,7 @@ YAML indentation and the footer's spaces survive real viewers), and the PNG rend
 from __future__ import annotations
 
 import html
+import io
 import re
 import shutil
 from collections import Counter
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 from PIL import Image
+from rich.console import Console
 from sqlalchemy.engine import Engine
 from textual.pilot import Pilot
 from textual.widgets import OptionList, Static
@@ -19,7 +21,7 @@ from textual.widgets import OptionList, Static
 from tests.tui.conftest import RECIPES, settle, until
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.app import StudioApp, create_app
-from wmtp_studio.tui.screenshot import RENDERER, cell_positions, screenshot_svg
+from wmtp_studio.tui.screenshot import RENDERER, cell_positions, fix_svg, screenshot_svg, svg_to_png
 
 CELL = 20 * 0.61
 """Rich's SVG geometry: a 20 px font, cells 0.61 of it wide."""
@@ -156,3 +158,26 @@ async def test_png_without_the_renderer_says_what_to_install(
         messages = [n.message for n in app._notifications]
     assert any("rsvg-convert" in m and "librsvg2-bin" in m for m in messages), messages
     assert not list((settings.home / "screenshots").glob("*.png"))
+
+
+@pytest.mark.skipif(
+    shutil.which(RENDERER) is None, reason=f"{RENDERER} not installed (Debian package librsvg2-bin)"
+)
+def test_png_keeps_chart_dots_inside_their_frame() -> None:
+    """A chart row as the dashboard draws it: 27 orange braille cells, then a white frame at column 27. Rich's
+    own SVG put the last dots 5 cells past the frame in librsvg (x = 401 px against the frame's 338.4)."""
+    dots = "⠉⠁⠉⠉⠈⠒⠑⠒⠒⠁⠈⠢⠤⠔⠒⠤⠤⠤⠤⠔⠊⠉⠢⠤⠤⠤⠤"
+    console = Console(
+        record=True, width=40, file=io.StringIO(), force_terminal=True, color_system="truecolor"
+    )
+    console.print(f"[#ff8800]{dots}[/][#ffffff]│[/]")
+    image = Image.open(io.BytesIO(svg_to_png(fix_svg(console.export_svg(title="chart"))))).convert("RGB")
+    band = range(41, 41 + 24)  # row 0 of the terminal, drawn at translate(9, 41)
+    orange = [x for x in range(image.width) for y in band if is_orange(image.getpixel((x, y)))]
+    frame = 9 + len(dots) * CELL  # 9 + 27 x 12.2 = 338.4
+    assert orange and max(orange) < frame, (max(orange), frame)
+    assert min(orange) < 9 + CELL  # and the first dot in the first cell
+
+
+def is_orange(px: Any) -> bool:
+    return bool(px[0] > 150 and px[2] < 100)
