@@ -23,6 +23,7 @@ import re
 import shutil
 import subprocess
 from datetime import datetime
+from typing import Any
 
 from rich.cells import get_character_cell_size
 from textual.app import App
@@ -75,7 +76,7 @@ def fix_svg(svg: str) -> str:
     return TEXT.sub(fix_run, svg)
 
 
-def screenshot_svg(app: App[object]) -> str:
+def screenshot_svg(app: App[Any]) -> str:
     """The app's current screen as a corrected SVG (what the palette's Screenshot command saves)."""
     return fix_svg(app.export_screenshot())
 
