@@ -7,6 +7,7 @@ command palette), a help panel (F1 or ?), `q` to quit from any screen, the embed
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
@@ -29,6 +30,7 @@ from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
+from wmtp_studio.tui.screenshot import default_filename, screenshot_svg, svg_to_png
 
 if TYPE_CHECKING:
     from wmtp_studio.tui.compare_feed import SetWatcher
@@ -141,18 +143,68 @@ class StudioApp(App[None]):
         yield SystemCommand(
             "Quickstart", "Queue the quickstart comparison (1 or 3 seeds)", self.action_offer_quickstart
         )
+        yield SystemCommand(
+            "Screenshot (PNG)",
+            "Save a PNG screenshot of the current screen (needs rsvg-convert)",
+            lambda: self.set_timer(0.1, self.deliver_png_screenshot),
+        )
         yield from super().get_system_commands(screen)
 
     def deliver_screenshot(
         self, filename: str | None = None, path: str | None = None, time_format: str | None = None
     ) -> str | None:
         """Screenshots (palette, ctrl+p) go to `<home>/screenshots/` by default: Textual's default folder, the
-        user's Downloads, may not exist on a server. In a browser (`serve`) the file is downloaded instead."""
-        if path is None:
-            folder = self.ctx.settings.home / "screenshots"
-            folder.mkdir(parents=True, exist_ok=True)
-            path = str(folder)
-        return super().deliver_screenshot(filename, path, time_format)
+        user's Downloads, may not exist on a server. In a browser (`serve`) the file is downloaded instead.
+        The SVG has each character placed in its cell, so real viewers show it as the terminal did."""
+        svg = screenshot_svg(self)
+        return self.deliver_text(
+            io.StringIO(svg),
+            save_directory=path or self._screenshot_folder(),
+            save_filename=filename or default_filename(self.title, "svg", time_format),
+            open_method="browser",
+            mime_type="image/svg+xml",
+            name="screenshot",
+        )
+
+    def deliver_png_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        """The screen as PNG (palette: Screenshot (PNG)), rendered by rsvg-convert in a thread; a notification
+        says where it went, or why there is none (rsvg-convert missing)."""
+        svg = screenshot_svg(self)
+        self._save_png(svg, filename or default_filename(self.title, "png"), path)
+
+    @work(thread=True, group="screenshot")
+    def _save_png(self, svg: str, filename: str, path: str | None) -> None:
+        try:
+            png = svg_to_png(svg)
+        except StudioError as exc:
+            self.call_from_thread(self.notify, str(exc), title="Screenshot", severity="error", timeout=10)
+            return
+        if self.is_web:
+            self.call_from_thread(
+                self.deliver_binary,
+                io.BytesIO(png),
+                save_filename=filename,
+                mime_type="image/png",
+                name="screenshot",
+            )
+            return
+        # Written here, not with deliver_binary: Textual's local driver opens a file object that is not a
+        # typing.BinaryIO (a BytesIO is not) in text mode, and writing the bytes fails.
+        target = Path(path or self.ctx.settings.home / "screenshots") / filename
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png)
+        except OSError as exc:
+            self.call_from_thread(
+                self.notify, f"cannot write {target}: {exc}", title="Screenshot", severity="error", timeout=10
+            )
+            return
+        self.call_from_thread(self.notify, f"Saved screenshot to {target}", title="Screenshot")
+
+    def _screenshot_folder(self) -> Path:
+        folder = self.ctx.settings.home / "screenshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):
