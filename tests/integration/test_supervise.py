@@ -19,8 +19,8 @@ from tests.integration.conftest import FAST, RECIPES
 from wmtp_studio import store
 from wmtp_studio.models import Run, utcnow
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.rundir.metrics import read_metrics
 from wmtp_studio.train import checkpoint as ckpt
-from wmtp_studio.train.events import read_metrics
 from workers.supervise import JobOutcome, MetricsTail, launch_command, supervise
 
 OWNER = "worker-a"
