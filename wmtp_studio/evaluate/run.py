@@ -29,7 +29,7 @@ from wmtp_studio.evaluate.tasks import (
 )
 from wmtp_studio.prompts import MBPP_STOP, mbpp_program
 from wmtp_studio.records import read_records
-from wmtp_studio.rundir import MODEL, RECIPE
+from wmtp_studio.rundir import METRICS, MODEL, RECIPE
 from wmtp_studio.rundir.checkpoints import TRAINER_STATE, latest_checkpoint
 from wmtp_studio.rundir.metrics import read_metrics
 from wmtp_studio.rundir.results import SAMPLES, EvalResults, ProblemCount, write_results
@@ -196,7 +196,7 @@ def append_eval_events(run_dir: Path, results: EvalResults) -> None:
     write the same name (HumanEval's 0 used to hide the held-out score)."""
     from wmtp_studio.train.events import MetricsWriter
 
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     existing = read_metrics(path) if path.is_file() else []
     seq = existing[-1].seq + 1 if existing else 0
     step = max((m.step for m in existing), default=0)
