@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 from tests.integration.conftest import FAST, RECIPES
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.tracking import allowed_params
-from wmtp_studio.train.events import MetricLine
 from workers import mlflow_sync
 from workers.supervise import supervise
 

@@ -23,7 +23,7 @@ from tests.integration.conftest import RECIPES
 from tests.integration.jobs import start_worker, stop_worker, studio, studio_env, trainer_pids, wait_for
 from wmtp_studio import store
 from wmtp_studio.models import Worker, utcnow
-from wmtp_studio.train.events import read_metrics
+from wmtp_studio.rundir.metrics import read_metrics
 from workers.supervise import killed_by_signal
 
 pytestmark = pytest.mark.slow

@@ -19,8 +19,8 @@ from wmtp_studio import store
 from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
-from wmtp_studio.train.events import MetricLine
 from wmtp_studio.tui.compare_feed import CompareFeed
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
-from wmtp_studio.train.events import MetricLine, read_metrics
+from wmtp_studio.rundir.metrics import MetricLine, read_metrics
 from wmtp_studio.tui.series import (
     FeedBatch,
     HistHistory,

@@ -15,7 +15,7 @@ import random
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,8 @@ from safetensors.torch import load_file, save_file
 from wmtp_studio import rundir
 from wmtp_studio.errors import StudioError, TrainingAborted
 from wmtp_studio.recipe import Recipe, recipe_from_json
+from wmtp_studio.rundir.checkpoints import TrainerState as State
+from wmtp_studio.rundir.checkpoints import read_trainer_state, write_trainer_state
 from wmtp_studio.runrefs import check_local_paths, resolve_run_refs
 from wmtp_studio.tracking import MlflowLogger
 from wmtp_studio.train import checkpoint as ckpt
@@ -50,21 +52,6 @@ from wmtp_studio.train.tokenizer import load_tokenizer
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: checkpointed, can be resumed
 log = logging.getLogger("wmtp.train")  # progress lines for train.log (python -m wmtp_studio.train sets it up)
-
-
-@dataclass
-class State:
-    """Everything that advances; saved in trainer_state.json and restored on resume."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_index: int = 0  # next global micro-batch of the epoch plan
-    tokens_seen: int = 0
-    nonfinite_streak: int = 0
-    nonfinite_total: int = 0
-    stage1_done: bool = False
-    seq: int = 0
-    metrics_offset: int = 0
 
 
 @dataclass
@@ -530,7 +517,7 @@ def save_checkpoint(s: Setup, state: State) -> None:
             "event", state.step, event="checkpoint", data={"path": f"checkpoints/step_{state.step}"}
         )
         state.seq, state.metrics_offset = s.writer.seq, s.writer.offset
-        ckpt.write_json(staging / "trainer_state.json", asdict(state))
+        write_trainer_state(staging, state)
         ckpt.publish(s.run_dir, state.step, s.recipe.train.keep_checkpoints)
         log.info("checkpoint at step %d", state.step)
     s.accel.wait_for_everyone()
@@ -538,7 +525,7 @@ def save_checkpoint(s: Setup, state: State) -> None:
 
 def restore(s: Setup, path: Path) -> State:
     """Load value head, optimiser, scheduler, RNG and trainer state (the model was built from path/model)."""
-    state = State(**ckpt.read_json(path / "trainer_state.json"))
+    state = read_trainer_state(path)
     if s.value_head is not None:
         s.value_head.load_state_dict(
             load_file(str(path / "value_head.safetensors"), device=str(s.accel.device))
