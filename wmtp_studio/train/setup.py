@@ -1,9 +1,10 @@
 """Everything a run needs, built once by `setup(run_dir, resume_from)` in stages, like a torchtune recipe.
 
-The stages run in a fixed order, because each one draws from the seeded random generators in turn: the recipe and
-the accelerator, then the metrics writer and MLflow (so that a stage's failure can be recorded), then data, model,
-reference and optimiser. The result is a frozen `Setup`; what advances during training lives in `loop.State`. The
-batch plans are memoised pure functions of the epoch, so the Setup never changes after it is built.
+The recipe and the accelerator come first, then the metrics writer and MLflow (before the stages that can fail on
+bad input: a failed set-up closes them and marks the MLflow run FAILED), then data, model, reference and
+optimiser, in this order after `set_seed` (the model's and value head's initial weights come from the seeded
+generators). The result is a frozen `Setup`; what advances during training lives in `loop.State`. The batch
+plans are memoised pure functions of the epoch, so a Setup never changes after it is built.
 """
 
 from __future__ import annotations
@@ -111,9 +112,9 @@ def setup(
             n_train=len(data.train),
             world=accel.num_processes,
         )
-    except BaseException:
+    except BaseException:  # bad data, a missing reference: nothing trained, the MLflow run says so
         if mlflow:
-            mlflow.end()
+            mlflow.end("FAILED")
         writer.close()
         raise
     cfg, world = recipe.train, accel.num_processes
