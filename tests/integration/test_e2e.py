@@ -114,8 +114,13 @@ def test_cli_comparison_runs_through_a_worker_into_the_database_and_mlflow(tmp_p
     assert cset is not None
     exp = client.get_experiment_by_name(f"wmtp/set-{cset_id}-{cset.name}")
     assert exp is not None
-    mruns = client.search_runs([exp.experiment_id])
-    assert sorted(int(m.data.tags["wmtp.run_id"]) for m in mruns) == sorted(ids)  # one MLflow run per run
+    found = client.search_runs([exp.experiment_id])
+    # one MLflow run per run, and the set's comparison table on one parent run they hang under
+    (parent,) = [m for m in found if "wmtp.comparison" in m.data.tags]
+    assert parent.data.tags["wmtp.comparison"] == str(cset_id)
+    mruns = [m for m in found if m is not parent]
+    assert sorted(int(m.data.tags["wmtp.run_id"]) for m in mruns) == sorted(ids)
+    assert {m.data.tags["mlflow.parentRunId"] for m in mruns} == {parent.info.run_id}
     by_id = {int(m.data.tags["wmtp.run_id"]): m for m in mruns}
     for run in runs:
         assert run is not None and run.id is not None
