@@ -143,9 +143,12 @@ def test_batches_of_whole_lines_a_set_experiment_and_a_retried_run(engine: Engin
     row = store.get_run(engine=engine, run_id=run.id)
     assert row is not None and row.mlflow_done and row.mlflow_run_id is not None
     exp = client.get_experiment_by_name(f"wmtp/set-{cset.id}-tiny")
-    assert exp is not None and [m.info.run_id for m in client.search_runs([exp.experiment_id])] == [
-        row.mlflow_run_id
-    ]
+    assert exp is not None
+    # the set's experiment: the run, and the set's comparison on a parent run the run hangs under
+    found = client.search_runs([exp.experiment_id])
+    (parent,) = [m for m in found if "wmtp.comparison" in m.data.tags]
+    assert [m.info.run_id for m in found if m is not parent] == [row.mlflow_run_id]
+    assert client.get_run(row.mlflow_run_id).data.tags["mlflow.parentRunId"] == parent.info.run_id
     assert client.get_run(row.mlflow_run_id).info.status == "FAILED"
 
     store.retry_run(engine=engine, run_id=run.id)  # retried: it runs on and succeeds this time
