@@ -112,7 +112,7 @@ def fingerprint(run_dir: Path) -> dict[str, Any]:
     latest = ckpt.latest_checkpoint(run_dir)
     assert latest is not None
     out["optimizer"] = _optimizer_sha(latest / "optimizer.pt")
-    out["trainer_state"] = _clean(ckpt.read_json(latest / "trainer_state.json"))
+    out["trainer_state"] = _clean(json.loads((latest / "trainer_state.json").read_text()))
     if (latest / "value_head.safetensors").is_file():
         out["value_head"] = _tensors_sha(load_file(str(latest / "value_head.safetensors")))
     return out
