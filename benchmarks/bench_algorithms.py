@@ -90,8 +90,9 @@ def timed_step(s: Any, state: Any, t: Timing) -> None:
 
 def run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Timing], dict[str, Any]]:
     from wmtp_studio.train import loop
+    from wmtp_studio.train.model import quiet_transformers
 
-    loop.quiet_transformers()
+    quiet_transformers()
     common = [f"train.steps={args.total_steps}", *args.set]
     if args.threads:
         common.append(f"train.num_threads={args.threads}")

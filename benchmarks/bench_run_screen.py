@@ -19,8 +19,8 @@ from pathlib import Path
 
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
-from wmtp_studio.train.events import MetricLine
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.screens.run import RunScreen
 from wmtp_studio.tui.widgets.charts import LineChart

@@ -153,7 +153,7 @@ def main() -> None:
     p.add_argument("--json", metavar="OUT", help="also write the results as JSON")
     args = p.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from wmtp_studio.train.loop import quiet_transformers
+    from wmtp_studio.train.model import quiet_transformers
 
     quiet_transformers()
     with tempfile.TemporaryDirectory(prefix="bench-spec-") as tmp:

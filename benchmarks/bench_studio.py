@@ -152,7 +152,7 @@ def bench_latency(home: Path, submissions: int) -> dict[str, list[float]]:
 
 
 def train_lines(n: int, start_seq: int = 0) -> list[Any]:
-    from wmtp_studio.train.events import MetricLine
+    from wmtp_studio.rundir.metrics import MetricLine
 
     names = [*GLOBAL_METRICS, *(f"head{k}/{m}" for k in range(4) for m in HEAD_METRICS)]  # 40 scalars
     return [

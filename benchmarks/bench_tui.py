@@ -26,8 +26,8 @@ from textual.widgets import DataTable
 
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
-from wmtp_studio.train.events import MetricLine
 from wmtp_studio.tui.app import StudioApp, create_app
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from wmtp_studio.errors import StudioError, TrainingAborted
 from wmtp_studio.recipe import Recipe, load_recipe, recipe_from_json
+from wmtp_studio.rundir.results import EvalResults
 
 app = typer.Typer(
     name="wmtp",
@@ -175,19 +176,20 @@ def _progress_bar() -> Any:
     )
 
 
-def _print_passk(results: dict[str, Any], out: Path) -> None:
+def _print_passk(results: EvalResults, out: Path, requested: str | None = None) -> None:
     from rich.table import Table
 
-    asked = f" (asked for {results['requested']}: the run's own task)" if results.get("requested") else ""
+    asked = ""
+    if requested is not None and requested != results.benchmark:  # e.g. `generated`: the run's own family
+        asked = f" (asked for {requested}: the run's own task)"
     err.print(
-        f"{results['benchmark']}{asked}: {results['n_problems']} problems, "
-        f"isolation tier {results['isolation_tier']}"
+        f"{results.benchmark}{asked}: {results.n_problems} problems, isolation tier {results.isolation_tier}"
     )
     table = Table()
     for col in ("k", "pass@k", "95% CI"):
         table.add_column(col, justify="right")
-    for p in results["pass_at_k"]:
-        table.add_row(str(p["k"]), f"{p['value']:.4f}", f"[{p['ci_low']:.4f}, {p['ci_high']:.4f}]")
+    for p in results.pass_at_k:
+        table.add_row(str(p.k), f"{p.value:.4f}", f"[{p.ci_low:.4f}, {p.ci_high:.4f}]")
     Console().print(table)
     err.print(f"samples and results in {out}")
 
@@ -266,14 +268,14 @@ def eval_(
         stored = _record_in_studio(target, results, out_dir / "samples.jsonl")
     except StudioError as exc:
         raise fail(str(exc)) from None
-    _print_passk(results, out_dir)
+    _print_passk(results, out_dir, requested=benchmark)
     if stored is not None:
         err.print(
             f"stored with studio run {stored}: its Evaluations tab, and MLflow once a worker forwards it"
         )
 
 
-def _record_in_studio(target: Path, results: dict[str, Any], samples: Path) -> int | None:
+def _record_in_studio(target: Path, results: EvalResults, samples: Path) -> int | None:
     """If `target` is a studio run's directory (`<WMTP_RUNS_DIR>/<id>`), store the evaluation just made (its new
     metrics.jsonl lines and results) as the run's supervisor would have; returns the run id. Files -> database,
     as everywhere in the studio, only done here because no supervisor follows a finished run."""
@@ -291,7 +293,7 @@ def _record_in_studio(target: Path, results: dict[str, Any], samples: Path) -> i
     from sqlalchemy.exc import SQLAlchemyError
 
     from wmtp_studio import store
-    from wmtp_studio.train.events import read_metrics
+    from wmtp_studio.rundir.metrics import read_metrics
 
     try:
         engine = store.make_engine(settings.database_url)
@@ -352,8 +354,8 @@ def eval_samples(
     table = Table(title="per problem")
     for col in ("task_id", "samples", "passed"):
         table.add_column(col)
-    for task_id, r in results["per_problem"].items():
-        table.add_row(task_id, str(r["n"]), str(r["c"]))
+    for task_id, r in results.per_problem.items():
+        table.add_row(task_id, str(r.n), str(r.c))
     Console().print(table)
     _print_passk(results, out_dir)
 

@@ -218,8 +218,9 @@ class TrainSection(Section):
 class OptimSection(Section):
     """AdamW with a cosine schedule and linear warm-up."""
 
-    lr: Real = Field(3e-4, gt=0, le=1)
-    """Peak learning rate (at most 1)."""
+    lr: Real = Field(3e-4, gt=0, le=1e30)
+    """Peak learning rate (at most 1e30, which already diverges: its non-finite steps are what
+    `train.max_nonfinite` guards against; 1e38 and beyond overflow float32 arithmetic and are refused)."""
     weight_decay: Real = Field(0.0, ge=0, le=1)
     """AdamW decoupled weight decay (not applied to biases and norms); at most 1, so that lr x weight_decay,
     the fraction of each weight decayed per step, stays at most 1."""

@@ -265,6 +265,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    parent_pid = os.getppid()  # now: the parent may be gone by the time the loop starts (it was, under load)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
     try:
@@ -310,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
             poll_s=args.poll_s,
             heartbeat_s=min(5.0, args.lease_s / 3),
             reap_s=min(30.0, args.lease_s / 2),
-            parent_pid=os.getppid() if args.exit_with_parent else None,
+            parent_pid=parent_pid if args.exit_with_parent else None,
         )
     except StudioError as exc:
         log.error("%s", exc)

@@ -222,7 +222,7 @@ def log_comparison(*, engine: Engine, client: Any, run_id: int) -> str | None:
     from mlflow.entities import Metric
 
     from wmtp_studio.report import set_tables
-    from wmtp_studio.tui.export import Interval, to_markdown
+    from wmtp_studio.tui.export import Interval, PValue, to_markdown
 
     set_id = store.set_of_run(engine=engine, run_id=run_id)
     if set_id is None:
@@ -244,6 +244,7 @@ def log_comparison(*, engine: Engine, client: Any, run_id: int) -> str | None:
     tables = set_tables(engine, runs)
     ts = max(_ms(r.finished_at) or 0 for r in members)
     metrics, columns = [], tables.results.columns
+    tests: dict[str, str] = {}  # which paired test gave each p
     for label, row in zip(tables.labels, tables.results.rows, strict=True):
         algorithm = _segment(label.split(" ", 1)[-1])
         for name, cell in zip(columns, row, strict=True):
@@ -255,11 +256,14 @@ def log_comparison(*, engine: Engine, client: Any, run_id: int) -> str | None:
                 if cell.low is not None and cell.high is not None:
                     metrics.append(Metric(f"{bench}/{algorithm}/delta_ci_low", cell.low, ts, 0))
                     metrics.append(Metric(f"{bench}/{algorithm}/delta_ci_high", cell.high, ts, 0))
-            elif kind == "p" and isinstance(cell, float):
-                metrics.append(Metric(f"{bench}/{algorithm}/p", cell, ts, 0))
+            elif kind == "p" and isinstance(cell, PValue):
+                metrics.append(Metric(f"{bench}/{algorithm}/p", cell.value, ts, 0))
+                tests[f"wmtp.test.{bench}/{algorithm}"] = cell.test
     _send(client, parent, metrics)
     client.log_text(parent, to_markdown(tables.results), "comparison.md")
     client.set_tag(parent, "wmtp.baseline", tables.labels[tables.baseline])
+    for tag, test in tests.items():
+        client.set_tag(parent, tag, test)
     for member in members:
         client.set_tag(member.mlflow_run_id, "mlflow.parentRunId", parent)
     client.set_terminated(parent, "FINISHED", end_time=ts)

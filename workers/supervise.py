@@ -22,7 +22,6 @@ stopped with a checkpoint and nothing more is written; the lease then expires an
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -41,7 +40,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from wmtp_studio import rundir, store
 from wmtp_studio.models import Run, RunStatus
-from wmtp_studio.train.events import MetricLine
+from wmtp_studio.recipe import recipe_from_json
+from wmtp_studio.rundir.checkpoints import resume_state
+from wmtp_studio.rundir.metrics import MetricLine
+from wmtp_studio.rundir.results import SAMPLES, eval_dir, read_results
 from wmtp_studio.train.lifecycle import SUPERVISOR_ENV, supervisor_identity
 from workers import mlflow_sync
 
@@ -114,14 +116,11 @@ def rewind(engine: Engine, run_id: int, run_dir: Path) -> None:
     The trainer resumes from its latest complete checkpoint and rewrites the stream from the seq recorded there;
     doing the same before launch means no stale line past that point is ever read or kept.
     """
-    pointer = run_dir / "checkpoints" / "latest"  # published atomically by the trainer (train/checkpoint.py)
-    latest = run_dir / "checkpoints" / pointer.read_text().strip() if pointer.is_file() else None
-    state = json.loads((latest / "trainer_state.json").read_text()) if latest else {}
-    offset, seq = int(state.get("metrics_offset", 0)), int(state.get("seq", 0))
-    path = run_dir / "metrics.jsonl"
-    if path.exists() and path.stat().st_size > offset:
-        os.truncate(path, offset)
-    store.truncate_metrics(engine=engine, run_id=run_id, from_seq=seq)
+    state = resume_state(run_dir)
+    path = run_dir / rundir.METRICS
+    if path.exists() and path.stat().st_size > state.metrics_offset:
+        os.truncate(path, state.metrics_offset)
+    store.truncate_metrics(engine=engine, run_id=run_id, from_seq=state.seq)
 
 
 def session_pids(sid: int) -> list[int]:
@@ -199,7 +198,7 @@ def supervise(
     `database_ok` says whether the database is still the one the run was claimed from (see daemon.py)."""
     assert run.id is not None
     run_id, run_dir = run.id, Path(run.run_dir)
-    log_path = log_path or run_dir / "train.log"
+    log_path = log_path or run_dir / rundir.TRAIN_LOG
     env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), HF_HUB_DISABLE_PROGRESS_BARS="1")
     env["PYTHONUNBUFFERED"] = (
         "1"  # the job's output reaches train.log (the Log tab) line by line, as it happens
@@ -211,7 +210,7 @@ def supervise(
     if taken is not None:
         return JobOutcome(taken, None, "", 0)
     rewind(engine, run_id, run_dir)
-    tail, ingested = MetricsTail(run_dir / "metrics.jsonl"), 0
+    tail, ingested = MetricsTail(run_dir / rundir.METRICS), 0
 
     def ingest() -> None:
         nonlocal ingested
@@ -241,8 +240,9 @@ def supervise(
         )
         return JobOutcome("queued" if recorded else "fenced", code, "", ingested, tail.malformed, proc.pid)
     if code == 0 and watch.stopping is None:
-        for i, benchmark in enumerate(_benchmarks(run)):  # the recipe's evaluations, after training
-            out = Path(run.run_dir) / "eval" / f"{i}-{_slug(benchmark)}"
+        recipe = recipe_from_json(run.recipe_json, f"run {run_id}")
+        for i, benchmark in enumerate(recipe.eval.benchmarks):  # the recipe's evaluations, after training
+            out = eval_dir(run_dir, i, benchmark)
             with open(log_path, "ab") as log:
                 ev = _start(eval_command(run, benchmark, out), log, env)
             if not watch.follow(ev):
@@ -250,7 +250,9 @@ def supervise(
             if watch.stopping is not None or ev.returncode != 0:
                 code = ev.returncode
                 break
-            _record_results(engine, run_id, out / "results.json")
+            store.record_results(
+                engine=engine, run_id=run_id, results=read_results(out), samples=out / SAMPLES
+            )
     status: RunStatus
     if code == 0 and watch.stopping is None:
         status, error_tail = "succeeded", ""
@@ -415,48 +417,7 @@ class _Watch:
         return True
 
 
-def _benchmarks(run: Run) -> list[str]:
-    recipe = json.loads(run.recipe_json)
-    return list(recipe.get("eval", {}).get("benchmarks", []))
-
-
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)[:60]
-
-
 def eval_command(run: Run, benchmark: str, out: Path) -> list[str]:
-    """`wmtp eval` of the run's model on one of its recipe's benchmarks, with the recipe's sampling settings."""
-    ev = json.loads(run.recipe_json).get("eval", {})
-    ks = [k for k in ev.get("k", [1]) if k <= ev.get("n_samples", 1)] or [1]
-    return [
-        sys.executable,
-        "-c",
-        "from wmtp_studio.cli import wmtp_main; wmtp_main()",
-        "eval",
-        run.run_dir,
-        "--benchmark",
-        benchmark,
-        "--n",
-        str(ev.get("n_samples", 1)),
-        "--temperature",
-        str(ev.get("temperature", 0.0)),
-        "--top-p",
-        str(ev.get("top_p", 0.95)),
-        "--k",
-        ",".join(map(str, ks)),
-        "--max-new-tokens",
-        str(ev.get("max_new_tokens", 128)),
-        "--out",
-        str(out),
-        *(["--timeout", str(ev["timeout_s"])] if ev.get("timeout_s") else []),
-        *(["--memory", str(ev["memory_mb"])] if ev.get("memory_mb") else []),
-    ]
-
-
-def _record_results(engine: Engine, run_id: int, path: Path) -> None:
-    store.record_results(
-        engine=engine,
-        run_id=run_id,
-        results=json.loads(path.read_text()),
-        samples=path.with_name("samples.jsonl"),
-    )
+    """The evaluator on one of the run's recipe's benchmarks (it reads the recipe's settings itself)."""
+    evaluate = ["-m", "wmtp_studio.evaluate", "--run-dir", run.run_dir]
+    return [sys.executable, *evaluate, "--benchmark", benchmark, "--out", str(out)]

@@ -20,7 +20,7 @@ from tests.faults.conftest import TINY, studio_run, submit
 from tests.integration.conftest import RECIPES
 from tests.integration.jobs import ROOT, trainer_pids, wait_for
 from wmtp_studio import store
-from wmtp_studio.train.events import read_metrics
+from wmtp_studio.rundir.metrics import read_metrics
 from workers import mlflow_sync
 
 pytestmark = pytest.mark.slow

@@ -21,7 +21,7 @@ from tests.integration.conftest import lines, make_run
 from tests.integration.jobs import ROOT, trainer_pids, wait_for
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
-from wmtp_studio.train.events import read_metrics
+from wmtp_studio.rundir.metrics import read_metrics
 from wmtp_studio.train.loop import train
 
 pytestmark = pytest.mark.slow

@@ -144,5 +144,7 @@ def test_cli_comparison_runs_through_a_worker_into_the_database_and_mlflow(tmp_p
         assert mrun.data.params["algorithm.name"] == run.algorithm
         assert mrun.data.metrics["eval/generated:basic:10/pass_at_1"] == ev.pass_at_k
         assert "recipe.json" in {a.path for a in client.list_artifacts(mrun.info.run_id)}
-        (results,) = client.list_artifacts(mrun.info.run_id, "eval/0-generated_basic_10")
-        assert results.path.endswith("results.json")
+        forwarded = {a.path for a in client.list_artifacts(mrun.info.run_id, "eval/0-generated_basic_10")}
+        assert forwarded == {
+            f"eval/0-generated_basic_10/{name}" for name in ("results.json", "samples.jsonl")
+        }

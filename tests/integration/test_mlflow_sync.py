@@ -17,8 +17,8 @@ from sqlalchemy.engine import Engine
 from tests.integration.conftest import FAST, RECIPES
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.tracking import allowed_params
-from wmtp_studio.train.events import MetricLine
 from workers import mlflow_sync
 from workers.supervise import supervise
 
@@ -221,7 +221,9 @@ def test_a_quickstart_set_is_one_experiment_with_its_comparison_on_a_parent_run(
     assert m[f"{key}/quickstart-rho1-wmtp-s0/delta"] == 0.0
     low, high = (m[f"{key}/quickstart-baseline-mtp-s0/delta_ci_{s}"] for s in ("low", "high"))
     assert low <= -0.2 <= high <= 0  # bootstrap over problems: 2 discordant of 10
-    assert 0 < m[f"{key}/quickstart-baseline-mtp-s0/p"] <= 1
+    # 2 discordant problems, both ntp's: exact two-sided sign test 2 * (1/2)^2 = 0.5
+    assert m[f"{key}/quickstart-baseline-mtp-s0/p"] == pytest.approx(0.5)
+    assert parent.data.tags[f"wmtp.test.{key}/quickstart-baseline-mtp-s0"] == "exact sign test"
     assert f"{key}/quickstart-rho1-wmtp-s0/p" not in m  # every problem ties: no test
     table = Path(client.download_artifacts(parent.info.run_id, "comparison.md", str(tmp_path))).read_text()
     assert "Δ generated:compose:100 pass@1" in table and "quickstart-ntp-s0" in table

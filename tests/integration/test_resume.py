@@ -9,6 +9,7 @@ from pathlib import Path
 from safetensors.torch import load_file
 
 from tests.integration.conftest import lines, make_run, train_losses
+from wmtp_studio.rundir.checkpoints import read_trainer_state
 from wmtp_studio.train import checkpoint as ckpt
 from wmtp_studio.train.loop import EXIT_INTERRUPTED, train
 
@@ -57,5 +58,5 @@ def test_resume_without_checkpoint_starts_fresh_and_checkpoints_publish_atomical
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
     assert names == ["latest", "step_4", "step_6"]  # pruned to 2, no staging dirs left behind
     assert (run / "checkpoints" / "latest").read_text() == "step_6"
-    state = ckpt.read_json(run / "checkpoints" / "step_6" / "trainer_state.json")
-    assert state["step"] == 6 and state["seq"] > 0
+    state = read_trainer_state(run / "checkpoints" / "step_6")
+    assert state.step == 6 and state.seq > 0

@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import Recipe, load_recipe
-from wmtp_studio.train.events import MetricLine
+from wmtp_studio.rundir.metrics import MetricLine
 
 RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "tiny-ntp.yaml"
 CTX = mp.get_context("spawn")

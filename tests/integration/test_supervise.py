@@ -19,8 +19,8 @@ from tests.integration.conftest import FAST, RECIPES
 from wmtp_studio import store
 from wmtp_studio.models import Run, utcnow
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.rundir.metrics import read_metrics
 from wmtp_studio.train import checkpoint as ckpt
-from wmtp_studio.train.events import read_metrics
 from workers.supervise import JobOutcome, MetricsTail, launch_command, supervise
 
 OWNER = "worker-a"
@@ -210,7 +210,13 @@ def test_stale_token_kills_the_child_and_records_nothing(engine: Engine, tmp_pat
     )
 
 
-def test_the_recipes_evaluations_run_after_training_and_are_stored(engine: Engine, tmp_path: Path) -> None:
+def test_the_recipes_evaluations_run_after_training_and_are_stored(
+    engine: Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The worker's environment names this very studio (as a daemon's does): the evaluation is still stored
+    # once, by the worker (an evaluator that also stored it, as `wmtp eval` of a studio run does, doubled it).
+    monkeypatch.setenv("WMTP_DATABASE_URL", str(engine.url))
+    monkeypatch.setenv("WMTP_RUNS_DIR", str(tmp_path / "runs"))
     run = _claim(
         engine,
         tmp_path,

@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from tests.integration.conftest import RECIPES, ROOT
 from wmtp_studio import store
-from wmtp_studio.train.events import read_metrics
+from wmtp_studio.rundir.metrics import read_metrics
 from workers.supervise import session_pids
 
 pytestmark = pytest.mark.slow

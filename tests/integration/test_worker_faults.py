@@ -10,7 +10,7 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 
@@ -20,49 +20,14 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col
 
 from tests.integration.conftest import RECIPES
-from tests.integration.jobs import start_worker, stop_worker, studio, studio_env, trainer_pids, wait_for
+from tests.integration.jobs import studio, trainer_pids, wait_for
+from tests.integration.studio_fixtures import TINY, engine, env, worker  # noqa: F401 - fixtures
 from wmtp_studio import store
 from wmtp_studio.models import Worker, utcnow
-from wmtp_studio.train.events import read_metrics
+from wmtp_studio.rundir.metrics import read_metrics
 from workers.supervise import killed_by_signal
 
 pytestmark = pytest.mark.slow
-
-TINY = [
-    f"--set={o}"
-    for o in (
-        "data.generated.num_train=600",
-        "train.batch_size=16",
-        "eval.benchmarks=[]",
-        "train.log_every=1",
-    )
-]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return studio_env(tmp_path / "home")
-
-
-@pytest.fixture
-def engine(env: dict[str, str]) -> Engine:
-    Path(env["WMTP_HOME"]).mkdir(parents=True, exist_ok=True)
-    eng = store.make_engine(env["WMTP_DATABASE_URL"])
-    store.upgrade(engine=eng)
-    return eng
-
-
-@pytest.fixture
-def worker(env: dict[str, str], tmp_path: Path) -> Iterator[Callable[..., subprocess.Popen[bytes]]]:
-    procs: list[subprocess.Popen[bytes]] = []
-
-    def start(*args: str) -> subprocess.Popen[bytes]:
-        procs.append(start_worker(env, tmp_path / f"worker{len(procs)}.log", *args))
-        return procs[-1]
-
-    yield start
-    for proc in procs:
-        stop_worker(proc)
 
 
 @pytest.mark.parametrize("gpus", [0, 1], ids=["python", "accelerate-launch"])

@@ -18,8 +18,8 @@ from textual.screen import Screen
 from wmtp_studio import store
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
-from wmtp_studio.train.events import MetricLine
 from wmtp_studio.tui.context import StudioContext
 
 ROOT = Path(__file__).resolve().parents[2]

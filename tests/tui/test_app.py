@@ -14,7 +14,7 @@ from textual.widgets import DataTable, OptionList
 from tests.tui.conftest import add_run, settle, until
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
-from wmtp_studio.tui.app import StudioApp, create_app
+from wmtp_studio.tui.app import MODES, StudioApp, create_app
 from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
@@ -194,3 +194,26 @@ async def test_palette_screenshot_lands_in_the_studio_home(settings: Settings, e
         await until(pilot, lambda: folder.is_dir() and any(folder.glob("*.svg")), "a screenshot file")
         svg = next(folder.glob("*.svg")).read_text()
         assert svg.startswith("<svg") and "WMTP" in svg
+
+
+@pytest.mark.parametrize("screen", ["runs", "compare", "recipes", "queue", "run"])
+async def test_q_quits_from_every_screen_and_the_footer_says_so(
+    settings: Settings, engine: Engine, screen: str
+) -> None:
+    """One meaning for `q` on every screen (the run screen, opened from the runs, included): quit."""
+    add_run(engine, settings)
+    app = _app(settings)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: _rows(app) == 1, "the run")
+        if screen == "run":
+            await pilot.press("enter")
+            await until(pilot, lambda: type(app.screen).__name__ == "RunScreen", "the run screen")
+        else:
+            await pilot.press(str([m for m, _, _ in MODES].index(screen) + 1))
+            await until(pilot, lambda: app.current_mode == screen, f"the {screen} mode")
+        await pilot.pause()  # each screen's own first focus (a table, a list, tabs): no text field
+        shown = app.screen.active_bindings.get("q")
+        assert shown is not None and shown.binding.action == "quit" and shown.binding.show
+        await pilot.press("q")
+        await pilot.pause()
+        assert app.return_code == 0 and not app.is_running

@@ -19,8 +19,8 @@ from wmtp_studio import store
 from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
-from wmtp_studio.train.events import MetricLine
 from wmtp_studio.tui.compare_feed import CompareFeed
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
@@ -55,12 +55,14 @@ async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> No
         await pilot.pause(0.02)
 
 
-def store_set(engine: Engine, settings: Settings, algorithms: list[str], seeds: list[int]) -> list[Run]:
+def store_set(
+    engine: Engine, settings: Settings, algorithms: list[str], seeds: list[int], name: str | None = None
+) -> list[Run]:
     """A comparison set of the tiny recipe (10 steps) over algorithms x seeds, stored as the CLI stores one."""
     base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
     with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
         cset = sub.add_comparison_set(
-            name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
+            name=name or base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
         )
         return [
             sub.add_run(recipe=recipe, comparison_set_id=cset.id, diff=diff)
@@ -68,15 +70,18 @@ def store_set(engine: Engine, settings: Settings, algorithms: list[str], seeds: 
         ]
 
 
-def make_set(engine: Engine, settings: Settings) -> tuple[int, list[Run]]:
-    """A comparison set ntp, baseline-mtp x seeds 0, 1 with losses and pass@1 with per-problem results."""
+def make_set(engine: Engine, settings: Settings, name: str | None = None) -> tuple[int, list[Run]]:
+    """A comparison set ntp, baseline-mtp x seeds 0, 1 with losses (named as the trainer writes them: the total
+    and head 0's CE in training, their val_ counterparts on the held-out slice) and pass@1 per problem."""
     runs = []
-    for run in store_set(engine, settings, ["ntp", "baseline-mtp"], [0, 1]):
+    for run in store_set(engine, settings, ["ntp", "baseline-mtp"], [0, 1], name):
         rid = run.id or 0
         lines = [
-            MetricLine(seq=0, step=5, time=0.0, kind="train", metrics={"loss": 4.0 + rid}),
-            MetricLine(seq=1, step=10, time=0.0, kind="train", metrics={"loss": 3.0 + rid}),
-            MetricLine(seq=2, step=10, time=0.0, kind="val", metrics={"loss": 3.5 + rid}),
+            MetricLine(seq=0, step=5, time=0.0, kind="train", metrics={"loss": 4.0 + rid, "head0/ce": 2.0}),
+            MetricLine(seq=1, step=10, time=0.0, kind="train", metrics={"loss": 3.0 + rid, "head0/ce": 1.5}),
+            MetricLine(
+                seq=2, step=10, time=0.0, kind="val", metrics={"val_loss": 3.5 + rid, "head0/val_ce": 1.8}
+            ),
         ]
         store.ingest_metric_lines(engine=engine, run_id=rid, lines=lines)
         solved = SOLVED[(run.algorithm, run.seed)]
@@ -143,7 +148,14 @@ async def test_comparison_set_rows_per_algorithm_with_paired_tests(
         assert loss is not None and (loss.steps, loss.values) == ([5, 10], [4.0 + rid, 3.0 + rid])
         await pilot.press("m")
         options = screen._metric_options
-        assert options == ["train/loss+val/loss", "train/loss", "val/loss"]
+        assert options == [
+            "train/head0/ce+val/head0/val_ce",
+            "train/loss+val/val_loss",
+            "train/head0/ce",
+            "train/loss",
+            "val/head0/val_ce",
+            "val/val_loss",
+        ]
 
 
 async def test_exports_write_table_and_chart_files(ctx: StudioContext, settings: Settings) -> None:
@@ -182,7 +194,10 @@ async def test_exports_write_table_and_chart_files(ctx: StudioContext, settings:
         )
         assert next(exports.glob("*.png")).read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
         svg = next(exports.glob("*.svg")).read_bytes()
-        assert ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg" and b"tiny-ntp-s0 val/loss" in svg
+        assert (
+            ET.fromstring(svg).tag == "{http://www.w3.org/2000/svg}svg"
+            and b"tiny-ntp-s0 val/head0/val_ce" in svg
+        )
 
 
 async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settings) -> None:
@@ -190,10 +205,12 @@ async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settin
     screen = CompareScreen(ctx)
     async with CompareApp(screen).run_test(size=(80, 24)) as pilot:
         title = screen.query_one("#compare-title", Static)
-        await wait_for(pilot, lambda: "press p" in str(title.render()), "the empty title")
+        await wait_for(pilot, lambda: "set" in str(title.render()), "the latest set")
         await pilot.press("p")
         await wait_for(pilot, lambda: isinstance(pilot.app.screen, PickRunsModal), "the run picker")
         picker = pilot.app.screen.query_one(SelectionList)
+        assert sorted(picker.selected) == sorted(r.id for r in runs)  # the set's runs, ticked
+        picker.deselect_all()
         picker.select(runs[0].id or 0)  # ntp seed 0
         picker.select(runs[2].id or 0)  # baseline-mtp seed 0
         await pilot.press("enter")
@@ -214,7 +231,7 @@ def test_feed_stops_reading_a_finished_run_until_it_is_retried(
     set_id, runs = make_set(ctx.engine, settings)
     feed = CompareFeed(engine=ctx.engine, comparison_set_id=set_id, run_ids=[])
     first = runs[0].id or 0
-    assert len(feed.read().batches[first][0].points) == 3
+    assert len(feed.read().batches[first][0].points) == 6
     claimed = store.claim_next_run(engine=ctx.engine, owner="test", gpus_free=0, lease_s=60)
     assert claimed is not None and claimed.id == first
     store.finish_run(
@@ -295,3 +312,125 @@ async def test_three_seeds_show_the_test_used_and_which_differences_are_within_s
         ]
         note = str(screen.query_one("#results-note", Static).render())
         assert "2/2^S with S seeds (3 seeds: 0.25)" in note and "t-interval" in note
+
+
+def finish_next(engine: Engine, n: int, status: str = "succeeded") -> list[int]:
+    """Claim the next `n` queued runs (oldest first) as a worker would and finish them."""
+    done = []
+    for _ in range(n):
+        run = store.claim_next_run(engine=engine, owner="test", gpus_free=0, lease_s=60)
+        assert run is not None and run.id is not None
+        store.finish_run(engine=engine, run_id=run.id, owner="test", token=run.fencing_token, status=status)
+        done.append(run.id)
+    return done
+
+
+# make_set's answer, by hand: pooled pass@1 ntp 0.375, baseline-mtp 0.875 → Δ +0.500, exact Wilcoxon p 0.25,
+# per-seed Δ .75 and .25 whose t-interval contains 0 (see the tests above).
+ANSWER = "generated pass@1: ntp 0.375; Δ vs ntp: baseline-mtp +0.500 (p 0.25, within seed noise)"
+
+
+async def test_compare_mode_opens_on_the_latest_finished_set_else_the_latest(
+    ctx: StudioContext, settings: Settings
+) -> None:
+    first, runs_a = make_set(ctx.engine, settings, name="quickstart")
+    second, runs_b = make_set(ctx.engine, settings)
+    screen = CompareScreen(ctx)  # as the Compare mode opens it: nothing picked
+    async with CompareApp(screen).run_test(size=(120, 40)) as pilot:
+        title = screen.query_one("#compare-title", Static)
+        summary = screen.query_one("#summary", Static)
+        table = screen.query_one("#results-table", DataTable)
+        # nothing finished: the latest set, with how far it is
+        await wait_for(pilot, lambda: f"set {second} (tiny-ntp)" in str(title.render()), "the latest set")
+        await wait_for(pilot, lambda: table.row_count == 2, "its results")
+        assert rows(table)[0][0] == "ntp" and rows(table)[0][4] == "baseline"
+        await wait_for(pilot, lambda: "0 of 4 runs finished" in str(summary.render()), "its progress")
+
+        finish_next(ctx.engine, 4)  # the older set (the quickstart) finishes: it is the one to show now
+        await wait_for(pilot, lambda: f"quickstart (set {first})" in str(title.render()), "the finished set")
+        await wait_for(pilot, lambda: "finished\n" in str(summary.render()), "its answer")
+        assert str(summary.render()) == f"quickstart (set {first}) finished\n{ANSWER}"
+        assert sorted(screen.series) == sorted(r.id for r in runs_a)  # the other set's curves are gone
+        await wait_for(pilot, lambda: table.row_count == 2, "its results")
+        ntp, mtp = rows(table)
+        assert ntp[0] == "ntp" and ntp[4] == "baseline" and mtp[4].startswith("0.500 [")
+
+        finish_next(ctx.engine, 3)
+        finish_next(ctx.engine, 1, status="failed")  # the newer set finishes too, one run failed
+        await wait_for(pilot, lambda: f"set {second} (tiny-ntp)" in str(title.render()), "the newer set")
+        news = f"set {second} (tiny-ntp) finished (1 of 4 runs did not succeed)\n{ANSWER}"
+        await wait_for(pilot, lambda: str(summary.render()) == news, "its answer")
+        assert sorted(screen.series) == sorted(r.id for r in runs_b)
+
+
+async def test_the_dashboard_announces_a_set_when_its_last_run_finishes(
+    ctx: StudioContext, settings: Settings
+) -> None:
+    from wmtp_studio.tui.app import create_app
+
+    make_set(ctx.engine, settings, name="older")
+    finish_next(ctx.engine, 4)  # finished before the dashboard opened: not announced
+    set_id, _ = make_set(ctx.engine, settings, name="quickstart")
+    finish_next(ctx.engine, 3)
+    app = create_app(settings=settings, embedded_worker=False, offer_quickstart=False, poll_s=0.05)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: app._sets is not None and app._sets._done is not None, "the first look")
+        finish_next(ctx.engine, 1)
+        await wait_for(pilot, lambda: any("finished" in n.message for n in app._notifications), "the news")
+        (news,) = [n.message for n in app._notifications if "finished" in n.message]
+        assert news == f"quickstart (set {set_id}) finished\n{ANSWER}\nCompare (2) shows the table."
+
+
+class PickerApp(App[None]):
+    def __init__(self, modal: PickRunsModal) -> None:
+        super().__init__()
+        self.modal = modal
+        self.picked: list[list[int] | None] = []
+
+    def on_mount(self) -> None:
+        self.push_screen(self.modal, self.picked.append)
+
+
+async def test_run_picker_draws_unticked_boxes_empty_and_enter_with_none_ticked_says_so(
+    ctx: StudioContext, settings: Settings
+) -> None:
+    _, runs = make_set(ctx.engine, settings)
+    app = PickerApp(PickRunsModal(runs, [runs[0].id or 0]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        picker = app.modal.query_one(SelectionList)
+        await pilot.pause()
+        boxes = [picker.render_line(y).text[:3] for y in range(4)]
+        assert boxes == ["▐X▌", "▐ ▌", "▐ ▌", "▐ ▌"]  # Textual's own draws ▐X▌ in both states
+        picker.deselect_all()
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: len(app._notifications) > 0, "a notification")
+        assert [n.message for n in app._notifications] == [
+            "No run ticked: tick runs with space, then Enter (Escape cancels)"
+        ]
+        assert app.screen is app.modal and app.picked == []  # still picking
+        await pilot.press("down", "space", "enter")  # the second run
+        assert app.picked == [[runs[1].id]]
+
+
+# Okabe & Ito's colours, from their hex codes #E69F00, #56B4E9, #009E73, #CC79A7.
+ORANGE, SKY_BLUE, BLUISH_GREEN, REDDISH_PURPLE = (230, 159, 0), (86, 180, 233), (0, 158, 115), (204, 121, 167)
+
+
+async def test_default_chart_is_head0_ce_train_solid_and_val_dotted_in_colour_blind_safe_colours(
+    ctx: StudioContext, settings: Settings
+) -> None:
+    set_id, runs = make_set(ctx.engine, settings)
+    screen = CompareScreen(ctx, comparison_set_id=set_id)
+    async with CompareApp(screen).run_test(size=(120, 40)) as pilot:
+        await wait_for(pilot, lambda: len(screen.drawn) == 8, "the curves")
+        names = [r.name for r in runs]
+        colours = [ORANGE, SKY_BLUE, BLUISH_GREEN, REDDISH_PURPLE]
+        # the val bullets first, under the solid training lines; one colour per run
+        assert screen.drawn == [
+            *((n, "val/head0/val_ce", c, "dot") for n, c in zip(names, colours, strict=True)),
+            *((n, "train/head0/ce", c, "hd") for n, c in zip(names, colours, strict=True)),
+        ]
+        # the total loss (a sum over heads) stays one choice away
+        screen.query_one("#metric", Select).value = "train/loss+val/val_loss"
+        await wait_for(pilot, lambda: screen.drawn[0][1] == "val/val_loss", "the total loss")
+        assert {(d[1], d[3]) for d in screen.drawn} == {("val/val_loss", "dot"), ("train/loss", "hd")}

@@ -95,13 +95,16 @@ async def test_workers_table_shows_gpus_heartbeat_and_the_embedded_worker(
     store.register_worker(engine=engine, worker_id="here:22", host="here", pid=22, slots=["cpu"], version="x")
     stats = [{"index": 0, "memory_used_mib": 40960, "memory_total_mib": 81920, "utilization_pct": 87}]
     store.heartbeat(engine=engine, worker_id="gpu-host:11", current_run_ids=[3], gpu_stats=stats)
+    store.heartbeat(engine=engine, worker_id="here:22", current_run_ids=[])
     app = ScreenApp(lambda: QueueScreen(ctx, embedded_pid=lambda: 22))
     async with app.run_test(size=(140, 40)) as pilot:
         await until(pilot, lambda: len(_column(app, "#workers", "worker")) == 2, "the workers")
         assert _column(app, "#workers", "kind") == ["external", "embedded"]
         assert _column(app, "#workers", "gpu memory") == ["40/80G", "-"]
         assert _column(app, "#workers", "gpu util") == ["87%", "-"]
-        assert _column(app, "#workers", "runs") == ["3", "-"]
+        assert _column(app, "#workers", "slots") == ["1 (gpu0)", "1 (cpu)"]
+        assert _column(app, "#workers", "busy") == ["1/1", "0/1"]
+        assert _column(app, "#workers", "running") == ["run 3", "-"]
         assert all(age.endswith("s ago") for age in _column(app, "#workers", "heartbeat"))
         assert not any("dead" in age for age in _column(app, "#workers", "heartbeat"))
         screen = app.screen
@@ -112,3 +115,37 @@ async def test_workers_table_shows_gpus_heartbeat_and_the_embedded_worker(
             lambda: all(age.endswith("ago (dead)") for age in _column(app, "#workers", "heartbeat")),
             "both workers shown dead",
         )
+
+
+async def test_workers_show_how_many_slots_they_have_and_which_runs_fill_them(
+    ctx: StudioContext, engine: Engine
+) -> None:
+    """A 2-GPU worker holding one run and a CPU worker started with `--slots 3` (its row holds ["cpu"] x 3,
+    as workers/daemon.py registers it) holding two."""
+    store.register_worker(
+        engine=engine, worker_id="gpus:1", host="gpus", pid=1, slots=["gpu0", "gpu1"], version="x"
+    )
+    store.register_worker(
+        engine=engine, worker_id="cpus:2", host="cpus", pid=2, slots=["cpu"] * 3, version="x"
+    )
+    store.heartbeat(engine=engine, worker_id="gpus:1", current_run_ids=[7])
+    store.heartbeat(engine=engine, worker_id="cpus:2", current_run_ids=[4, 9])
+    app = ScreenApp(lambda: QueueScreen(ctx))
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(_column(app, "#workers", "worker")) == 2, "the workers")
+        rows = dict(
+            zip(
+                _column(app, "#workers", "worker"),
+                zip(
+                    _column(app, "#workers", "slots"),
+                    _column(app, "#workers", "busy"),
+                    _column(app, "#workers", "running"),
+                    strict=True,
+                ),
+                strict=True,
+            )
+        )
+        assert rows == {
+            "gpus:1": ("2 (gpu0,gpu1)", "1/2", "run 7"),
+            "cpus:2": ("3 (cpu)", "2/3", "run 4, run 9"),
+        }

@@ -22,7 +22,7 @@ from wmtp_studio import store
 from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import load_recipe
-from wmtp_studio.train.events import MetricLine, read_metrics
+from wmtp_studio.rundir.metrics import MetricLine, read_metrics
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.screens.run import RunScreen

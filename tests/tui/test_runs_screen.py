@@ -13,9 +13,9 @@ from textual.widgets import DataTable
 from tests.tui.conftest import ScreenApp, add_losses, add_pass1, add_run, ago, claim, settle, until
 from wmtp_studio import store
 from wmtp_studio.models import Run
+from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
 from wmtp_studio.submit import submit_quickstart
-from wmtp_studio.train.events import MetricLine
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.embedded import EmbeddedWorker
 from wmtp_studio.tui.runcells import (

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.tui.test_run_screen import STREAMS, RunApp, chart, new_run, points, until
-from wmtp_studio.train.events import read_metrics
+from wmtp_studio.rundir.metrics import read_metrics
 from wmtp_studio.tui.context import StudioContext
 
 pytestmark = pytest.mark.anyio

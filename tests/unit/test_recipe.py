@@ -240,17 +240,17 @@ def test_recipe_text_is_validated_like_a_file() -> None:
         load_recipe_text(BASE.replace("steps: 5", "steps: -1"), "editor", env={})
 
 
-def test_eval_limits_are_recipe_fields_passed_to_wmtp_eval() -> None:
-    from wmtp_studio.models import Run
-    from workers.supervise import eval_command
+def test_eval_limits_are_recipe_fields_passed_to_the_evaluator() -> None:
+    from wmtp_studio.evaluate.__main__ import recipe_request
 
     path = RECIPES / "tiny-ntp.yaml"
     assert load_recipe(path).eval.timeout_s is None  # default: the benchmark's published protocol
-    recipe = load_recipe(path, ["eval.timeout_s=1.5", "eval.memory_mb=512"])
-    run = Run(name="r", algorithm="ntp", recipe_json=recipe.canonical_json(), run_dir="/runs/r")
-    cmd = eval_command(run, "humaneval", Path("out"))
-    assert cmd[cmd.index("--timeout") + 1] == "1.5" and cmd[cmd.index("--memory") + 1] == "512"
-    plain = Run(name="r", algorithm="ntp", recipe_json=load_recipe(path).canonical_json(), run_dir="/runs/r")
-    assert "--timeout" not in eval_command(plain, "humaneval", Path("out"))
+    recipe = load_recipe(
+        path, ["eval.timeout_s=1.5", "eval.memory_mb=512", "eval.n_samples=4", "eval.k=[1,5,4]"]
+    )
+    req = recipe_request(recipe, Path("/runs/r"), "humaneval", Path("out"))
+    assert (req.timeout_s, req.memory_mb, req.n, req.ks) == (1.5, 512, 4, (1, 4))  # k=5 > 4 samples: left out
+    plain = recipe_request(load_recipe(path), Path("/runs/r"), "humaneval", Path("out"))
+    assert (plain.timeout_s, plain.memory_mb, plain.ks) == (None, None, (1,))
     with pytest.raises(RecipeError):
         load_recipe(path, ["eval.timeout_s=0"])

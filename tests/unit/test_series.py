@@ -10,7 +10,7 @@ from sqlalchemy.engine import Engine
 
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
-from wmtp_studio.train.events import MetricLine, read_metrics
+from wmtp_studio.rundir.metrics import MetricLine, read_metrics
 from wmtp_studio.tui.series import (
     FeedBatch,
     HistHistory,
@@ -188,12 +188,11 @@ def test_text_tail_reads_complete_lines_and_restarts_when_cut(tmp_path: Path) ->
 
 
 def test_flat_series_get_a_fixed_range_and_others_automatic() -> None:
-    from wmtp_studio.tui.widgets.charts import flat_range
+    from wmtp_studio.tui.widgets.charts import y_range
 
-    lo, hi = flat_range([1.0, 1.0000001, 0.9999999])  # float noise around 1: drawn flat within +/- 0.1 %
-    assert lo == pytest.approx(0.9999999 - 1e-3 * 1.0000001) and hi == pytest.approx(
-        1.0000001 + 1e-3 * 1.0000001
-    )
-    assert flat_range([0.0, 0.0]) == (-1e-9, 1e-9)
-    assert flat_range([0.5, 0.9]) == (None, None)  # a real curve: automatic limits
-    assert flat_range([float("nan")]) == (None, None)
+    # float noise around 1: drawn flat at 1.0 within +/- 5 % (the level rounded to a tenth of the pad, 0.005 -> 0.001)
+    lo, hi, level = y_range([1.0, 1.0000001, 0.99999994])
+    assert (lo, hi, level) == (pytest.approx(0.95), pytest.approx(1.05), pytest.approx(1.0))
+    assert y_range([0.0, 0.0]) == (-1.0, 1.0, 0.0)  # a std of exactly 0: +/- 1 around it
+    assert y_range([0.5, 0.9]) == (0.5, 0.9, None)  # a real curve: its own limits
+    assert y_range([float("nan")]) == (0.0, 1.0, None)

@@ -22,8 +22,8 @@ from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import Evaluation, Run, utcnow
 from wmtp_studio.recipe import Recipe, load_recipe
+from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
-from wmtp_studio.train.events import MetricLine
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
-from wmtp_studio.train.events import MetricLine
+from wmtp_studio.rundir.metrics import MetricLine
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

@@ -6,7 +6,15 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from wmtp_studio.train.weights import critic_weights, excess_loss, rho1_weights, td_errors
+from wmtp_studio.train.weights import (
+    critic_weights,
+    excess_loss,
+    rho1_weights,
+    select_rescale,
+    select_scale,
+    td_errors,
+    uniform_weights,
+)
 
 TOL = {"atol": 1e-5, "rtol": 1e-5}
 
@@ -148,6 +156,25 @@ def test_rho1_select_keeps_top_ratio_of_valid_entries() -> None:
     assert_close(rho1_weights(excess, b(MASK), head=1, ratio=0.4), t([0, 1, 0, 1, 0, 0]), atol=0, rtol=0)
     # round(0.05 * 5) = 0 -> at least 1: 3.0
     assert_close(rho1_weights(excess, b(MASK), head=1, ratio=0.05), t([0, 1, 0, 0, 0, 0]), atol=0, rtol=0)
+
+
+def test_rho1_select_rescale_makes_the_head_term_the_mean_over_kept_entries() -> None:
+    mask = b(MASK)
+    kept = rho1_weights(t(EXCESS), mask, head=1, ratio=0.6)  # 3 of the 5 valid entries (above)
+    w = select_rescale(kept, mask.float().sum())
+    # N / K = 5 / 3 on the kept entries: the loss's sum(w * CE) / N is then the mean CE over the 3 kept
+    assert_close(w, t([0, 5 / 3, 0, 5 / 3, 0, 5 / 3]), atol=0, rtol=0)
+    ce = t([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert float((w * ce).sum() / 5) == pytest.approx((2.0 + 4.0 + 6.0) / 3)
+    assert_close(select_rescale(t([0.0] * 6), torch.tensor(0.0)), t([0.0] * 6), atol=0, rtol=0)  # K=0: 0/1
+    # over a whole step: 8 valid entries, round(0.6 * 8) = 5 kept weigh 8 / 5; a head with none weighs 0
+    assert select_scale(8, 5) == 1.6 and select_scale(0, 0) == 0.0
+
+
+def test_uniform_weights_are_the_mask() -> None:
+    w = uniform_weights(2, t([7.0, 1.0, 3.0]), b([1, 0, 1]))
+    assert w.dtype == torch.float32
+    assert_close(w, t([1.0, 0.0, 1.0]), atol=0, rtol=0)
 
 
 def test_rho1_select_keep_head0() -> None:

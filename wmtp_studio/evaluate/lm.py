@@ -19,6 +19,7 @@ from wmtp_studio.recipe import DataSection, GeneratedData, TrainSection
 from wmtp_studio.train.data import Example, collate, encode, epoch_plan, load_examples
 from wmtp_studio.train.loss import forward_backward
 from wmtp_studio.train.model import MTPModel
+from wmtp_studio.train.weights import uniform_weights
 
 
 def heldout_examples(spec: str, limit: int | None) -> tuple[list[Example], str]:
@@ -63,7 +64,7 @@ def lm_metrics(
             b.input_ids,
             b.token_mask,
             b.segment_ids,
-            lambda _k, _ce, m: m.float(),
+            uniform_weights,
             [1.0] * n,
             [1.0] * n,
             backward=False,

@@ -21,6 +21,8 @@ import numpy as np
 from scipy.stats import binomtest, rankdata, wilcoxon
 from scipy.stats import t as student_t
 
+from wmtp_studio.rundir.results import PassAtK as PassAtK  # results.json's model of one k
+
 _CHUNK = 1000  # bootstrap replicates drawn at once: bounds memory to _CHUNK x problems indices
 EXACT_MAX = 500
 """Most non-zero differences whose signed-rank p is computed exactly (the distribution over sign flips costs
@@ -48,18 +50,6 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     if n - c < k:  # every size-k subset holds a passing sample
         return 1.0
     return 1.0 - math.prod(1.0 - k / i for i in range(n - c + 1, n + 1))
-
-
-@dataclass(frozen=True)
-class PassAtK:
-    """Mean pass@k over problems with its 95 % bootstrap CI over problems."""
-
-    k: int
-    value: float
-    ci_low: float
-    ci_high: float
-    n_problems: int
-    n_samples: int  # the smallest number of samples any problem had
 
 
 @dataclass(frozen=True)
@@ -148,7 +138,16 @@ def summarize(
             continue
         scores = _per_problem(results, ids, k)
         low, high = _ci(_bootstrap_means(scores, iters, seed))
-        out.append(PassAtK(k, float(scores.mean()), low, high, len(ids), n_min))
+        out.append(
+            PassAtK(
+                k=k,
+                value=float(scores.mean()),
+                ci_low=low,
+                ci_high=high,
+                n_problems=len(ids),
+                n_samples=n_min,
+            )
+        )
     return out
 
 

@@ -1,7 +1,8 @@
 """`wmtp eval`: model -> samples -> sandbox verdicts -> pass@k with CIs, written as files.
 
 A leaf like the trainer: it reads a model directory (or a run directory's `model/`), writes `samples.jsonl` and
-`results.json` into an output directory, and, given a run directory, appends `eval` lines to its metrics.jsonl.
+`results.json` (rundir/results.py) into an output directory, and, given a run directory, appends `eval` lines to
+its metrics.jsonl.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from wmtp_studio.errors import StudioError
 from wmtp_studio.evaluate.model_files import check_model_dir
-from wmtp_studio.evaluate.passk import PassAtK, summarize
+from wmtp_studio.evaluate.passk import summarize
 from wmtp_studio.evaluate.sandbox import Limits, Result, Sandbox, Tier
 from wmtp_studio.evaluate.tasks import (
     MBPP_ROW,
@@ -28,6 +29,10 @@ from wmtp_studio.evaluate.tasks import (
 )
 from wmtp_studio.prompts import MBPP_STOP, mbpp_program
 from wmtp_studio.records import read_records
+from wmtp_studio.rundir import METRICS, MODEL, RECIPE
+from wmtp_studio.rundir.checkpoints import TRAINER_STATE, latest_checkpoint
+from wmtp_studio.rundir.metrics import read_metrics
+from wmtp_studio.rundir.results import SAMPLES, EvalResults, ProblemCount, write_results
 
 STDERR_TAIL = 2000  # characters of a sample's stderr kept in samples.jsonl
 
@@ -74,17 +79,15 @@ def resolve_model_dir(path: Path) -> tuple[Path, Path | None]:
 
 
 def _locate_model_dir(path: Path) -> tuple[Path, Path | None]:
-    if (path / "recipe.json").is_file():
-        if (path / "model").is_dir():
-            return path / "model", path
-        from wmtp_studio.train.checkpoint import latest_checkpoint
-
+    if (path / RECIPE).is_file():
+        if (path / MODEL).is_dir():
+            return path / MODEL, path
         latest = latest_checkpoint(path)
         if latest is None:
             raise StudioError(f"{path} is a run directory without a model or a checkpoint yet")
-        return latest / "model", path
-    if (path / "model").is_dir() and (path / "trainer_state.json").is_file():
-        return path / "model", None  # a checkpoint directory
+        return latest / MODEL, path
+    if (path / MODEL).is_dir() and (path / TRAINER_STATE).is_file():
+        return path / MODEL, None  # a checkpoint directory
     if (path / "config.json").is_file():
         return path, None
     raise StudioError(f"{path} is neither a run directory, a checkpoint nor a model directory")
@@ -157,29 +160,26 @@ def write_outputs(
     sampling: dict[str, Any],
     model: str,
     limits: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """samples.jsonl + results.json (the protocol with the `limits` in force); returns the results dict."""
+) -> EvalResults:
+    """samples.jsonl + results.json (the protocol with the `limits` in force); returns the results."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / "samples.jsonl", "w") as fh:
+    with open(out_dir / SAMPLES, "w") as fh:
         for v in verdicts:
             fh.write(json.dumps(asdict(v)) + "\n")
     by_task = results_by_task(verdicts)
-    summary: list[PassAtK] = summarize(by_task, ks)
     tiers = sorted({v.tier for v in verdicts})
-    results = {
-        "benchmark": bench.name,
-        "protocol": {**bench.protocol, **(limits or {})},
-        "sampling": sampling,
-        "model": model,
-        "isolation_tier": tiers[0] if len(tiers) == 1 else tiers,
-        "n_problems": len(by_task),
-        "pass_at_k": [asdict(p) for p in summary],
-        "per_problem": {t: {"n": len(r), "c": sum(r)} for t, r in by_task.items()},
-        "time": time.time(),
-    }
-    tmp = out_dir / "results.json.tmp"
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(out_dir / "results.json")
+    results = EvalResults(
+        benchmark=bench.name,
+        protocol={**bench.protocol, **(limits or {})},
+        sampling=sampling,
+        model=model,
+        isolation_tier=tiers[0] if len(tiers) == 1 else tiers,
+        n_problems=len(by_task),
+        pass_at_k=summarize(by_task, ks),
+        per_problem={t: ProblemCount(n=len(r), c=sum(r)) for t, r in by_task.items()},
+        time=time.time(),
+    )
+    write_results(out_dir, results)
     return results
 
 
@@ -190,35 +190,31 @@ def metric_segment(benchmark: str) -> str:
     return "".join(c if c.isalnum() or c in "_-.:" else "_" for c in benchmark).strip(".") or "_"
 
 
-def append_eval_events(run_dir: Path, results: dict[str, Any]) -> None:
+def append_eval_events(run_dir: Path, results: EvalResults) -> None:
     """One `eval` line per k in the run's metrics.jsonl, continuing its seq. Its metrics are keyed by benchmark
     (`<benchmark>/pass@<k>`, stored as `eval/<benchmark>/pass@<k>`), so that two evaluations of a run never
     write the same name (HumanEval's 0 used to hide the held-out score)."""
-    from wmtp_studio.train.events import MetricsWriter, read_metrics
+    from wmtp_studio.train.events import MetricsWriter
 
-    path = run_dir / "metrics.jsonl"
+    path = run_dir / METRICS
     existing = read_metrics(path) if path.is_file() else []
     seq = existing[-1].seq + 1 if existing else 0
     step = max((m.step for m in existing), default=0)
     writer = MetricsWriter(path, seq=seq)
     try:
-        bench = metric_segment(results["benchmark"])
-        for p in results["pass_at_k"]:
+        bench = metric_segment(results.benchmark)
+        for p in results.pass_at_k:
             writer.write(
                 "eval",
                 step,
                 metrics={
-                    f"{bench}/pass@{p['k']}": p["value"],
-                    f"{bench}/pass@{p['k']}/ci_low": p["ci_low"],
-                    f"{bench}/pass@{p['k']}/ci_high": p["ci_high"],
+                    f"{bench}/pass@{p.k}": p.value,
+                    f"{bench}/pass@{p.k}/ci_low": p.ci_low,
+                    f"{bench}/pass@{p.k}/ci_high": p.ci_high,
                 },
-                data={
-                    "benchmark": results["benchmark"],
-                    "protocol": results["protocol"],
-                    "sampling": results["sampling"],
-                    "isolation_tier": results["isolation_tier"],
-                    "n_problems": results["n_problems"],
-                },
+                data=results.model_dump(
+                    mode="json", include={"benchmark", "protocol", "sampling", "isolation_tier", "n_problems"}
+                ),
             )
     finally:
         writer.close()
@@ -275,7 +271,7 @@ def benchmark_for_run(spec: str, run_dir: Path | None) -> str:
     benchmark its recipe evaluates it on, e.g. `generated:compose:100`, when it lists one), not `basic`."""
     if spec != "generated" or run_dir is None:
         return spec
-    recipe = json.loads((run_dir / "recipe.json").read_text())
+    recipe = json.loads((run_dir / RECIPE).read_text())
     data = recipe.get("data") or {}
     if data.get("source") != "generated":
         return spec
@@ -288,8 +284,9 @@ def benchmark_for_run(spec: str, run_dir: Path | None) -> str:
     return own[0] if own else f"generated:{family}"
 
 
-def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[dict[str, Any], Path]:
-    """Generate, judge and summarise; returns (results, output directory)."""
+def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[EvalResults, Path]:
+    """Generate, judge and summarise; returns (results, output directory). The results name the benchmark
+    evaluated, which for `generated` and a run is the run's own family (`benchmark_for_run`)."""
     from wmtp_studio.evaluate.tasks import load_benchmark
 
     bad_k = [k for k in req.ks if k < 1 or k > req.n]
@@ -353,8 +350,6 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
         "seed": req.seed,
     }
     results = write_outputs(out, bench, verdicts, req.ks, sampling, str(model_dir), limits_of(sandbox))
-    if bench.name != req.benchmark:
-        results["requested"] = req.benchmark  # what was asked for, e.g. `generated` for the run's own family
     if run_dir is not None:
         append_eval_events(run_dir, results)
     return results, out
@@ -404,7 +399,7 @@ def evaluate_samples(
     progress: Progress | None = None,
     timeout_s: float | None = None,
     memory_mb: int | None = None,
-) -> tuple[dict[str, Any], Path]:
+) -> tuple[EvalResults, Path]:
     """Judge completions produced elsewhere; pass@k only over the problems present in the file.
 
     `timeout_s` defaults to the benchmark's published protocol, `memory_mb` to the sandbox's default."""

@@ -50,7 +50,14 @@ from wmtp_studio.store.metrics import (
     truncate_metrics,
 )
 from wmtp_studio.store.mlflow_cursor import mark_mlflow_synced, runs_to_sync, set_mlflow_run
-from wmtp_studio.store.overviews import RunOverview, failure_reason, queue_runs, runs_overview
+from wmtp_studio.store.overviews import (
+    RunOverview,
+    SetProgress,
+    comparison_set_progress,
+    failure_reason,
+    queue_runs,
+    runs_overview,
+)
 from wmtp_studio.store.runs import get_run, list_runs, request_cancel, retry_run, set_of_run, set_priority
 from wmtp_studio.store.submission import (
     Submission,
@@ -77,9 +84,11 @@ __all__ = [
     "Point",
     "PointPage",
     "RunOverview",
+    "SetProgress",
     "Submission",
     "check_models_match_migrations",
     "claim_next_run",
+    "comparison_set_progress",
     "database_error",
     "database_file",
     "failure_reason",

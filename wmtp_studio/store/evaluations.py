@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import Engine
 from sqlmodel import col, select
@@ -12,10 +11,11 @@ from sqlmodel import col, select
 from wmtp_studio.database import read_session as _read
 from wmtp_studio.database import write_session as _write
 from wmtp_studio.models import Evaluation
+from wmtp_studio.rundir.metrics import MetricLine
+from wmtp_studio.rundir.results import EvalResults
 from wmtp_studio.store.metrics import ingest_metric_lines
 from wmtp_studio.store.mlflow_cursor import mark_mlflow_synced
 from wmtp_studio.store.runs import require_run
-from wmtp_studio.train.events import MetricLine
 
 
 def record_evaluation(*, engine: Engine, evaluation: Evaluation) -> Evaluation:
@@ -27,28 +27,26 @@ def record_evaluation(*, engine: Engine, evaluation: Evaluation) -> Evaluation:
 
 
 def record_results(
-    *, engine: Engine, run_id: int, results: dict[str, Any], samples: Path | None = None
+    *, engine: Engine, run_id: int, results: EvalResults, samples: Path | None = None
 ) -> list[Evaluation]:
-    """Store an evaluation's results.json (as `wmtp eval` writes it): one Evaluation per k, in one transaction.
-    `samples`: its samples.jsonl (each sample's verdict and why), which the Evaluations tab reads."""
+    """Store an evaluation's results.json (rundir/results.py): one Evaluation per k, in one transaction; the one
+    way pass@k reaches the database. `samples`: its samples.jsonl (each sample's verdict and why), which the
+    Evaluations tab reads."""
+    per_problem = results.model_dump(mode="json", include={"per_problem"})["per_problem"]
+    protocol = results.model_dump(mode="json", include={"protocol", "sampling", "isolation_tier"})
     rows = [
         Evaluation(
             run_id=run_id,
-            benchmark=results["benchmark"],
-            k=p["k"],
-            pass_at_k=p["value"],
-            ci_low=p["ci_low"],
-            ci_high=p["ci_high"],
-            n_problems=results["n_problems"],
-            per_problem=results.get("per_problem"),
-            protocol={
-                "protocol": results["protocol"],
-                "sampling": results["sampling"],
-                "isolation_tier": results["isolation_tier"],
-            }
-            | ({"samples": str(samples)} if samples is not None else {}),
+            benchmark=results.benchmark,
+            k=p.k,
+            pass_at_k=p.value,
+            ci_low=p.ci_low,
+            ci_high=p.ci_high,
+            n_problems=results.n_problems,
+            per_problem=per_problem,
+            protocol=protocol | ({"samples": str(samples)} if samples is not None else {}),
         )
-        for p in results["pass_at_k"]
+        for p in results.pass_at_k
     ]
     with _write(engine) as s:
         require_run(s, run_id)
@@ -61,7 +59,7 @@ def record_later_evaluation(
     engine: Engine,
     run_id: int,
     lines: Sequence[MetricLine],
-    results: dict[str, Any],
+    results: EvalResults,
     samples: Path | None = None,
 ) -> list[Evaluation]:
     """An evaluation made after the run's supervisor stopped following it (`wmtp eval` of a studio run dir): its

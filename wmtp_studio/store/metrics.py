@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from wmtp_studio.database import read_session as _read
 from wmtp_studio.database import write_session as _write
 from wmtp_studio.models import MetricBlob, MetricPoint, Run
-from wmtp_studio.train.events import MetricLine
+from wmtp_studio.rundir.metrics import MetricLine
 
 SCALAR_KINDS = ("train", "val", "stage1", "eval")
 

@@ -9,7 +9,7 @@ from sqlalchemy.engine import Engine
 from sqlmodel import col, select
 
 from wmtp_studio.database import read_session as _read
-from wmtp_studio.models import ComparisonSet, Evaluation, MetricPoint, Run
+from wmtp_studio.models import FINISHED_STATUSES, ComparisonSet, Evaluation, MetricPoint, Run
 
 
 @dataclass(frozen=True)
@@ -75,3 +75,31 @@ def queue_runs(*, engine: Engine, finished_limit: int = 20) -> list[Run]:
     with _read(engine) as s:
         rows = list(s.exec(active.order_by(order, col(Run.priority).desc(), col(Run.id))))
         return rows + list(s.exec(retryable.order_by(col(Run.finished_at).desc()).limit(finished_limit)))
+
+
+@dataclass(frozen=True)
+class SetProgress:
+    """A comparison set with how many runs it has and how many of them finished (succeeded, failed, cancelled)."""
+
+    id: int
+    name: str
+    runs: int
+    finished: int
+
+    @property
+    def done(self) -> bool:
+        return self.runs > 0 and self.finished == self.runs
+
+
+def comparison_set_progress(*, engine: Engine, limit: int = 50) -> list[SetProgress]:
+    """The newest `limit` comparison sets, newest first, with their runs counted: one grouped query."""
+    finished = sa.func.sum(sa.case((col(Run.status).in_(FINISHED_STATUSES), 1), else_=0))
+    query = (
+        select(ComparisonSet.id, ComparisonSet.name, sa.func.count(col(Run.id)), finished)
+        .outerjoin(Run, col(Run.comparison_set_id) == ComparisonSet.id)
+        .group_by(col(ComparisonSet.id), col(ComparisonSet.name))
+        .order_by(col(ComparisonSet.id).desc())
+        .limit(limit)
+    )
+    with _read(engine) as s:
+        return [SetProgress(i or 0, name, n, int(f or 0)) for i, name, n, f in s.exec(query)]

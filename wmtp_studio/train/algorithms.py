@@ -23,9 +23,12 @@ from wmtp_studio.train.weights import (
     critic_weights,
     excess_loss,
     rho1_weights,
+    select_rescale,
+    select_scale,
     select_top,
     shift_to_head,
     td_errors,
+    uniform_weights,
 )
 
 
@@ -56,10 +59,6 @@ class StepDiagnostics:
         return out
 
 
-def _uniform(_k: int, _ce: Tensor, m: Tensor) -> Tensor:
-    return m.float()
-
-
 @dataclass
 class Rho1Selection:
     """rho1 `select` for one micro-batch, chosen over the whole optimiser step (see `rho1_step_selection`)."""
@@ -88,7 +87,7 @@ def algorithm_hooks(
     algo = recipe.algorithm
     match algo:
         case NTPConfig() | BaselineMTPConfig():
-            return _uniform, None  # METHOD.md: w = 1
+            return uniform_weights, None  # METHOD.md: w = 1
         case CriticConfig():
             assert value_head is not None
             return _critic_hooks(algo, batch, trunk, value_head, diag, value_scale, value_rows)
@@ -208,7 +207,7 @@ def rho1_step_selection(
         total = everyone[k].numel()
         keep = max(1, round(total * algo.ratio))  # round half to even, as rho1_weights
         mine = select_top(everyone[k], keep)[offsets[k] : offsets[k] + local[k].numel()]
-        scale[k] = total / min(keep, total) if total else 0.0
+        scale[k] = select_scale(total, min(keep, total))
         start = 0
         for i, m in enumerate(masks[k]):
             count = int(m.sum())
@@ -273,10 +272,8 @@ def _rho1_weights_fn(
         n = m.float().sum()
         diag.add(f"head{k}/excess_mean", (e * m).sum(), n)
         if algo.mode == "select":
-            kept = (w * m).sum()
-            diag.add(f"head{k}/selected_fraction", kept, n)
-            # The head's term is the mean CE over kept entries: with the loss's denominator N, scale by N / K.
-            return w * (n / kept.clamp(min=1.0))
+            diag.add(f"head{k}/selected_fraction", (w * m).sum(), n)
+            return select_rescale(w, n)
         return w
 
     return weights_for

@@ -2,12 +2,12 @@
 
 Every rank writes its RNG state into a temporary directory; rank 0 writes the model (HF files + extra heads),
 the value head, optimiser, scheduler and trainer state, fsyncs everything, renames the directory into place and
-then replaces the `latest` pointer. A reader that follows `latest` always finds a complete checkpoint.
+then replaces the `latest` pointer. A reader that follows `latest` always finds a complete checkpoint. The
+layout, the pointer and the trainer state are the run directory's contract (rundir/checkpoints.py).
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -18,12 +18,8 @@ import numpy as np
 import torch
 
 from wmtp_studio.errors import StudioError
-
-LATEST = "latest"
-
-
-def checkpoints_dir(run_dir: Path) -> Path:
-    return run_dir / "checkpoints"
+from wmtp_studio.rundir.checkpoints import checkpoints_dir, point_latest
+from wmtp_studio.rundir.checkpoints import latest_checkpoint as latest_checkpoint
 
 
 def staging_dir(run_dir: Path, step: int) -> Path:
@@ -68,11 +64,7 @@ def publish(run_dir: Path, step: int, keep: int) -> Path:
     if final.exists():
         shutil.rmtree(final)
     os.replace(staging, final)
-    pointer = checkpoints_dir(run_dir) / f".{LATEST}.tmp"
-    pointer.write_text(final.name)
-    with open(pointer, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(pointer, checkpoints_dir(run_dir) / LATEST)
+    point_latest(run_dir, final)
     done = sorted(
         (p for p in checkpoints_dir(run_dir).glob("step_*") if p.is_dir()),
         key=lambda p: int(p.name.split("_")[1]),
@@ -80,26 +72,6 @@ def publish(run_dir: Path, step: int, keep: int) -> Path:
     for old in done[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete checkpoint, or None."""
-    pointer = checkpoints_dir(run_dir) / LATEST
-    if not pointer.is_file():
-        return None
-    path = checkpoints_dir(run_dir) / pointer.read_text().strip()
-    if not (path / "trainer_state.json").is_file():
-        raise StudioError(f"checkpoint pointer {pointer} names {path.name}, which is incomplete")
-    return path
-
-
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    path.write_text(json.dumps(data, indent=2, sort_keys=True))
-
-
-def read_json(path: Path) -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(path.read_text())
-    return data
 
 
 def assert_finite(module: torch.nn.Module, what: str) -> None:

@@ -1,487 +1,39 @@
 """The training loop on accelerate: `train(run_dir)` reads `recipe.json` and writes only files in `run_dir`.
 
-Reads top to bottom: `setup` builds everything once, `train` runs (critic Stage 1, then) steps, `train_step` does
-one optimiser step over `grad_accum` micro-batches. Gradients are summed across processes by hand after the
-per-head backward passes (a DDP wrapper expects one backward per forward); each head's term is divided by its
-token count over the whole step and every process, so 2 processes x batch 2 equal 1 process x batch 4.
+Reads top to bottom: `setup` (setup.py) builds everything once, `train` runs (critic Stage 1, then) steps and
+does what `due` says is due after each; `train_step` (step.py) does one optimiser step over `grad_accum`
+micro-batches.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import os
-import random
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from safetensors.torch import load_file, save_file
 
 from wmtp_studio import rundir
 from wmtp_studio.errors import StudioError, TrainingAborted
-from wmtp_studio.recipe import Recipe, recipe_from_json
-from wmtp_studio.runrefs import check_local_paths, resolve_run_refs
-from wmtp_studio.tracking import MlflowLogger
+from wmtp_studio.recipe import Recipe
+from wmtp_studio.rundir.checkpoints import TrainerState as State
+from wmtp_studio.rundir.checkpoints import read_trainer_state, write_trainer_state
 from wmtp_studio.train import checkpoint as ckpt
 from wmtp_studio.train import lifecycle
-from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks, rho1_step_selection
-from wmtp_studio.train.critic import ValueRows, heldout_value_stats, stage1
-from wmtp_studio.train.data import (
-    Batch,
-    Encoded,
-    collate,
-    encode,
-    epoch_plan,
-    load_examples,
-    split_by_problem,
-)
-from wmtp_studio.train.events import MetricsWriter
-from wmtp_studio.train.loss import HIST_EDGES, STAT_FIELDS, HeadStats, forward_backward, head_mask
-from wmtp_studio.train.model import MTPModel, ValueHead, build_tiny_hf, load_mtp
-from wmtp_studio.train.reference import cached_reference_ce, load_reference
-from wmtp_studio.train.threads import apply_threads
-from wmtp_studio.train.tokenizer import load_tokenizer
+from wmtp_studio.train.critic import heldout_value_stats, stage1
+from wmtp_studio.train.data import Batch, collate, epoch_plan
+from wmtp_studio.train.loss import HIST_EDGES
+from wmtp_studio.train.setup import Setup, setup
+from wmtp_studio.train.step import StepResult, head_metrics, train_step, validate
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: checkpointed, can be resumed
 log = logging.getLogger("wmtp.train")  # progress lines for train.log (python -m wmtp_studio.train sets it up)
-
-
-@dataclass
-class State:
-    """Everything that advances; saved in trainer_state.json and restored on resume."""
-
-    step: int = 0
-    epoch: int = 0
-    batch_index: int = 0  # next global micro-batch of the epoch plan
-    tokens_seen: int = 0
-    nonfinite_streak: int = 0
-    nonfinite_total: int = 0
-    stage1_done: bool = False
-    seq: int = 0
-    metrics_offset: int = 0
-
-
-@dataclass
-class Setup:
-    recipe: Recipe
-    run_dir: Path
-    accel: Any
-    tokenizer: Any
-    model: MTPModel
-    value_head: ValueHead | None
-    reference: torch.nn.Module | None
-    train_data: list[Encoded]
-    val_data: list[Encoded]
-    stage1_data: list[Encoded]
-    ref_ce: list[list[float]] | None
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LambdaLR
-    total_steps: int
-    writer: MetricsWriter
-    mlflow: MlflowLogger | None
-    plans: dict[int, list[list[Any]]] = field(default_factory=dict)
-    # critic: labelled examples of the held-out problems, and the incorrect rows only the value loss sees
-    value_heldout: list[Encoded] = field(default_factory=list)
-    value_extra: list[Encoded] = field(default_factory=list)
-    value_plans: dict[int, list[list[Any]]] = field(default_factory=dict)
-    value_heldout_batches: list[Batch] | None = None
-
-    @property
-    def world(self) -> int:
-        return int(self.accel.num_processes)
-
-
-def _build_model(recipe: Recipe, tokenizer: Any, source: Path | None) -> MTPModel:
-    dtype = getattr(torch, recipe.model.dtype)
-    if source is not None or recipe.model.name_or_path:
-        return load_mtp(source or str(recipe.model.name_or_path), recipe.n_heads, recipe.model.heads, dtype)
-    tiny = recipe.model.tiny
-    assert tiny is not None
-    special = {
-        "eos_token_id": tokenizer.eos_token_id,
-        "pad_token_id": tokenizer.pad_token_id,
-        "bos_token_id": tokenizer.eos_token_id,
-    }
-    hf = build_tiny_hf(
-        tiny.arch,
-        len(tokenizer),
-        tiny.hidden_size,
-        tiny.num_layers,
-        tiny.num_attention_heads,
-        tiny.intermediate_size,
-        tiny.max_position_embeddings,
-        special,
-    )
-    return MTPModel(hf, recipe.n_heads, recipe.model.heads, base_id=f"tiny-{tiny.arch}").to(dtype)
-
-
-def _optimizer(recipe: Recipe, model: MTPModel, value_head: ValueHead | None, lr_value: float) -> Any:
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    groups: list[dict[str, Any]] = [
-        {"params": decay, "weight_decay": recipe.optim.weight_decay, "lr": recipe.optim.lr},
-        {"params": no_decay, "weight_decay": 0.0, "lr": recipe.optim.lr},
-    ]
-    if value_head is not None:
-        groups.append({"params": list(value_head.parameters()), "weight_decay": 0.0, "lr": lr_value})
-    return torch.optim.AdamW(groups, betas=recipe.optim.betas, eps=recipe.optim.eps)
-
-
-def lr_factor(step: int, warmup: int, total: int, min_ratio: float) -> float:
-    """Linear warm-up to 1, then cosine decay to min_ratio at `total` (multiplies each group's lr)."""
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def setup(run_dir: Path, resume_from: Path | None) -> Setup:
-    """Everything a run needs, built once, restored from `resume_from` when given."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-
-    frozen = run_dir / "recipe.json"
-    recipe = recipe_from_json(frozen.read_text(), str(frozen), resolve_secrets=True)  # secrets: from our env
-    recipe = resolve_run_refs(recipe, run_dir.resolve().parent)  # run:N -> <runs dir>/N/model
-    check_local_paths(recipe)  # "no such directory", never a hub error about repo ids
-    cfg, algo = recipe.train, recipe.algorithm
-    apply_threads(cfg.num_threads)  # the cores free now, or a warning when a fixed number oversubscribes them
-    mp = {"fp32": "no", "bf16": "bf16"}.get(
-        cfg.mixed_precision, "bf16" if torch.cuda.is_available() else "no"
-    )
-    accel = Accelerator(
-        cpu=not torch.cuda.is_available(),
-        mixed_precision=mp,
-    )
-    set_seed(cfg.seed)
-    examples = load_examples(recipe.data)
-    if recipe.data.max_examples and len(examples) > recipe.data.max_examples:
-        keep = sorted(
-            random.Random(f"max-examples-{cfg.seed}").sample(range(len(examples)), recipe.data.max_examples)
-        )
-        examples = [examples[i] for i in keep]
-    if not examples:
-        raise StudioError("the data source yielded no examples")
-    tok_source = resume_from / "model" if resume_from else None
-    tokenizer = _load_tok(recipe, examples, tok_source)
-    encoded = encode(examples, tokenizer, cfg.seq_len if not cfg.packing else None)
-    # Held out by problem (its prompt): a problem's correct and incorrect variants never straddle the split, and
-    # the split is the same for every algorithm (METHOD.md, critic-wmtp and Fair comparison).
-    keys = [e.prompt or f"example-{i}" for i, e in enumerate(examples)]
-    tr_idx, val_idx = split_by_problem(keys, recipe.eval.val_fraction, cfg.seed)
-    lm_all = algo.name == "critic-wmtp" and algo.train_on == "all"  # train_on filters the LM loss only
-    train_data = [encoded[i] for i in tr_idx if encoded[i].reward == 1.0 or lm_all]
-    val_data = [encoded[i] for i in val_idx if encoded[i].reward == 1.0 or lm_all]
-    value_train, value_heldout = _value_split(recipe, encoded, keys, tr_idx, val_idx)
-    model = _build_model(recipe, tokenizer, resume_from / "model" if resume_from else None).to(accel.device)
-    model.train()
-    value_head = ValueHead(model.hidden_size).to(accel.device) if algo.name == "critic-wmtp" else None
-    reference, ref_ce = None, None
-    if algo.name == "rho1-wmtp":
-        reference = load_reference(algo.reference, tokenizer, accel.device)
-        if algo.cache:
-            if accel.is_main_process:
-                cached_reference_ce(reference, tokenizer, train_data, cfg.seq_len, accel.device)
-            accel.wait_for_everyone()
-            ref_ce = cached_reference_ce(
-                reference, tokenizer, train_data, cfg.seq_len, accel.device, compute=False
-            )
-            reference = None  # cached: the reference is not needed any more
-    value_lr = algo.value_lr if algo.name == "critic-wmtp" else 0.0
-    optimizer = _optimizer(recipe, model, value_head, value_lr)
-    per_step = cfg.batch_size * accel.num_processes * cfg.grad_accum
-    total = cfg.steps or max(1, math.ceil((cfg.epochs or 1) * len(train_data) / per_step))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, recipe.optim.warmup_steps, total, recipe.optim.min_lr_ratio)
-    )
-    return Setup(
-        recipe,
-        run_dir,
-        accel,
-        tokenizer,
-        model,
-        value_head,
-        reference,
-        train_data,
-        val_data,
-        value_train,
-        ref_ce,
-        optimizer,
-        scheduler,
-        total,
-        MetricsWriter(run_dir / "metrics.jsonl", enabled=False),
-        None,
-        value_heldout=value_heldout,
-        value_extra=[e for e in value_train if e.reward != 1.0 and not lm_all],
-    )
-
-
-def _value_split(
-    recipe: Recipe, encoded: list[Encoded], keys: list[str], tr_idx: list[int], val_idx: list[int]
-) -> tuple[list[Encoded], list[Encoded]]:
-    """critic: (value training, value held-out) labelled examples, split by problem.
-
-    The held-out problems are the run's validation problems, which no algorithm trains on; with
-    `eval.val_fraction: 0` they are `stage1.heldout_fraction` of the training problems, kept from the value loss.
-    """
-    algo = recipe.algorithm
-    if algo.name != "critic-wmtp":
-        return [], []
-    if not val_idx:
-        tr, ho = split_by_problem(
-            [keys[i] for i in tr_idx], algo.stage1.heldout_fraction, recipe.train.seed + 1
-        )
-        tr_idx, val_idx = [tr_idx[i] for i in tr], [tr_idx[i] for i in ho]
-    train, held = [encoded[i] for i in tr_idx], [encoded[i] for i in val_idx]
-    if all(e.reward == 1.0 for e in train):
-        raise StudioError(
-            "critic-wmtp needs training examples labelled is_correct: 0 (set data.generated."
-            "incorrect_fraction > 0, or label candidates with `wmtp label`)"
-        )
-    return train, held
-
-
-def _load_tok(recipe: Recipe, examples: list[Any], saved: Path | None) -> Any:
-    if saved is not None:
-        from transformers import AutoTokenizer
-
-        return AutoTokenizer.from_pretrained(saved)
-    return load_tokenizer(recipe, (e.prompt + e.completion for e in examples))
-
-
-def _plan(s: Setup, data: list[Encoded], epoch: int, seed_offset: int = 0) -> list[list[Any]]:
-    cfg = s.recipe.train
-    return epoch_plan(
-        [len(e.ids) for e in data],
-        cfg.batch_size * s.world,
-        cfg.seed + seed_offset,
-        epoch,
-        cfg.packing,
-        cfg.seq_len,
-    )
-
-
-def next_batch(s: Setup, state: State) -> Batch:
-    """This process's slice of the next global micro-batch (on the CPU); advances the data position."""
-    plan = s.plans.get(state.epoch)
-    if plan is None:
-        s.plans = {state.epoch: _plan(s, s.train_data, state.epoch)}
-        plan = s.plans[state.epoch]
-        if not plan:
-            raise StudioError(
-                f"not enough training data for one global batch of {s.recipe.train.batch_size * s.world}"
-            )
-    if state.batch_index >= len(plan):
-        state.epoch, state.batch_index = state.epoch + 1, 0
-        return next_batch(s, state)
-    rows = plan[state.batch_index]
-    state.batch_index += 1
-    b = s.recipe.train.batch_size
-    mine = rows[s.accel.process_index * b : (s.accel.process_index + 1) * b]
-    return collate(mine, s.train_data, s.recipe.train, s.tokenizer.pad_token_id, s.ref_ce)  # on the CPU
-
-
-def _value_rows(s: Setup, g: int) -> ValueRows | None:
-    """critic, `train_on: correct`: the incorrect rows riding with the step's g-th micro-batch, seen by the value
-    loss only (METHOD.md: else every Stage 2 reward is 1 and V drifts to 1). As many rows per micro-batch as keep
-    the data's ratio of incorrect to correct examples; their own plan, a function of (seed, g) only, so resumed
-    runs see the same rows. The LM rows, and so the LM loss's tokens, stay those of every other algorithm.
-    """
-    if not s.value_extra:
-        return None
-    cfg = s.recipe.train
-    per = max(1, round(cfg.batch_size * len(s.value_extra) / max(1, len(s.train_data))))
-    per = min(per, max(1, len(s.value_extra) // s.world))
-    if 0 not in s.value_plans:  # every epoch's plan has the same length (same examples, same rows)
-        s.value_plans = {0: _plan_rows(s, s.value_extra, per, 0)}
-    epoch, index = divmod(g, max(1, len(s.value_plans[0])))
-    if epoch not in s.value_plans:
-        s.value_plans = {0: s.value_plans[0], epoch: _plan_rows(s, s.value_extra, per, epoch)}
-    plan = s.value_plans[epoch]
-    if not plan:
-        return None
-    mine = plan[index % len(plan)][s.accel.process_index * per : (s.accel.process_index + 1) * per]
-    batch = collate(mine, s.value_extra, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device)
-    algo = s.recipe.algorithm
-    with torch.set_grad_enabled(algo.name == "critic-wmtp" and algo.value_trunk_grad):
-        return ValueRows(batch, s.model.trunk(batch.input_ids, batch.segment_ids).hidden)
-
-
-def _plan_rows(s: Setup, data: list[Encoded], per: int, epoch: int) -> list[list[Any]]:
-    cfg = s.recipe.train
-    return epoch_plan(
-        [len(e.ids) for e in data], per * s.world, cfg.seed + 2, epoch, cfg.packing, cfg.seq_len
-    )
-
-
-def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
-    """Sum gradients over processes in ~64 MB buckets (missing gradients count as zero)."""
-    if world == 1:
-        return
-    for p in params:
-        if p.grad is None:
-            p.grad = torch.zeros_like(p)
-    bucket: list[torch.Tensor] = []
-    size = 0
-    for i, p in enumerate(params):
-        assert p.grad is not None
-        bucket.append(p.grad)
-        size += p.grad.numel()
-        if size >= 16_000_000 or i == len(params) - 1:
-            flat = torch.cat([g.flatten() for g in bucket])
-            dist.all_reduce(flat)
-            offset = 0
-            for g in bucket:
-                g.copy_(flat[offset : offset + g.numel()].view_as(g))
-                offset += g.numel()
-            bucket, size = [], 0
-
-
-def _reduce(s: Setup, values: torch.Tensor) -> list[float]:
-    """Sum a vector over processes and read it (the step's one host sync besides the grad norm)."""
-    if s.world > 1:
-        values = values.to(s.accel.device, torch.float64)
-        dist.all_reduce(values)
-    return [float(v) for v in values.tolist()]
-
-
-@dataclass
-class StepResult:
-    loss: float
-    grad_norm: float
-    tokens: int
-    finite: bool
-    stop: bool
-    heads: HeadStats
-    diag: StepDiagnostics
-    batch: Batch
-
-
-def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> StepResult:
-    """One optimiser step over grad_accum micro-batches; skipped (not counted) when the loss is not finite."""
-    cfg = s.recipe.train
-    micro = [next_batch(s, state) for _ in range(cfg.grad_accum)]
-    n = s.recipe.n_heads
-    counts = torch.tensor(  # per-head valid entries of the whole step, every process (masks built on the CPU)
-        [float(sum(int(head_mask(b.token_mask, b.segment_ids, k).sum()) for b in micro)) for k in range(n)]
-    )
-    denominators = _reduce(s, counts)
-    diag = StepDiagnostics()
-    heads: HeadStats | None = None
-    with s.accel.autocast():  # rho1 select: the kept tokens are chosen over the whole step first
-        selection = rho1_step_selection(s.recipe, s.model, micro, s.reference, s.world, s.accel.device)
-    for i, cpu_batch in enumerate(micro):
-        batch = cpu_batch.to(s.accel.device)
-        with s.accel.autocast():
-            trunk = s.model.trunk(batch.input_ids, batch.segment_ids)
-            weights_for, extra = algorithm_hooks(
-                s.recipe,
-                batch,
-                trunk,
-                s.value_head,
-                s.reference,
-                diag,
-                value_scale=s.world * cfg.grad_accum,
-                value_rows=_value_rows(s, state.step * cfg.grad_accum + i),
-                selection=selection[i] if selection else None,
-            )
-            stats = forward_backward(
-                s.model,
-                trunk,
-                batch.input_ids,
-                batch.token_mask,
-                batch.segment_ids,
-                weights_for,
-                s.recipe.head_coefficients,
-                denominators,
-                extra_loss=extra,
-                naive=cfg.naive_loss,
-                detail=detail and i == 0,
-            )
-        heads = heads.merge(stats) if heads is not None else stats
-    assert heads is not None
-    params = [p for g in s.optimizer.param_groups for p in g["params"]]
-    _all_reduce_grads(params, s.world)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
-    tokens = sum(b.tokens for b in micro)
-    local = torch.stack(
-        [
-            (heads.loss + heads.extra).double().cpu(),
-            torch.tensor(float(tokens), dtype=torch.float64),
-            torch.tensor(float(stop_requested), dtype=torch.float64),
-        ]
-    )
-    loss, tokens_all, stop = _reduce(s, local)
-    finite = math.isfinite(loss) and math.isfinite(grad_norm)
-    if finite:
-        s.optimizer.step()
-        s.scheduler.step()
-        state.step += 1
-        state.nonfinite_streak = 0
-    else:
-        state.nonfinite_streak += 1
-        state.nonfinite_total += 1
-    s.optimizer.zero_grad(set_to_none=True)
-    state.tokens_seen += int(tokens_all)
-    return StepResult(loss, grad_norm, int(tokens_all), finite, stop > 0, heads, diag, micro[0])
-
-
-def head_metrics(h: HeadStats, prefix: str = "") -> dict[str, float]:
-    """Per-head scalars from summed stats: CE, accuracy, weight mean/std/min/max, entropy (one host read)."""
-    out: dict[str, float] = {}
-    for k, row in enumerate(h.stats.tolist()):
-        v = dict(zip(STAT_FIELDS, row, strict=True))
-        c = max(v["count"], 1.0)
-        out |= {f"head{k}/{prefix}ce": v["ce_sum"] / c, f"head{k}/{prefix}acc": v["correct"] / c}
-        if not prefix:
-            mean = v["w_sum"] / c
-            valid = v["count"] > 0
-            out |= {
-                f"head{k}/w_mean": mean,
-                f"head{k}/w_std": math.sqrt(max(0.0, v["w_sq"] / c - mean * mean)),
-                f"head{k}/w_min": v["w_min"] if valid else 0.0,
-                f"head{k}/w_max": v["w_max"] if valid else 0.0,
-            }
-            if h.hist is not None:
-                out[f"head{k}/w_entropy"] = v["w_entropy"]
-    return out
-
-
-@torch.no_grad()
-def validate(s: Setup) -> dict[str, float]:
-    """Per-head CE and accuracy (w = 1) on the held-out slice; rank 0 only, no collectives."""
-    cfg = s.recipe.train
-    plan = epoch_plan(
-        [len(e.ids) for e in s.val_data], cfg.batch_size, cfg.seed, -1, cfg.packing, cfg.seq_len
-    )
-    total: HeadStats | None = None
-    for rows in plan[: s.recipe.eval.val_batches]:
-        b = collate(rows, s.val_data, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device)
-        with s.accel.autocast():
-            trunk = s.model.trunk(b.input_ids, b.segment_ids)
-            stats = forward_backward(
-                s.model,
-                trunk,
-                b.input_ids,
-                b.token_mask,
-                b.segment_ids,
-                lambda _k, _c, m: m.float(),
-                [1.0] * s.recipe.n_heads,
-                [1.0] * s.recipe.n_heads,
-                backward=False,
-            )
-        total = total.merge(stats) if total else stats
-    if total is None:
-        return {}
-    out = head_metrics(total, prefix="val_")
-    out["val_loss"] = sum(c * out[f"head{k}/val_ce"] for k, c in enumerate(s.recipe.head_coefficients))
-    return out
 
 
 def _top_tokens(s: Setup, r: StepResult) -> dict[str, Any]:
@@ -530,15 +82,15 @@ def save_checkpoint(s: Setup, state: State) -> None:
             "event", state.step, event="checkpoint", data={"path": f"checkpoints/step_{state.step}"}
         )
         state.seq, state.metrics_offset = s.writer.seq, s.writer.offset
-        ckpt.write_json(staging / "trainer_state.json", asdict(state))
+        write_trainer_state(staging, state)
         ckpt.publish(s.run_dir, state.step, s.recipe.train.keep_checkpoints)
         log.info("checkpoint at step %d", state.step)
     s.accel.wait_for_everyone()
 
 
-def restore(s: Setup, path: Path) -> State:
-    """Load value head, optimiser, scheduler, RNG and trainer state (the model was built from path/model)."""
-    state = State(**ckpt.read_json(path / "trainer_state.json"))
+def restore(s: Setup, path: Path) -> None:
+    """Load value head, optimiser, scheduler and RNG (the model and tokenizer were built from path/model, and the
+    trainer state was read before `setup`, which opens metrics.jsonl where that state left it)."""
     if s.value_head is not None:
         s.value_head.load_state_dict(
             load_file(str(path / "value_head.safetensors"), device=str(s.accel.device))
@@ -550,7 +102,6 @@ def restore(s: Setup, path: Path) -> State:
     rng = path / f"rng_{s.accel.process_index}.pt"
     if rng.is_file():
         ckpt.set_rng_state(torch.load(rng, weights_only=False))
-    return state
 
 
 def export_model(s: Setup) -> None:
@@ -593,7 +144,7 @@ def _run_stage1(s: Setup, state: State) -> None:
         s.value_head,
         algo.stage1,
         stream(),
-        _value_heldout_batches(s),
+        s.value_heldout_batches,
         lambda step, m: s.writer.write("stage1", step, metrics=m),
         cfg.grad_clip,
     )
@@ -602,27 +153,11 @@ def _run_stage1(s: Setup, state: State) -> None:
     log.info("critic stage 1 done after %d steps", steps)
 
 
-def _value_heldout_batches(s: Setup) -> list[Batch]:
-    """critic: the held-out problems' labelled examples, batched once (Stage 1 and Stage 2 measure the same)."""
-    if s.value_heldout_batches is None:
-        cfg = s.recipe.train
-        rows = sorted(
-            range(len(s.value_heldout)), key=lambda i: len(s.value_heldout[i].ids)
-        )  # little padding
-        s.value_heldout_batches = [
-            collate(rows[j : j + cfg.batch_size], s.value_heldout, cfg, s.tokenizer.pad_token_id, None).to(
-                s.accel.device
-            )
-            for j in range(0, len(rows), cfg.batch_size)
-        ]
-    return s.value_heldout_batches
-
-
 def _value_heldout_metrics(s: Setup, state: State) -> dict[str, float]:
     """critic Stage 2: held-out value loss, explained variance (or that it is undefined) and mean V by label."""
     if s.value_head is None:
         return {}
-    stats = heldout_value_stats(s.model, s.value_head, _value_heldout_batches(s))
+    stats = heldout_value_stats(s.model, s.value_head, s.value_heldout_batches)
     if "explained_variance_undefined" in stats:
         s.writer.write(
             "event",
@@ -652,6 +187,35 @@ def _log_step(s: Setup, state: State, r: StepResult, elapsed: float, tokens: int
     return metrics
 
 
+@dataclass(frozen=True)
+class Due:
+    """What is due once step N is done (`train.*_every`, `eval.val_every`); the last step always logs and
+    validates. `checkpoint` is the periodic one: the final checkpoint is written after the loop."""
+
+    log: bool
+    hist: bool
+    top_tokens: bool
+    validate: bool
+    checkpoint: bool
+
+    @property
+    def detail(self) -> bool:
+        """The step keeps its weight histograms and weights (costly: only for the steps that log them)."""
+        return self.hist or self.top_tokens
+
+
+def due(recipe: Recipe, step: int, total: int) -> Due:
+    """The loop's one schedule: what to do after optimiser step `step` of `total`."""
+    cfg, last = recipe.train, step == total
+    return Due(
+        log=step % cfg.log_every == 0 or last,
+        hist=step % cfg.hist_every == 0,
+        top_tokens=step % cfg.top_tokens_every == 0,
+        validate=step % recipe.eval.val_every == 0 or last,
+        checkpoint=step % cfg.checkpoint_every == 0 and step < total,
+    )
+
+
 ProgressFn = Callable[[int, int, dict[str, float]], None]
 
 
@@ -675,14 +239,12 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
     latest = ckpt.latest_checkpoint(run_dir) if resume else None
     if latest is not None:
         rundir.check_checkpoint(run_dir, latest)
-    s = setup(run_dir, latest)
-    state = restore(s, latest) if latest else State()
+    # Set-up: the trainer state first (where metrics.jsonl resumes), then everything else, frozen in `s`.
+    state = read_trainer_state(latest) if latest else State()
+    s = setup(run_dir, latest, record=True, seq=state.seq, offset=state.metrics_offset if latest else 0)
+    if latest:
+        restore(s, latest)
     main = s.accel.is_main_process
-    s.writer = MetricsWriter(
-        run_dir / "metrics.jsonl", seq=state.seq, offset=state.metrics_offset if latest else 0, enabled=main
-    )
-    if main and s.recipe.tracking.mlflow_uri:
-        s.mlflow = MlflowLogger.start(s.recipe, run_dir)
     s.writer.write(
         "event",
         state.step,
@@ -705,17 +267,19 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
         s.total_steps,
         s.world,
     )
+    # critic Stage 1: the value head learns V before any LM step (once; a resumed run has done it).
     if s.recipe.algorithm.name == "critic-wmtp" and not state.stage1_done:
         _run_stage1(s, state)
     cfg = s.recipe.train
     tick, tick_tokens = time.perf_counter(), 0
     try:
         while state.step < s.total_steps:
-            upcoming = state.step + 1
-            detail = upcoming % cfg.hist_every == 0 or upcoming % cfg.top_tokens_every == 0
+            # One optimiser step; it keeps histograms and weights only when a step that logs them is next.
+            todo = due(s.recipe, state.step + 1, s.total_steps)
             stopping = stop["requested"] or lifecycle.supervisor_gone()  # an orphan checkpoints and exits
-            r = train_step(s, state, detail, stopping)
+            r = train_step(s, state, todo.detail, stopping)
             tick_tokens += r.tokens
+            # A non-finite step is skipped (not counted); too many in a row abort the run.
             if not r.finite:
                 s.writer.write(
                     "event",
@@ -743,8 +307,9 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                     s.writer.write("event", state.step, event="interrupted")
                     return EXIT_INTERRUPTED
                 continue
+            # Rank 0 records what is due at this step: the train line, histograms, top tokens, validation.
             if main:
-                if state.step % cfg.log_every == 0 or state.step == s.total_steps:
+                if todo.log:
                     now = time.perf_counter()
                     metrics = _log_step(s, state, r, now - tick, tick_tokens)
                     tick, tick_tokens = now, 0
@@ -758,25 +323,27 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                     )
                     if progress:
                         progress(state.step, s.total_steps, metrics)
-                if detail and r.heads.hist is not None and state.step % cfg.hist_every == 0:
+                if todo.hist and r.heads.hist is not None:
                     s.writer.write(
                         "hist", state.step, data={"edges": list(HIST_EDGES), "heads": r.heads.hist.tolist()}
                     )
-                if detail and r.heads.weights and state.step % cfg.top_tokens_every == 0:
+                if todo.top_tokens and r.heads.weights:
                     s.writer.write("top_tokens", state.step, data=_top_tokens(s, r))
-                if state.step % s.recipe.eval.val_every == 0 or state.step == s.total_steps:
+                if todo.validate:
                     val = (validate(s) if s.val_data else {}) | _value_heldout_metrics(s, state)
                     if val:
                         s.writer.write("val", state.step, metrics=val)
                         if "val_loss" in val:
                             log.info("step %d/%d val_loss %.4f", state.step, s.total_steps, val["val_loss"])
+            # A stop request (SIGTERM, or the supervising worker gone) checkpoints and exits; else periodic ones.
             if r.stop:
                 save_checkpoint(s, state)
                 s.writer.write("event", state.step, event="interrupted")
                 log.info("interrupted: checkpoint at step %d; the run resumes from it", state.step)
                 return EXIT_INTERRUPTED
-            if state.step % cfg.checkpoint_every == 0 and state.step < s.total_steps:
+            if todo.checkpoint:
                 save_checkpoint(s, state)
+        # Done: the last checkpoint, then the model every evaluation and later run reads.
         save_checkpoint(s, state)
         export_model(s)
         s.writer.write("event", state.step, event="done", data={"tokens_seen": state.tokens_seen})

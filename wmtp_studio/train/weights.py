@@ -2,13 +2,21 @@
 
 Every function here runs under `torch.no_grad()`: weights never carry gradient. Shapes use B = batch,
 S = sequence length. "Aligned to head k" means entry [b, t] belongs to head k's prediction at position t, whose
-target is token x_{t+k+1}. baseline-mtp and ntp use w = 1 and need nothing from this module.
+target is token x_{t+k+1}. Every algorithm's weights are here: ntp and baseline-mtp `uniform_weights`, critic-wmtp
+`critic_weights` of `td_errors`, rho1-wmtp `rho1_weights` of `excess_loss` (and, for select, `select_rescale` or,
+chosen over a whole step, `select_top` and `select_scale`).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+
+def uniform_weights(_k: int, _ce: Tensor, mask: Tensor) -> Tensor:
+    """ntp and baseline-mtp (and every validation): w = 1 on head k's valid entries (METHOD.md). A `WeightFn`:
+    (head k, its CE (B, S), its mask (B, S) bool) -> (B, S) float32."""
+    return mask.float()
 
 
 def shift_to_head(x: Tensor, k: int, fill: float = 0.0) -> Tensor:
@@ -187,3 +195,20 @@ def rho1_weights(
         w = torch.where(valid, w.clamp(eps, w_max), torch.zeros_like(w))
         return torch.where(valid, w / masked_mean(w, valid), torch.zeros_like(w))
     raise ValueError(f"unknown rho1 mode {mode!r}")
+
+
+@torch.no_grad()
+def select_rescale(kept: Tensor, valid: Tensor) -> Tensor:
+    """rho1 select within one micro-batch: w = N / K on the K kept entries, 0 elsewhere.
+
+    METHOD.md: the head's term is the mean CE over its kept entries, and the loss divides each head's weighted CE
+    sum by its N valid entries, so each kept entry weighs N / K. kept: (B, S) 0/1 from `rho1_weights` select;
+    valid: 0-d N (a tensor: no host sync). Returns (B, S) float32.
+    """
+    return kept * (valid / kept.sum().clamp(min=1.0))
+
+
+def select_scale(valid: int, kept: int) -> float:
+    """rho1 select over a whole step (`select_top` over every micro-batch and process): N / K, the weight of each
+    kept entry, as in `select_rescale`; 0 when the head has no valid entry (then it keeps none)."""
+    return valid / kept if valid else 0.0

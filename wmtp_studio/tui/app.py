@@ -1,5 +1,5 @@
 """The dashboard: `wmtp-studio` without arguments. Four modes (Runs, Compare, Recipes, Queue; keys 1-4 and the
-command palette), a help panel (F1 or ?), the embedded worker and the quickstart offer on a first start.
+command palette), a help panel (F1 or ?), `q` to quit from any screen, the embedded worker and the quickstart offer on a first start.
 
 `create_app` is the one way to build it, for the CLI, `wmtp-studio serve` and the tests alike.
 """
@@ -7,10 +7,12 @@ command palette), a help panel (F1 or ?), the embedded worker and the quickstart
 from __future__ import annotations
 
 import asyncio
+import io
 import threading
 from collections.abc import Callable, Iterable
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from textual import work
 from textual.app import App, SystemCommand
@@ -28,6 +30,10 @@ from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
+from wmtp_studio.tui.screenshot import default_filename, screenshot_svg, svg_to_png
+
+if TYPE_CHECKING:
+    from wmtp_studio.tui.compare_feed import SetWatcher
 
 QUICKSTART_QUESTION = (
     "The studio has no runs yet. Queue the quickstart comparison?\n\n"
@@ -72,6 +78,7 @@ class StudioApp(App[None]):
             for i, (mode, label, _) in enumerate(MODES, 1)
         ),
         Binding("f1,question_mark", "toggle_help", "Help"),
+        Binding("q", "quit", "Quit"),  # on every screen; a focused text field types it instead
     ]
 
     def __init__(
@@ -87,6 +94,8 @@ class StudioApp(App[None]):
         self.want_worker, self.offer_quickstart = embedded_worker, offer_quickstart
         self.embedded: EmbeddedWorker | None = None
         self._worker_lock, self._closing = threading.Lock(), False
+        self._sets_lock = threading.Lock()
+        self._sets: SetWatcher | None = None  # made by the first look (imports the statistics)
         self.add_mode("runs", lambda: RunsScreen(ctx, clock=clock))
         self.add_mode("compare", self._compare_screen)
         self.add_mode("recipes", self._recipes_screen)
@@ -108,6 +117,25 @@ class StudioApp(App[None]):
     def on_mount(self) -> None:
         self.switch_mode("runs")
         self.start_up()
+        self.watch_sets()  # the sets finished already, noted before anything else can finish
+        self.set_interval(self.ctx.poll_s, self.watch_sets)
+
+    @work(thread=True, group="sets-poll")
+    def watch_sets(self) -> None:
+        """Announce each comparison set that finishes while the dashboard is open, with its Δ and p."""
+        from wmtp_studio.tui.compare_feed import SetWatcher  # cheap: the statistics load once a set finishes
+
+        if not self._sets_lock.acquire(blocking=False):
+            return  # the previous look is still reading
+        try:
+            self._sets = self._sets or SetWatcher(self.ctx.engine)
+            summaries = self._sets.finished()
+        except Exception:  # the store is unreachable: the screens say so
+            return
+        finally:
+            self._sets_lock.release()
+        for text in summaries:
+            self.call_from_thread(self.notify, f"{text}\nCompare (2) shows the table.", timeout=60)
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         for mode, label, help_text in MODES:
@@ -115,18 +143,68 @@ class StudioApp(App[None]):
         yield SystemCommand(
             "Quickstart", "Queue the quickstart comparison (1 or 3 seeds)", self.action_offer_quickstart
         )
+        yield SystemCommand(
+            "Screenshot (PNG)",
+            "Save a PNG screenshot of the current screen (needs rsvg-convert)",
+            lambda: self.set_timer(0.1, self.deliver_png_screenshot),
+        )
         yield from super().get_system_commands(screen)
 
     def deliver_screenshot(
         self, filename: str | None = None, path: str | None = None, time_format: str | None = None
     ) -> str | None:
         """Screenshots (palette, ctrl+p) go to `<home>/screenshots/` by default: Textual's default folder, the
-        user's Downloads, may not exist on a server. In a browser (`serve`) the file is downloaded instead."""
-        if path is None:
-            folder = self.ctx.settings.home / "screenshots"
-            folder.mkdir(parents=True, exist_ok=True)
-            path = str(folder)
-        return super().deliver_screenshot(filename, path, time_format)
+        user's Downloads, may not exist on a server. In a browser (`serve`) the file is downloaded instead.
+        The SVG has each character placed in its cell, so real viewers show it as the terminal did."""
+        svg = screenshot_svg(self)
+        return self.deliver_text(
+            io.StringIO(svg),
+            save_directory=path or self._screenshot_folder(),
+            save_filename=filename or default_filename(self.title, "svg", time_format),
+            open_method="browser",
+            mime_type="image/svg+xml",
+            name="screenshot",
+        )
+
+    def deliver_png_screenshot(self, filename: str | None = None, path: str | None = None) -> None:
+        """The screen as PNG (palette: Screenshot (PNG)), rendered by rsvg-convert in a thread; a notification
+        says where it went, or why there is none (rsvg-convert missing)."""
+        svg = screenshot_svg(self)
+        self._save_png(svg, filename or default_filename(self.title, "png"), path)
+
+    @work(thread=True, group="screenshot")
+    def _save_png(self, svg: str, filename: str, path: str | None) -> None:
+        try:
+            png = svg_to_png(svg)
+        except StudioError as exc:
+            self.call_from_thread(self.notify, str(exc), title="Screenshot", severity="error", timeout=10)
+            return
+        if self.is_web:
+            self.call_from_thread(
+                self.deliver_binary,
+                io.BytesIO(png),
+                save_filename=filename,
+                mime_type="image/png",
+                name="screenshot",
+            )
+            return
+        # Written here, not with deliver_binary: Textual's local driver opens a file object that is not a
+        # typing.BinaryIO (a BytesIO is not) in text mode, and writing the bytes fails.
+        target = Path(path or self.ctx.settings.home / "screenshots") / filename
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(png)
+        except OSError as exc:
+            self.call_from_thread(
+                self.notify, f"cannot write {target}: {exc}", title="Screenshot", severity="error", timeout=10
+            )
+            return
+        self.call_from_thread(self.notify, f"Saved screenshot to {target}", title="Screenshot")
+
+    def _screenshot_folder(self) -> Path:
+        folder = self.ctx.settings.home / "screenshots"
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
 
     def action_toggle_help(self) -> None:
         if self.screen.query("HelpPanel"):

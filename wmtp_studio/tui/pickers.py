@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rich.segment import Segment
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.screen import ModalScreen
-from textual.widgets import Label, OptionList, SelectionList
+from textual.strip import Strip
+from textual.widgets import Checkbox, Label, OptionList, SelectionList
 from textual.widgets.option_list import Option
 
 from wmtp_studio.models import Run
@@ -39,6 +41,32 @@ class ChoiceModal(ModalScreen[str | None]):
         self.dismiss(event.option.id)
 
 
+class Checklist(SelectionList[int]):
+    """A SelectionList whose unticked boxes are empty. Textual draws an X in both states, told apart by its
+    colour only (a dim X reads as ticked on many terminals and in screenshots); here only ticked boxes have one."""
+
+    DEFAULT_CSS = """
+    Checklist > .selection-list--button-selected, Checklist > .selection-list--button-selected-highlighted {
+        color: $text-success; text-style: bold;
+    }
+    """
+
+    def render_line(self, y: int) -> Strip:
+        strip = super().render_line(y)
+        segments = list(strip)
+        index = self.scroll_offset.y + y
+        if (
+            len(segments) < 3
+            or segments[1].text != Checkbox.BUTTON_INNER
+            or index >= self.option_count
+            or self.get_option_at_index(index).value in self.selected
+        ):
+            return strip
+        inner = segments[1]
+        segments[1] = Segment(" " * len(inner.text), inner.style, inner.control)
+        return Strip(segments, strip.cell_length)
+
+
 class PickRunsModal(ModalScreen[list[int] | None]):
     """Tick runs (space) and confirm with Enter; Escape keeps the current selection."""
 
@@ -60,7 +88,7 @@ class PickRunsModal(ModalScreen[list[int] | None]):
     def compose(self) -> ComposeResult:
         with Vertical():
             yield Label("Runs to compare (space ticks, Enter confirms)")
-            yield SelectionList[int](
+            yield Checklist(
                 *(
                     (
                         f"#{r.id} {r.name}  {r.algorithm}  seed {r.seed}  {r.status}",
@@ -73,4 +101,10 @@ class PickRunsModal(ModalScreen[list[int] | None]):
             )
 
     def action_confirm(self) -> None:
-        self.dismiss(sorted(self.query_one(SelectionList).selected))
+        picked = sorted(self.query_one(Checklist).selected)
+        if not picked:
+            self.notify(
+                "No run ticked: tick runs with space, then Enter (Escape cancels)", severity="warning"
+            )
+            return
+        self.dismiss(picked)

@@ -1,5 +1,7 @@
 """Compare runs: overlaid curves, pass@k side by side with paired tests against a baseline, the config diff,
-and exports. Open it with picked runs or a comparison set; `p` picks runs from the screen itself."""
+and exports. Open it with picked runs or a comparison set; opened with neither (the Compare mode) it shows the
+latest comparison set, the latest finished one if any, and its answer (Δ and p against ntp) above the tabs.
+`p` picks runs from the screen itself."""
 
 from __future__ import annotations
 
@@ -17,17 +19,26 @@ from textual_plotext import PlotextPlot
 
 from wmtp_studio import store
 from wmtp_studio.models import Evaluation, Run
-from wmtp_studio.tui.compare_feed import CompareFeed, Snapshot, chart_series
+from wmtp_studio.tui.compare_feed import CompareFeed, Snapshot, chart_series, set_summary, set_title
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.export import ExportFormat, Series, Table, export_path, format_cell, render
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
 from wmtp_studio.tui.results import CompareTables, compare_tables
 from wmtp_studio.tui.series import SeriesStore
+from wmtp_studio.tui.widgets.charts import PALETTE
 
-LOSSES = "train/loss+val/loss"
-"""The default chart: train loss (solid) and validation loss (dots) of every run."""
-COLORS = ("blue+", "orange+", "green+", "red+", "magenta+", "cyan+", "yellow+", "gray+")
+HEAD0_CE = "train/head0/ce+val/head0/val_ce"
+"""The default chart: head 0's cross-entropy (next-token prediction, weight 1) in training (solid) and on the
+held-out slice (dots). Every algorithm has a head 0, so these compare across algorithms and head counts."""
+LOSSES = "train/loss+val/val_loss"
+"""The total losses: sums over the heads (with their coefficients), so not comparable across head counts."""
+COMBINED = {
+    HEAD0_CE: "head-0 CE: train (solid) and val (dots)",
+    LOSSES: "total loss: train (solid) and val (dots); sums over heads",
+}
+MARKERS = ("hd", "dot")
+"""Plotext markers of the first metric (a solid line of quarter blocks) and the second (a line of bullets)."""
 EXPORTS: tuple[tuple[ExportFormat, str], ...] = (
     ("md", "Results table as Markdown"),
     ("tex", "Results table as LaTeX (booktabs)"),
@@ -40,6 +51,8 @@ EXPORTS: tuple[tuple[ExportFormat, str], ...] = (
 class CompareScreen(Screen[None]):
     DEFAULT_CSS = """
     CompareScreen #compare-title { height: 1; padding: 0 1; background: $boost; text-style: bold; }
+    CompareScreen #summary { height: auto; max-height: 6; padding: 0 1; background: $boost; }
+    CompareScreen #summary.-empty { display: none; }
     CompareScreen TabbedContent, CompareScreen ContentSwitcher, CompareScreen TabPane { height: 1fr; }
     CompareScreen TabPane { padding: 0; }
     CompareScreen Select { width: 60; max-width: 100%; }
@@ -66,14 +79,24 @@ class CompareScreen(Screen[None]):
         self.table = Table((), ())
         self.baseline: int | None = None
         self._metric_options: list[str] = []
-        self._feed = CompareFeed(engine=ctx.engine, comparison_set_id=self.set_id, run_ids=self.run_ids)
+        self._feed = CompareFeed(
+            engine=ctx.engine,
+            comparison_set_id=self.set_id,
+            run_ids=self.run_ids,
+            follow_latest=not self.run_ids and self.set_id is None,
+        )
+        self.set_name = ""
+        self.drawn: list[tuple[str, str, tuple[int, int, int], str]] = []
+        """What the chart shows: (run, metric, colour, marker) per drawn series."""
         self._poll_lock = threading.Lock()  # one poll at a time: a feed's cursors must not be read twice
         self._read_error = ""
         self._evaluation_ids: set[int | None] = set()
         self._fresh = True  # the next snapshot redraws everything (first one, or other runs picked)
+        self._statuses: list[str] = []
 
     def compose(self) -> ComposeResult:
         yield Static("Compare", id="compare-title")
+        yield Static("", id="summary", markup=False, classes="-empty")
         with TabbedContent(initial="curves"):
             with TabPane("Curves", id="curves"):
                 yield Select[str]([], prompt="metric", id="metric", compact=True, type_to_search=False)
@@ -113,6 +136,10 @@ class CompareScreen(Screen[None]):
     def _apply(self, feed: CompareFeed, snap: Snapshot) -> None:
         if feed is not self._feed:
             return  # read before other runs were picked
+        if snap.set_id != self.set_id or snap.set_name != self.set_name:  # the latest set is another one now
+            self.set_id, self.set_name, self.baseline, self._fresh = snap.set_id, snap.set_name, None, True
+            self.series = {}
+            self.query_one("#summary", Static).update("")  # the other set's, until its own is computed
         runs_changed = self._fresh or [r.id for r in snap.runs] != [r.id for r in self.runs]
         self._fresh = False
         evals_changed = snap.evaluation_ids() != self._evaluation_ids
@@ -125,9 +152,14 @@ class CompareScreen(Screen[None]):
             self.draw_chart()
         if runs_changed or evals_changed:
             self.compute_tables(self.runs, self.evaluations, self.baseline)
+        elif self.set_id is not None and [r.status for r in snap.runs] != self._statuses:
+            self.compute_tables(
+                self.runs, self.evaluations, self.baseline
+            )  # the summary counts finished runs
+        self._statuses = [r.status for r in snap.runs]
 
     def _update_title(self) -> None:
-        what = f"comparison set {self.set_id}" if self.set_id is not None else "picked runs"
+        what = "picked runs" if self.set_id is None else set_title(self.set_id, self.set_name)
         names = ", ".join(f"#{r.id}" for r in self.runs) or "none: press p to pick runs"
         self.query_one("#compare-title", Static).update(f"Compare {what}: {names}")
 
@@ -137,33 +169,38 @@ class CompareScreen(Screen[None]):
         select = self.query_one("#metric", Select)
         named = [set(self.series.get(r.id or 0, SeriesStore()).names()) for r in self.runs]
         shared = sorted(set.intersection(*named)) if named else []
-        if [LOSSES, *shared] != self._metric_options:
-            self._metric_options, current = [LOSSES, *shared], select.value
-            select.set_options([("loss: train (solid) and val (dots)", LOSSES), *((n, n) for n in shared)])
-            select.value = current if current in self._metric_options else LOSSES
+        if [*COMBINED, *shared] != self._metric_options:
+            self._metric_options, current = [*COMBINED, *shared], select.value
+            select.set_options([*((label, v) for v, label in COMBINED.items()), *((n, n) for n in shared)])
+            select.value = current if current in self._metric_options else HEAD0_CE
 
     def _metric_names(self) -> list[str]:
         value = self.query_one("#metric", Select).value
-        return (value if isinstance(value, str) else LOSSES).split("+")
+        return (value if isinstance(value, str) else HEAD0_CE).split("+")
 
     def draw_chart(self) -> None:
         chart = self.query_one("#chart", PlotextPlot)
         plt, width = chart.plt, max(chart.size.width, 40)
         plt.clear_figure()
-        names = self._metric_names()
-        for i, run in enumerate(self.runs):
-            for name in names:
+        names, self.drawn, steps = self._metric_names(), [], []
+        # One colour and legend entry per run; a second metric (val) is drawn in bullets, under every run's
+        # solid line (a line of bullets between sparse val points would hide the training curves).
+        for j, name in reversed(list(enumerate(names))):
+            for i, run in enumerate(self.runs):
                 series = self.series.get(run.id or 0, SeriesStore()).get(name)
                 if series is None or not len(series):
                     continue
                 xs, ys = series.downsample(width)
-                # One colour and legend entry per run; a second metric (val/loss) is drawn in dots.
-                first = name == names[0]
-                label = str(run.name or run.id) if first else None
-                plt.plot(
-                    xs, ys, label=label, color=COLORS[i % len(COLORS)], marker="braille" if first else "dot"
-                )
-        plt.title(" + ".join(names))
+                label = str(run.name or run.id) if j == 0 else None
+                color, marker = PALETTE[i % len(PALETTE)], MARKERS[min(j, 1)]
+                plt.plot(xs, ys, label=label, color=color, marker=marker)
+                self.drawn.append((str(run.name or run.id), name, color, marker))
+                steps += [xs[0], xs[-1]]
+        if steps:  # whole steps: plotext's own ticks split the range into fractions (78.8)
+            ticks = sorted({round(min(steps) + (max(steps) - min(steps)) * t / 4) for t in range(5)})
+            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
+        value = self.query_one("#metric", Select).value
+        plt.title(COMBINED.get(value, " + ".join(names)) if isinstance(value, str) else " + ".join(names))
         plt.xlabel("step")
         chart.refresh()
 
@@ -183,11 +220,16 @@ class CompareScreen(Screen[None]):
     def compute_tables(
         self, runs: list[Run], evaluations: dict[int, list[Evaluation]], baseline: int | None
     ) -> None:
-        tables = compare_tables(runs, evaluations, baseline, is_set=self.set_id is not None)
+        set_id, name = self.set_id, self.set_name
+        tables = compare_tables(runs, evaluations, baseline, is_set=set_id is not None)
+        summary = "" if set_id is None else set_summary(set_id, name, runs, tables)
         if not get_current_worker().is_cancelled:  # a newer computation (other baseline, new results) won
-            self.app.call_from_thread(self._show_tables, tables)
+            self.app.call_from_thread(self._show_tables, tables, summary)
 
-    def _show_tables(self, tables: CompareTables) -> None:
+    def _show_tables(self, tables: CompareTables, summary: str = "") -> None:
+        panel = self.query_one("#summary", Static)
+        panel.update(summary)
+        panel.set_class(not summary, "-empty")
         self.table, self.baseline = tables.results, tables.baseline
         select = self.query_one("#baseline", Select)
         select.set_options((label, i) for i, label in enumerate(tables.labels))
@@ -252,7 +294,7 @@ class CompareScreen(Screen[None]):
     def _picked(self, run_ids: list[int] | None) -> None:
         if run_ids is None:
             return
-        self.run_ids, self.set_id, self.baseline = run_ids, None, None
+        self.run_ids, self.set_id, self.set_name, self.baseline = run_ids, None, "", None
         self._feed = CompareFeed(engine=self.ctx.engine, comparison_set_id=None, run_ids=run_ids)
         self.series, self.runs, self.evaluations, self._evaluation_ids = {}, [], {}, set()
         self._fresh = True

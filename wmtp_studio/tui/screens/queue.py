@@ -2,8 +2,9 @@
 
 The queue table lists running runs, then queued ones in the order workers claim them (priority, then age), then
 waiting ones, then the latest failed or cancelled runs (which can be retried). The workers table shows every
-registered worker with its GPUs' memory and utilisation and the age of its heartbeat; the dashboard's own
-embedded worker is marked as such.
+registered worker with how many runs it can hold at once (its slots: one per GPU, or `--slots` on a CPU worker),
+how many it holds now and which, its GPUs' memory and utilisation and the age of its heartbeat; the dashboard's
+own embedded worker is marked as such.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ QUEUE_COLUMNS = [
 ]
 WORKER_COLUMNS = [
     (name, name)
-    for name in ("worker", "kind", "host", "slots", "gpu memory", "gpu util", "heartbeat", "runs")
+    for name in ("worker", "kind", "host", "slots", "busy", "running", "gpu memory", "gpu util", "heartbeat")
 ]
 
 
@@ -58,6 +59,12 @@ def gpu_cells(stats: list[dict[str, Any]]) -> tuple[str, str]:
         f"{g.get('memory_used_mib', 0) / 1024:.0f}/{g.get('memory_total_mib', 0) / 1024:.0f}G" for g in stats
     )
     return memory, " ".join(f"{g.get('utilization_pct', 0):.0f}%" for g in stats)
+
+
+def slots_text(slots: list[str]) -> str:
+    """How many runs a worker can hold at once and on what: `2 (gpu0,gpu1)`, `1 (cpu)`, `2 (cpu)`."""
+    devices = sorted(set(slots), key=slots.index)
+    return f"{len(slots)} ({','.join(devices)})"
 
 
 def heartbeat_text(w: Worker, now: datetime) -> Text:
@@ -169,11 +176,12 @@ class QueueScreen(Screen[None]):
             w.id,
             "embedded" if embedded else "external",
             w.host,
-            ",".join(w.slots),
+            slots_text(w.slots),
+            f"{len(w.current_run_ids)}/{len(w.slots)}",
+            ", ".join(f"run {i}" for i in w.current_run_ids) or "-",
             memory,
             util,
             heartbeat_text(w, now),
-            ",".join(map(str, w.current_run_ids)) or "-",
         ]
 
     # --- intents -------------------------------------------------------------------------------------------

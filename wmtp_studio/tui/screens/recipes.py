@@ -1,18 +1,22 @@
-"""Recipes: the YAML files of the recipes directory and the recipes saved in the database; edit one with live
-validation, save it under a name, or queue a comparison (algorithms x seeds) of it."""
+"""Recipes: the YAML files of the recipes directory and the recipes saved in the database, listed under a header
+each; edit one with live validation, save it under a name, or queue a comparison (algorithms x seeds) of it.
+
+Keys: ctrl+s saves, ctrl+g queues a comparison (`q` quits, as on every screen). In the editor every printable
+key is text; Tab or Escape leaves it (widgets/yaml_editor.py)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
 from textual.screen import Screen
 from textual.timer import Timer
-from textual.widgets import Button, Footer, Input, Label, OptionList, Static, TextArea
+from textual.widgets import Button, Footer, Header, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from wmtp_studio import store
@@ -21,7 +25,8 @@ from wmtp_studio.recipe import Recipe, load_recipe_text
 from wmtp_studio.submit import submit_comparison, wake_workers
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
-from wmtp_studio.tui.queue_form import ComparisonForm, ComparisonRequest
+from wmtp_studio.tui.queue_form import ComparisonForm
+from wmtp_studio.tui.widgets.yaml_editor import YamlEditor
 
 VALIDATE_AFTER_S = 0.3
 """Validation waits this long after the last keystroke."""
@@ -39,6 +44,25 @@ class Entry:
     path: Path | None = None
 
 
+def list_options(folder: Path | None, files: list[Entry], saved: list[Entry]) -> list[Option]:
+    """The two groups, each under a header (a disabled option), with a line saying so when one is empty."""
+
+    def group(header: str, entries: list[Entry], empty: str) -> list[Option]:
+        rows = [Option(e.label, id=e.key) for e in entries]
+        return [
+            Option(header, disabled=True),
+            *(rows or [Option(Text(f"  {empty}", style="italic"), disabled=True)]),
+        ]
+
+    where = f"{folder.name}/" if folder is not None else "recipes/"
+    return [
+        *group(
+            f"Files in {where}", files, f"no {where} folder here" if folder is None else "no *.yaml files"
+        ),
+        *group("Saved in the studio", saved, "none yet (ctrl+s saves)"),
+    ]
+
+
 def budget(recipe: Recipe) -> str:
     return (
         f"{recipe.train.steps} steps" if recipe.train.steps is not None else f"{recipe.train.epochs} epochs"
@@ -49,6 +73,7 @@ class RecipesScreen(Screen[None]):
     DEFAULT_CSS = """
     RecipesScreen #recipe-pane { width: 32; border-right: tall $panel; }
     RecipesScreen #recipe-list { height: 1fr; }
+    RecipesScreen #recipe-list > .option-list--option-disabled { color: $text-accent; text-style: bold; }
     RecipesScreen #name-row { height: auto; }
     RecipesScreen #recipe-name { width: 1fr; }
     RecipesScreen #name-row Button { margin-left: 1; }
@@ -58,7 +83,7 @@ class RecipesScreen(Screen[None]):
     """
     BINDINGS = [
         Binding("ctrl+s", "save", "Save"),
-        Binding("q", "queue", "Queue comparison"),
+        Binding("ctrl+g", "queue", "Queue comparison"),
         Binding("ctrl+r", "reload", "Reload list"),
     ]
 
@@ -71,18 +96,19 @@ class RecipesScreen(Screen[None]):
         """The editor's text as a validated recipe; None while it is invalid."""
         self.error = "empty recipe"
         self._timer: Timer | None = None
+        self.sub_title = "Recipes"
 
     def compose(self) -> ComposeResult:
+        yield Header()
         with Horizontal():
             with Vertical(id="recipe-pane"):
-                yield Label("Recipes")
                 yield OptionList(id="recipe-list")
             with Vertical():
                 with Horizontal(id="name-row"):
                     yield Input(placeholder="name to save under", id="recipe-name", compact=True)
                     yield Button("Save", id="save", compact=True)
-                    yield Button("Queue comparison", variant="primary", id="queue", compact=True)
-                yield TextArea.code_editor("", language="yaml", id="editor")
+                    yield Button("Queue comparison", id="queue", compact=True)
+                yield YamlEditor(id="editor")
                 yield Static("Pick a recipe on the left, or write one.", id="validation", markup=False)
         yield Footer()
 
@@ -93,26 +119,25 @@ class RecipesScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="recipes-list")
     def action_reload(self) -> None:
-        entries: list[Entry] = []
         folder = self.ctx.recipes_dir
-        if folder is not None and folder.is_dir():
-            entries += [
-                Entry(f"file:{p.name}", p.name, p.stem, path=p) for p in sorted(folder.glob("*.y*ml"))
-            ]
-        entries += [
-            Entry(f"db:{r.name}", f"saved: {r.name}", r.name, text=r.yaml_text)
+        if folder is not None and not folder.is_dir():
+            folder = None
+        files = [] if folder is None else sorted(folder.glob("*.y*ml"))
+        file_entries = [Entry(f"file:{p.name}", p.name, p.stem, path=p) for p in files]
+        saved = [
+            Entry(f"db:{r.name}", r.name, r.name, text=r.yaml_text)
             for r in store.list_saved_recipes(engine=self.ctx.engine)
         ]
-        self.app.call_from_thread(self._show_entries, entries)
+        self.app.call_from_thread(self._show_entries, folder, file_entries, saved)
 
-    def _show_entries(self, entries: list[Entry]) -> None:
-        self.entries = {e.key: e for e in entries}
+    def _show_entries(self, folder: Path | None, files: list[Entry], saved: list[Entry]) -> None:
+        self.entries = {e.key: e for e in [*files, *saved]}
         options = self.query_one("#recipe-list", OptionList)
         highlighted = options.highlighted
         options.clear_options()
-        options.add_options([Option(e.label, id=e.key) for e in entries])
-        if highlighted is not None and entries:
-            options.highlighted = min(highlighted, len(entries) - 1)
+        options.add_options(list_options(folder, files, saved))
+        if highlighted is not None:
+            options.highlighted = min(highlighted, options.option_count - 1)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         entry = self.entries.get(event.option.id or "")
@@ -131,7 +156,7 @@ class RecipesScreen(Screen[None]):
     def _show_entry(self, entry: Entry, text: str) -> None:
         self.current = entry
         self.query_one("#recipe-name", Input).value = entry.name
-        self.query_one("#editor", TextArea).load_text(text)
+        self.query_one("#editor", YamlEditor).load_text(text)
         self.validate()
 
     # --- live validation --------------------------------------------------------------------------------------
@@ -149,7 +174,7 @@ class RecipesScreen(Screen[None]):
         source = self.current.label if self.current is not None else "editor"
         status = self.query_one("#validation", Static)
         try:
-            self.recipe = load_recipe_text(self.query_one("#editor", TextArea).text, source)
+            self.recipe = load_recipe_text(self.query_one("#editor", YamlEditor).text, source)
         except StudioError as exc:
             self.recipe, self.error = None, str(exc)
             status.update(self.error)
@@ -176,7 +201,7 @@ class RecipesScreen(Screen[None]):
                 ErrorModal("give the recipe a name to save it under", title="Recipe not saved")
             )
         else:
-            self.save(name, self.query_one("#editor", TextArea).text, recipe)
+            self.save(name, self.query_one("#editor", YamlEditor).text, recipe)
 
     @work(thread=True, group="recipes-save")
     def save(self, name: str, text: str, recipe: Recipe) -> None:
@@ -194,38 +219,30 @@ class RecipesScreen(Screen[None]):
             self.app.push_screen(ErrorModal(self.error, title="Cannot queue this recipe"))
             return
         checked = [a for a in ("ntp", "baseline-mtp", "critic-wmtp") if a != recipe.algorithm.name]
-        form = ComparisonForm(recipe.name, [recipe.algorithm.name, *checked])
-        self.app.push_screen(form, lambda request: self._queue(recipe, request))
+        form = ComparisonForm(
+            recipe.name,
+            recipe.algorithm.name,
+            [recipe.algorithm.name, *checked],
+            submit=lambda algorithms, seeds, priority: self.submit(recipe, algorithms, seeds, priority),
+        )
+        self.app.push_screen(form, self._queued)
 
-    def _queue(self, recipe: Recipe, request: ComparisonRequest | None) -> None:
-        if request is None:
-            return
-        try:
-            algorithms, seeds, priority = request.parse()
-        except StudioError as exc:
-            self.app.push_screen(ErrorModal(str(exc), title="Comparison not queued"))
-            return
-        self.submit(recipe, algorithms, seeds, priority)
+    def _queued(self, message: str | None) -> None:
+        if message is not None:
+            self.notify(message, title="Queued")
 
-    @work(thread=True, group="recipes-submit")
-    def submit(self, recipe: Recipe, algorithms: list[str], seeds: list[int], priority: int) -> None:
+    def submit(self, recipe: Recipe, algorithms: list[str], seeds: list[int], priority: int) -> str:
+        """Store the comparison set and wake the workers (called by the form, in its thread); StudioError when
+        it is refused, which the form shows while keeping every choice."""
         ctx = self.ctx
-        try:
-            cset, runs = submit_comparison(
-                engine=ctx.engine,
-                settings=ctx.settings,
-                recipe=recipe,
-                algorithms=algorithms,
-                seeds=seeds,
-                priority=priority,
-            )
-        except StudioError as exc:
-            self.app.call_from_thread(
-                self.app.push_screen, ErrorModal(str(exc), title="Comparison not queued")
-            )
-            return
+        cset, runs = submit_comparison(
+            engine=ctx.engine,
+            settings=ctx.settings,
+            recipe=recipe,
+            algorithms=algorithms,
+            seeds=seeds,
+            priority=priority,
+        )
         warning = wake_workers(ctx.settings, [r.id or 0 for r in runs])
         message = f"comparison set {cset.id}: {len(runs)} runs queued"
-        self.app.call_from_thread(
-            self.notify, f"{message}\n{warning}" if warning else message, title="Queued"
-        )
+        return f"{message}\n{warning}" if warning else message

@@ -11,10 +11,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.text import Text
 from sqlalchemy.exc import SQLAlchemyError
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.containers import ScrollableContainer, VerticalScroll
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Label, Log, Static, TabbedContent, TabPane
@@ -31,7 +33,7 @@ from wmtp_studio.tui.widgets.evaluations import EvaluationTable
 from wmtp_studio.tui.widgets.recipe import RecipeView
 from wmtp_studio.tui.widgets.samples import SamplesView, find_samples, read_samples
 from wmtp_studio.tui.widgets.tokens import TokensPanel
-from wmtp_studio.tui.widgets.weights import WeightsPanel
+from wmtp_studio.tui.widgets.weights import WeightsPanel, informative_head
 
 CHARTED = re.compile(
     r"train/(loss|lr|grad_norm|value_loss|head\d+/(ce|w_entropy|w_std|selected_fraction))|val/.+|stage1/.+"
@@ -58,17 +60,20 @@ class RunScreen(Screen[None]):
     """`RunScreen(ctx, run_id)`: everything about one run, refreshed while it trains."""
 
     DEFAULT_CSS = """
-    RunScreen #run-header { height: 1; padding: 0 1; text-style: bold; }
+    RunScreen #run-header { height: auto; max-height: 3; padding: 0 1; }
     RunScreen RunProgress { padding: 0 1; }
     RunScreen TabbedContent { height: 1fr; }
     RunScreen TabPane { padding: 0; }
     RunScreen #no-evaluations { padding: 1; color: $text-muted; }
     RunScreen #log-caption { padding: 0 1; color: $text-muted; }
+    RunScreen #recipe-scroll { height: 1fr; }
     """
     BINDINGS = [
         Binding("escape", "back", "Back"),
         Binding("left_square_bracket", "head(-1)", "Prev head"),
         Binding("right_square_bracket", "head(1)", "Next head"),
+        Binding("pagedown", "scroll_tab(1)", "Scroll"),
+        Binding("pageup", "scroll_tab(-1)", "Scroll up", show=False),
         *(
             Binding(str(i), f"tab('{tab}')", tab.capitalize(), show=False)
             for i, tab in enumerate(("curves", "weights", "evaluations", "tokens", "log", "recipe"), 1)
@@ -86,6 +91,9 @@ class RunScreen(Screen[None]):
         self.data = RunData()
         self.run: Run | None = None
         self.head = 0
+        self.head_chosen = False
+        """Whether the user picked a head with [ or ]; until then the Weights and Tokens tabs show the first head
+        whose weights vary (`informative_head`)."""
         self.stale: set[str] = {"curves", "weights", "tokens"}
         """Tabs whose data changed since they were last drawn."""
         self._log_tail: TextTail | None = None
@@ -112,7 +120,7 @@ class RunScreen(Screen[None]):
             with TabPane("Log", id="log"):
                 yield Label("", id="log-caption", markup=False)
                 yield Log(max_lines=5000, id="log-view")
-            with TabPane("Recipe", id="recipe"):
+            with TabPane("Recipe", id="recipe"), VerticalScroll(id="recipe-scroll"):
                 yield RecipeView(id="recipe-view")
         yield Footer()
 
@@ -184,10 +192,15 @@ class RunScreen(Screen[None]):
 
     def _show_header(self, run: Run) -> None:
         worker = f" on {run.lease_owner}" if run.lease_owner and run.status == "running" else ""
-        self.query_one("#run-header", Static).update(
+        header = Text(
             f"#{run.id} {run.name}  {run.algorithm}  seed {run.seed}  {run.status}{worker}"
-            f"  step {run.last_step}/{run.total_steps}"
+            f"  step {run.last_step}/{run.total_steps}",
+            style="bold",
         )
+        if run.status == "failed":
+            exit_code = f"exit code {run.exit_code}" if run.exit_code is not None else "no reason recorded"
+            header.append(f"\nfailed: {store.failure_reason(run) or exit_code}", style="bold red")
+        self.query_one("#run-header", Static).update(header)
         loss = self.data.series.get("train/loss")
         last = loss.last() if loss else None
         label = f"loss {last[1]:.4f}" if last else ""
@@ -220,6 +233,9 @@ class RunScreen(Screen[None]):
     def _draw(self) -> None:
         self._draw_timer = None
         self._last_draw = time.monotonic()
+        if not self.head_chosen and (head := informative_head(self.data)) != self.head:
+            self.head = head
+            self.stale |= {"weights", "tokens"}
         tab = self.query_one(TabbedContent).active
         if tab not in self.stale:
             return
@@ -266,9 +282,16 @@ class RunScreen(Screen[None]):
         """Show the previous/next head's histograms and token weights."""
         weights = (self.data.tokens.payload.get("data", {}).get("weights", [])) if self.data.tokens else []
         n = max(self.data.hists.n_heads, len(weights), len(self.data.series.heads()), 1)
-        self.head = (self.head + delta) % n
+        self.head, self.head_chosen = (self.head + delta) % n, True
         self.stale |= {"weights", "tokens"}
         self._draw()
+
+    def action_scroll_tab(self, pages: int) -> None:
+        """Page the shown tab down/up: the Weights tab's critic charts and the Recipe tab's end are below 40 rows."""
+        pane = self.query_one(TabbedContent).active_pane
+        scroller = next(iter(pane.query(ScrollableContainer)), None) if pane is not None else None
+        if scroller is not None:
+            (scroller.scroll_page_down if pages > 0 else scroller.scroll_page_up)()
 
     def action_tab(self, tab: str) -> None:
         self.query_one(TabbedContent).active = tab

@@ -13,16 +13,18 @@ from wmtp_studio.models import ComparisonSet, Run
 
 
 def recipe_text(run: Run, cset: ComparisonSet | None) -> Text:
-    recipe_yaml = yaml.safe_dump(json.loads(run.recipe_json), sort_keys=False)
-    text = Text.assemble(
-        Text(f"frozen recipe of run {run.id} ({run.name})\n", style="bold"),
-        Syntax(recipe_yaml, "yaml", theme="ansi_dark").highlight(recipe_yaml),
-    )
+    """How the run differs from its comparison set's base (first: it is what the set compares), then the whole
+    frozen recipe."""
+    text = Text()
     if cset is not None:
-        text.append(f"\ncomparison set #{cset.id} {cset.name} ({cset.factor}): ", style="bold")
+        text.append(f"comparison set #{cset.id} {cset.name} ({cset.factor}): ", style="bold")
         text.append("this run differs from its base in\n" if run.diff else "no difference from its base\n")
         for path, (base, this) in (run.diff or {}).items():  # recipe_diff: {dotted path: [base, this run]}
             text.append(f"  {path}: {base!r} -> {this!r}\n")
+        text.append("\n")
+    recipe_yaml = yaml.safe_dump(json.loads(run.recipe_json), sort_keys=False)
+    text.append(f"frozen recipe of run {run.id} ({run.name})\n", style="bold")
+    text.append_text(Syntax(recipe_yaml, "yaml", theme="ansi_dark").highlight(recipe_yaml))
     return text
 
 

@@ -7,11 +7,25 @@ from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, VerticalScroll
 
 from wmtp_studio.tui.series import RunData
-from wmtp_studio.tui.widgets.charts import BarsChart, LineChart
+from wmtp_studio.tui.widgets.charts import BarsChart, LineChart, step_range
 from wmtp_studio.tui.widgets.heatmap import Heatmap
 
 OPTIONAL = ("chart-critic1", "chart-ev", "chart-critic2", "chart-ev2", "chart-selected")
 """Charts hidden until their run writes the metrics they draw."""
+
+
+def informative_head(data: RunData) -> int:
+    """The head the Weights tab opens on: the first whose weights vary (a weight std above 0 at some step, else a
+    latest histogram with more than one non-empty bin), else 0. Head 0 is all ones for NTP, baseline MTP and
+    Rho-1 with keep_head0, where the weighting shows in heads 1 and up."""
+    s, hists = data.series, data.hists
+    for head in range(max(hists.n_heads, len(s.heads()))):
+        std = s.get(f"train/head{head}/w_std")
+        if (std is not None and max(std.values, default=0.0) > 1e-6) or sum(
+            c > 0 for c in hists.latest(head)
+        ) > 1:
+            return head
+    return 0
 
 
 class WeightsPanel(VerticalScroll):
@@ -46,16 +60,28 @@ class WeightsPanel(VerticalScroll):
             "chart-std": "w_std",
             "chart-selected": "selected_fraction",
         }
-        for chart_id, metric in per_head.items():
-            self._chart(chart_id).draw({f"head{h}": s.get(f"train/head{h}/{metric}") for h in heads})
-        self._chart("chart-critic1").draw(
-            {"train": s.get("stage1/train_value_loss"), "held-out": s.get("stage1/heldout_value_loss")}
-        )
-        self._chart("chart-ev").draw({"held-out": s.get("stage1/heldout_explained_variance")})
-        self._chart("chart-critic2").draw(
-            {"value loss": s.get("train/value_loss"), "held-out": s.get("val/heldout_value_loss")}
-        )
-        self._chart("chart-ev2").draw({"held-out": s.get("val/heldout_explained_variance")})
+        stage2 = {
+            chart_id: {f"head{h}": s.get(f"train/head{h}/{metric}") for h in heads}
+            for chart_id, metric in per_head.items()
+        } | {
+            "chart-critic2": {
+                "value loss": s.get("train/value_loss"),
+                "held-out": s.get("val/heldout_value_loss"),
+            },
+            "chart-ev2": {"held-out": s.get("val/heldout_explained_variance")},
+        }
+        stage1 = {
+            "chart-critic1": {
+                "train": s.get("stage1/train_value_loss"),
+                "held-out": s.get("stage1/heldout_value_loss"),
+            },
+            "chart-ev": {"held-out": s.get("stage1/heldout_explained_variance")},
+        }
+        # Each stage counts its own steps: the charts of one stage share their x axis.
+        for charts in (stage2, stage1):
+            steps = step_range(series for drawn in charts.values() for series in drawn.values())
+            for chart_id, drawn in charts.items():
+                self._chart(chart_id).draw(drawn, steps)
         for chart_id in OPTIONAL:
             chart = self._chart(chart_id)
             chart.display = bool(chart.drawn)

@@ -1,4 +1,15 @@
-"""Who owns a run directory: its identity stamp (`run.json`) and the lock a trainer holds for its whole life.
+"""The run directory: the one contract between the studio, the worker, the trainer and the evaluator.
+
+Everything that crosses processes goes through files in `runs/<id>/`, named here and typed with pydantic models
+in this package (torch-free, so the store, the worker and the dashboard read them without loading the trainer):
+
+- `recipe.json`: the frozen `Recipe` (recipe.py); `run.json`: the identity stamp, below;
+- `metrics.jsonl`: the trainer's and the evaluator's `MetricLine`s (metrics.py);
+- `checkpoints/step_<n>/` and the `checkpoints/latest` pointer, each with its `TrainerState` (checkpoints.py);
+- `eval/<i>-<benchmark>/results.json` and `samples.jsonl`: an evaluation's `EvalResults` (results.py);
+- `model/`: the exported model; `train.log`: the jobs' output.
+
+Ownership: the directory's identity stamp (`run.json`) and the lock a trainer holds for its whole life.
 
 A run directory outlives the database row that made it: a reset studio database numbers runs from 1 again, and
 `runs/1/` may still hold another run's checkpoints. So every run directory is stamped with the run's unique id
@@ -27,10 +38,14 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from wmtp_studio.errors import StudioError
 
+RECIPE = "recipe.json"
+METRICS = "metrics.jsonl"
+TRAIN_LOG = "train.log"
+MODEL = "model"
 STAMP = "run.json"
 LOCK = ".trainer.lock"
 EXIT_BUSY = 75  # EX_TEMPFAIL: another trainer owns the run directory; try again later
-FRESH = {"recipe.json", STAMP, LOCK}
+FRESH = {RECIPE, STAMP, LOCK}
 """What a run directory holds before any training: a submission that was rolled back may leave these behind."""
 
 
@@ -48,7 +63,7 @@ class RunDirBusy(StudioError):
 
 def recipe_sha256(run_dir: Path) -> str:
     """sha256 of the frozen recipe.json (canonical JSON, so equal to `Recipe.sha256()` of the recipe)."""
-    return hashlib.sha256((run_dir / "recipe.json").read_bytes()).hexdigest()
+    return hashlib.sha256((run_dir / RECIPE).read_bytes()).hexdigest()
 
 
 def read_stamp(path: Path) -> RunStamp | None:
@@ -91,7 +106,7 @@ def check_checkpoint(run_dir: Path, checkpoint: Path) -> None:
     if theirs.recipe_sha256 != mine.recipe_sha256:
         raise StudioError(
             f"refusing to resume {checkpoint}: it was trained with recipe {theirs.recipe_sha256[:12]}, "
-            f"and {run_dir / 'recipe.json'} is now {mine.recipe_sha256[:12]}"
+            f"and {run_dir / RECIPE} is now {mine.recipe_sha256[:12]}"
         )
 
 
