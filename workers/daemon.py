@@ -33,8 +33,9 @@ from wmtp_studio import __version__, store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import Run
 from wmtp_studio.settings import Settings
-from workers import mlflow_sync
-from workers.supervise import supervise
+from wmtp_studio.taskqueue import announce
+from wmtp_studio.workers import mlflow_sync
+from wmtp_studio.workers.supervise import supervise
 
 log = logging.getLogger("wmtp_worker")
 
@@ -135,9 +136,7 @@ class Worker:
             if outcome.status == "abandoned":
                 log.error("run %s stopped with a checkpoint: %s", run.id, outcome.error_tail)
             if outcome.status == "queued":  # handed back or crashed: any worker may resume it
-                from workers import tasks
-
-                tasks.announce([run.id])
+                announce([run.id])
         except SQLAlchemyError as exc:  # the lease expires and the reaper re-queues the run
             log.error("supervising run %s: %s", run.id, store.database_error(self.engine.url, exc))
             self.fatal = self.fatal or str(store.database_error(self.engine.url, exc))
@@ -164,12 +163,10 @@ class Worker:
 
 
 def reap(engine: Engine) -> None:
-    from workers import tasks
-
     requeued = store.requeue_expired_leases(engine=engine)
     if requeued:
         log.info("re-queued runs with expired leases: %s", requeued)
-        tasks.announce(requeued)
+        announce(requeued)
     forgotten = store.forget_dead_workers(engine=engine)
     if forgotten:
         log.info("forgot workers silent for %.0f s: %s", store.WORKER_FORGET_AFTER_S, forgotten)
@@ -276,8 +273,8 @@ def main(argv: list[str] | None = None) -> None:
             engine=engine, worker_id=worker_id, gpus=args.gpu_list, slots=args.slots, lease_s=args.lease_s
         )
         register(worker)
-        from workers import tasks  # the queue opens on import (a read-only home fails here)
-        from workers.queue import huey
+        from wmtp_studio.workers import tasks  # the queue opens on import (a read-only home fails here)
+        from wmtp_studio.workers.queue import huey
     except SQLAlchemyError as exc:
         log.error("%s", store.database_error(settings.database_url, exc))
         sys.exit(2)

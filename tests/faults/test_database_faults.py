@@ -21,11 +21,11 @@ from tests.integration.conftest import RECIPES
 from tests.integration.jobs import ROOT, trainer_pids, wait_for
 from wmtp_studio import store
 from wmtp_studio.rundir.metrics import read_metrics
-from workers import mlflow_sync
+from wmtp_studio.workers import mlflow_sync
 
 pytestmark = pytest.mark.slow
 WMTP = "from wmtp_studio.cli import wmtp_main; wmtp_main()"
-WORKER = "from workers.daemon import main; main()"
+WORKER = "from wmtp_studio.workers.daemon import main; main()"
 
 
 def _worker_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -26,7 +26,7 @@ from wmtp_studio.tracking import allowed_params
 pytestmark = pytest.mark.slow
 
 STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
-WORKER = "from workers.daemon import main; main()"
+WORKER = "from wmtp_studio.workers.daemon import main; main()"
 TINY = [
     "data.generated.num_train=400",
     "train.steps=12",

@@ -19,13 +19,13 @@ from sqlalchemy.engine import Engine
 from tests.integration.conftest import RECIPES, ROOT
 from wmtp_studio import store
 from wmtp_studio.rundir.metrics import read_metrics
-from workers.supervise import session_pids
+from wmtp_studio.workers.supervise import session_pids
 
 pytestmark = pytest.mark.slow
 
 STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
-WORKER = "from workers.daemon import main; main()"
-ENQUEUE = "import sys; from workers.tasks import announce; announce([int(a) for a in sys.argv[1:]])"
+WORKER = "from wmtp_studio.workers.daemon import main; main()"
+ENQUEUE = "import sys; from wmtp_studio.taskqueue import announce; announce([int(a) for a in sys.argv[1:]])"
 TINY = [
     "--set",
     "data.generated.num_train=600",

@@ -25,9 +25,9 @@ from textual.worker import Worker, get_current_worker
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import ComparisonSet, Evaluation, Run
+from wmtp_studio.series import FeedBatch, MetricFeed, RunData, TextTail
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
-from wmtp_studio.tui.series import FeedBatch, MetricFeed, RunData, TextTail
 from wmtp_studio.tui.widgets.charts import CurvesPanel, RunProgress
 from wmtp_studio.tui.widgets.evaluations import EvaluationTable
 from wmtp_studio.tui.widgets.recipe import RecipeView
