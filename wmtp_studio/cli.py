@@ -360,25 +360,31 @@ def eval_samples(
 
 def _print_failures(path: Path) -> None:
     """A table of the failed samples in a samples.jsonl: status, the failed assert or exception, stderr's end."""
-    import json
-
     from rich.table import Table
     from rich.text import Text
+
+    from wmtp_studio.rundir.results import read_samples
 
     table = Table(title="failed samples", show_lines=True)
     for col in ("task_id", "#", "status", "line", "why", "expected", "got", "stderr (end)"):
         table.add_column(col, overflow="fold")
     shown = 0
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        v = json.loads(raw)
-        if v["passed"]:
+    for v in read_samples(path):
+        if v.passed:
             continue
         shown += 1
-        detail, exception = v.get("detail", ""), v.get("exception", "")
-        why = "; ".join(filter(None, [detail, "" if exception in detail else exception]))
-        stderr_end = (v.get("stderr", "").strip().splitlines() or [""])[-1]
-        cells = [v["task_id"], str(v["index"]), v["status"], str(v.get("line") or ""), why]
-        cells += [v.get("expected", ""), v.get("got", ""), stderr_end[-200:]]
+        why = "; ".join(filter(None, [v.detail, "" if v.exception in v.detail else v.exception]))
+        stderr_end = (v.stderr.strip().splitlines() or [""])[-1]
+        cells = [
+            v.task_id,
+            str(v.index),
+            v.status,
+            str(v.line or ""),
+            why,
+            v.expected,
+            v.got,
+            stderr_end[-200:],
+        ]
         table.add_row(*map(Text, cells))  # Text: the program's output is not markup
     Console().print(table if shown else "no failed samples")
 
