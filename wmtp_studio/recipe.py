@@ -189,6 +189,11 @@ class TrainSection(Section):
     """Clip the global gradient norm to this value (every algorithm)."""
     mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 autocast on GPU, fp32 on CPU; `fp32` or `bf16` to force one."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Several processes: `ddp` keeps a whole model on each and sums the gradients; `fsdp` shards parameters,
+    gradients and optimiser state over them (FSDP2: each decoder layer and each head its own unit; with bf16 the
+    parameters compute in bf16 and gradients are reduced in fp32) and checkpoints them with torch distributed
+    checkpoint, for models whose AdamW state does not fit one device. One process: the same either way."""
     naive_loss: Flag = False
     """Materialise all heads' logits at once (tests and memory benchmarks); default is per-head backward."""
     max_nonfinite: Int = Field(5, ge=1)

@@ -23,6 +23,7 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import Recipe, recipe_from_json
 from wmtp_studio.runrefs import check_local_paths, resolve_run_refs
 from wmtp_studio.tracking import MlflowLogger
+from wmtp_studio.train import fsdp
 from wmtp_studio.train.data import (
     Batch,
     Encoded,
@@ -82,6 +83,11 @@ class Setup:
     @property
     def world(self) -> int:
         return int(self.accel.num_processes)
+
+    @property
+    def fsdp(self) -> bool:
+        """The model is sharded (train.parallel: fsdp over several processes): its forward is a collective."""
+        return fsdp.active(self.recipe, self.world)
 
 
 def setup(
@@ -203,6 +209,8 @@ def _setup_model(
 ) -> tuple[MTPModel, ValueHead | None]:
     model = _build_model(recipe, tokenizer, saved).to(accel.device)
     model.train()
+    if fsdp.active(recipe, accel.num_processes):
+        fsdp.shard(model, fsdp.bf16_params(recipe))
     critic = recipe.algorithm.name == "critic-wmtp"
     return model, ValueHead(model.hidden_size).to(accel.device) if critic else None
 
