@@ -6,7 +6,7 @@ bench_memory.py), takes its own batch of random token ids and runs the trainer's
 global-norm clipping and AdamW. DDP and FSDP alternate round by round in fresh process groups; the script prints
 the median step time of each, their ratio, and the parameters and AdamW state each process holds.
 
-    python benchmarks/bench_fsdp.py [--procs 2] [--steps 5] [--rounds 3] [--device cpu|cuda] [--json OUT]
+    python benchmarks/bench_fsdp.py [--procs 2] [--steps 5] [--rounds 2] [--device cpu|cuda] [--json OUT]
 
 On CPU the processes talk over gloo; on CUDA (one GPU per process) over NCCL, in bf16 as the trainer runs there.
 """
@@ -103,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--procs", type=int, default=2)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--seq", type=int, default=128)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
