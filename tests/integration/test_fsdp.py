@@ -3,8 +3,10 @@ sharded checkpoint and exports the same `model/` directory.
 
 Per algorithm: one process with batch 8, DDP and FSDP with 2 processes x batch 4 (2 micro-batches per step, so
 gradient accumulation and the per-head backward both cross the FSDP units); every step's FSDP loss agrees with
-DDP's to 1e-4 relative, and with the one process's (except critic's, see below). The critic run (value head replicated beside the sharded model, Stage 1, value loss) is also cut back to
-its step-2 checkpoint and resumed: its later losses and exported weights are bit for bit those of the straight run.
+DDP's to 1e-4 relative, and with the one process's (except critic's, see the test). The critic run (value head
+replicated beside the sharded model, Stage 1, value loss) is also cut back to its step-2 checkpoint and resumed:
+its later losses and exported weights are bit for bit those of the straight run. Then the units themselves:
+gradients summed (not averaged) over processes, on the naive path too, and with bf16 parameters on the CPU.
 """
 
 from __future__ import annotations
@@ -18,10 +20,16 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 from safetensors.torch import load_file
+from torch.distributed.tensor import DTensor
 
 from tests.integration.conftest import lines, make_run, train_losses
+from wmtp_studio.train.fsdp import shard
 from wmtp_studio.train.loop import train
+from wmtp_studio.train.loss import forward_backward
+from wmtp_studio.train.model import MTPModel, build_tiny_hf
 
 COMMON = (
     "train.steps=4",
@@ -114,3 +122,61 @@ def _resumes_exactly(straight: Path, resumed: Path) -> None:
     want, got = weights(straight / "model"), weights(resumed / "model")
     assert sorted(want) == sorted(got)
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+def _tiny() -> MTPModel:
+    torch.manual_seed(0)
+    return MTPModel(build_tiny_hf("llama", 128, 32, 3, 4, None, 64, {}), 3, "transformer")
+
+
+def _weights(_k: int, ce: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    return m * (1 + ce.sigmoid())  # any w that depends on the CE
+
+
+def _loss_and_grads(model: MTPModel, rows: slice, naive: bool) -> tuple[float, dict[str, torch.Tensor]]:
+    x = torch.randint(0, 128, (4, 16), generator=torch.Generator().manual_seed(1))[rows]  # (B, S)
+    mask = torch.ones_like(x, dtype=torch.bool)
+    den = [
+        float(4 * (16 - k - 1)) for k in range(3)
+    ]  # head k's valid entries over all 4 rows: 4 x (16 - k - 1)
+    stats = forward_backward(model, model.trunk(x), x, mask, None, _weights, [1, 0.5, 0.25], den, naive=naive)
+    grads = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+    return float(stats.loss), {n: g.full_tensor() if isinstance(g, DTensor) else g for n, g in grads.items()}
+
+
+def _shard_rank(rank: int, out: str) -> None:
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29574"}
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        torch.set_num_threads(1)
+        results = {}
+        for name, naive, bf16 in (("naive-fp32", True, False), ("per-head-bf16", False, True)):
+            model = _tiny()
+            shard(model, bf16)
+            loss, grads = _loss_and_grads(model, slice(2 * rank, 2 * rank + 2), naive)
+            total = torch.tensor([loss])
+            dist.all_reduce(total)
+            results[name] = (float(total), grads)
+            assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 is the compute copy only
+        if rank == 0:
+            torch.save(results, out)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_fsdp_units_sum_gradients_in_fp32_and_in_bf16(tmp_path: Path) -> None:
+    """Two gloo ranks of 2 rows each, sharded, give one process's loss and gradients on the 4 rows: the naive path
+    (one backward over all heads) in fp32 to float rounding, the per-head path with bf16 parameters (reduced in
+    fp32) to bf16's precision. bf16 FSDP on a GPU: tests/gpu/test_fsdp_cuda.py."""
+    torch.set_num_threads(1)
+    mp.spawn(_shard_rank, args=(str(tmp_path / "out.pt"),), nprocs=2, join=True)
+    results = torch.load(tmp_path / "out.pt", weights_only=False)
+    want_loss, want = _loss_and_grads(_tiny(), slice(0, 4), naive=False)
+    for name, (loss, grads), rel in (
+        ("naive-fp32", results["naive-fp32"], 1e-5),
+        ("per-head-bf16", results["per-head-bf16"], 3e-2),
+    ):
+        assert loss == pytest.approx(want_loss, rel=rel * 0.1), name
+        assert sorted(grads) == sorted(want), name
+        for k, g in want.items():  # relative to the tensor's largest entry: bf16 keeps 8 bits of mantissa
+            assert float((grads[k].float() - g).abs().max()) <= rel * float(g.abs().max()), (name, k)
