@@ -45,6 +45,7 @@ PARAM_ALLOW_LIST = (
     "train.seed",
     "train.grad_clip",
     "train.mixed_precision",
+    "train.parallel",
     "optim",
     "algorithm",
 )

@@ -1,7 +1,7 @@
 """FSDP2 on CUDA (skipped without): bf16 parameters with fp32 gradient reduction, and two GPUs training like DDP.
 
-The CPU tests (tests/integration/test_fsdp.py) run FSDP in fp32 over gloo; the bf16 MixedPrecisionPolicy and NCCL
-are exercised here only.
+The CPU tests (tests/integration/test_fsdp.py) run the trainer with FSDP in fp32 over gloo and check the units'
+gradients with bf16 parameters there; CUDA's bf16 kernels, NCCL and a bf16 FSDP training run are checked here.
 """
 
 from __future__ import annotations

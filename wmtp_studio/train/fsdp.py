@@ -21,6 +21,7 @@ rank 0 from the full state dict gathered onto it.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.distributed.checkpoint as dcp
@@ -94,7 +95,8 @@ def clip_grad_norm(params: list[nn.Parameter], max_norm: float) -> float:
 def full_state(model: MTPModel) -> dict[str, Tensor]:
     """The whole model's state dict gathered onto rank 0's CPU (empty elsewhere); every rank must call it."""
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-    return get_model_state_dict(model, options=options)
+    state = get_model_state_dict(model, options=options)
+    return {k: v for k, v in state.items() if isinstance(v, Tensor)}
 
 
 def _parts(model: MTPModel, value_head: ValueHead | None) -> nn.Module:
@@ -116,6 +118,6 @@ def load_sharded(
     """Restore what `save_sharded` wrote (any process count): every rank reads its own shards."""
     parts = _parts(model, value_head)
     weights, optim = get_state_dict(parts, optimizer)
-    state = {"model": weights, "optim": optim}
-    dcp.load(state, checkpoint_id=path)
+    state: dict[str, Any] = {"model": weights, "optim": optim}
+    dcp.load(state, checkpoint_id=path)  # tensors in place; other entries replaced in `state`
     set_state_dict(parts, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])
