@@ -207,10 +207,12 @@ def _setup_data(*, recipe: Recipe, saved_tokenizer: Path | None) -> Data:
 def _setup_model(
     *, recipe: Recipe, tokenizer: Any, saved: Path | None, accel: Any
 ) -> tuple[MTPModel, ValueHead | None]:
-    model = _build_model(recipe, tokenizer, saved).to(accel.device)
-    model.train()
-    if fsdp.active(recipe, accel.num_processes):
+    model = _build_model(recipe, tokenizer, saved)
+    if fsdp.active(recipe, accel.num_processes):  # unit by unit, only this rank's shards stay on the device
         fsdp.shard(model, fsdp.bf16_params(recipe))
+    else:
+        model = model.to(accel.device)
+    model.train()
     critic = recipe.algorithm.name == "critic-wmtp"
     return model, ValueHead(model.hidden_size).to(accel.device) if critic else None
 
