@@ -94,7 +94,8 @@ def test_fsdp_trains_like_ddp_and_one_process(algorithm: str, reference: Path, t
         # at step 3); there FSDP is held to DDP, which it matches
         if algorithm != "critic-wmtp":
             assert abs(b[step] - one[step]) <= 1e-4 * abs(one[step]), (step, one[step], b[step])
-    assert (fsdp / "checkpoints" / "step_4" / "dcp" / ".metadata").is_file()  # sharded, by DCP
+    shards = fsdp / "checkpoints" / "step_4" / "dcp"  # torch distributed checkpoint: each rank wrote its own
+    assert (shards / ".metadata").is_file() and len(list(shards.glob("*.distcp"))) == 2
     # The exported model: the same files and tensors as DDP's (float sums in another order: 1e-4).
     assert sorted(p.name for p in (fsdp / "model").iterdir()) == sorted(
         p.name for p in (ddp / "model").iterdir()
