@@ -102,6 +102,11 @@ def restore(s: Setup, path: Path) -> None:
         s.value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
     if (path / fsdp.DCP_DIR).is_dir():  # sharded: model, value head and optimiser state
         fsdp.load_sharded(s.model, s.value_head, s.optimizer, path / fsdp.DCP_DIR)
+    elif s.fsdp:
+        raise StudioError(
+            f"{path.name} was written by one process (optimizer.pt, not sharded): resume it on one process, "
+            "or start the FSDP run afresh"
+        )
     else:
         s.optimizer.load_state_dict(
             torch.load(path / "optimizer.pt", map_location=s.accel.device, weights_only=True)
