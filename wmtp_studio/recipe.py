@@ -191,6 +191,11 @@ class TrainSection(Section):
     """`auto`: bf16 autocast on GPU, fp32 on CPU; `fp32` or `bf16` to force one."""
     naive_loss: Flag = False
     """Materialise all heads' logits at once (tests and memory benchmarks); default is per-head backward."""
+    ce_chunk: Int | None = Field(None, ge=0)
+    """Compute each head's unembedding and cross-entropy over this many sequence positions at a time, so that a
+    head's (batch, seq_len, vocab) logits never exist at once, in the backward too (the chunk's logits are
+    recomputed there: one extra unembedding forward per head); also the rho1 reference's. 0 or null: off. Worth
+    it with large vocabularies (32k+), where the logits outweigh the trunk's activations."""
     max_nonfinite: Int = Field(5, ge=1)
     """Abort after this many consecutive steps with a non-finite loss or gradient."""
     log_every: Int = Field(10, ge=1)

@@ -218,7 +218,8 @@ def _setup_reference(
     if not algo.cache:
         return reference, None
     if accel.is_main_process:
-        cached_reference_ce(reference, data.tokenizer, data.train, seq_len, accel.device)
+        chunk = recipe.train.ce_chunk
+        cached_reference_ce(reference, data.tokenizer, data.train, seq_len, accel.device, chunk=chunk)
     accel.wait_for_everyone()
     ref_ce = cached_reference_ce(reference, data.tokenizer, data.train, seq_len, accel.device, compute=False)
     return None, ref_ce  # cached: the reference is not needed any more
