@@ -45,6 +45,8 @@ PARAM_ALLOW_LIST = (
     "train.seed",
     "train.grad_clip",
     "train.mixed_precision",
+    "train.freeze",
+    "train.ce_chunk",
     "optim",
     "algorithm",
 )

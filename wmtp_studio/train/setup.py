@@ -33,6 +33,7 @@ from wmtp_studio.train.data import (
     split_by_problem,
 )
 from wmtp_studio.train.events import MetricsWriter
+from wmtp_studio.train.meta_checkpoint import load_meta_mtp
 from wmtp_studio.train.model import MTPModel, ValueHead, build_tiny_hf, load_mtp
 from wmtp_studio.train.reference import cached_reference_ce, load_reference
 from wmtp_studio.train.threads import apply_threads
@@ -202,6 +203,9 @@ def _setup_model(
     *, recipe: Recipe, tokenizer: Any, saved: Path | None, accel: Any
 ) -> tuple[MTPModel, ValueHead | None]:
     model = _build_model(recipe, tokenizer, saved).to(accel.device)
+    if recipe.train.freeze == "trunk":  # heads only: the optimiser takes what still requires grad
+        for p in model.trunk_parameters():
+            p.requires_grad_(False)
     model.train()
     critic = recipe.algorithm.name == "critic-wmtp"
     return model, ValueHead(model.hidden_size).to(accel.device) if critic else None
@@ -276,6 +280,8 @@ def _batched(recipe: Recipe, tokenizer: Any, data: list[Encoded], device: torch.
 
 def _build_model(recipe: Recipe, tokenizer: Any, source: Path | None) -> MTPModel:
     dtype = getattr(torch, recipe.model.dtype)
+    if source is None and recipe.model.meta_checkpoint:
+        return load_meta_mtp(recipe.model.meta_checkpoint, recipe.n_heads, dtype)
     if source is not None or recipe.model.name_or_path:
         return load_mtp(source or str(recipe.model.name_or_path), recipe.n_heads, recipe.model.heads, dtype)
     tiny = recipe.model.tiny
