@@ -15,6 +15,7 @@ from torch import Tensor
 from wmtp_studio.errors import StudioError
 from wmtp_studio.train import meta_checkpoint
 from wmtp_studio.train.meta_checkpoint import load_meta_mtp, read_params
+from wmtp_studio.train.model import load_mtp
 
 # GQA (2 kv heads for 4 query heads), an ffn multiplier and a rope theta that are not the defaults, 3 future tokens
 PARAMS = {
@@ -168,6 +169,16 @@ def test_more_heads_start_as_head_0_and_fewer_drop_the_last(tmp_path: Path) -> N
     torch.testing.assert_close(five[:, :, 3], want[:, :, 0], atol=TOL, rtol=TOL)  # copies of head 0
     torch.testing.assert_close(five[:, :, 4], want[:, :, 0], atol=TOL, rtol=TOL)
     torch.testing.assert_close(two, want[:, :, :2], atol=TOL, rtol=TOL)
+
+
+def test_a_loaded_checkpoint_saves_as_a_studio_model_directory(tmp_path: Path) -> None:
+    """What a run exports (and resumes from) is the ordinary WMTP directory: same logits after a reload."""
+    write_checkpoint(tmp_path / "ckpt")
+    model = load_meta_mtp(tmp_path / "ckpt", n_heads=3, dtype=torch.float64)
+    model.save(tmp_path / "saved")
+    again = load_mtp(tmp_path / "saved", dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(again(TOKENS), model(TOKENS), atol=0, rtol=0)
 
 
 def test_defaults_of_metas_model_args_apply(tmp_path: Path) -> None:
