@@ -82,7 +82,10 @@ def head_ce(
     for start in range(0, h.shape[1], chunk):
         piece = (h[:, start : start + chunk], targets[:, start : start + chunk])
         if record:
-            parts.append(checkpoint(_ce_and_hits, model, *piece, use_reentrant=False))
+            # no randomness in the unembedding and CE: no RNG state to stash per chunk
+            parts.append(
+                checkpoint(_ce_and_hits, model, *piece, use_reentrant=False, preserve_rng_state=False)
+            )
         else:
             parts.append(_ce_and_hits(model, *piece))
     return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
