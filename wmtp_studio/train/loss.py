@@ -9,8 +9,8 @@ graph alive and back-propagates once (the materialised path, for tests and the m
 `weighted_mtp_loss` is the same formula on materialised (B, S, n, V) logits. All give the same loss and gradients.
 
 `ce_chunk` (recipe `train.ce_chunk`) also splits each head's unembedding and CE over the sequence (`head_ce`): a
-head's (B, S, V) logits never exist at once, only (B, chunk, V), in the backward too (each chunk is checkpointed
-and its logits recomputed when its gradient is needed: one extra unembedding forward per head, METHOD.md "Loss").
+head's (B, S, V) logits never exist at once, only (B, chunk, V), in the backward too (chunked_ce.py recomputes a
+chunk's logits when its gradient is needed: one extra unembedding matmul per head, METHOD.md "Loss").
 """
 
 from __future__ import annotations
@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
-from torch.utils.checkpoint import checkpoint
+from torch import Tensor, nn
 
+from wmtp_studio.errors import StudioError
+from wmtp_studio.train.chunked_ce import LinearCE
 from wmtp_studio.train.model import MTPModel, TrunkOutput
 from wmtp_studio.train.weights import shift_to_head
 
@@ -70,24 +71,22 @@ def head_ce(
 ) -> tuple[Tensor, Tensor]:
     """Head k's per-token CE (B, S) fp32 (with gradient) and whether its argmax is the target (B, S) bool.
 
-    With `chunk` (tokens), the unembedding runs on `chunk` positions at a time, each under an activation
-    checkpoint when gradients are recorded, so neither the forward nor the backward holds more than (B, chunk, V)
-    logits; the numbers are those of the whole-sequence path (the same per-token arithmetic).
+    With `chunk` (tokens), the unembedding runs on `chunk` positions at a time through `LinearCE`, whose backward
+    recomputes the chunk's logits, so neither the forward nor the backward holds more than (B, chunk, V) logits;
+    the numbers are those of the whole-sequence path (the same per-token arithmetic).
     """
     h = model.head_hidden(k, trunk, hidden)  # (B, S, D)
     if not chunk or chunk >= h.shape[1]:
         return _ce_and_hits(model, h, targets)
-    record = torch.is_grad_enabled() and h.requires_grad
-    parts = []
-    for start in range(0, h.shape[1], chunk):
-        piece = (h[:, start : start + chunk], targets[:, start : start + chunk])
-        if record:
-            # no randomness in the unembedding and CE: no RNG state to stash per chunk
-            parts.append(
-                checkpoint(_ce_and_hits, model, *piece, use_reentrant=False, preserve_rng_state=False)
-            )
-        else:
-            parts.append(_ce_and_hits(model, *piece))
+    out = model.hf.get_output_embeddings()
+    if not isinstance(out, nn.Linear):
+        raise StudioError(
+            f"train.ce_chunk needs a linear output embedding, this model has {type(out).__name__}"
+        )
+    parts = [
+        LinearCE.apply(h[:, i : i + chunk], out.weight, out.bias, targets[:, i : i + chunk])
+        for i in range(0, h.shape[1], chunk)
+    ]
     return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
