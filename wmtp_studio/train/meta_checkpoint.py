@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -156,7 +157,7 @@ def _read_state(directory: Path, params: MetaParams) -> dict[str, Tensor]:
     return state
 
 
-def llama_config(params: MetaParams) -> object:
+def llama_config(params: MetaParams) -> Any:
     """The HF LlamaConfig of the trunk + head-0 model."""
     from transformers import LlamaConfig
 
@@ -170,7 +171,7 @@ def llama_config(params: MetaParams) -> object:
         hidden_act="silu",
         max_position_embeddings=params.max_seq_len,
         rms_norm_eps=params.norm_eps,
-        rope_theta=params.rope_theta,
+        rope_parameters={"rope_type": "default", "rope_theta": params.rope_theta},
         tie_word_embeddings=False,
         attention_bias=False,
         mlp_bias=False,

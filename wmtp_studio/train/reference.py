@@ -51,8 +51,9 @@ def reference_ce(
         logits = ref(input_ids=input_ids, **packed).logits[:, :-1].float()  # (B, S-1, V): j-1 predicts x_j
         ce = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, S-1)
         return F.pad(ce, (1, 0))
-    hidden = ref.base_model(input_ids=input_ids, **packed).last_hidden_state[:, :-1]  # (B, S-1, D)
-    unembed, targets = ref.get_output_embeddings(), input_ids[:, 1:]
+    hf: Any = ref  # a HF causal LM: its decoder (base_model) and its output embedding
+    hidden = hf.base_model(input_ids=input_ids, **packed).last_hidden_state[:, :-1]  # (B, S-1, D)
+    unembed, targets = hf.get_output_embeddings(), input_ids[:, 1:]
     parts = [
         F.cross_entropy(
             unembed(hidden[:, i : i + chunk]).float().transpose(1, 2),  # (B, V, chunk)
