@@ -46,6 +46,8 @@ PARAM_ALLOW_LIST = (
     "train.grad_clip",
     "train.mixed_precision",
     "train.parallel",
+    "train.freeze",
+    "train.ce_chunk",
     "optim",
     "algorithm",
 )

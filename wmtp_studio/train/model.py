@@ -219,6 +219,17 @@ class MTPModel(nn.Module):
         out = out[0] if isinstance(out, tuple) else out
         return self._final_norm(out)
 
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """What `train.freeze: trunk` freezes: with linear heads the whole HF model; with transformer heads every
+        HF parameter except head 0's layer, the final norm and an unembedding not tied to the input embedding."""
+        if self.head_kind == "linear":
+            return list(self.hf.parameters())
+        layers, norm = decoder_parts(self.hf)
+        heads = {id(p) for m in (layers[-1], norm) for p in m.parameters()}
+        inputs = {id(p) for p in self.hf.get_input_embeddings().parameters()}
+        heads |= {id(p) for p in self.hf.get_output_embeddings().parameters() if id(p) not in inputs}
+        return [p for p in self.hf.parameters() if id(p) not in heads]
+
     def unembed(self, h: Tensor) -> Tensor:
         """Shared unembedding: (B, S, D) -> (B, S, V)."""
         return self.hf.get_output_embeddings()(h)

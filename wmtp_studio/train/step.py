@@ -150,6 +150,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
                 extra_loss=extra,
                 naive=cfg.naive_loss,
                 detail=detail and i == 0,
+                ce_chunk=cfg.ce_chunk,
             )
         heads = heads.merge(stats) if heads is not None else stats
     assert heads is not None
@@ -227,6 +228,7 @@ def validate(s: Setup) -> dict[str, float]:
                 [1.0] * s.recipe.n_heads,
                 [1.0] * s.recipe.n_heads,
                 backward=False,
+                ce_chunk=cfg.ce_chunk,
             )
         total = total.merge(stats) if total else stats
     if total is None:
