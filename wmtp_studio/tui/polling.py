@@ -13,7 +13,10 @@
    and says why, and the next read tries again. (A Textual worker is a process edge: whatever the store or the
    file system raised is reported there.)
 
-The workers' group names end in `-poll` (tests wait for every other worker, not for pollers).
+What a screen loads once (a recipe, an evaluation's samples, computed tables) is posted the same way, as a
+replaceable message from its worker. One-shot actions (intents, saving, exporting) report their outcome with a
+notification or a modal from their worker (`app.call_from_thread`). The poll workers' group names end in `-poll`
+(tests wait for every other worker, not for pollers).
 """
 
 from __future__ import annotations
