@@ -81,6 +81,16 @@ class TablesComputed(Message, bubble=False):
         return isinstance(message, TablesComputed)
 
 
+@dataclass
+class RunsToPick(Message, bubble=False):
+    """The stored runs, newest first, to pick from (`p`)."""
+
+    runs: list[Run]
+
+    def can_replace(self, message: Message) -> bool:
+        return isinstance(message, RunsToPick)
+
+
 class CompareScreen(Screen[None]):
     DEFAULT_CSS = """
     CompareScreen #compare-title { height: 1; padding: 0 1; background: $boost; text-style: bold; }
@@ -309,9 +319,10 @@ class CompareScreen(Screen[None]):
 
     @work(thread=True, group="compare-pick")
     def action_pick(self) -> None:
-        runs = store.list_runs(engine=self.ctx.engine, limit=500)
-        selected = [r.id or 0 for r in self.runs]
-        self.app.call_from_thread(self.app.push_screen, PickRunsModal(runs, selected), self._picked)
+        self.post_message(RunsToPick(store.list_runs(engine=self.ctx.engine, limit=500)))
+
+    def on_runs_to_pick(self, listed: RunsToPick) -> None:
+        self.app.push_screen(PickRunsModal(listed.runs, [r.id or 0 for r in self.runs]), self._picked)
 
     def _picked(self, run_ids: list[int] | None) -> None:
         if run_ids is None:
