@@ -6,9 +6,9 @@
    posts to `node`; the node handles them on the UI thread (`on_<message name>`). No read waits for the UI: no
    `call_from_thread`, no lock. Objects a read keeps between calls (cursors) are read by one thread at a time.
 3. Each such message is replaceable (Textual's `Message.can_replace`, as in toolong's messages.py): when the UI
-   falls behind, a newer read supersedes the one still queued, so the screen handles only the latest. A read of
-   increments (new metric rows, new log lines) takes over the older message's increments in `can_replace`, so
-   nothing read is lost.
+   falls behind, a newer read queued right behind an older one supersedes it, so the screen handles only the
+   latest (`can_replace = replaced_by_same_kind`). A read of increments (new metric rows, new log lines) takes over the
+   older message's increments in its own `can_replace`, so nothing read is lost.
 4. A read that raises posts `PollFailed` instead (once, until a read works again); the node keeps what it shows
    and says why, and the next read tries again. (A Textual worker is a process edge: whatever the store or the
    file system raised is reported there.)
@@ -31,14 +31,18 @@ from textual.worker import Worker as ThreadWorker
 from textual.worker import get_current_worker
 
 
+def replaced_by_same_kind(self: Message, message: Message) -> bool:
+    """`can_replace` of a message that holds a whole snapshot: a newer message of its kind replaces it."""
+    return type(message) is type(self)
+
+
 @dataclass
 class PollFailed(Message, bubble=False):
     """A read failed (the first failure since the last read that worked); the next read tries again."""
 
     error: Exception
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, PollFailed)
+    can_replace = replaced_by_same_kind
 
 
 class Poll:

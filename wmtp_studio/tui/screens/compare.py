@@ -26,7 +26,7 @@ from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.export import ExportFormat, Series, Table, export_path, format_cell, render
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
-from wmtp_studio.tui.polling import Poll, PollFailed
+from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
 from wmtp_studio.tui.results import CompareTables, compare_tables
 from wmtp_studio.tui.series import SeriesStore
 from wmtp_studio.tui.widgets.charts import PALETTE
@@ -77,8 +77,7 @@ class TablesComputed(Message, bubble=False):
     tables: CompareTables
     summary: str
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, TablesComputed)
+    can_replace = replaced_by_same_kind
 
 
 @dataclass
@@ -87,8 +86,7 @@ class RunsToPick(Message, bubble=False):
 
     runs: list[Run]
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, RunsToPick)
+    can_replace = replaced_by_same_kind
 
 
 class CompareScreen(Screen[None]):

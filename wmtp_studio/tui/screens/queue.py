@@ -27,7 +27,7 @@ from wmtp_studio.models import Run, Worker, utcnow
 from wmtp_studio.tui import intents
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.intents import CANCEL_RETRY_KEYS, PRIORITY_KEYS, OpenRun
-from wmtp_studio.tui.polling import Poll, PollFailed
+from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
 from wmtp_studio.tui.runcells import duration, status_text
 from wmtp_studio.tui.tablesync import ShownCell, current_key, sync_rows
 
@@ -49,8 +49,7 @@ class QueuePolled(Message, bubble=False):
     workers: list[Worker]
     paused: bool
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, QueuePolled)
+    can_replace = replaced_by_same_kind
 
 
 def gpu_cells(stats: list[dict[str, Any]]) -> tuple[str, str]:

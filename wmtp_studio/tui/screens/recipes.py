@@ -26,6 +26,7 @@ from wmtp_studio.recipe import Recipe, load_recipe_text
 from wmtp_studio.submit import submit_comparison, wake_workers
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
+from wmtp_studio.tui.polling import replaced_by_same_kind
 from wmtp_studio.tui.queue_form import ComparisonForm
 from wmtp_studio.tui.widgets.yaml_editor import YamlEditor
 
@@ -53,8 +54,7 @@ class RecipesListed(Message, bubble=False):
     files: list[Entry]
     saved: list[Entry]
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, RecipesListed)
+    can_replace = replaced_by_same_kind
 
 
 @dataclass
@@ -64,8 +64,7 @@ class EntryRead(Message, bubble=False):
     entry: Entry
     text: str
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, EntryRead)
+    can_replace = replaced_by_same_kind
 
 
 def list_options(folder: Path | None, files: list[Entry], saved: list[Entry]) -> list[Option]:

@@ -28,7 +28,7 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.models import ComparisonSet, Evaluation, Run
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
-from wmtp_studio.tui.polling import Poll, PollFailed
+from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
 from wmtp_studio.tui.series import FeedBatch, MetricFeed, RunData, TextTail
 from wmtp_studio.tui.widgets.charts import CurvesPanel, RunProgress
 from wmtp_studio.tui.widgets.evaluations import EvaluationTable
@@ -78,8 +78,7 @@ class SamplesLoaded(Message, bubble=False):
     caption: str
     samples: list[dict[str, Any]]
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, SamplesLoaded)
+    can_replace = replaced_by_same_kind
 
 
 class RunScreen(Screen[None]):

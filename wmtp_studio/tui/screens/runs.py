@@ -23,7 +23,7 @@ from wmtp_studio.store import RunOverview
 from wmtp_studio.tui import intents
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.intents import CANCEL_RETRY_KEYS, PRIORITY_KEYS, OpenComparison, OpenRun
-from wmtp_studio.tui.polling import Poll, PollFailed
+from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
 from wmtp_studio.tui.runcells import failure_reason, group_of, set_progress
 from wmtp_studio.tui.runstable import (
     COLUMNS,
@@ -50,8 +50,7 @@ class RunsPolled(Message, bubble=False):
     per_step: dict[int, float]
     """Recent wall seconds per step of the running runs that report their timing."""
 
-    def can_replace(self, message: Message) -> bool:
-        return isinstance(message, RunsPolled)
+    can_replace = replaced_by_same_kind
 
 
 class RunsScreen(Screen[None]):
