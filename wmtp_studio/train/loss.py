@@ -76,10 +76,12 @@ def weighted_mtp_loss(
     return total
 
 
-# weights_for(k, ce_k detached (B, S), m_{t,k} (B, S)) -> w_{t,k} (B, S)
+# weights_for(k, ce_k detached (B, S) or score_for's score, m_{t,k} (B, S)) -> w_{t,k} (B, S)
 WeightFn = Callable[[int, Tensor, Tensor], Tensor]
 # extra_loss(trunk hidden (B, S, D)) -> scalar added to the loss (critic value loss)
 ExtraLossFn = Callable[[Tensor], Tensor]
+# score_for(k, logits (B, S, V) detached, targets (B, S)) -> (B, S): what weights_for gets instead of the CE
+ScoreFn = Callable[[int, Tensor, Tensor], Tensor]
 
 
 # Per-head statistics kept as one (n, len(STAT_FIELDS)) device tensor and read once, when a step is logged.
@@ -151,6 +153,7 @@ def forward_backward(
     denominators: Sequence[float],
     *,
     extra_loss: ExtraLossFn | None = None,
+    score_for: ScoreFn | None = None,
     naive: bool = False,
     backward: bool = True,
     detail: bool = False,
@@ -162,6 +165,8 @@ def forward_backward(
     caller passes the step's per-head counts over every micro-batch and process as denominators, so that the
     terms (summed over micro-batches, gradients summed over processes) are the per-head mean of the whole step.
     `extra_loss` receives the detached trunk output (requires grad) and its result is added to the loss.
+    `score_for` scores each head's entries from its logits while they exist (grad-wmtp); weights_for then gets
+    that score in place of the CE.
     `detail` also records histograms, entropy and the weights themselves (on logging steps only).
     """
     rows, hists, kept = [], [], []
@@ -174,7 +179,8 @@ def forward_backward(
         targets = head_targets(input_ids, k)
         m = head_mask(token_mask, segment_ids, k)
         ce = token_ce(logits, targets)
-        w = weights_for(k, ce.detach(), m).detach()
+        signal = ce.detach() if score_for is None else score_for(k, logits.detach(), targets)
+        w = weights_for(k, signal, m).detach()
         term = head_coefs[k] * (w * m * ce).sum() / max(1.0, denominators[k])
         rows.append(_head_stats(logits, targets, m, ce.detach(), w, detail))
         if detail:
