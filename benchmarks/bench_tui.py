@@ -31,7 +31,7 @@ from wmtp_studio.settings import Settings
 from wmtp_studio.tui.app import StudioApp, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
+ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp")
 
 
 def fill(engine: Engine, settings: Settings, n_runs: int, n_points: int) -> None:
@@ -40,7 +40,9 @@ def fill(engine: Engine, settings: Settings, n_runs: int, n_points: int) -> None
     recipes = {a: load_recipe(ROOT / "recipes" / f"tiny-{a}.yaml", ["train.steps=50000"]) for a in ALGORITHMS}
     steps = n_points // 2
     runs = [
-        store.create_run(engine=engine, recipe=recipes[ALGORITHMS[i % 4]], runs_dir=settings.runs_dir)
+        store.create_run(
+            engine=engine, recipe=recipes[ALGORITHMS[i % len(ALGORITHMS)]], runs_dir=settings.runs_dir
+        )
         for i in range(n_runs)
     ]
     with engine.begin() as conn:

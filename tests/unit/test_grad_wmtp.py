@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch.testing import assert_close
 
 from wmtp_studio.recipe import load_recipe
+from wmtp_studio.tracking import allowed_params
 from wmtp_studio.train.algorithms import GradScores, StepDiagnostics, algorithm_hooks, grad_step_scores
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import forward_backward, head_mask, head_targets
@@ -208,3 +209,18 @@ def test_first_step_statistics_and_accumulation_independence() -> None:
     for a, b in zip(e1, e2, strict=True):
         assert a == pytest.approx(b, rel=1e-5)
     assert l2 == pytest.approx(l1, rel=1e-2) and l2 != pytest.approx(l1, rel=1e-6)
+
+
+def test_mlflow_params_carry_the_grad_section() -> None:
+    # The whole algorithm section is allow-listed: every grad-wmtp field becomes a param with no list to keep.
+    params = allowed_params(recipe("algorithm.score=hidden", "algorithm.beta=0.5"))
+    assert {k: v for k, v in params.items() if k.startswith("algorithm.")} == {
+        "algorithm.name": "grad-wmtp",
+        "algorithm.score": "hidden",
+        "algorithm.momentum": "0.99",
+        "algorithm.beta": "0.5",
+        "algorithm.w_min": "0.1",
+        "algorithm.w_max": "5.0",
+        "algorithm.norm": "zscore",
+        "algorithm.mean_one": "True",
+    }

@@ -295,9 +295,8 @@ class GradScores:
     the steps before it) and the sums of its own valid scores, for the EMA update once the step is done."""
 
     algo: GradConfig
-    ema: list[
-        tuple[float, float] | None
-    ]  # per head running (mean, variance) before this step; None: no history
+    # per head the running (mean, variance) before this step; None: no history yet
+    ema: list[tuple[float, float] | None]
     stats: Tensor  # (n, 2) per head (mu, sigma) on the device; (0, 0) without history: z = 0
     sums: Tensor  # (n, 3) per head (N, sum s, sum s^2) of this step's valid scores, this process
     w_out: Tensor | None  # (V, D) unembedding weight, for score: hidden
