@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-baseline-mtp.yaml"
 ALGORITHMS = ("baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp", "grad-wmtp-hidden")
@@ -42,6 +43,7 @@ class Timing:
     batches: list[str] = field(default_factory=list)  # digest of each step's input ids
     tokens: list[int] = field(default_factory=list)  # non-pad tokens of each step
     trained: list[float] = field(default_factory=list)  # head-0 loss entries of each step
+    flops: int = 0  # matmul FLOPs of one step after the timed ones (torch's FlopCounterMode): immune to load
 
     @property
     def median_s(self) -> float:
@@ -126,6 +128,10 @@ def run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Timing], dict[s
             for name in ALGORITHMS[turn:] + ALGORITHMS[:turn]:
                 timed_step(setups[name], states[name], timings[name])
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    for name in ALGORITHMS:  # one more step each, counted instead of timed (the same batch for every one)
+        with FlopCounterMode(display=False) as counter:
+            loop.train_step(setups[name], states[name], detail=False, stop_requested=False)
+        timings[name].flops = counter.get_total_flops()
     s0 = setups["baseline-mtp"]
     env = {
         "torch": torch.__version__,
@@ -170,7 +176,7 @@ def report(timings: dict[str, Timing], env: dict[str, Any], args: argparse.Names
     )
     print(
         f"{'algorithm':<18}{'median s':>10}{'min s':>8}{'max s':>8}{'vs baseline':>13}{'paired':>10}"
-        f"{'setup s':>9}{'stage1 s':>10}"
+        f"{'setup s':>9}{'stage1 s':>10}{'flops':>8}"
     )
     ratios, paired = {}, {}
     for name, t in timings.items():
@@ -182,6 +188,7 @@ def report(timings: dict[str, Timing], env: dict[str, Any], args: argparse.Names
         print(
             f"{name:<18}{t.median_s:>10.4f}{min(t.step_s):>8.4f}{max(t.step_s):>8.4f}{ratios[name]:>12.3f}x"
             f"{paired[name]:>9.3f}x{t.setup_s:>9.1f}{t.stage1_s:>10.1f}"
+            f"{t.flops / max(timings['baseline-mtp'].flops, 1):>7.3f}x"
         )
     for name in ALGORITHMS[1:]:
         print(
