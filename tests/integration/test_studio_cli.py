@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from wmtp_studio.recipe import ALGORITHMS
+from wmtp_studio.submit import QUICKSTART_ALL_ALGORITHMS
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
@@ -130,6 +131,10 @@ def test_quickstart_seeds_option(studio: Any) -> None:
         ["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp"]
     )
     assert "3 seed(s)" in studio("quickstart", "--seeds", "3").stdout
+    every = json.loads(studio("quickstart", "--all-algorithms", "--json").stdout)
+    assert sorted(r["algorithm"] for r in every if r["comparison_set_id"] is not None) == sorted(
+        QUICKSTART_ALL_ALGORITHMS
+    )
 
 
 def test_cancel_retry_priority_and_show(studio: Any) -> None:
