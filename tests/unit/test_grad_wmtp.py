@@ -139,7 +139,15 @@ def total(v: torch.Tensor) -> list[float]:
     return [float(x) for x in v.tolist()]
 
 
-def step(model: MTPModel, micro: list[Batch], score: str, naive: bool, ema: list | None, *more: str) -> tuple:  # type: ignore[type-arg]
+def step(
+    model: MTPModel,
+    micro: list[Batch],
+    score: str,
+    naive: bool,
+    ema: list | None,
+    *more: str,
+    chunk: int | None = None,
+) -> tuple:  # type: ignore[type-arg]
     """One step's gradients, loss and updated running statistics, as train_step computes them."""
     r = recipe(f"algorithm.score={score}", *more)
     model.zero_grad(set_to_none=True)
@@ -153,11 +161,25 @@ def step(model: MTPModel, micro: list[Batch], score: str, naive: bool, ema: list
         assert extra is None
         out = forward_backward(
             model, trunk, b.input_ids, b.token_mask, b.segment_ids, wf, [1.0, 0.5, 0.25], dens,
-            score_for=scores.score_for, naive=naive,
+            score_for=scores.score_for, naive=naive, ce_chunk=chunk,
         )  # fmt: skip
         loss += float(out.loss)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
     return grads, loss, scores.updated(total(scores.sums.flatten()))
+
+
+@pytest.mark.parametrize("score", ["logit", "hidden"])
+def test_chunked_ce_scores_and_trains_like_the_whole_sequence(score: str) -> None:
+    # train.ce_chunk: the score comes from each chunk's logits, computed again without gradient
+    model, b = tiny(), batch_of_8()
+    first = step(model, [b], score, naive=False, ema=None)[2]
+    g_all, loss_all, ema_all = step(model, [b], score, False, first)
+    g_chk, loss_chk, ema_chk = step(model, [b], score, False, first, chunk=5)
+    assert loss_chk == pytest.approx(loss_all, rel=1e-6)
+    for a, c in zip(ema_all, ema_chk, strict=True):
+        assert a == pytest.approx(c, rel=1e-9)
+    for name in g_all:
+        assert_close(g_chk[name], g_all[name], atol=2e-6, rtol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("score", ["logit", "hidden"])
