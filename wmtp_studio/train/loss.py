@@ -112,15 +112,17 @@ def scored_head_ce(
         raise StudioError(
             f"train.ce_chunk needs a linear output embedding, this model has {type(out).__name__}"
         )
-    ces, hits, scores = [], [], []
+    ces: list[Tensor] = []
+    hit_parts: list[Tensor] = []
+    scores: list[Tensor] = []
     for i in range(0, h.shape[1], chunk):
         part, t = h[:, i : i + chunk], targets[:, i : i + chunk]
         ce, hit = LinearCE.apply(part, out.weight, out.bias, t)
         with torch.no_grad():
             scores.append(score_for(k, out(part.detach()), t))  # (B, c)
         ces.append(ce)
-        hits.append(hit)
-    return torch.cat(ces, dim=1), torch.cat(hits, dim=1), torch.cat(scores, dim=1)
+        hit_parts.append(hit)
+    return torch.cat(ces, dim=1), torch.cat(hit_parts, dim=1), torch.cat(scores, dim=1)
 
 
 def weighted_mtp_loss(
