@@ -457,6 +457,11 @@ class Recipe(Section):
             self.model = self.model.model_copy(
                 update={"n_heads": 1, "head_coefficients": coefs and coefs[:1]}
             )
+        if self.train.parallel == "fsdp" and getattr(self.algorithm, "score", None) == "hidden":
+            # the hidden score reads the unembedding's weight outside the method FSDP gathers it for
+            raise ValueError(
+                "grad-wmtp score: hidden does not work with train.parallel: fsdp yet; use score: logit"
+            )
         return self
 
     @property
