@@ -25,7 +25,7 @@ from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import utcnow
 from wmtp_studio.settings import Settings
-from wmtp_studio.submit import QUICKSTART_DURATION
+from wmtp_studio.submit import QUICKSTART_ALGORITHMS, QUICKSTART_ALL_ALGORITHMS, QUICKSTART_DURATION
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
 from wmtp_studio.tui.intents import OpenComparison, OpenRun
@@ -48,6 +48,11 @@ QUICKSTART_QUESTION = (
 QUICKSTART_CHOICES = (
     ("1", "Fast: 1 seed"),
     ("3", "Thorough: 3 seeds, seed noise measured (about 3x as long)"),
+    (
+        "all",
+        f"Every algorithm: 1 seed, {len(QUICKSTART_ALL_ALGORITHMS)} fine-tunes, adding "
+        + ", ".join(a for a in QUICKSTART_ALL_ALGORITHMS if a not in QUICKSTART_ALGORITHMS),
+    ),
     ("no", "Not now"),
 )
 MODES = (
@@ -254,15 +259,19 @@ class StudioApp(App[None]):
         self.push_screen(QuickstartOffer(question), self._quickstart_answer)
 
     def _quickstart_answer(self, choice: str | None) -> None:
-        if choice is not None and choice.isdigit():
+        if choice == "all":
+            self.queue_quickstart(1, QUICKSTART_ALL_ALGORITHMS)
+        elif choice is not None and choice.isdigit():
             self.queue_quickstart(int(choice))
 
     @work(thread=True, group="quickstart")
-    def queue_quickstart(self, seeds: int = 1) -> None:
+    def queue_quickstart(self, seeds: int = 1, algorithms: tuple[str, ...] = QUICKSTART_ALGORITHMS) -> None:
         from wmtp_studio.submit import submit_quickstart, wake_workers
 
         try:
-            cset, runs = submit_quickstart(engine=self.ctx.engine, settings=self.ctx.settings, seeds=seeds)
+            cset, runs = submit_quickstart(
+                engine=self.ctx.engine, settings=self.ctx.settings, seeds=seeds, algorithms=algorithms
+            )
         except StudioError as exc:
             self.call_from_thread(self.push_screen, ErrorModal(str(exc), title="Quickstart not queued"))
             return

@@ -242,7 +242,9 @@ class RecipesScreen(Screen[None]):
         if recipe is None:
             self.app.push_screen(ErrorModal(self.error, title="Cannot queue this recipe"))
             return
-        checked = [a for a in ("ntp", "baseline-mtp", "critic-wmtp") if a != recipe.algorithm.name]
+        checked = [
+            a for a in ("ntp", "baseline-mtp", "critic-wmtp", "grad-wmtp") if a != recipe.algorithm.name
+        ]
         form = ComparisonForm(
             recipe.name,
             recipe.algorithm.name,
