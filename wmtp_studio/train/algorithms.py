@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from wmtp_studio.recipe import BaselineMTPConfig, CriticConfig, NTPConfig, Recipe, Rho1Config
+from wmtp_studio.recipe import BaselineMTPConfig, CriticConfig, GRPOConfig, NTPConfig, Recipe, Rho1Config
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_mask, head_targets, token_ce
@@ -22,6 +22,7 @@ from wmtp_studio.train.reference import reference_ce
 from wmtp_studio.train.weights import (
     critic_weights,
     excess_loss,
+    grpo_weights,
     rho1_weights,
     select_rescale,
     select_scale,
@@ -100,6 +101,8 @@ def algorithm_hooks(
                 assert reference is not None, "live rho1 needs the reference model"
                 ref_ce = reference_ce(reference, batch.input_ids, batch.segment_ids)
             return _rho1_weights_fn(algo, ref_ce, diag, selection), None
+        case GRPOConfig():
+            return _grpo_weights_fn(algo, batch, diag), None
     raise AssertionError(f"unhandled algorithm {algo}")
 
 
@@ -275,5 +278,28 @@ def _rho1_weights_fn(
             diag.add(f"head{k}/selected_fraction", (w * m).sum(), n)
             return select_rescale(w, n)
         return w
+
+    return weights_for
+
+
+def _grpo_weights_fn(algo: GRPOConfig, batch: Batch, diag: StepDiagnostics) -> WeightFn:
+    adv, signal = batch.advantages, batch.group_signal
+
+    def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
+        if adv is None or signal is None:  # no completion of the batch belongs to a group with signal
+            return torch.zeros_like(m, dtype=torch.float32)
+        # m_{t,k} keeps x_{t+k+1} inside x_t's example, so position t's A is that of the target's completion i
+        if k == 0:
+            diag.add("grpo/signal_fraction", (signal & m).float().sum(), m.float().sum())
+        return grpo_weights(
+            adv,
+            signal,
+            m,
+            beta=algo.beta,
+            w_min=algo.w_min,
+            w_max=algo.w_max,
+            norm=algo.norm,
+            mean_one=algo.mean_one,
+        )
 
     return weights_for
