@@ -82,8 +82,11 @@ def with_advantages(encoded: list[Encoded], advantages: list[float | None]) -> l
 
 def offline_groups(examples: list[Example]) -> GroupSet:
     """The data's own groups (the training split's examples, labelled by `is_correct`)."""
-    pool = {e.prompt: e for e in reversed(examples) if e.tests}  # the first example of each prompt
-    return GroupSet(tuple(reversed(pool.values())), tuple(examples), -1, group_stats(examples))
+    pool: dict[str, Example] = {}
+    for e in examples:
+        if e.tests:
+            pool.setdefault(e.prompt, e)  # the first example of each prompt, in data order
+    return GroupSet(tuple(pool.values()), tuple(examples), -1, group_stats(examples))
 
 
 def group_metrics(groups: GroupSet | None) -> dict[str, float]:

@@ -1,5 +1,6 @@
 """The weights panel: per-head weight histograms over time, weight statistics, and each algorithm's own signals
-(critic value loss and explained variance, Rho-1 selected fraction), shown only when the run writes them."""
+(critic value loss and explained variance, Rho-1 selected fraction, GRPO group rewards), shown only when the run
+writes them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from wmtp_studio.tui.series import RunData
 from wmtp_studio.tui.widgets.charts import BarsChart, LineChart, step_range
 from wmtp_studio.tui.widgets.heatmap import Heatmap
 
-OPTIONAL = ("chart-critic1", "chart-ev", "chart-critic2", "chart-ev2", "chart-selected")
+OPTIONAL = ("chart-critic1", "chart-ev", "chart-critic2", "chart-ev2", "chart-selected", "chart-grpo")
 """Charts hidden until their run writes the metrics they draw."""
 
 
@@ -48,6 +49,7 @@ class WeightsPanel(VerticalScroll):
             yield LineChart("critic stage 2: value loss", id="chart-critic2")
             yield LineChart("critic stage 2: explained variance (held-out)", id="chart-ev2")
             yield LineChart("rho-1: selected fraction per head", id="chart-selected")
+            yield LineChart("grpo: group rewards (changes at each refresh)", id="chart-grpo")
 
     def draw(self, data: RunData, head: int) -> None:
         hists, s = data.hists, data.series
@@ -69,6 +71,11 @@ class WeightsPanel(VerticalScroll):
                 "held-out": s.get("val/heldout_value_loss"),
             },
             "chart-ev2": {"held-out": s.get("val/heldout_explained_variance")},
+            "chart-grpo": {
+                "reward mean": s.get("train/grpo/reward_mean"),
+                "reward std": s.get("train/grpo/reward_std"),
+                "zero-variance groups": s.get("train/grpo/zero_var_fraction"),
+            },
         }
         stage1 = {
             "chart-critic1": {
