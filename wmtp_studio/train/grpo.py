@@ -128,6 +128,7 @@ def refresh(s: Setup, state: TrainerState) -> Setup:
     if timing:
         samples = max(1, len(examples))
         timing |= {
+            "samples": float(len(examples)),
             "gen_s_per_sample": timing["gen_s"] / samples,
             "judge_s_per_sample": timing["judge_s"] / samples,
         }
