@@ -11,9 +11,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from tests.integration.conftest import lines, make_run, train_losses
+from wmtp_studio.errors import StudioError
 from wmtp_studio.rundir.checkpoints import read_trainer_state
 from wmtp_studio.train import checkpoint as ckpt
 from wmtp_studio.train.grpo import GROUPS_FILE
@@ -126,3 +128,29 @@ def test_refresh_samples_labels_and_resumes_exactly(tmp_path: Path) -> None:
     stream = lines(interrupted)
     assert [m["seq"] for m in stream] == list(range(len(stream)))
     assert [m["step"] for m in stream if m.get("event") == "grpo_refresh"] == [3, 6]
+
+
+def test_data_without_signal_is_refreshed_at_step_0_and_a_refresh_without_signal_is_an_error(
+    tmp_path: Path,
+) -> None:
+    data = comment_task(tmp_path / "task.jsonl")
+    only_correct = [r for r in map(json.loads, data.read_text().splitlines()) if r["is_correct"]]
+    data.write_text(
+        "".join(json.dumps(r) + "\n" for r in only_correct)
+    )  # every group: one correct completion
+    run = grpo_run(tmp_path / "r", data)
+    recipe = json.loads((run / "recipe.json").read_text())
+    recipe["train"]["steps"] = 2
+    (run / "recipe.json").write_text(json.dumps(recipe))
+    assert train(run) == 0
+    (refresh,) = [m for m in lines(run) if m.get("event") == "grpo_refresh"]
+    assert refresh["step"] == 0 and not refresh["data"]["kept_previous"]
+    assert sorted(train_losses(run)) == [1, 2]
+
+    # tests that no completion passes: every sampled group is all wrong, and there is nothing else to train on
+    hopeless = [r | {"tests": ["assert False"]} for r in only_correct]
+    data.write_text("".join(json.dumps(r) + "\n" for r in hopeless))
+    run = grpo_run(tmp_path / "hopeless", data)
+    with pytest.raises(StudioError, match="no group of the refresh at step 0 has mixed rewards"):
+        train(run)
+    assert lines(run)[-1]["event"] == "error"

@@ -274,12 +274,11 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
     if s.recipe.algorithm.name == "critic-wmtp" and not state.stage1_done:
         _run_stage1(s, state)
     cfg = s.recipe.train
-    if grpo.refresh_due(
-        s, state
-    ):  # grpo: groups sampled at step 0, or a resume from a checkpoint before a refresh
-        s = grpo.refresh(s, state)
     tick, tick_tokens = time.perf_counter(), 0
     try:
+        if grpo.refresh_due(s, state):  # grpo: groups sampled at step 0, or resumed from before a refresh
+            s = grpo.refresh(s, state)
+            tick = time.perf_counter()
         while state.step < s.total_steps:
             # One optimiser step; it keeps histograms and weights only when a step that logs them is next.
             todo = due(s.recipe, state.step + 1, s.total_steps)
