@@ -78,13 +78,13 @@ def test_grpo_weights_are_detached_and_non_negative() -> None:
 
 def test_groups_are_the_completions_of_one_prompt() -> None:
     examples = [
-        Example("p1", "a", 1, ("assert 1",), "t1"),
+        Example("p1", "c", 0, ("assert 1",), "t1/bad"),
         Example("p2", "b", 1, ("assert 2",), "t2"),
-        Example("p1", "c", 0, ("assert 1",), "t1"),
+        Example("p1", "a", 1, ("assert 1",), "t1"),
         Example("p3", "d", 0, ("assert 3",), "t3"),
     ]
-    # p1: [1, 0] -> A = +-0.5 / 0.5001; p2 [1] and p3 [0]: single completions, no signal
-    assert grpo.group_advantages_of(examples, 1e-4) == pytest.approx([0.99980004, None, -0.99980004, None])
+    # p1: [0, 1] -> A = -+0.5 / 0.5001; p2 [1] and p3 [0]: single completions, no signal
+    assert grpo.group_advantages_of(examples, 1e-4) == pytest.approx([-0.99980004, None, 0.99980004, None])
     stats = grpo.group_stats(examples)
     # 3 groups, 2 without variance; mean reward 2/4; mean population std (0.5 + 0 + 0) / 3
     assert stats == pytest.approx(
@@ -97,7 +97,9 @@ def test_groups_are_the_completions_of_one_prompt() -> None:
         }
     )
     groups = grpo.offline_groups(examples)
-    assert [e.prompt for e in groups.pool] == ["p1", "p2", "p3"] and groups.made_at == -1
+    # one per prompt in data order, the correct one where there is one (a refresh's samples take its id)
+    assert [(e.prompt, e.id) for e in groups.pool] == [("p1", "t1"), ("p2", "t2"), ("p3", "t3")]
+    assert groups.made_at == -1
     assert grpo.refresh_prompts(groups.pool, 2, 0, 6) == grpo.refresh_prompts(groups.pool, 2, 0, 6)
     assert len(grpo.refresh_prompts(groups.pool, 2, 0, 6)) == 2
 

@@ -82,10 +82,12 @@ def with_advantages(encoded: list[Encoded], advantages: list[float | None]) -> l
 
 def offline_groups(examples: list[Example]) -> GroupSet:
     """The data's own groups (the training split's examples, labelled by `is_correct`)."""
-    pool: dict[str, Example] = {}
+    pool: dict[
+        str, Example
+    ] = {}  # one per prompt, in data order; a correct one where there is (its id is the task's)
     for e in examples:
-        if e.tests:
-            pool.setdefault(e.prompt, e)  # the first example of each prompt, in data order
+        if e.tests and (e.prompt not in pool or (e.is_correct and not pool[e.prompt].is_correct)):
+            pool[e.prompt] = e
     return GroupSet(tuple(pool.values()), tuple(examples), -1, group_stats(examples))
 
 

@@ -27,6 +27,7 @@ from wmtp_studio.train import grpo
 from wmtp_studio.train.data import (
     Batch,
     Encoded,
+    Example,
     collate,
     encode,
     epoch_plan,
@@ -331,7 +332,7 @@ def _value_split(
 
 
 def _grpo_data(
-    algo: GRPOConfig, tokenizer: Any, examples: list[Any], encoded: list[Encoded], val: list[Encoded]
+    algo: GRPOConfig, tokenizer: Any, examples: list[Example], encoded: list[Encoded], val: list[Encoded]
 ) -> Data:
     """grpo: the training problems' groups; the LM trains on every completion of a group with signal (correct and
     incorrect alike, weighted by A), validates on the held-out problems' correct ones like every algorithm."""
