@@ -163,3 +163,22 @@ def test_per_head_backward_equals_naive_with_grpo_weights(arch: str, kind: str) 
     with torch.no_grad():
         ref = weighted_mtp_loss(model(x, seg), x, mask, torch.stack(w_seq, dim=2), COEFS)
     assert float(ref) == pytest.approx(loss_seq, rel=1e-5, abs=1e-5)
+
+
+def test_only_targets_inside_the_completion_are_weighted_when_the_prompt_is_trained_too() -> None:
+    recipe = load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", ["train.loss_on=all"])
+    F, T = False, True
+    encoded = [
+        Encoded([5, 6, 7, 8, 9], [F, F, F, T, T], 1.0, advantage=A_POS),
+        Encoded([5, 6, 7, 10, 11], [F, F, F, T, T], 0.0, advantage=-A_POS),
+    ]
+    batch = collate([0, 1], encoded, recipe.train, 0, None)
+    weights_for, _ = algorithm_hooks(recipe, batch, None, None, None, StepDiagnostics(), 1.0)  # type: ignore[arg-type]
+    m = head_mask(batch.token_mask, batch.segment_ids, 0)
+    assert m.tolist() == [[T, T, T, T, F]] * 2  # loss_on all: prompt targets x_1, x_2 are valid entries too
+    w = weights_for(0, torch.zeros(2, 5), m)
+    # valid entries t = 0..3; targets x_3, x_4 (t = 2, 3) lie in the completion: exp(+-0.9998) = 2.71774, 0.36795;
+    # mean over the 8 valid entries (2 * 2.71774 + 2 * 0.36795) / 8 = 0.77142 -> 3.52302, 0.47698
+    assert_close(
+        w, torch.tensor([[0, 0, 3.52302, 3.52302, 0], [0, 0, 0.47698, 0.47698, 0]]), atol=1e-4, rtol=1e-4
+    )

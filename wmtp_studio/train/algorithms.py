@@ -288,12 +288,14 @@ def _grpo_weights_fn(algo: GRPOConfig, batch: Batch, diag: StepDiagnostics) -> W
     def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
         if adv is None or signal is None:  # no completion of the batch belongs to a group with signal
             return torch.zeros_like(m, dtype=torch.float32)
-        # m_{t,k} keeps x_{t+k+1} inside x_t's example, so position t's A is that of the target's completion i
+        # m_{t,k} keeps x_{t+k+1} inside x_t's example, so position t's A is that of the target's example; only
+        # targets inside its completion are weighted (with loss_on: all, prompt targets weigh 0)
+        live = signal & shift_to_head(batch.completion_mask, k, fill=False)
         if k == 0:
-            diag.add("grpo/signal_fraction", (signal & m).float().sum(), m.float().sum())
+            diag.add("grpo/signal_fraction", (live & m).float().sum(), m.float().sum())
         return grpo_weights(
             adv,
-            signal,
+            live,
             m,
             beta=algo.beta,
             w_min=algo.w_min,
