@@ -3,7 +3,7 @@
 A group is every completion of one prompt (the key `split_by_problem` uses: a problem never straddles the
 train/validation split). `GroupSet` is the groups the loop trains on; its completions' advantages come from
 `weights.group_advantages`, and the groups without signal (all rewards equal) never reach a batch: their weight
-would be 0 (METHOD.md, grpo-wmtp; DAPO's dynamic sampling drops them too). They are counted in the stats.
+would be 0 (DAPO's dynamic sampling, arXiv 2503.14476, drops them too). They are counted in the stats.
 
 On-policy refresh (`refresh_steps: N`): after every N optimiser steps, rank 0 samples G completions per training
 prompt with the KV-cache sampler (evaluate/generate.py), judges them in the sandbox as `wmtp label` does, and
@@ -82,9 +82,8 @@ def with_advantages(encoded: list[Encoded], advantages: list[float | None]) -> l
 
 def offline_groups(examples: list[Example]) -> GroupSet:
     """The data's own groups (the training split's examples, labelled by `is_correct`)."""
-    pool: dict[
-        str, Example
-    ] = {}  # one per prompt, in data order; a correct one where there is (its id is the task's)
+    # one example per prompt, in data order; a correct one where there is one (its id is the task's own)
+    pool: dict[str, Example] = {}
     for e in examples:
         if e.tests and (e.prompt not in pool or (e.is_correct and not pool[e.prompt].is_correct)):
             pool[e.prompt] = e
