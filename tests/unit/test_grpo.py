@@ -182,3 +182,20 @@ def test_only_targets_inside_the_completion_are_weighted_when_the_prompt_is_trai
     assert_close(
         w, torch.tensor([[0, 0, 3.52302, 3.52302, 0], [0, 0, 0.47698, 0.47698, 0]]), atol=1e-4, rtol=1e-4
     )
+
+
+def test_an_epoch_budget_gives_grpo_the_steps_of_baseline(tmp_path: Path) -> None:
+    from wmtp_studio.train.setup import setup
+
+    steps = {}
+    for name in ("baseline-mtp", "grpo-wmtp"):
+        run = tmp_path / name
+        run.mkdir()
+        recipe = load_recipe(
+            RECIPES / f"tiny-{name}.yaml",
+            ["data.generated.num_train=200", "train.epochs=2", "train.steps=null", "train.batch_size=8"],
+        )
+        (run / "recipe.json").write_text(recipe.canonical_json())
+        steps[name] = setup(run, None).total_steps
+    # 200 problems, 10 held out (val_fraction 0.05): 190 correct completions x 2 epochs / 8 = 47.5 -> 48 steps
+    assert steps == {"baseline-mtp": 48, "grpo-wmtp": 48}

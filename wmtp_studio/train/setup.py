@@ -114,7 +114,7 @@ def setup(
             recipe=recipe,
             model=model,
             value_head=value_head,
-            n_train=len(data.train),
+            n_train=_budget_examples(data),
             world=accel.num_processes,
         )
     except BaseException:  # bad data, a missing reference: nothing trained, the MLflow run says so
@@ -347,6 +347,15 @@ def _grpo_data(
     if algo.refresh_steps and not groups.pool:
         raise StudioError("grpo-wmtp refresh needs training examples with tests to judge the samples against")
     return Data(tokenizer, train, [e for e in val if e.reward == 1.0], [], [], [], groups)
+
+
+def _budget_examples(data: Data) -> int:
+    """Examples an epoch counts (`train.epochs`): the LM's training examples; grpo, whose groups change at each
+    refresh (or come only from refreshes), counts the training problems' correct completions, as baseline does,
+    so that the same recipe gives both the same number of steps."""
+    if data.groups is None:
+        return len(data.train)
+    return sum(e.is_correct == 1 for e in data.groups.examples)
 
 
 def _load_tok(recipe: Recipe, examples: list[Any], saved: Path | None) -> Any:
