@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from safetensors.torch import load_file
 
-from tests.integration.conftest import lines, make_run, train_losses
+from tests.integration.conftest import assert_same_training, lines, make_run, train_losses
 from wmtp_studio.errors import StudioError
 from wmtp_studio.rundir.checkpoints import read_trainer_state
 from wmtp_studio.train import checkpoint as ckpt
@@ -114,13 +113,7 @@ def test_refresh_samples_labels_and_resumes_exactly(tmp_path: Path) -> None:
     assert read_trainer_state(second).step == 5
     assert train(interrupted, resume=True) == 0
 
-    a, b = train_losses(straight), train_losses(interrupted)
-    assert sorted(a) == list(range(1, 9)) == sorted(b)
-    for step in a:
-        assert abs(a[step] - b[step]) <= 1e-6 * max(1.0, abs(a[step])), step
-    wa = load_file(str(straight / "model" / "model.safetensors"))
-    wb = load_file(str(interrupted / "model" / "model.safetensors"))
-    assert all((wa[k] - wb[k]).abs().max() <= 1e-6 for k in wa)
+    assert_same_training(straight, interrupted, 8)
     for n in (3, 6):  # the same samples and labels
         assert (straight / "grpo" / f"step_{n}.jsonl").read_text() == (
             interrupted / "grpo" / f"step_{n}.jsonl"
