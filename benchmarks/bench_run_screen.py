@@ -4,7 +4,7 @@ A synthetic run of `--lines` train lines (4 heads, the scalars a real critic-wmt
 every 10 lines is stored in a temp SQLite studio; the screen is opened headless at 120x40 and we measure
 - load: seconds from mount until the loss chart holds every step;
 - stall: the largest delay of a 10 ms heartbeat timer on the event loop (what a user feels as a frozen UI);
-- the first-load read itself: `store.point_rows_since` (tuples) against `store.metric_points_since` (ORM rows).
+- the first-load read itself: `store.points_since` in one read against the run screen's pages of 20,000 points.
 
     python benchmarks/bench_run_screen.py [--lines 10000]
 """
@@ -31,7 +31,8 @@ HEAD_METRICS = ("ce", "acc", "w_mean", "w_std", "w_min", "w_max", "w_entropy")
 
 def fill(ctx: StudioContext, n_lines: int) -> int:
     recipe = load_recipe(ROOT / "recipes" / "tiny-critic-wmtp.yaml", [f"train.steps={n_lines * 5}"])
-    run = store.create_run(engine=ctx.engine, recipe=recipe, runs_dir=ctx.settings.runs_dir)
+    with store.submission(engine=ctx.engine, runs_dir=ctx.settings.runs_dir) as sub:
+        run = sub.add_run(recipe=recipe)
     assert run.id is not None
     lines, seq = [], 0
     for i in range(n_lines):
@@ -85,13 +86,17 @@ def main() -> None:
         ctx = StudioContext(engine=engine, settings=settings, poll_s=0.5)
         run_id = fill(ctx, args.lines)
         t = time.perf_counter()
-        n = len(store.point_rows_since(engine=engine, run_id=run_id, after_seq=-1))
-        tuples = time.perf_counter() - t
-        t = time.perf_counter()
-        store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1)
-        orm = time.perf_counter() - t
+        n = len(store.points_since(engine=engine, run_id=run_id, after_seq=-1).points)
+        whole = time.perf_counter() - t
+        t, cursor, more = time.perf_counter(), -1, True
+        while more:
+            page = store.points_since(engine=engine, run_id=run_id, after_seq=cursor, limit=20_000)
+            cursor, more = page.points[-1].seq, page.more
+        paged = time.perf_counter() - t
         print(f"{args.lines} train lines, {n} points")
-        print(f"first read: tuples {tuples:.2f} s, ORM rows {orm:.2f} s ({orm / tuples:.1f}x)")
+        print(
+            f"first read: one read {whole:.2f} s, pages of 20,000 points {paged:.2f} s ({paged / whole:.1f}x)"
+        )
         load, stall = asyncio.run(open_screen(ctx, run_id, args.lines))
         print(f"screen: every point drawn after {load:.2f} s; longest event-loop stall {stall * 1000:.0f} ms")
 

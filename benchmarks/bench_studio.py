@@ -12,7 +12,7 @@ is set: a throw-away database is created there and dropped).
     cancelled once started. The `wmtp-studio submit` process itself is timed separately.
 (b) ingestion: store.ingest_metric_lines of train lines with 40 scalars each, in batches of 1, 10 and 100 lines.
 (c) visibility: a real tiny training supervised by workers.supervise (poll 0.5 s, as in wmtp-worker) while
-    this process polls store.metric_points_since every 20 ms; latency = first seen - the line's write time.
+    this process polls store.points_since every 20 ms; latency = first seen - the line's write time.
     The trainer's side of it is one JSON line appended and flushed per log: its cost per line is timed too.
 """
 
@@ -190,7 +190,8 @@ def bench_ingest(url: str, runs_dir: Path, lines: int) -> dict[int, float]:
     store.upgrade(engine=engine)
     result = {}
     for batch in (1, 10, 100):
-        run = store.create_run(engine=engine, recipe=load_recipe(RECIPE, FAST), runs_dir=runs_dir)
+        with store.submission(engine=engine, runs_dir=runs_dir) as sub:
+            run = sub.add_run(recipe=load_recipe(RECIPE, FAST))
         todo = train_lines(lines if batch > 1 else lines // 4)
         t0, points = time.perf_counter(), 0
         for i in range(0, len(todo), batch):
@@ -215,7 +216,7 @@ def bench_write_cost(path: Path, lines: int) -> float:
 
 
 def bench_visibility(home: Path, steps: int) -> list[float]:
-    """Seconds from each train line's write (its `time`) to its first sight through metric_points_since."""
+    """Seconds from each train line's write (its `time`) to its first sight through points_since."""
     from wmtp_studio import store
     from wmtp_studio.recipe import load_recipe
     from workers.supervise import supervise
@@ -226,7 +227,8 @@ def bench_visibility(home: Path, steps: int) -> list[float]:
     recipe = load_recipe(
         RECIPE, [*FAST, f"train.steps={steps}", "eval.val_every=1000", "train.hist_every=1000"]
     )
-    store.create_run(engine=engine, recipe=recipe, runs_dir=home / "vis-runs")
+    with store.submission(engine=engine, runs_dir=home / "vis-runs") as sub:
+        sub.add_run(recipe=recipe)
     run = store.claim_next_run(engine=engine, owner="bench", gpus_free=0, lease_s=60)
     assert run is not None and run.id is not None
     job = threading.Thread(
@@ -237,9 +239,9 @@ def bench_visibility(home: Path, steps: int) -> list[float]:
     cursor, running = -1, True
     while running:
         running = job.is_alive()  # one more poll after the job ended
-        for p in store.metric_points_since(
+        for p in store.points_since(
             engine=engine, run_id=run.id, after_seq=cursor, names=["train/loss"]
-        ):
+        ).points:
             seen.setdefault(p.seq, time.time())
             cursor = max(cursor, p.seq)
         time.sleep(0.02)

@@ -39,10 +39,8 @@ def fill(engine: Engine, settings: Settings, n_runs: int, n_points: int) -> None
     inserted with one executemany per run."""
     recipes = {a: load_recipe(ROOT / "recipes" / f"tiny-{a}.yaml", ["train.steps=50000"]) for a in ALGORITHMS}
     steps = n_points // 2
-    runs = [
-        store.create_run(engine=engine, recipe=recipes[ALGORITHMS[i % 4]], runs_dir=settings.runs_dir)
-        for i in range(n_runs)
-    ]
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        runs = [sub.add_run(recipe=recipes[ALGORITHMS[i % 4]]) for i in range(n_runs)]
     with engine.begin() as conn:
         for i, run in enumerate(runs):
             rows = [

@@ -1,4 +1,4 @@
-"""Connecting to the studio database and migrating it; the reads and writes themselves are in store.py.
+"""Connecting to the studio database and migrating it; the reads and writes themselves are in the store package.
 
 SQLite (the embedded default) runs in WAL mode with a 30 s busy timeout, and write transactions start with
 `BEGIN IMMEDIATE`: a writer takes the lock up front and waits for it, instead of failing with "database is
@@ -63,14 +63,14 @@ def make_engine(url: str) -> Engine:
 
 @contextmanager
 def write_session(engine: Engine) -> Iterator[Session]:
-    """A session in one write transaction (committed on exit); for store.py only."""
+    """A session in one write transaction (committed on exit); for the store package only."""
     with Session(engine.execution_options(**{_WRITE: True}), expire_on_commit=False) as s, s.begin():
         yield s
 
 
 @contextmanager
 def read_session(engine: Engine) -> Iterator[Session]:
-    """A session for reads; its rows stay usable after it closes. For store.py only."""
+    """A session for reads; its rows stay usable after it closes. For the store package only."""
     with Session(engine, expire_on_commit=False) as s:
         yield s
 

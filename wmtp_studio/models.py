@@ -1,4 +1,4 @@
-"""The studio database: one SQLModel class per table. Every read and write goes through store.py.
+"""The studio database: one SQLModel class per table. Every read and write goes through the store package (store/).
 
 Every change here comes with an alembic revision in migrations/versions/ (a test fails on drift).
 Timestamps are timezone-aware UTC in Python; SQLite stores them naive and `UTCDateTime` puts the zone back.
@@ -12,7 +12,7 @@ from uuid import uuid4
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 RunStatus = Literal["queued", "waiting", "running", "succeeded", "failed", "cancelled"]
 RUN_STATUSES: tuple[RunStatus, ...] = ("queued", "waiting", "running", "succeeded", "failed", "cancelled")
@@ -109,7 +109,7 @@ class Run(SQLModel, table=True):
     recipe_sha256: str = Field(max_length=64, index=True)
     algorithm: str
     seed: int
-    status: str = "queued"
+    status: RunStatus = Field(default="queued", sa_type=AutoString)
     priority: int = 0
     """Higher runs first; ties go to the oldest run."""
     attempts: int = 0

@@ -158,7 +158,7 @@ def _forward_points(client: Any, engine: Engine, run: Run, mlflow_id: str) -> in
 
     assert run.id is not None
     cursor, sent, base = run.mlflow_synced_seq, 0, _ms(run.created_at) or 0
-    while points := store.points_to_forward(engine=engine, run_id=run.id, after_seq=cursor, max_points=BATCH):
+    while points := store.points_since(engine=engine, run_id=run.id, after_seq=cursor, limit=BATCH).points:
         # eval/ points go as the run's evaluations (_finish), under the same names: sent once, not twice
         metrics = [
             Metric(metric_key(p.name), p.value, base + p.seq, p.step)

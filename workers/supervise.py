@@ -39,7 +39,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from wmtp_studio import rundir, store
-from wmtp_studio.models import Run
+from wmtp_studio.models import Run, RunStatus
 from wmtp_studio.recipe import recipe_from_json
 from wmtp_studio.rundir.checkpoints import resume_state
 from wmtp_studio.rundir.metrics import MetricLine
@@ -253,6 +253,7 @@ def supervise(
             store.record_results(
                 engine=engine, run_id=run_id, results=read_results(out), samples=out / SAMPLES
             )
+    status: RunStatus
     if code == 0 and watch.stopping is None:
         status, error_tail = "succeeded", ""
     elif watch.stopping is not None:
@@ -354,7 +355,7 @@ class _Watch:
             ingest,
         )
         self.database_ok = database_ok
-        self.stopping: str | None = None
+        self.stopping: RunStatus | None = None
         self.next_renew = 0.0
         self.db_problem: str | None = None
         """Why the database can no longer be written (then nothing more is read from or written to it)."""
@@ -390,7 +391,7 @@ class _Watch:
                 kill_session(proc)
         return True
 
-    def _stop_job(self, proc: subprocess.Popen[bytes], why: str, now: float) -> None:
+    def _stop_job(self, proc: subprocess.Popen[bytes], why: RunStatus, now: float) -> None:
         self.stopping, self.kill_at = why, now + self.grace_s
         _signal_group(proc.pid, signal.SIGTERM)
 

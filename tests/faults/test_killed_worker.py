@@ -82,7 +82,7 @@ def test_a_killed_workers_trainer_stops_and_the_next_worker_finishes_the_run(
     stream = read_metrics(run_dir / "metrics.jsonl")
     assert [ln.seq for ln in stream] == list(range(len(stream)))  # gapless, no duplicates
     assert [ln.step for ln in stream if ln.kind == "train"] == list(range(1, STEPS + 1))  # every step once
-    stored = store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"])
+    stored = store.points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"]).points
     assert [p.step for p in stored] == list(range(1, STEPS + 1))
 
 

@@ -124,10 +124,10 @@ def test_cli_comparison_runs_through_a_worker_into_the_database_and_mlflow(tmp_p
     by_id = {int(m.data.tags["wmtp.run_id"]): m for m in mruns}
     for run in runs:
         assert run is not None and run.id is not None
-        seqs = {p.seq for p in store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1)}
+        seqs = {p.seq for p in store.points_since(engine=engine, run_id=run.id, after_seq=-1).points}
         seqs |= {b.seq for b in store.metric_blobs_since(engine=engine, run_id=run.id, after_seq=-1)}
         assert sorted(seqs) == list(range(len(seqs))) and len(seqs) > 12  # gapless, from 0
-        losses = store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1, names=["train/loss"])
+        losses = store.points_since(engine=engine, run_id=run.id, after_seq=-1, names=["train/loss"]).points
         assert [p.step for p in losses] == list(range(1, 13))
         (ev,) = store.list_evaluations(engine=engine, run_id=run.id)
         assert (ev.benchmark, ev.k, ev.n_problems) == ("generated:basic:10", 1, 10)

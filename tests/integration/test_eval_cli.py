@@ -177,7 +177,8 @@ def test_eval_of_a_studio_run_uses_its_family_and_reaches_the_store_and_mlflow(
         Path(__file__).resolve().parents[2] / "recipes" / "tiny-baseline-mtp.yaml",
         ["data.generated.family=compose", "eval.benchmarks=[generated:compose:100]"],
     )
-    run = store.create_run(engine=engine, recipe=recipe, runs_dir=settings.runs_dir)
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        run = sub.add_run(recipe=recipe)
     claimed = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
     assert claimed is not None and run.id is not None
     store.finish_run(
@@ -204,7 +205,7 @@ def test_eval_of_a_studio_run_uses_its_family_and_reaches_the_store_and_mlflow(
         10,
         results["pass_at_k"][0]["value"],
     )
-    names = {p.name for p in store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1)}
+    names = {p.name for p in store.points_since(engine=engine, run_id=run.id, after_seq=-1).points}
     assert "eval/generated:compose:100/pass@1" in names
     mlflow_sync.Forwarder(engine=engine, uri=uri).sync_pending()
     row = store.get_run(engine=engine, run_id=run.id)

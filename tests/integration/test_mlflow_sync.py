@@ -45,7 +45,8 @@ def test_unreachable_mlflow_never_fails_the_job_and_is_caught_up_exactly_once(
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "5")
     overrides = [*FAST, "train.steps=12", "eval.benchmarks=[generated:basic:10]", "eval.k=[1]"]
     recipe = load_recipe(RECIPES / "tiny-ntp.yaml", overrides)
-    store.create_run(engine=engine, recipe=recipe, runs_dir=tmp_path / "runs")
+    with store.submission(engine=engine, runs_dir=tmp_path / "runs") as sub:
+        sub.add_run(recipe=recipe)
     run = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
     assert run is not None and run.id is not None
     down = mlflow_sync.Forwarder(
@@ -67,7 +68,7 @@ def test_unreachable_mlflow_never_fails_the_job_and_is_caught_up_exactly_once(
 
     uri = f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     (tmp_path / "mlflow").mkdir()
-    points = store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1)
+    points = store.points_since(engine=engine, run_id=run.id, after_seq=-1).points
     up = mlflow_sync.Forwarder(engine=engine, uri=uri)
     assert up.sync_pending() == len(points) > 0
     assert up.sync_pending() == 0  # nothing is sent twice
@@ -122,15 +123,18 @@ def _lines(first_seq: int, steps: range, per_line: int) -> list[MetricLine]:
 
 def test_batches_of_whole_lines_a_set_experiment_and_a_retried_run(engine: Engine, tmp_path: Path) -> None:
     recipe = load_recipe(RECIPES / "tiny-ntp.yaml", FAST)
-    cset = store.create_comparison_set(engine=engine, name="tiny", base=recipe, factor="seed", diff={})
-    store.create_run(engine=engine, recipe=recipe, runs_dir=tmp_path / "runs", comparison_set_id=cset.id)
+    with store.submission(engine=engine, runs_dir=tmp_path / "runs") as sub:
+        cset = sub.add_comparison_set(name="tiny", base=recipe, factor="seed", diff={})
+        sub.add_run(recipe=recipe, comparison_set_id=cset.id)
     run = store.claim_next_run(engine=engine, owner="w", gpus_free=0, lease_s=30)
     assert run is not None and run.id is not None
     # 1200 lines of 3 points: 3600 points, more than one log_batch; a batch holds whole lines only
     store.ingest_metric_lines(engine=engine, run_id=run.id, lines=_lines(0, range(1, 1201), 3))
-    batch = store.points_to_forward(engine=engine, run_id=run.id, after_seq=-1, max_points=1000)
+    page = store.points_since(engine=engine, run_id=run.id, after_seq=-1, limit=1000)
+    batch = page.points
     assert (
-        len(batch) == 999
+        page.more
+        and len(batch) == 999
         and batch[-1].seq == 2 * 332
         and {p.name for p in batch[-3:]} == {"train/m0", "train/m1", "train/m2"}
     )

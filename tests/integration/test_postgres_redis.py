@@ -109,7 +109,7 @@ def test_cli_submission_runs_to_success_on_postgres_and_redis(
         assert run is not None and (run.status, run.exit_code, run.attempts) == ("succeeded", 0, 1), (
             log_path.read_text()
         )
-        losses = store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"])
+        losses = store.points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"]).points
         assert [p.step for p in losses] == list(range(1, 13))
         assert run.last_step == 12
         worker.send_signal(signal.SIGTERM)

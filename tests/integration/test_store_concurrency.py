@@ -56,7 +56,8 @@ def _submit_and_claim(url: str, runs_dir: str, n: int, owner: str, barrier: Barr
     recipe = load_recipe(RECIPE, [])
     barrier.wait()
     for _ in range(n):
-        store.create_run(engine=engine, recipe=recipe, runs_dir=Path(runs_dir))
+        with store.submission(engine=engine, runs_dir=Path(runs_dir)) as sub:
+            sub.add_run(recipe=recipe)
     barrier.wait()
     claimed = []
     while (run := store.claim_next_run(engine=engine, owner=owner, gpus_free=0, lease_s=300)) is not None:
@@ -114,7 +115,8 @@ def _create_runs(url: str, runs_dir: str, start: Event) -> list[int]:
     start.wait()
     ids, deadline = [], time.monotonic() + DURATION_S
     while time.monotonic() < deadline:
-        ids.append(store.create_run(engine=engine, recipe=recipe, runs_dir=Path(runs_dir)).id or 0)
+        with store.submission(engine=engine, runs_dir=Path(runs_dir)) as sub:
+            ids.append(sub.add_run(recipe=recipe).id or 0)
     return ids
 
 
@@ -144,7 +146,7 @@ def _poll(url: str, run_ids: list[int], start: Event, stop: Event) -> dict[int, 
     while True:
         done = stop.is_set()
         for run_id in run_ids:
-            points = store.metric_points_since(engine=engine, run_id=run_id, after_seq=cursors[run_id])
+            points = store.points_since(engine=engine, run_id=run_id, after_seq=cursors[run_id]).points
             seqs = [p.seq for p in points]
             assert seqs == sorted(seqs) and all(s > cursors[run_id] for s in seqs)
             cursors[run_id] = max(seqs, default=cursors[run_id])
@@ -165,9 +167,8 @@ def test_writers_and_reader_never_see_locked_database(tmp_path: Path) -> None:
     engine = store.make_engine(url)
     store.upgrade(engine=engine)
     recipe: Recipe = load_recipe(RECIPE, [])
-    streams = [
-        store.create_run(engine=engine, recipe=recipe, runs_dir=tmp_path / "runs").id or 0 for _ in "ab"
-    ]
+    with store.submission(engine=engine, runs_dir=tmp_path / "runs") as sub:
+        streams = [sub.add_run(recipe=recipe).id or 0 for _ in "ab"]
     start, stop, results = CTX.Event(), CTX.Event(), CTX.Queue()
     jobs: list[tuple[str, str, tuple[Any, ...]]] = [
         ("create", "create0", (url, str(tmp_path / "runs"), start)),
@@ -191,7 +192,7 @@ def test_writers_and_reader_never_see_locked_database(tmp_path: Path) -> None:
     for i, run_id in enumerate(streams):
         n_lines = written[f"ingest{i}"]
         assert n_lines >= 5 * BATCH
-        points = store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1)
+        points = store.points_since(engine=engine, run_id=run_id, after_seq=-1).points
         assert len(points) == 2 * n_lines and store.last_seq(engine=engine, run_id=run_id) == n_lines - 1
         assert cursors[run_id] == n_lines - 1  # the reader's last poll saw the whole stream
 

@@ -35,7 +35,8 @@ def engine(tmp_path: Path) -> Engine:
 
 def _claim(engine: Engine, tmp_path: Path, *overrides: str) -> Run:
     recipe = load_recipe(RECIPES / "tiny-ntp.yaml", [*FAST, *overrides])
-    store.create_run(engine=engine, recipe=recipe, runs_dir=tmp_path / "runs")
+    with store.submission(engine=engine, runs_dir=tmp_path / "runs") as sub:
+        sub.add_run(recipe=recipe)
     run = store.claim_next_run(engine=engine, owner=OWNER, gpus_free=0, lease_s=30)
     assert run is not None
     return run
@@ -65,7 +66,7 @@ def _wait_for(cond: Callable[[], bool], fut: Future[JobOutcome], timeout: float 
 
 
 def _has_train_points(engine: Engine, run_id: int) -> bool:
-    return bool(store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"]))
+    return bool(store.points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"]).points)
 
 
 def test_launch_command() -> None:
@@ -106,7 +107,7 @@ def test_run_to_completion_ingests_every_line(engine: Engine, tmp_path: Path) ->
     assert (out.status, out.exit_code, out.malformed) == ("succeeded", 0, 0), out
     lines = read_metrics(Path(run.run_dir) / "metrics.jsonl")
     assert store.last_seq(engine=engine, run_id=run.id) == lines[-1].seq == len(lines) - 1
-    points = store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1, names=["train/loss"])
+    points = store.points_since(engine=engine, run_id=run.id, after_seq=-1, names=["train/loss"]).points
     assert len(points) == sum(ln.kind == "train" for ln in lines) == 30
     assert store.ingest_metric_lines(engine=engine, run_id=run.id, lines=lines) == 0
     row = store.get_run(engine=engine, run_id=run.id)
@@ -160,13 +161,13 @@ def test_shutdown_hands_back_then_resumes_gapless(engine: Engine, tmp_path: Path
     lines = read_metrics(Path(run.run_dir) / "metrics.jsonl")
     assert "resumed" in [ln.event for ln in lines]
     assert [ln.seq for ln in lines] == list(range(len(lines)))
-    point_seqs = {p.seq for p in store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1)}
+    point_seqs = {p.seq for p in store.points_since(engine=engine, run_id=run.id, after_seq=-1).points}
     blob_seqs = [b.seq for b in store.metric_blobs_since(engine=engine, run_id=run.id, after_seq=-1)]
     assert len(blob_seqs) == len(set(blob_seqs))
     assert sorted(point_seqs | set(blob_seqs)) == list(range(len(lines)))  # gapless 0..N
     steps = [
         p.step
-        for p in store.metric_points_since(engine=engine, run_id=run.id, after_seq=-1, names=["train/loss"])
+        for p in store.points_since(engine=engine, run_id=run.id, after_seq=-1, names=["train/loss"]).points
     ]
     assert steps == list(range(1, 41))  # every step exactly once
     stored = {
@@ -236,6 +237,6 @@ def test_the_recipes_evaluations_run_after_training_and_are_stored(
         Path(ev.protocol["samples"]).read_text().splitlines()
     )  # where the dashboard finds why each failed
     assert len(samples) == 10 and all("detail" in json.loads(line) for line in samples)
-    names = {p.name for p in store.metric_points_since(engine=engine, run_id=run.id or 0, after_seq=-1)}
+    names = {p.name for p in store.points_since(engine=engine, run_id=run.id or 0, after_seq=-1).points}
     assert "eval/generated:basic:10/pass@1" in names  # the eval line, keyed by its benchmark, was ingested
     assert "eval/pass@1" not in names

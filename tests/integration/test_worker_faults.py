@@ -66,13 +66,13 @@ def test_trainer_killed_mid_run_is_resumed_from_its_checkpoint(
     assert [ln.seq for ln in lines] == list(range(len(lines)))  # gapless, no duplicates after the resume
     assert [ln.event for ln in lines if ln.event in ("start", "resumed")] == ["start", "resumed"]
     assert [ln.step for ln in lines if ln.kind == "train"] == list(range(1, 31))  # every step once
-    point_seqs = {p.seq for p in store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1)}
+    point_seqs = {p.seq for p in store.points_since(engine=engine, run_id=run_id, after_seq=-1).points}
     blob_seqs = [b.seq for b in store.metric_blobs_since(engine=engine, run_id=run_id, after_seq=-1)]
     assert len(blob_seqs) == len(set(blob_seqs))
     assert sorted(point_seqs | set(blob_seqs)) == list(range(len(lines)))  # the store holds the same stream
     steps = [
         p.step
-        for p in store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"])
+        for p in store.points_since(engine=engine, run_id=run_id, after_seq=-1, names=["train/loss"]).points
     ]
     assert steps == list(range(1, 31))
 

@@ -64,9 +64,10 @@ def ctx(engine: Engine, settings: Settings) -> StudioContext:
 def add_run(
     engine: Engine, settings: Settings, recipe: str = "tiny-ntp.yaml", *overrides: str, **kw: Any
 ) -> Run:
-    """Store a run of a recipe from recipes/ (`kw` goes to store.create_run, e.g. comparison_set_id)."""
+    """Store a run of a recipe from recipes/ (`kw` goes to `Submission.add_run`, e.g. comparison_set_id)."""
     r = load_recipe(RECIPES / recipe, list(overrides))
-    return store.create_run(engine=engine, recipe=r, runs_dir=settings.runs_dir, **kw)
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        return sub.add_run(recipe=r, **kw)
 
 
 def add_losses(

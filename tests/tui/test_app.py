@@ -173,14 +173,10 @@ async def test_c_without_marks_compares_the_selected_runs_comparison_set(
     from tests.tui.conftest import RECIPES
     from wmtp_studio.recipe import load_recipe
 
-    cset = store.create_comparison_set(
-        engine=engine,
-        name="s",
-        base=load_recipe(RECIPES / "tiny-ntp.yaml", []),
-        factor="algorithm x seed",
-        diff={},
-    )
-    add_run(engine, settings, comparison_set_id=cset.id)
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        base = load_recipe(RECIPES / "tiny-ntp.yaml", [])
+        cset = sub.add_comparison_set(name="s", base=base, factor="algorithm x seed", diff={})
+        sub.add_run(recipe=base, comparison_set_id=cset.id)
     app = _app(settings)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: _rows(app) == 1, "the run")

@@ -55,23 +55,26 @@ async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> No
         await pilot.pause(0.02)
 
 
+def store_set(
+    engine: Engine, settings: Settings, algorithms: list[str], seeds: list[int], name: str | None = None
+) -> list[Run]:
+    """A comparison set of the tiny recipe (10 steps) over algorithms x seeds, stored as the CLI stores one."""
+    base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        cset = sub.add_comparison_set(
+            name=name or base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
+        )
+        return [
+            sub.add_run(recipe=recipe, comparison_set_id=cset.id, diff=diff)
+            for recipe, diff in expand(base, algorithms, seeds)
+        ]
+
+
 def make_set(engine: Engine, settings: Settings, name: str | None = None) -> tuple[int, list[Run]]:
     """A comparison set ntp, baseline-mtp x seeds 0, 1 with losses (named as the trainer writes them: the total
     and head 0's CE in training, their val_ counterparts on the held-out slice) and pass@1 per problem."""
-    base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
-    algorithms, seeds = ["ntp", "baseline-mtp"], [0, 1]
-    cset = store.create_comparison_set(
-        engine=engine,
-        name=name or base.name,
-        base=base,
-        factor=FACTOR,
-        diff={"algorithm": algorithms, "seed": seeds},
-    )
     runs = []
-    for recipe, diff in expand(base, algorithms, seeds):
-        run = store.create_run(
-            engine=engine, recipe=recipe, runs_dir=settings.runs_dir, comparison_set_id=cset.id, diff=diff
-        )
+    for run in store_set(engine, settings, ["ntp", "baseline-mtp"], [0, 1], name):
         rid = run.id or 0
         lines = [
             MetricLine(seq=0, step=5, time=0.0, kind="train", metrics={"loss": 4.0 + rid, "head0/ce": 2.0}),
@@ -96,7 +99,7 @@ def make_set(engine: Engine, settings: Settings, name: str | None = None) -> tup
             ),
         )
         runs.append(run)
-    return cset.id or 0, runs
+    return runs[0].comparison_set_id or 0, runs
 
 
 def rows(table: DataTable[Any]) -> list[list[str]]:
@@ -249,15 +252,8 @@ SOLVED_FIRST = {"ntp": (2, 3, 2), "baseline-mtp": (5, 7, 5), "critic-wmtp": (4, 
 
 def make_three_seed_set(engine: Engine, settings: Settings) -> int:
     """A stored comparison set ntp, baseline-mtp, critic-wmtp x seeds 0, 1, 2 with per-problem pass@1."""
-    base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
-    algorithms, seeds = list(SOLVED_FIRST), [0, 1, 2]
-    cset = store.create_comparison_set(
-        engine=engine, name=base.name, base=base, factor=FACTOR, diff={"algorithm": algorithms, "seed": seeds}
-    )
-    for recipe, diff in expand(base, algorithms, seeds):
-        run = store.create_run(
-            engine=engine, recipe=recipe, runs_dir=settings.runs_dir, comparison_set_id=cset.id, diff=diff
-        )
+    stored = store_set(engine, settings, list(SOLVED_FIRST), [0, 1, 2])
+    for run in stored:
         c = SOLVED_FIRST[run.algorithm][run.seed]
         store.record_evaluation(
             engine=engine,
@@ -272,7 +268,7 @@ def make_three_seed_set(engine: Engine, settings: Settings) -> int:
                 per_problem={f"t{j}": {"n": 1, "c": int(j < c)} for j in range(8)},
             ),
         )
-    return cset.id or 0
+    return stored[0].comparison_set_id or 0
 
 
 async def test_three_seeds_show_the_test_used_and_which_differences_are_within_seed_noise(

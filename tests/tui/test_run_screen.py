@@ -51,7 +51,8 @@ def stream(algorithm: str) -> list[MetricLine]:
 
 def new_run(ctx: StudioContext, algorithm: str, lines: list[MetricLine] | None = None) -> Run:
     recipe = load_recipe(ROOT / "recipes" / f"tiny-{algorithm}.yaml", ["train.steps=60"])
-    run = store.create_run(engine=ctx.engine, recipe=recipe, runs_dir=ctx.settings.runs_dir)
+    with store.submission(engine=ctx.engine, runs_dir=ctx.settings.runs_dir) as sub:
+        run = sub.add_run(recipe=recipe)
     assert run.id is not None
     if lines:
         store.ingest_metric_lines(engine=ctx.engine, run_id=run.id, lines=lines)
@@ -186,20 +187,11 @@ async def test_log_tab_tails_the_run_log(ctx: StudioContext) -> None:
 async def test_recipe_tab_shows_the_frozen_recipe_and_its_diff(ctx: StudioContext) -> None:
     base = load_recipe(ROOT / "recipes" / "tiny-ntp.yaml", ["train.steps=60"])
     (recipe, diff), *_ = expand(base, ["baseline-mtp"], [3])
-    cset = store.create_comparison_set(
-        engine=ctx.engine,
-        name="cmp",
-        base=base,
-        factor=FACTOR,
-        diff={"algorithm": ["baseline-mtp"], "seed": [3]},
-    )
-    run = store.create_run(
-        engine=ctx.engine,
-        recipe=recipe,
-        runs_dir=ctx.settings.runs_dir,
-        comparison_set_id=cset.id,
-        diff=diff,
-    )
+    with store.submission(engine=ctx.engine, runs_dir=ctx.settings.runs_dir) as sub:
+        cset = sub.add_comparison_set(
+            name="cmp", base=base, factor=FACTOR, diff={"algorithm": ["baseline-mtp"], "seed": [3]}
+        )
+        run = sub.add_run(recipe=recipe, comparison_set_id=cset.id, diff=diff)
     app = RunApp(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("6")

@@ -26,9 +26,8 @@ Snap = Callable[..., bool]
 @pytest.fixture
 def studio(engine: Engine, settings: Settings) -> Engine:
     """Six runs: a finished comparison set of three algorithms, one running, one queued, one failed."""
-    cset = store.create_comparison_set(
-        engine=engine, name="tiny-compare", base=_recipe(), factor="algorithm x seed", diff={}
-    )
+    with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
+        cset = sub.add_comparison_set(name="tiny-compare", base=_recipe(), factor="algorithm x seed", diff={})
     for recipe, loss, pass1 in (
         ("tiny-ntp.yaml", [2.0, 1.5, 1.25], 0.915),
         ("tiny-baseline-mtp.yaml", [2.5, 2.0, 1.75], 0.480),

@@ -90,7 +90,8 @@ def engine(tmp_path: Path) -> Engine:
 
 def _run_with(engine: Engine, tmp_path: Path, lines: list[MetricLine]) -> int:
     recipe = load_recipe(ROOT / "recipes" / "tiny-critic-wmtp.yaml", [])
-    run = store.create_run(engine=engine, recipe=recipe, runs_dir=tmp_path / "runs")
+    with store.submission(engine=engine, runs_dir=tmp_path / "runs") as sub:
+        run = sub.add_run(recipe=recipe)
     assert run.id is not None
     store.ingest_metric_lines(engine=engine, run_id=run.id, lines=lines)
     return run.id

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine
@@ -54,8 +55,10 @@ def recipe(*overrides: str) -> Recipe:
     return load_recipe(RECIPES / "tiny-ntp.yaml", list(overrides))
 
 
-def new_run(engine: Engine, tmp_path: Path, **kw: object) -> Run:
-    return store.create_run(engine=engine, recipe=recipe(), runs_dir=tmp_path / "runs", **kw)  # type: ignore[arg-type]
+def new_run(engine: Engine, tmp_path: Path, **kw: Any) -> Run:
+    """One run of the tiny recipe, stored on its own (`kw` goes to `Submission.add_run`)."""
+    with store.submission(engine=engine, runs_dir=tmp_path / "runs") as sub:
+        return sub.add_run(recipe=recipe(), **kw)
 
 
 def test_settings_defaults_and_env(tmp_path: Path) -> None:
@@ -79,10 +82,11 @@ def test_sqlite_pragmas(engine: Engine) -> None:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
 
 
-def test_create_run_freezes_recipe(engine: Engine, tmp_path: Path) -> None:
+def test_add_run_freezes_recipe(engine: Engine, tmp_path: Path) -> None:
     r = recipe("train.seed=7")
-    cs = store.create_comparison_set(engine=engine, name="c", base=r, factor="seed", diff={"seed": [7]})
-    run = store.create_run(engine=engine, recipe=r, runs_dir=tmp_path / "runs", comparison_set_id=cs.id)
+    with store.submission(engine=engine, runs_dir=tmp_path / "runs") as sub:
+        cs = sub.add_comparison_set(name="c", base=r, factor="seed", diff={"seed": [7]})
+        run = sub.add_run(recipe=r, comparison_set_id=cs.id)
     assert (run.status, run.algorithm, run.seed, run.recipe_sha256) == ("queued", "ntp", 7, r.sha256())
     assert run.run_dir == str(tmp_path / "runs" / str(run.id))
     assert json.loads((Path(run.run_dir) / "recipe.json").read_text()) == json.loads(r.canonical_json())
@@ -267,7 +271,7 @@ def test_ingestion_is_idempotent_and_cursor_works(engine: Engine, tmp_path: Path
     assert store.ingest_metric_lines(engine=engine, run_id=run_id, lines=lines()) == 0
     assert store.ingest_metric_lines(engine=engine, run_id=run_id, lines=lines()[2:4]) == 0
     assert store.last_seq(engine=engine, run_id=run_id) == 5
-    points = store.metric_points_since(engine=engine, run_id=run_id, after_seq=-1)
+    points = store.points_since(engine=engine, run_id=run_id, after_seq=-1).points
     assert [(p.seq, p.name, p.value) for p in points] == [
         (1, "train/head1/ce", 3.0),
         (1, "train/loss", 2.5),
@@ -276,7 +280,7 @@ def test_ingestion_is_idempotent_and_cursor_works(engine: Engine, tmp_path: Path
         (4, "val/loss", 2.25),
         (5, "eval/pass@1", 0.5),
     ]
-    since = store.metric_points_since(engine=engine, run_id=run_id, after_seq=1, names=["train/loss"])
+    since = store.points_since(engine=engine, run_id=run_id, after_seq=1, names=["train/loss"]).points
     assert [(p.seq, p.step, p.value) for p in since] == [(3, 2, 2.0)]
     blobs = store.metric_blobs_since(engine=engine, run_id=run_id, after_seq=-1)
     assert [(b.seq, b.kind) for b in blobs] == [(0, "event"), (2, "hist"), (5, "eval")]

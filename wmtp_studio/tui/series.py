@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 
 from wmtp_studio import store
 
-Point = tuple[int, str, int, float]
+Point = store.Point
 """(seq, name, step, value) of one stored metric point."""
 
 
@@ -171,12 +171,10 @@ class MetricFeed:
         self.epoch = epoch
         if reset:
             self.point_cursor = self.blob_cursor = -1
-        rows = store.point_rows_since(
+        page = store.points_since(
             engine=self.engine, run_id=self.run_id, after_seq=self.point_cursor, limit=self.page
         )
-        more = len(rows) == self.page
-        if more and rows[0][0] != rows[-1][0]:  # the last line may be cut by the limit: take it next time
-            rows = [r for r in rows if r[0] != rows[-1][0]]
+        rows = page.points
         if rows:
             self.point_cursor = rows[-1][0]
         blobs = [
@@ -188,7 +186,7 @@ class MetricFeed:
         if blobs:
             self.blob_cursor = blobs[-1].seq
         points = rows if self.keep is None else [r for r in rows if self.keep(r[1])]
-        return FeedBatch(reset=reset, points=points, blobs=blobs, more=more)
+        return FeedBatch(reset=reset, points=points, blobs=blobs, more=page.more)
 
 
 @dataclass
