@@ -199,3 +199,11 @@ def test_an_epoch_budget_gives_grpo_the_steps_of_baseline(tmp_path: Path) -> Non
         steps[name] = setup(run, None).total_steps
     # 200 problems, 10 held out (val_fraction 0.05): 190 correct completions x 2 epochs / 8 = 47.5 -> 48 steps
     assert steps == {"baseline-mtp": 48, "grpo-wmtp": 48}
+
+
+def test_a_refresh_under_fsdp_is_refused_by_name() -> None:
+    from wmtp_studio.errors import RecipeError
+
+    with pytest.raises(RecipeError, match="algorithm.refresh_steps does not work with train.parallel: fsdp"):
+        load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", ["train.parallel=fsdp"])
+    assert load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", ["train.parallel=fsdp", "algorithm.refresh_steps=0"])
