@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from wmtp_studio.recipe import ALGORITHMS
+from wmtp_studio.submit import QUICKSTART_ALL_ALGORITHMS
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = ROOT / "recipes"
@@ -95,7 +96,10 @@ def test_invalid_input_exits_2_and_stores_nothing(studio: Any, tmp_path: Path) -
         assert "error:" in err and "invalid recipe" in err
     assert "train.batch_sise" in studio("submit", str(bad), code=2).stderr
     err = studio("compare", str(RECIPES / "tiny-ntp.yaml"), "--algorithms", "ntp,mtp", code=2).stderr
-    assert "'mtp'" in err and f"valid ones are {', '.join(ALGORITHMS)}" in err
+    assert (
+        "'mtp'" in err
+        and "valid ones are ntp, baseline-mtp, critic-wmtp, rho1-wmtp, grad-wmtp, grpo-wmtp" in err
+    )
     assert "rho1-wmtp needs a reference" in studio("compare", str(RECIPES / "tiny-ntp.yaml"), code=2).stderr
     err = studio(
         "compare", str(RECIPES / "tiny-rho1-wmtp.yaml"), "--set", "algorithm.reference=no/such/model", code=2
@@ -130,6 +134,10 @@ def test_quickstart_seeds_option(studio: Any) -> None:
         ["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp"]
     )
     assert "3 seed(s)" in studio("quickstart", "--seeds", "3").stdout
+    every = json.loads(studio("quickstart", "--all-algorithms", "--json").stdout)
+    assert sorted(r["algorithm"] for r in every if r["comparison_set_id"] is not None) == sorted(
+        QUICKSTART_ALL_ALGORITHMS
+    )
 
 
 def test_cancel_retry_priority_and_show(studio: Any) -> None:

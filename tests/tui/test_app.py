@@ -14,6 +14,7 @@ from textual.widgets import DataTable, OptionList
 from tests.tui.conftest import add_run, settle, until
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
+from wmtp_studio.submit import QUICKSTART_ALL_ALGORITHMS
 from wmtp_studio.tui.app import MODES, StudioApp, create_app
 from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.screens.queue import QueueScreen
@@ -84,7 +85,12 @@ async def test_thorough_quickstart_queues_three_seeds_per_algorithm(
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
         choices = app.screen.query_one(OptionList)
-        assert [choices.get_option_at_index(i).id for i in range(choices.option_count)] == ["1", "3", "no"]
+        assert [choices.get_option_at_index(i).id for i in range(choices.option_count)] == [
+            "1",
+            "3",
+            "all",
+            "no",
+        ]
         choices.highlighted = 1  # thorough: 3 seeds
         await pilot.press("enter")
         await until(
@@ -96,13 +102,28 @@ async def test_thorough_quickstart_queues_three_seeds_per_algorithm(
     )
 
 
+async def test_every_algorithm_quickstart_queues_one_fine_tune_per_algorithm(
+    settings: Settings, engine: Engine
+) -> None:
+    app = _app(settings, offer_quickstart=True)
+    async with app.run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
+        app.screen.query_one(OptionList).highlighted = 2  # every algorithm
+        await pilot.press("enter")
+        n = len(QUICKSTART_ALL_ALGORITHMS)
+        await until(pilot, lambda: isinstance(app.screen, RunsScreen) and _rows(app) == n + 1, "the runs")
+    tunes = [r for r in store.list_runs(engine=engine) if r.comparison_set_id is not None]
+    assert sorted(r.algorithm for r in tunes) == sorted(QUICKSTART_ALL_ALGORITHMS)
+    assert {"grad-wmtp", "grpo-wmtp"} <= set(QUICKSTART_ALL_ALGORITHMS) and {r.seed for r in tunes} == {0}
+
+
 async def test_declined_quickstart_queues_nothing_and_is_not_offered_to_a_used_studio(
     settings: Settings, engine: Engine
 ) -> None:
     app = _app(settings, offer_quickstart=True)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
-        app.screen.query_one(OptionList).highlighted = 2  # not now
+        app.screen.query_one(OptionList).highlighted = 3  # not now
         await pilot.press("enter")
         await settle(pilot)
         assert isinstance(app.screen, RunsScreen)

@@ -204,6 +204,8 @@ def test_an_epoch_budget_gives_grpo_the_steps_of_baseline(tmp_path: Path) -> Non
 def test_a_refresh_under_fsdp_is_refused_by_name() -> None:
     from wmtp_studio.errors import RecipeError
 
-    with pytest.raises(RecipeError, match="algorithm.refresh_steps does not work with train.parallel: fsdp"):
+    with pytest.raises(
+        RecipeError, match=r"algorithm\.refresh_steps does not work with train\.parallel: fsdp"
+    ):
         load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", ["train.parallel=fsdp"])
     assert load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", ["train.parallel=fsdp", "algorithm.refresh_steps=0"])
