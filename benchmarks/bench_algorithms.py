@@ -1,5 +1,5 @@
-"""Step time of critic-wmtp (after Stage 1), rho1-wmtp (cached reference CE) and grad-wmtp (both score kinds)
-relative to baseline-mtp.
+"""Step time of critic-wmtp (after Stage 1), rho1-wmtp (cached reference CE), grad-wmtp (both score kinds) and
+grpo-wmtp relative to baseline-mtp.
 
 Uses the real trainer: one run directory per algorithm with a `recipe.json` derived from
 `recipes/tiny-baseline-mtp.yaml`, `loop.setup`, then `loop.train_step` (critic runs `loop._run_stage1` first,
@@ -9,7 +9,12 @@ algorithm trains on the same batches (critic with `train_on: correct` trains on 
 baseline), which the script checks. Steps are timed round-robin: step i of every algorithm runs back to back
 (the order rotating every step), so that machine noise hits all of them alike. Goal: <= 1.05x baseline.
 
-    python benchmarks/bench_algorithms.py [--steps 10] [--rounds 5] [--warmup 2] [--json OUT]
+grpo-wmtp trains on the data's groups with signal (correct and incorrect completions of the same problems), so its
+batches differ from baseline's: its steps are also compared per token. Its step time excludes the on-policy
+refresh, whose cost is measured apart, per sample: generation (KV-cache sampler) and judging (sandbox) separately,
+with the model as the timed steps left it.
+
+    python benchmarks/bench_algorithms.py [--steps 10] [--rounds 5] [--warmup 2] [--refresh-prompts 32] [--json OUT]
 """
 
 from __future__ import annotations
@@ -30,7 +35,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-baseline-mtp.yaml"
-ALGORITHMS = ("baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp", "grad-wmtp-hidden")
+ALGORITHMS = ("baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp", "grad-wmtp-hidden", "grpo-wmtp")
+SAME_DATA = ALGORITHMS[:-1]  # train on the same batches (grpo: on its groups)
 GOAL = 1.05
 
 
@@ -107,6 +113,12 @@ def run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Timing], dict[s
         "rho1-wmtp": ["algorithm.name=rho1-wmtp", f"algorithm.reference={ref}"],
         "grad-wmtp": ["algorithm.name=grad-wmtp", "algorithm.score=logit"],
         "grad-wmtp-hidden": ["algorithm.name=grad-wmtp", "algorithm.score=hidden"],
+        "grpo-wmtp": [
+            "algorithm.name=grpo-wmtp",
+            "algorithm.refresh_steps=1000000",  # never during the timed steps: refresh_cost measures it
+            f"algorithm.refresh_prompts={args.refresh_prompts}",
+            f"algorithm.group_size={args.group_size}",
+        ],
     }
     setups, states, timings = {}, {}, {}
     for name in ALGORITHMS:
@@ -145,15 +157,27 @@ def run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Timing], dict[s
         "params": sum(p.numel() for p in s0.model.parameters()),
         "train_examples": len(s0.train_data),
         "loadavg": os.getloadavg(),
+        "refresh": refresh_cost(setups["grpo-wmtp"]),
     }
     return timings, env
+
+
+def refresh_cost(s: Any) -> dict[str, float]:
+    """One grpo on-policy refresh (sample G per prompt, judge in the sandbox) with the model as trained so far."""
+    from wmtp_studio.train import grpo, loop
+
+    state = loop.State(step=0)
+    refreshed = grpo.refresh(s, state)
+    assert refreshed.groups is not None
+    return refreshed.groups.stats
 
 
 def same_data(timings: dict[str, Timing]) -> bool:
     base = timings["baseline-mtp"]
     return all(
         (t.batches, t.tokens, t.trained) == (base.batches, base.tokens, base.trained)
-        for t in timings.values()
+        for name, t in timings.items()
+        if name in SAME_DATA
     )
 
 
@@ -171,7 +195,7 @@ def report(timings: dict[str, Timing], env: dict[str, Any], args: argparse.Names
         f"load average at the end {env['loadavg'][0]:.2f}"
     )
     print(
-        f"same batches and trained tokens for every algorithm: {'yes' if same else 'NO'} "
+        f"same batches and trained tokens for {', '.join(SAME_DATA)}: {'yes' if same else 'NO'} "
         f"({sum(timings['baseline-mtp'].tokens)} tokens per algorithm timed)\n"
     )
     print(
@@ -195,6 +219,23 @@ def report(timings: dict[str, Timing], env: dict[str, Any], args: argparse.Names
             f"goal {name} <= {GOAL:.2f}x baseline: {'met' if ratios[name] <= GOAL else 'NOT met'} "
             f"({ratios[name]:.3f}x; paired per-step ratio {paired[name]:.3f}x)"
         )
+    # grpo trains on other batches: compare seconds per token too (step time / tokens of the step)
+    per_token = {
+        name: statistics.median(s / n for s, n in zip(t.step_s, t.tokens, strict=True))
+        for name, t in timings.items()
+    }
+    token_ratio = per_token["grpo-wmtp"] / per_token["baseline-mtp"]
+    g, b = timings["grpo-wmtp"], timings["baseline-mtp"]
+    print(
+        f"grpo-wmtp per token: {token_ratio:.3f}x baseline (median tokens per step {statistics.median(g.tokens):.0f}"
+        f" vs {statistics.median(b.tokens):.0f}); refresh excluded"
+    )
+    ref = env["refresh"]
+    print(
+        f"grpo-wmtp refresh ({ref['samples']:.0f} samples: {args.refresh_prompts} prompts x {args.group_size}): generation "
+        f"{ref['gen_s']:.2f} s ({1000 * ref['gen_s_per_sample']:.1f} ms/sample), judging {ref['judge_s']:.2f} s "
+        f"({1000 * ref['judge_s_per_sample']:.1f} ms/sample)"
+    )
     return {
         "env": env,
         "overrides": args.set,
@@ -204,6 +245,7 @@ def report(timings: dict[str, Timing], env: dict[str, Any], args: argparse.Names
         "same_batches": same,
         "ratios_to_baseline": ratios,
         "paired_ratios_to_baseline": paired,
+        "grpo_per_token_ratio_to_baseline": token_ratio,
         "results": {n: asdict(t) | {"median_s": t.median_s} for n, t in timings.items()},
     }
 
@@ -216,6 +258,10 @@ def main() -> None:
     p.add_argument("--stage1-steps", type=int, default=20, help="critic Stage 1 steps (untimed)")
     p.add_argument("--ref-steps", type=int, default=5, help="training steps of the rho1 reference")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: the recipe's, 2)")
+    p.add_argument(
+        "--refresh-prompts", type=int, default=32, help="grpo refresh: prompts sampled (timed apart)"
+    )
+    p.add_argument("--group-size", type=int, default=4, help="grpo refresh: samples per prompt (G)")
     p.add_argument(
         "--device",
         choices=("auto", "cpu", "cuda"),

@@ -26,8 +26,15 @@ from wmtp_studio import strict_yaml
 from wmtp_studio.errors import RecipeError
 from wmtp_studio.recipe_text import apply_override, redact, resolve_secret_refs, restore_refs, substitute_env
 
-Algorithm = Literal["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp"]
-ALGORITHMS: tuple[Algorithm, ...] = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp")
+Algorithm = Literal["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp", "grpo-wmtp"]
+ALGORITHMS: tuple[Algorithm, ...] = (
+    "ntp",
+    "baseline-mtp",
+    "critic-wmtp",
+    "rho1-wmtp",
+    "grad-wmtp",
+    "grpo-wmtp",
+)
 INT_MAX = 2**31 - 1
 """Largest count or seed: what every consumer holds (numpy seeds, torch sizes, 32-bit SQL integer columns)."""
 MAX_ERRORS = 20
@@ -383,8 +390,53 @@ class GradConfig(Section):
         return self
 
 
+class GRPOConfig(Section):
+    """grpo-wmtp: group-relative verifiable rewards (DeepSeekMath GRPO, arXiv 2402.03300) become token weights.
+
+    A group is the completions of one prompt; A_i = (R_i - mean R) / (std R + eps) over the group (population
+    std); every token of completion i gets w = clip(exp(A_i / beta), w_min, w_max). Groups whose rewards are all
+    equal carry no signal (weight 0). Critic-free, and weighted MTP, not a policy gradient: w >= 0, detached."""
+
+    name: Literal["grpo-wmtp"] = "grpo-wmtp"
+    """Algorithm name."""
+    group_size: Int = Field(4, ge=2, le=1024)
+    """G: completions sampled per prompt at each refresh (offline groups are every completion of a prompt in the
+    data, whatever their number)."""
+    beta: Real = Field(1.0, gt=0)
+    """Temperature in w = exp(A / beta)."""
+    eps: Real = Field(1e-4, gt=0, le=1)
+    """epsilon in A = (R - mean R) / (std R + eps)."""
+    w_min: Real = Field(0.1, ge=0)
+    """Lower clip of the weights."""
+    w_max: Real = Field(5.0, gt=0)
+    """Upper clip of the weights."""
+    norm: Literal["none", "zscore"] = "none"
+    """Normalisation of the advantages over the valid entries of the batch before the exponential (as critic's;
+    default none: A is already normalised within its group)."""
+    mean_one: Flag = True
+    """Rescale each head's weights to mean 1 over valid entries."""
+    refresh_steps: Int = Field(0, ge=0)
+    """On-policy refresh: every this many optimiser steps the current model samples G completions per training
+    prompt, the sandbox labels them, and training goes on with those groups; 0 trains on the data's groups only."""
+    refresh_prompts: Int | None = Field(None, ge=1)
+    """Training prompts sampled at each refresh (drawn with train.seed and the step); none: every one."""
+    temperature: Real = Field(0.8, gt=0)
+    """Sampling temperature of a refresh (above 0: G greedy samples would be one)."""
+    top_p: Real = Field(0.95, gt=0, le=1)
+    """Nucleus threshold of a refresh."""
+    max_new_tokens: Int = Field(128, ge=1)
+    """Generation budget per sample of a refresh."""
+
+    @model_validator(mode="after")
+    def _clip_range(self) -> GRPOConfig:
+        if self.w_min > self.w_max:
+            raise ValueError(f"w_min ({self.w_min}) must be at most w_max ({self.w_max})")
+        return self
+
+
 AlgorithmConfig = Annotated[
-    NTPConfig | BaselineMTPConfig | CriticConfig | Rho1Config | GradConfig, Field(discriminator="name")
+    NTPConfig | BaselineMTPConfig | CriticConfig | Rho1Config | GradConfig | GRPOConfig,
+    Field(discriminator="name"),
 ]
 
 
@@ -461,6 +513,19 @@ class Recipe(Section):
             # the hidden score reads the unembedding's weight outside the method FSDP gathers it for
             raise ValueError(
                 "grad-wmtp score: hidden does not work with train.parallel: fsdp yet; use score: logit"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _grpo_refresh_not_sharded(self) -> Recipe:
+        # a refresh samples on rank 0 alone, and a sharded model's forward needs every rank
+        if (
+            isinstance(self.algorithm, GRPOConfig)
+            and self.algorithm.refresh_steps
+            and self.train.parallel == "fsdp"
+        ):
+            raise ValueError(
+                "algorithm.refresh_steps does not work with train.parallel: fsdp yet; use ddp or refresh_steps: 0"
             )
         return self
 

@@ -24,7 +24,7 @@ from wmtp_studio.settings import Settings
 from wmtp_studio.taskqueue import announce
 
 QUICKSTART_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
-QUICKSTART_ALL_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp")
+QUICKSTART_ALL_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp", "grpo-wmtp")
 """The quickstart's every-algorithm option (the dashboard's offer, `wmtp-studio quickstart --all-algorithms`): every
 weighting family the studio trains, fine-tuned from the same base on the same data."""
 QUICKSTART_DURATION = "5-10 minutes in all on 2 CPU cores"

@@ -46,3 +46,17 @@ def lines(run_dir: Path) -> list[dict]:
 
 def train_losses(run_dir: Path) -> dict[int, float]:
     return {m["step"]: m["metrics"]["loss"] for m in lines(run_dir) if m["kind"] == "train"}
+
+
+def assert_same_training(straight: Path, resumed: Path, steps: int) -> None:
+    """`resumed` (interrupted and resumed) logged the losses of `straight` at steps 1..steps and exported the same
+    weights, to 1e-6."""
+    from safetensors.torch import load_file
+
+    a, b = train_losses(straight), train_losses(resumed)
+    assert sorted(a) == list(range(1, steps + 1)) == sorted(b)
+    for step in a:
+        assert abs(a[step] - b[step]) <= 1e-6 * max(1.0, abs(a[step])), step
+    wa = load_file(str(straight / "model" / "model.safetensors"))
+    wb = load_file(str(resumed / "model" / "model.safetensors"))
+    assert all((wa[k] - wb[k]).abs().max() <= 1e-6 for k in wa)

@@ -6,9 +6,7 @@ import os
 import signal
 from pathlib import Path
 
-from safetensors.torch import load_file
-
-from tests.integration.conftest import lines, make_run, train_losses
+from tests.integration.conftest import assert_same_training, lines, make_run
 from wmtp_studio.rundir.checkpoints import read_trainer_state
 from wmtp_studio.train import checkpoint as ckpt
 from wmtp_studio.train.loop import EXIT_INTERRUPTED, train
@@ -31,13 +29,7 @@ def test_sigterm_checkpoint_then_resume_equals_straight_run(tmp_path: Path) -> N
     assert not (interrupted / "model").exists()
     assert train(interrupted, resume=True) == 0
 
-    a, b = train_losses(straight), train_losses(interrupted)
-    assert sorted(a) == list(range(1, 21)) == sorted(b)
-    for step in a:
-        assert abs(a[step] - b[step]) <= 1e-6 * max(1.0, abs(a[step])), step
-    wa = load_file(str(straight / "model" / "model.safetensors"))
-    wb = load_file(str(interrupted / "model" / "model.safetensors"))
-    assert all((wa[k] - wb[k]).abs().max() <= 1e-6 for k in wa)
+    assert_same_training(straight, interrupted, 20)
 
     stream = lines(interrupted)
     assert [m["seq"] for m in stream] == list(range(len(stream)))  # gapless, no duplicates

@@ -96,7 +96,10 @@ def test_invalid_input_exits_2_and_stores_nothing(studio: Any, tmp_path: Path) -
         assert "error:" in err and "invalid recipe" in err
     assert "train.batch_sise" in studio("submit", str(bad), code=2).stderr
     err = studio("compare", str(RECIPES / "tiny-ntp.yaml"), "--algorithms", "ntp,mtp", code=2).stderr
-    assert "'mtp'" in err and "valid ones are ntp, baseline-mtp, critic-wmtp, rho1-wmtp, grad-wmtp" in err
+    assert (
+        "'mtp'" in err
+        and "valid ones are ntp, baseline-mtp, critic-wmtp, rho1-wmtp, grad-wmtp, grpo-wmtp" in err
+    )
     assert "rho1-wmtp needs a reference" in studio("compare", str(RECIPES / "tiny-ntp.yaml"), code=2).stderr
     err = studio(
         "compare", str(RECIPES / "tiny-rho1-wmtp.yaml"), "--set", "algorithm.reference=no/such/model", code=2

@@ -60,7 +60,10 @@ def test_ntp_trains_and_writes_a_reloadable_model(ntp_run: Path) -> None:
     assert AutoModelForCausalLM.from_pretrained(ntp_run / "model").config.num_hidden_layers == 2
 
 
-@pytest.mark.parametrize("recipe", ["tiny-baseline-mtp.yaml", "tiny-critic-wmtp.yaml", "tiny-rho1-wmtp.yaml"])
+@pytest.mark.parametrize(
+    "recipe",
+    ["tiny-baseline-mtp.yaml", "tiny-critic-wmtp.yaml", "tiny-rho1-wmtp.yaml", "tiny-grpo-wmtp.yaml"],
+)
 def test_tiny_recipe_trains_end_to_end(recipe: str, ntp_run: Path, tmp_path: Path) -> None:
     run = tmp_path / "run"
     extra = ["algorithm.stage1.steps=20", "algorithm.stage1.eval_every=5"] if "critic" in recipe else []
@@ -91,6 +94,15 @@ def test_tiny_recipe_trains_end_to_end(recipe: str, ntp_run: Path, tmp_path: Pat
         frac = train[-1]["metrics"]["head1/selected_fraction"]
         assert frac == pytest.approx(0.6, abs=0.02)
         assert train[-1]["metrics"]["head0/selected_fraction"] == 1.0  # keep_head0
+    if "grpo" in recipe:
+        # The data's groups (no refresh this early): a quarter of the problems have a correct and an incorrect
+        # completion, A = +-0.5 / 0.5001 = +-0.9998, so w = e^0.9998 = 2.71774 and e^-0.9998 = 0.36795 before the
+        # mean-1 rescale (ratio e^1.9996 = 7.38610); the others one correct completion (no signal); 1 / 1.25 of
+        # the completions are correct.
+        m = train[-1]["metrics"]
+        assert m["grpo/reward_mean"] == pytest.approx(0.8, abs=0.02)
+        assert m["grpo/zero_var_fraction"] == pytest.approx(0.75, abs=0.03)
+        assert m["head1/w_max"] / m["head1/w_min"] == pytest.approx(7.38610, rel=1e-4)
 
 
 def test_bad_recipe_exits_2_naming_the_field_and_creates_nothing(tmp_path: Path) -> None:

@@ -114,7 +114,7 @@ async def test_every_algorithm_quickstart_queues_one_fine_tune_per_algorithm(
         await until(pilot, lambda: isinstance(app.screen, RunsScreen) and _rows(app) == n + 1, "the runs")
     tunes = [r for r in store.list_runs(engine=engine) if r.comparison_set_id is not None]
     assert sorted(r.algorithm for r in tunes) == sorted(QUICKSTART_ALL_ALGORITHMS)
-    assert "grad-wmtp" in QUICKSTART_ALL_ALGORITHMS and {r.seed for r in tunes} == {0}
+    assert {"grad-wmtp", "grpo-wmtp"} <= set(QUICKSTART_ALL_ALGORITHMS) and {r.seed for r in tunes} == {0}
 
 
 async def test_declined_quickstart_queues_nothing_and_is_not_offered_to_a_used_studio(

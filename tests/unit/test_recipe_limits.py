@@ -29,6 +29,7 @@ ALGORITHM_LINE = {
     "CriticConfig": "{name: critic-wmtp}",
     "Stage1Config": "{name: critic-wmtp}",
     "Rho1Config": "{name: rho1-wmtp, reference: some/model}",
+    "GRPOConfig": "{name: grpo-wmtp}",
 }
 
 

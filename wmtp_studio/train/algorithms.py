@@ -14,7 +14,15 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from wmtp_studio.recipe import BaselineMTPConfig, CriticConfig, GradConfig, NTPConfig, Recipe, Rho1Config
+from wmtp_studio.recipe import (
+    BaselineMTPConfig,
+    CriticConfig,
+    GradConfig,
+    GRPOConfig,
+    NTPConfig,
+    Recipe,
+    Rho1Config,
+)
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_ce, head_mask, head_targets
@@ -26,6 +34,7 @@ from wmtp_studio.train.weights import (
     excess_loss,
     grad_scores,
     grad_weights,
+    grpo_weights,
     rho1_weights,
     score_sums,
     select_rescale,
@@ -110,6 +119,8 @@ def algorithm_hooks(
         case GradConfig():
             assert scores is not None, "grad-wmtp needs the step's running statistics"
             return scores.weights_for, None
+        case GRPOConfig():
+            return _grpo_weights_fn(algo, batch, diag), None
     raise AssertionError(f"unhandled algorithm {algo}")
 
 
@@ -362,3 +373,28 @@ def grad_step_scores(
         [(e[0], math.sqrt(e[1])) if e is not None else (0.0, 0.0) for e in ema], device=device
     )
     return scores
+
+
+def _grpo_weights_fn(algo: GRPOConfig, batch: Batch, diag: StepDiagnostics) -> WeightFn:
+    adv, signal = batch.advantages, batch.group_signal
+
+    def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
+        if adv is None or signal is None:  # no completion of the batch belongs to a group with signal
+            return torch.zeros_like(m, dtype=torch.float32)
+        # m_{t,k} keeps x_{t+k+1} inside x_t's example, so position t's A is that of the target's example; only
+        # targets inside its completion are weighted (with loss_on: all, prompt targets weigh 0)
+        live = signal & shift_to_head(batch.completion_mask, k, fill=False)
+        if k == 0:
+            diag.add("grpo/signal_fraction", (live & m).float().sum(), m.float().sum())
+        return grpo_weights(
+            adv,
+            live,
+            m,
+            beta=algo.beta,
+            w_min=algo.w_min,
+            w_max=algo.w_max,
+            norm=algo.norm,
+            mean_one=algo.mean_one,
+        )
+
+    return weights_for

@@ -43,6 +43,7 @@ class Encoded:
     completion: list[bool]
     reward: float
     truncated: bool = False  # the example's final token was cut off (its reward sits on no token)
+    advantage: float | None = None  # grpo: A of its group (None: not grouped, or its group has no signal)
 
 
 @dataclass
@@ -57,6 +58,8 @@ class Batch:
     ref_ce: Tensor | None = None  # float: CE^ref_j (rho1, cached)
     tokens: int = 0  # non-pad tokens, counted on the CPU
     example_end: Tensor | None = None  # bool: x_j is its example's true final token (critic: R sits there)
+    advantages: Tensor | None = None  # float: grpo A of the example each position belongs to (None: no grpo)
+    group_signal: Tensor | None = None  # bool: that example's group carries signal (grpo)
 
     def to(self, device: torch.device) -> Batch:
         moved = {k: v.to(device, non_blocking=True) for k, v in vars(self).items() if isinstance(v, Tensor)}
@@ -233,6 +236,9 @@ def collate(
     rew = torch.zeros(shape)
     ref = torch.zeros(shape) if ref_ce is not None else None
     end = torch.zeros(shape, dtype=torch.bool)
+    grouped = any(encoded[i].advantage is not None for row in rows for i, _, _ in row)
+    adv = torch.zeros(shape) if grouped else None
+    signal = torch.zeros(shape, dtype=torch.bool) if grouped else None
     for r, row in enumerate(rows):
         pos = 0
         for j, (i, s, e) in enumerate(row):
@@ -244,6 +250,20 @@ def collate(
             if ref is not None and ref_ce is not None:
                 ref[r, pos : pos + e - s] = torch.tensor(ref_ce[i][s:e])
             end[r, pos + e - s - 1] = e == len(enc.ids) and not enc.truncated  # a cut piece never ends it
+            if adv is not None and signal is not None and enc.advantage is not None:
+                adv[r, pos : pos + e - s] = enc.advantage
+                signal[r, pos : pos + e - s] = True
             pos += e - s
     trained = comp.clone() if cfg.loss_on == "completion" else seg >= 0
-    return Batch(ids, trained, comp, seg, rew, ref, int((seg >= 0).sum()), example_end=end)
+    return Batch(
+        ids,
+        trained,
+        comp,
+        seg,
+        rew,
+        ref,
+        int((seg >= 0).sum()),
+        example_end=end,
+        advantages=adv,
+        group_signal=signal,
+    )

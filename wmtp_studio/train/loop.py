@@ -25,7 +25,7 @@ from wmtp_studio.recipe import Recipe
 from wmtp_studio.rundir.checkpoints import TrainerState as State
 from wmtp_studio.rundir.checkpoints import read_trainer_state, write_trainer_state
 from wmtp_studio.train import checkpoint as ckpt
-from wmtp_studio.train import fsdp, lifecycle
+from wmtp_studio.train import fsdp, grpo, lifecycle
 from wmtp_studio.train.critic import heldout_value_stats, stage1
 from wmtp_studio.train.data import Batch, collate, epoch_plan
 from wmtp_studio.train.loss import HIST_EDGES
@@ -80,6 +80,8 @@ def save_checkpoint(s: Setup, state: State) -> None:
         s.tokenizer.save_pretrained(staging / "model")
         if s.value_head is not None:
             save_file(s.value_head.state_dict(), str(staging / "value_head.safetensors"))
+        if s.groups is not None:
+            grpo.save_groups(s.groups, staging)
         if not s.fsdp:
             torch.save(s.optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(s.scheduler.state_dict(), staging / "scheduler.pt")
@@ -192,7 +194,7 @@ def _log_step(s: Setup, state: State, r: StepResult, elapsed: float, tokens: int
         "epoch": float(state.epoch),
         "nonfinite_total": float(state.nonfinite_total),
     }
-    metrics |= head_metrics(r.heads) | r.diag.means()
+    metrics |= head_metrics(r.heads) | r.diag.means() | grpo.group_metrics(s.groups)
     if torch.cuda.is_available():
         metrics["gpu_peak_mem_gib"] = torch.cuda.max_memory_allocated() / 2**30
     s.writer.write("train", state.step, metrics=metrics)
@@ -258,6 +260,7 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
     s = setup(run_dir, latest, record=True, seq=state.seq, offset=state.metrics_offset if latest else 0)
     if latest:
         restore(s, latest)
+        s = grpo.restore_groups(s, latest)  # grpo: the groups in force at the checkpoint
     main = s.accel.is_main_process
     s.writer.write(
         "event",
@@ -287,6 +290,9 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
     cfg = s.recipe.train
     tick, tick_tokens = time.perf_counter(), 0
     try:
+        if grpo.refresh_due(s, state):  # grpo: groups sampled at step 0, or resumed from before a refresh
+            s = grpo.refresh(s, state)
+            tick = time.perf_counter()
         while state.step < s.total_steps:
             # One optimiser step; it keeps histograms and weights only when a step that logs them is next.
             todo = due(s.recipe, state.step + 1, s.total_steps)
@@ -353,6 +359,10 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                 if s.val_data:
                     validate(s)
                 _value_heldout_metrics(s, state)
+            # grpo on-policy refresh: new groups before the checkpoint, so that it holds them; not in step time
+            if not r.stop and grpo.refresh_due(s, state):
+                s = grpo.refresh(s, state)
+                tick = time.perf_counter()
             # A stop request (SIGTERM, or the supervising worker gone) checkpoints and exits; else periodic ones.
             if r.stop:
                 save_checkpoint(s, state)

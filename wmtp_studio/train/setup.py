@@ -20,13 +20,14 @@ from typing import Any
 import torch
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import Recipe, recipe_from_json
+from wmtp_studio.recipe import GRPOConfig, Recipe, recipe_from_json
 from wmtp_studio.runrefs import check_local_paths, resolve_run_refs
 from wmtp_studio.tracking import MlflowLogger
-from wmtp_studio.train import fsdp
+from wmtp_studio.train import fsdp, grpo
 from wmtp_studio.train.data import (
     Batch,
     Encoded,
+    Example,
     collate,
     encode,
     epoch_plan,
@@ -34,6 +35,7 @@ from wmtp_studio.train.data import (
     split_by_problem,
 )
 from wmtp_studio.train.events import MetricsWriter
+from wmtp_studio.train.grpo import GroupSet
 from wmtp_studio.train.meta_checkpoint import load_meta_mtp
 from wmtp_studio.train.model import MTPModel, ValueHead, build_tiny_hf, load_mtp
 from wmtp_studio.train.reference import cached_reference_ce, load_reference
@@ -54,6 +56,7 @@ class Data:
     stage1: list[Encoded]  # critic: the training problems' labelled examples (Stage 1 and the value loss)
     value_heldout: list[Encoded]  # critic: the held-out problems' labelled examples
     value_extra: list[Encoded]  # critic, `train_on: correct`: the incorrect rows only the value loss sees
+    groups: GroupSet | None = None  # grpo: the data's groups (train holds their signal-carrying completions)
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,7 @@ class Setup:
     value_rows: int  # critic: value-only rows per micro-batch and process (see loop._value_rows)
     value_plan: Plan  # critic: the value-only rows' own epoch plan, a function of (seed, epoch) only
     value_heldout_batches: list[Batch]  # critic: batched once, on the device (Stage 1 and 2 measure the same)
+    groups: GroupSet | None = None  # grpo: the groups in force (train_data is their signal-carrying part)
 
     @property
     def world(self) -> int:
@@ -116,7 +120,7 @@ def setup(
             recipe=recipe,
             model=model,
             value_head=value_head,
-            n_train=len(data.train),
+            n_train=_budget_examples(data),
             world=accel.num_processes,
         )
     except BaseException:  # bad data, a missing reference: nothing trained, the MLflow run says so
@@ -154,6 +158,7 @@ def setup(
             recipe, data.value_extra, per * world, cfg.seed + 2, keep=2
         ),  # epoch 0 and current
         value_heldout_batches=_batched(recipe, data.tokenizer, data.value_heldout, accel.device),
+        groups=data.groups,
     )
 
 
@@ -195,6 +200,9 @@ def _setup_data(*, recipe: Recipe, saved_tokenizer: Path | None) -> Data:
     tr_idx, val_idx = split_by_problem(keys, recipe.eval.val_fraction, cfg.seed)
     lm_all = algo.name == "critic-wmtp" and algo.train_on == "all"  # train_on filters the LM loss only
     value_train, value_heldout = _value_split(recipe, encoded, keys, tr_idx, val_idx)
+    if isinstance(algo, GRPOConfig):
+        train_part = ([examples[i] for i in tr_idx], [encoded[i] for i in tr_idx])
+        return _grpo_data(algo, tokenizer, *train_part, [encoded[i] for i in val_idx])
     return Data(
         tokenizer=tokenizer,
         train=[encoded[i] for i in tr_idx if encoded[i].reward == 1.0 or lm_all],
@@ -337,6 +345,33 @@ def _value_split(
             "incorrect_fraction > 0, or label candidates with `wmtp label`)"
         )
     return train, held
+
+
+def _grpo_data(
+    algo: GRPOConfig, tokenizer: Any, examples: list[Example], encoded: list[Encoded], val: list[Encoded]
+) -> Data:
+    """grpo: the training problems' groups; the LM trains on every completion of a group with signal (correct and
+    incorrect alike, weighted by A), validates on the held-out problems' correct ones like every algorithm."""
+    groups = grpo.offline_groups(examples)
+    train = grpo.with_advantages(encoded, grpo.group_advantages_of(examples, algo.eps))
+    if not train and algo.refresh_steps == 0:
+        raise StudioError(
+            "grpo-wmtp needs groups with mixed rewards: completions of the same prompt labelled is_correct 1 and 0 "
+            "(set data.generated.incorrect_fraction > 0, label candidates with `wmtp label --model RUN --n G`, or "
+            "set algorithm.refresh_steps to sample groups from the model)"
+        )
+    if algo.refresh_steps and not groups.pool:
+        raise StudioError("grpo-wmtp refresh needs training examples with tests to judge the samples against")
+    return Data(tokenizer, train, [e for e in val if e.reward == 1.0], [], [], [], groups)
+
+
+def _budget_examples(data: Data) -> int:
+    """Examples an epoch counts (`train.epochs`): the LM's training examples; grpo, whose groups change at each
+    refresh (or come only from refreshes), counts the training problems' correct completions, as baseline does,
+    so that the same recipe gives both the same number of steps."""
+    if data.groups is None:
+        return len(data.train)
+    return sum(e.is_correct == 1 for e in data.groups.examples)
 
 
 def _load_tok(recipe: Recipe, examples: list[Any], saved: Path | None) -> Any:

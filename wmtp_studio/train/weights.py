@@ -5,7 +5,7 @@ S = sequence length. "Aligned to head k" means entry [b, t] belongs to head k's 
 target is token x_{t+k+1}. Every algorithm's weights are here: ntp and baseline-mtp `uniform_weights`, critic-wmtp
 `critic_weights` of `td_errors`, rho1-wmtp `rho1_weights` of `excess_loss` (and, for select, `select_rescale` or,
 chosen over a whole step, `select_top` and `select_scale`), grad-wmtp `grad_weights` of `grad_scores`, normalised
-by the running statistics of `ema_update`.
+by the running statistics of `ema_update`, grpo-wmtp `grpo_weights` of `group_advantages`.
 
 grad-wmtp (gradient-norm importance; METHOD.md is silent, these are the choices). Head k's entry at t scores
     s_{t,k} = ||softmax(z_{t,k}) - onehot(x_{t+k+1})||_2           (score: logit, the CE gradient w.r.t. the logits)
@@ -296,3 +296,54 @@ def grad_weights(
     if norm == "zscore":
         s = torch.where(sigma > 1e-8, (s - mu) / sigma.clamp(min=1e-8), torch.zeros_like(s))
     return critic_weights(s, mask, beta=beta, w_min=w_min, w_max=w_max, norm="none", mean_one=mean_one)
+
+
+@torch.no_grad()
+def group_advantages(rewards: Tensor, group: Tensor, *, eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """GRPO's group-relative advantage of each completion (DeepSeekMath, arXiv 2402.03300, §4.1.2, outcome
+    supervision): A_i = (R_i - mean_G R) / (std_G R + eps), over the completions of i's group.
+
+    rewards: (N,) R_i in {0, 1}; group: (N,) long, the group (prompt) of each completion, ids 0..G-1.
+    std is the population std (divide by the group's size, not size - 1), as the paper's "normalised by the
+    standard deviation of the group rewards". Returns (A (N,) float32, signal (N,) bool): a group whose rewards
+    are all equal (one completion, or all right, or all wrong) carries no signal: its A is 0 and signal False.
+    """
+    r = rewards.float()
+    n_groups = int(group.max()) + 1 if group.numel() else 0
+    size = torch.zeros(n_groups).index_add_(0, group, torch.ones_like(r))  # (G,)
+    mean = torch.zeros(n_groups).index_add_(0, group, r) / size  # (G,)
+    var = torch.zeros(n_groups).index_add_(0, group, (r - mean[group]) ** 2) / size  # (G,)
+    std = var.sqrt()[group]  # (N,)
+    signal = std > 1e-12
+    adv = torch.where(signal, (r - mean[group]) / (std + eps), torch.zeros_like(r))
+    return adv, signal
+
+
+@torch.no_grad()
+def grpo_weights(
+    adv: Tensor,
+    signal: Tensor,
+    mask: Tensor,
+    *,
+    beta: float = 1.0,
+    w_min: float = 0.1,
+    w_max: float = 5.0,
+    norm: str = "none",
+    mean_one: bool = True,
+) -> Tensor:
+    """grpo-wmtp weights for one head: w = clip(exp(norm(A) / beta), w_min, w_max) on every entry whose group
+    carries signal, 0 on those whose group does not, then rescaled to mean 1 over the valid entries.
+
+    adv: (B, S) the advantage A_i of the completion each position belongs to (`group_advantages`); signal: (B, S)
+    bool, its group's rewards differ; mask: (B, S) bool m_{t,k} (the target x_{t+k+1} is a trained token of the
+    same example, so the whole entry lies in completion i). Returns w: (B, S) float32 >= 0, 0 where mask is false.
+    `norm` "zscore" z-scores A over the entries with signal first (as critic's option); "none" (default) keeps A,
+    which its group already normalised. A batch without signal gets w = 0 everywhere (no NaN from the rescale).
+    """
+    live = mask & signal
+    a = zscore(adv, live) if norm == "zscore" else adv.float()
+    w = torch.exp(a / beta).clamp(w_min, w_max)
+    w = torch.where(live, w, torch.zeros_like(w))
+    if mean_one:
+        w = torch.where(mask, w / masked_mean(w, mask).clamp(min=1e-12), torch.zeros_like(w))
+    return w

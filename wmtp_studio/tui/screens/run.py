@@ -38,7 +38,8 @@ from wmtp_studio.tui.widgets.tokens import TokensPanel
 from wmtp_studio.tui.widgets.weights import WeightsPanel, informative_head
 
 CHARTED = re.compile(
-    r"train/(loss|lr|grad_norm|value_loss|head\d+/(ce|w_entropy|w_std|selected_fraction|score_mu|score_sigma))|val/.+|stage1/.+"
+    r"train/(loss|lr|grad_norm|value_loss|head\d+/(ce|w_entropy|w_std|selected_fraction|score_mu|score_sigma)"
+    r"|grpo/(reward_mean|reward_std|zero_var_fraction))|val/.+|stage1/.+"
 )
 """The metrics the panels draw; the others are not kept in memory."""
 TABS_OF = {"points": {"curves", "weights"}, "hist": {"weights"}, "tokens": {"tokens"}}

@@ -1,6 +1,6 @@
 """The weights panel: per-head weight histograms over time, weight statistics, and each algorithm's own signals
-(critic value loss and explained variance, Rho-1 selected fraction, grad-wmtp's running score statistics), shown only
-when the run writes them."""
+(critic value loss and explained variance, Rho-1 selected fraction, grad-wmtp's running score statistics, GRPO
+group rewards), shown only when the run writes them."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ OPTIONAL = (
     "chart-selected",
     "chart-score-mu",
     "chart-score-sigma",
+    "chart-grpo",
 )
 """Charts hidden until their run writes the metrics they draw."""
 
@@ -59,6 +60,7 @@ class WeightsPanel(VerticalScroll):
             yield LineChart("rho-1: selected fraction per head", id="chart-selected")
             yield LineChart("grad: score EMA mean per head", id="chart-score-mu")
             yield LineChart("grad: score EMA std per head", id="chart-score-sigma")
+            yield LineChart("grpo: group rewards (changes at each refresh)", id="chart-grpo")
 
     def draw(self, data: RunData, head: int) -> None:
         hists, s = data.hists, data.series
@@ -82,6 +84,11 @@ class WeightsPanel(VerticalScroll):
                 "held-out": s.get("val/heldout_value_loss"),
             },
             "chart-ev2": {"held-out": s.get("val/heldout_explained_variance")},
+            "chart-grpo": {
+                "reward mean": s.get("train/grpo/reward_mean"),
+                "reward std": s.get("train/grpo/reward_std"),
+                "zero-variance groups": s.get("train/grpo/zero_var_fraction"),
+            },
         }
         stage1 = {
             "chart-critic1": {
