@@ -3,16 +3,18 @@
 Only run ids travel through it; job state lives in the studio database. `WMTP_QUEUE_URL` picks the backend:
 `sqlite:///<path>` (default `<home>/queue.db`, `SqliteHuey`) or `redis://...` (`RedisHuey`). Huey delivers at
 most once, so a lost message must cost nothing: workers also poll the store, and a reaper re-queues runs whose
-lease expired. The submitters (CLI, dashboard) only enqueue; the consumer that runs `TASK_NAME` is the
-`wmtp-worker` daemon (`wmtp_studio.workers.tasks` registers it under the same name), so the library never
-imports the workers.
+lease expired. The message is `run_job(run_id)`, defined here: the submitters (CLI, dashboard) enqueue it and
+the `wmtp-worker` daemon registers this same function on its consumer (`wmtp_studio.workers.tasks`) with a hook
+of its own (`on_wake`). Huey finds a task by its function's module and name, so one function on both sides is
+what makes a wake-up sent here the task a worker runs, and the library never imports the workers.
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from huey import Huey, RedisHuey, SqliteHuey
@@ -23,9 +25,8 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.settings import Settings
 
 QUEUE_NAME = "wmtp"
-TASK_NAME = "workers.tasks.run_job"
-"""The wake-up task's name on the queue (kept from when the workers were a top-level package, so that daemons
-and submitters of either version understand each other)."""
+log = logging.getLogger(__name__)
+_wake_hooks: list[Callable[[int], None]] = []
 
 
 def make_huey(url: str) -> Huey:
@@ -42,15 +43,23 @@ def make_huey(url: str) -> Huey:
     raise StudioError(f"WMTP_QUEUE_URL must be sqlite:///<path> or redis://..., not {url!r}")
 
 
-def _run_job(run_id: int) -> None:
-    """Never runs here: enqueuing needs only the task's name and arguments; the daemon's consumer runs its own
-    function registered under `TASK_NAME`."""
-    raise StudioError(f"run_job({run_id}) is consumed by wmtp-worker only")
+def on_wake(hook: Callable[[int], None]) -> None:
+    """Call `hook(run_id)` in this process whenever a `run_job` task is consumed here (the daemon registers)."""
+    _wake_hooks.append(hook)
+
+
+def run_job(run_id: int) -> None:
+    """The wake-up task: run `run_id` (or any better one) is claimable. Consumed by `wmtp-worker`, which claims the
+    next runnable run by priority from the store."""
+    if not _wake_hooks:
+        log.warning("run_job(%s) consumed outside wmtp-worker: nothing claims it here", run_id)
+    for hook in _wake_hooks:
+        hook(run_id)
 
 
 @functools.cache
 def _wake_task(url: str) -> TaskWrapper:
-    return make_huey(url).task(name=TASK_NAME)(_run_job)
+    return make_huey(url).task()(run_job)
 
 
 def announce(run_ids: Sequence[int], queue_url: str | None = None) -> None:

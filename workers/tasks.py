@@ -10,28 +10,9 @@ wake-ups.
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Callable
-
-from wmtp_studio.taskqueue import TASK_NAME
+from wmtp_studio.taskqueue import on_wake, run_job
 from wmtp_studio.workers.queue import huey
 
-log = logging.getLogger(__name__)
+__all__ = ["huey", "on_wake", "run_job_task"]
 
-_wake_hooks: list[Callable[[int], None]] = []
-
-
-def on_wake(hook: Callable[[int], None]) -> None:
-    """Call `hook(run_id)` in this process whenever a `run_job` task is consumed here (the daemon registers)."""
-    _wake_hooks.append(hook)
-
-
-def _wake(run_id: int) -> None:
-    """Wake-up signal: run `run_id` (or any better one) is claimable."""
-    if not _wake_hooks:
-        log.warning("run_job(%s) consumed outside wmtp-worker: nothing claims it here", run_id)
-    for hook in _wake_hooks:
-        hook(run_id)
-
-
-run_job = huey.task(name=TASK_NAME)(_wake)
+run_job_task = huey.task()(run_job)  # the same function as the submitters' (taskqueue), so the same task name
