@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.faults.conftest import submit
 from tests.integration.conftest import lines, make_run
 from tests.integration.jobs import ROOT, trainer_pids, wait_for
+from tests.integration.studio_fixtures import submit
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.rundir.metrics import read_metrics
@@ -39,11 +39,9 @@ def _wait_for_moment(run_dir: Path, moment: str) -> None:
         wait_for(lambda: bool(trainer_pids(run_dir)), 120, "the trainer")
     elif moment == "mid-train":
         wait_for(lambda: (run_dir / "checkpoints" / "latest").is_file(), 120, "a first checkpoint")
-    else:  # a checkpoint being written: its staging directory exists
-        deadline = time.monotonic() + 120
-        while not list((run_dir / "checkpoints").glob(".tmp-step_*")):
-            assert time.monotonic() < deadline, "timed out waiting for a checkpoint in progress"
-            time.sleep(0.005)
+    else:  # a checkpoint being written: its staging directory exists (briefly: look often)
+        staging = run_dir / "checkpoints"
+        wait_for(lambda: any(staging.glob(".tmp-step_*")), 120, "a checkpoint in progress", every=0.005)
 
 
 @pytest.mark.parametrize("moment", ["start", "mid-train", "mid-checkpoint"])
