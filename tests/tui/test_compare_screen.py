@@ -12,10 +12,11 @@ from sqlalchemy.engine import Engine
 from textual.app import App
 from textual.widgets import DataTable, OptionList, Select, SelectionList, Static, TabbedContent
 
+from tests.evaluations import first_solved, greedy_pass1
 from tests.tui.conftest import ScreenApp, until
 from wmtp_studio import store
 from wmtp_studio.compare import FACTOR, expand
-from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.models import Run
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
@@ -67,16 +68,7 @@ def make_set(engine: Engine, settings: Settings, name: str | None = None) -> tup
         solved = SOLVED[(run.algorithm, run.seed)]
         store.record_evaluation(
             engine=engine,
-            evaluation=Evaluation(
-                run_id=rid,
-                benchmark="generated",
-                k=1,
-                pass_at_k=sum(solved) / 4,
-                ci_low=0.0,
-                ci_high=1.0,
-                n_problems=4,
-                per_problem={f"t{j}": {"n": 1, "c": c} for j, c in enumerate(solved)},
-            ),
+            evaluation=greedy_pass1(rid, solved),
         )
         runs.append(run)
     return runs[0].comparison_set_id or 0, runs
@@ -237,16 +229,7 @@ def make_three_seed_set(engine: Engine, settings: Settings) -> int:
         c = SOLVED_FIRST[run.algorithm][run.seed]
         store.record_evaluation(
             engine=engine,
-            evaluation=Evaluation(
-                run_id=run.id or 0,
-                benchmark="generated",
-                k=1,
-                pass_at_k=c / 8,
-                ci_low=0.0,
-                ci_high=1.0,
-                n_problems=8,
-                per_problem={f"t{j}": {"n": 1, "c": int(j < c)} for j in range(8)},
-            ),
+            evaluation=greedy_pass1(run.id or 0, first_solved(c, 8)),
         )
     return stored[0].comparison_set_id or 0
 

@@ -12,6 +12,7 @@ from sqlalchemy.engine import Engine
 from textual.pilot import Pilot
 from textual.widgets import Checkbox, Input, OptionList, Static, TextArea
 
+from tests.evaluations import first_solved, greedy_pass1
 from tests.tui.conftest import ScreenApp, until
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
@@ -224,7 +225,6 @@ async def test_a_comparison_the_store_refuses_shows_why_in_the_form(
 async def test_three_seeds_queued_from_the_form_compare_per_algorithm_with_seed_columns(
     ctx: StudioContext,
 ) -> None:
-    from wmtp_studio.models import Evaluation
     from wmtp_studio.tui.results import compare_tables
 
     screen = RecipesScreen(ctx)
@@ -240,16 +240,7 @@ async def test_three_seeds_queued_from_the_form_compare_per_algorithm_with_seed_
         solved = run.seed + (2 if run.algorithm == "baseline-mtp" else 0)
         store.record_evaluation(
             engine=ctx.engine,
-            evaluation=Evaluation(
-                run_id=run.id or 0,
-                benchmark="generated",
-                k=1,
-                pass_at_k=solved / 8,
-                ci_low=0.0,
-                ci_high=1.0,
-                n_problems=8,
-                per_problem={f"t{j}": {"n": 1, "c": int(j < solved)} for j in range(8)},
-            ),
+            evaluation=greedy_pass1(run.id or 0, first_solved(solved, 8)),
         )
     evaluations = {r.id or 0: store.list_evaluations(engine=ctx.engine, run_id=r.id or 0) for r in runs}
     tables = compare_tables(runs, evaluations, None, is_set=True)
