@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.integration.jobs import wait_for
+from tests.integration.jobs import studio_env, wait_for
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
 
@@ -30,7 +30,7 @@ def gone(pid: int) -> bool:
 
 
 def test_embedded_worker_shuts_down_when_the_dashboard_is_killed(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")} | {"WMTP_HOME": str(tmp_path)}
+    env = studio_env(tmp_path)
     settings = Settings.from_env(env)
     engine = store.make_engine(settings.database_url)
     store.upgrade(engine=engine)
