@@ -1,13 +1,16 @@
-"""Peak memory and step time: NTP (n=1) vs MTP n=4 naive vs MTP n=4 per-head (METHOD.md, "Loss": memory).
+"""Peak memory and step time: NTP (n=1) vs MTP n=4 naive, per-head, and per-head with chunked CE (METHOD.md,
+"Loss": memory; recipe `train.ce_chunk`).
 
-A tiny Llama (hidden 256, 6 layers, vocab 8192: a ~5M-parameter trunk below the head-0 layer), transformer
-heads, random token ids, every token trained. One step = `model.trunk` + `forward_backward` + AdamW step.
+A tiny Llama (hidden 256, 6 layers, vocab 8192 by default: a ~5M-parameter trunk below the head-0 layer),
+transformer heads, random token ids, every token trained. One step = `model.trunk` + `forward_backward` + AdamW.
+Several vocabularies (`--vocab 32768 131072`) are measured in one run and printed side by side.
 
 CPU: each configuration runs in its own subprocess, so `ru_maxrss` (peak RSS) belongs to that configuration
 alone; we report the absolute peak and the increase over the RSS right after building model and optimiser.
 CUDA: one process, `torch.cuda.max_memory_allocated` after `reset_peak_memory_stats`, same two numbers.
 
     python benchmarks/bench_memory.py [--steps 5] [--rounds 1] [--device cpu|cuda] [--json OUT]
+    python benchmarks/bench_memory.py --vocab 32768 131072 --configs ntp mtp4-per-head mtp4-chunked
 """
 
 from __future__ import annotations
@@ -31,7 +34,13 @@ import torch
 from wmtp_studio.train.loss import forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, build_tiny_hf, decoder_parts
 
-CONFIGS = {"ntp": (1, False), "mtp4-naive": (4, True), "mtp4-per-head": (4, False)}  # name: (heads, naive)
+# name: (heads, naive, chunked CE)
+CONFIGS = {
+    "ntp": (1, False, False),
+    "mtp4-naive": (4, True, False),
+    "mtp4-per-head": (4, False, False),
+    "mtp4-chunked": (4, False, True),
+}
 HIDDEN, LAYERS, ATTN_HEADS = 256, 6, 4
 MIB = 2**20
 
@@ -39,6 +48,7 @@ MIB = 2**20
 @dataclass
 class Result:
     config: str
+    vocab: int
     n_heads: int
     naive: bool
     peak_mib: float  # CPU: peak RSS of the process; CUDA: max_memory_allocated
@@ -91,16 +101,16 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()  # kernels are asynchronous: time what ran, not what was queued
 
 
-def measure(name: str, args: argparse.Namespace) -> Result:
+def measure(name: str, vocab: int, args: argparse.Namespace) -> Result:
     """Build one configuration, warm up, time `args.steps` steps and read its peak memory."""
-    n, naive = CONFIGS[name]
+    n, naive, chunked = CONFIGS[name]
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    model = build(n, args.vocab, args.seq, device)
+    model = build(n, vocab, args.seq, device)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     gen = torch.Generator().manual_seed(1)
-    x = torch.randint(args.vocab, (args.batch, args.seq), generator=gen).to(device)  # (B, S)
+    x = torch.randint(vocab, (args.batch, args.seq), generator=gen).to(device)  # (B, S)
     mask = torch.ones_like(x, dtype=torch.bool)  # (B, S): every token trained
     denominators = [float(head_mask(mask, None, k).sum()) for k in range(n)]
     bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
@@ -124,6 +134,7 @@ def measure(name: str, args: argparse.Namespace) -> Result:
                 [1.0] * n,
                 denominators,
                 naive=naive,
+                ce_chunk=args.ce_chunk if chunked else None,
             )
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -135,14 +146,14 @@ def measure(name: str, args: argparse.Namespace) -> Result:
     times = [step() for _ in range(args.steps)]
     peak = torch.cuda.max_memory_allocated() / MIB if cuda else rss_mib()
     med = statistics.median(times)
-    return Result(name, n, naive, peak, base, med, args.batch * args.seq / med)
+    return Result(name, vocab, n, naive, peak, base, med, args.batch * args.seq / med)
 
 
-def run_child(name: str, args: argparse.Namespace) -> Result:
+def run_child(name: str, vocab: int, args: argparse.Namespace) -> Result:
     """Measure one configuration in a fresh interpreter so that its peak RSS is its own."""
-    cmd = [sys.executable, __file__, "--child", name]
-    for opt in ("steps", "warmup", "batch", "seq", "vocab", "device", "precision", "threads"):
-        cmd += [f"--{opt}", str(getattr(args, opt))]
+    cmd = [sys.executable, __file__, "--child", name, "--vocab", str(vocab)]
+    for opt in ("steps", "warmup", "batch", "seq", "ce_chunk", "device", "precision", "threads"):
+        cmd += [f"--{opt.replace('_', '-')}", str(getattr(args, opt))]
     out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise SystemExit(f"{name} failed:\n{out.stderr}")
@@ -154,52 +165,85 @@ def combine(rs: list[Result]) -> Result:
     """One configuration over rounds: the median of each number."""
     fields = ("peak_mib", "base_mib", "step_s", "tokens_per_s")
     medians = {f: statistics.median(getattr(r, f) for r in rs) for f in fields}
-    return Result(rs[0].config, rs[0].n_heads, rs[0].naive, **medians)
+    return Result(rs[0].config, rs[0].vocab, rs[0].n_heads, rs[0].naive, **medians)
 
 
-def report(results: list[Result], args: argparse.Namespace, params: dict[str, int]) -> dict[str, Any]:
+def ratio_table(results: list[Result]) -> dict[str, dict[str, float]]:
+    """Per configuration, its peak, increase and step time over NTP's (same vocabulary); with both per-head
+    configurations, also chunked over unchunked step time."""
+    by = {r.config: r for r in results}
+    ntp = by.get("ntp")
+    out: dict[str, dict[str, float]] = {}
+    for r in results:
+        if ntp is not None and r is not ntp:
+            out[r.config] = {
+                "peak": r.peak_mib / ntp.peak_mib,
+                "increase": r.increase_mib / max(ntp.increase_mib, 1e-9),
+                "step_time": r.step_s / ntp.step_s,
+            }
+    if "mtp4-chunked" in by and "mtp4-per-head" in by:
+        out.setdefault("mtp4-chunked", {})["step_time_vs_unchunked"] = (
+            by["mtp4-chunked"].step_s / by["mtp4-per-head"].step_s
+        )
+    return out
+
+
+def report(
+    results: list[Result], args: argparse.Namespace, params: dict[int, dict[str, int]]
+) -> dict[str, Any]:
     cuda = args.device.startswith("cuda")
     measure_name = "CUDA max_memory_allocated" if cuda else "peak RSS (ru_maxrss, one process per config)"
     print(
         f"\ntorch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-        f"precision {args.precision}, batch {args.batch} x seq {args.seq}, vocab {args.vocab}, "
+        f"precision {args.precision}, batch {args.batch} x seq {args.seq}, ce_chunk {args.ce_chunk} (mtp4-chunked), "
         f"{args.steps} timed steps after {args.warmup} warm-up, median of {args.rounds} round(s); "
         f"load average {os.getloadavg()[0]:.2f}"
     )
-    print("parameters: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in params.items()))
+    for vocab, counts in params.items():
+        print(f"parameters, vocab {vocab}: " + ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items()))
     base = "allocated" if cuda else "current RSS"
     print(f"memory: {measure_name}; base = {base} after building model + optimiser; increase = peak - base\n")
-    print(f"{'config':<15}{'peak MiB':>10}{'base MiB':>10}{'increase':>10}{'step s':>9}{'tok/s':>9}")
+    print(
+        f"{'vocab':>7} {'config':<15}{'peak MiB':>10}{'base MiB':>10}{'increase':>10}{'step s':>9}{'tok/s':>9}"
+    )
     for r in results:
         print(
-            f"{r.config:<15}{r.peak_mib:>10.0f}{r.base_mib:>10.0f}{r.increase_mib:>10.0f}"
+            f"{r.vocab:>7} {r.config:<15}{r.peak_mib:>10.0f}{r.base_mib:>10.0f}{r.increase_mib:>10.0f}"
             f"{r.step_s:>9.3f}{r.tokens_per_s:>9.0f}"
         )
-    ntp = results[0]
-    ratios: dict[str, dict[str, float]] = {}
-    print(f"\n{'ratio to ntp':<15}{'peak':>10}{'increase':>10}{'step time':>11}")
-    for r in results[1:]:
-        ratios[r.config] = {
-            "peak": r.peak_mib / ntp.peak_mib,
-            "increase": r.increase_mib / max(ntp.increase_mib, 1e-9),
-            "step_time": r.step_s / ntp.step_s,
-        }
-        q = ratios[r.config]
-        print(f"{r.config:<15}{q['peak']:>9.2f}x{q['increase']:>9.2f}x{q['step_time']:>10.2f}x")
-    ok = ratios["mtp4-per-head"]["peak"] <= 1.10
+    ratios = {v: ratio_table([r for r in results if r.vocab == v]) for v in params}
     print(
-        f"\ngoal per-head peak <= 1.10x NTP: {'met' if ok else 'NOT met'} "
-        f"({ratios['mtp4-per-head']['peak']:.3f}x)"
+        f"\n{'vocab':>7} {'ratio to ntp':<15}{'peak':>10}{'increase':>10}{'step time':>11}{'vs unchunked':>14}"
     )
+    for vocab, table in ratios.items():
+        for name, q in table.items():
+            if "peak" not in q:
+                continue
+            rest = f"{q['step_time_vs_unchunked']:>13.2f}x" if "step_time_vs_unchunked" in q else ""
+            print(
+                f"{vocab:>7} {name:<15}{q['peak']:>9.2f}x{q['increase']:>9.2f}x{q['step_time']:>10.2f}x{rest}"
+            )
+    print()
+    for vocab, table in ratios.items():
+        goals = [("mtp4-per-head", "peak", 1.10), ("mtp4-chunked", "peak", 1.05)]
+        goals.append(("mtp4-chunked", "step_time_vs_unchunked", 1.05))
+        for name, key, limit in goals:
+            if key in table.get(name, {}):
+                value = table[name][key]
+                what = "peak vs NTP" if key == "peak" else "step time vs unchunked per-head"
+                print(
+                    f"vocab {vocab}: goal {name} {what} <= {limit:.2f}x: "
+                    f"{'met' if value <= limit else 'NOT met'} ({value:.3f}x)"
+                )
     settings = {k: v for k, v in vars(args).items() if k not in ("child", "json")}
     return settings | {
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
         "loadavg": os.getloadavg(),
         "memory_measure": measure_name,
-        "params": params,
+        "params": {str(v): c for v, c in params.items()},
         "results": [asdict(r) | {"increase_mib": r.increase_mib} for r in results],
-        "ratios_to_ntp": ratios,
+        "ratios_to_ntp": {str(v): t for v, t in ratios.items()},
     }
 
 
@@ -207,10 +251,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=5, help="timed steps per configuration")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (allocates optimiser state)")
-    p.add_argument("--rounds", type=int, default=1, help="round-robin repeats of the three configs (medians)")
+    p.add_argument("--rounds", type=int, default=1, help="round-robin repeats of the configs (medians)")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--vocab", type=int, nargs="+", default=[8192], help="one or more vocabulary sizes")
+    p.add_argument(
+        "--ce-chunk", type=int, default=64, help="train.ce_chunk of the mtp4-chunked configuration"
+    )
+    p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(CONFIGS), metavar="CONFIG")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto", help="auto: bf16 on CUDA")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -220,19 +268,20 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.child:
-        print(json.dumps(asdict(measure(args.child, args))))
+        print(json.dumps(asdict(measure(args.child, args.vocab[0], args))))
         return
-    params = param_counts(build(4, args.vocab, args.seq, torch.device("cpu")))
-    runs: dict[str, list[Result]] = {name: [] for name in CONFIGS}
+    params = {v: param_counts(build(4, v, args.seq, torch.device("cpu"))) for v in args.vocab}
+    names = [n for n in CONFIGS if n in args.configs]  # NTP first: the ratios' denominator
+    runs: dict[tuple[int, str], list[Result]] = {(v, n): [] for v in args.vocab for n in names}
     for r in range(args.rounds):  # round-robin, so that slow spells of a shared machine hit every config
-        for name in CONFIGS:
+        for vocab, name in runs:
             if args.device.startswith("cuda"):
-                runs[name].append(measure(name, args))
+                runs[vocab, name].append(measure(name, vocab, args))
                 gc.collect()
                 torch.cuda.empty_cache()
             else:
-                runs[name].append(run_child(name, args))
-            print(f"round {r + 1}: {name} done", file=sys.stderr)
+                runs[vocab, name].append(run_child(name, vocab, args))
+            print(f"round {r + 1}: vocab {vocab} {name} done", file=sys.stderr)
     out = report([combine(rs) for rs in runs.values()], args, params)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

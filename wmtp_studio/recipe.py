@@ -84,9 +84,13 @@ class ModelSection(Section):
 
     name_or_path: str | None = None
     """Hugging Face model id, a local HF model directory, or a WMTP checkpoint (`runs/<id>/model`). Exclusive
-    with `tiny`."""
+    with `tiny` and `meta_checkpoint`."""
     tiny: TinyModel | None = None
     """Build a small model from this config instead of loading one."""
+    meta_checkpoint: str | None = None
+    """A local directory holding one of Meta's multi-token-prediction checkpoints (`params.json` and
+    `consolidated.pth`, as in `facebook/multi-token-prediction`), loaded into transformer heads: the trunk and
+    head 0 become a HF Llama, Meta's extra heads the extra heads. Set `tokenizer.path` to the Llama 2 tokenizer."""
     n_heads: Int = Field(4, ge=1, le=16)
     """Number of output heads n; head k predicts the token k+1 steps ahead. The `ntp` algorithm always uses 1
     (an ntp recipe is stored with 1, and head_coefficients cut to head 0's)."""
@@ -100,8 +104,13 @@ class ModelSection(Section):
 
     @model_validator(mode="after")
     def _one_source(self) -> ModelSection:
-        if (self.name_or_path is None) == (self.tiny is None):
-            raise ValueError("give exactly one of name_or_path and tiny")
+        sources = (self.name_or_path, self.tiny, self.meta_checkpoint)
+        if sum(s is not None for s in sources) != 1:
+            raise ValueError("give exactly one of name_or_path, tiny and meta_checkpoint")
+        if self.meta_checkpoint is not None and self.heads != "transformer":
+            raise ValueError("meta_checkpoint holds transformer heads: set heads: transformer")
+        if self.meta_checkpoint is not None and self.meta_checkpoint.startswith("run:"):
+            raise ValueError("a studio run's model is not a Meta checkpoint: give it as name_or_path: run:N")
         if self.head_coefficients is not None and len(self.head_coefficients) != self.n_heads:
             raise ValueError(
                 f"head_coefficients has {len(self.head_coefficients)} entries, n_heads is {self.n_heads}"
@@ -189,8 +198,22 @@ class TrainSection(Section):
     """Clip the global gradient norm to this value (every algorithm)."""
     mixed_precision: Literal["auto", "fp32", "bf16"] = "auto"
     """`auto`: bf16 autocast on GPU, fp32 on CPU; `fp32` or `bf16` to force one."""
+    parallel: Literal["ddp", "fsdp"] = "ddp"
+    """Several processes: `ddp` keeps a whole model on each and sums the gradients; `fsdp` shards parameters,
+    gradients and optimiser state over them (FSDP2: each decoder layer and each head its own unit; with bf16 the
+    parameters compute in bf16 and gradients are reduced in fp32) and checkpoints them with torch distributed
+    checkpoint, for models whose AdamW state does not fit one device. One process: the same either way."""
     naive_loss: Flag = False
     """Materialise all heads' logits at once (tests and memory benchmarks); default is per-head backward."""
+    freeze: Literal["none", "trunk"] = "none"
+    """`trunk`: train the heads only. The trunk (embedding and every decoder layer below the head layers; with
+    linear heads the whole base model) keeps its weights and gets no backward; head 0's layer, the extra heads,
+    and the final norm and unembedding (unless tied to the frozen input embedding) train."""
+    ce_chunk: Int | None = Field(None, ge=0)
+    """Compute each head's unembedding and cross-entropy over this many sequence positions at a time, so that a
+    head's (batch, seq_len, vocab) logits never exist at once, in the backward too (the chunk's logits are
+    recomputed there: one extra unembedding forward per head); also the rho1 reference's. 0 or null: off. Worth
+    it with large vocabularies (32k+), where the logits outweigh the trunk's activations."""
     max_nonfinite: Int = Field(5, ge=1)
     """Abort after this many consecutive steps with a non-finite loss or gradient."""
     log_every: Int = Field(10, ge=1)
@@ -212,6 +235,9 @@ class TrainSection(Section):
     def _budget(self) -> TrainSection:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps and epochs")
+        if self.parallel == "fsdp" and self.ce_chunk:
+            # the chunked CE reads the unembedding's weight outside the method FSDP gathers it for
+            raise ValueError("ce_chunk does not work with parallel: fsdp yet; drop one of them")
         return self
 
 

@@ -19,6 +19,7 @@ from wmtp_studio.recipe import Recipe, parse_recipe
 
 REF_FIELDS: tuple[tuple[str, str], ...] = (
     ("model", "name_or_path"),
+    ("model", "meta_checkpoint"),
     ("tokenizer", "path"),
     ("algorithm", "reference"),
 )

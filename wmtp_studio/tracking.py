@@ -45,6 +45,9 @@ PARAM_ALLOW_LIST = (
     "train.seed",
     "train.grad_clip",
     "train.mixed_precision",
+    "train.parallel",
+    "train.freeze",
+    "train.ce_chunk",
     "optim",
     "algorithm",
 )

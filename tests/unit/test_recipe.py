@@ -165,6 +165,15 @@ def test_override_of_a_missing_key_names_its_path(tmp_path: Path) -> None:
     assert re.search(r"^\s*train\.steps: ", msg, re.M), msg
 
 
+def test_fsdp_with_chunked_ce_is_refused_by_name(tmp_path: Path) -> None:
+    path = write(tmp_path, BASE)
+    msg = error_of(path, ("train.parallel=fsdp", "train.ce_chunk=128"))
+    assert "ce_chunk does not work with parallel: fsdp" in msg, msg
+    # each alone loads
+    assert load_recipe(path, ["train.parallel=fsdp"], env={}).train.parallel == "fsdp"
+    assert load_recipe(path, ["train.ce_chunk=128"], env={}).train.ce_chunk == 128
+
+
 def test_ntp_always_trains_one_head(tmp_path: Path) -> None:
     text = BASE.replace("baseline-mtp}", "ntp}").replace(
         "\n  n_heads: 4\n", "\n  n_heads: 4\n  head_coefficients: [1, 0.5, 0.25, 0.125]\n"
@@ -228,8 +237,8 @@ def test_every_field_of_every_section_has_a_docstring() -> None:
 def test_every_shipped_recipe_loads() -> None:
     paths = sorted(RECIPES.glob("*.yaml"))
     assert paths, f"no recipes in {RECIPES}"
-    for path in paths:
-        assert isinstance(load_recipe(path, env={}), Recipe), path
+    for path in paths:  # the Meta checkpoint's copy has no default: it lives wherever it was downloaded to
+        assert isinstance(load_recipe(path, env={"WMTP_META_7B": "/models/7B_1T_4"}), Recipe), path
 
 
 def test_recipe_text_is_validated_like_a_file() -> None:

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from wmtp_studio.recipe import BaselineMTPConfig, CriticConfig, NTPConfig, Recipe, Rho1Config
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
-from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_mask, head_targets, token_ce
+from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_ce, head_mask, head_targets
 from wmtp_studio.train.model import MTPModel, TrunkOutput, ValueHead
 from wmtp_studio.train.reference import reference_ce
 from wmtp_studio.train.weights import (
@@ -98,7 +98,7 @@ def algorithm_hooks(
                 ref_ce = batch.ref_ce
             else:
                 assert reference is not None, "live rho1 needs the reference model"
-                ref_ce = reference_ce(reference, batch.input_ids, batch.segment_ids)
+                ref_ce = reference_ce(reference, batch.input_ids, batch.segment_ids, recipe.train.ce_chunk)
             return _rho1_weights_fn(algo, ref_ce, diag, selection), None
     raise AssertionError(f"unhandled algorithm {algo}")
 
@@ -190,12 +190,12 @@ def rho1_step_selection(
             ref = b.ref_ce
         else:
             assert reference is not None, "live rho1 needs the reference model"
-            ref = reference_ce(reference, b.input_ids, b.segment_ids)
+            ref = reference_ce(reference, b.input_ids, b.segment_ids, recipe.train.ce_chunk)
         refs.append(ref)
         trunk = model.trunk(b.input_ids, b.segment_ids) if selected else None
         for k in selected:
             assert trunk is not None
-            ce = token_ce(model.head_logits(k, trunk), head_targets(b.input_ids, k))  # (B, S)
+            ce, _ = head_ce(model, k, trunk, None, head_targets(b.input_ids, k), recipe.train.ce_chunk)
             m = head_mask(b.token_mask, b.segment_ids, k)
             masks[k].append(m)
             scores[k].append(excess_loss(ce, ref, k)[m])

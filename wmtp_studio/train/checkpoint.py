@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -74,8 +75,8 @@ def publish(run_dir: Path, step: int, keep: int) -> Path:
     return final
 
 
-def assert_finite(module: torch.nn.Module, what: str) -> None:
-    """Refuse to checkpoint non-finite parameters."""
-    for name, p in module.named_parameters():
+def assert_finite(named: Iterable[tuple[str, torch.Tensor]], what: str) -> None:
+    """Refuse to checkpoint non-finite parameters (`named`: a module's named_parameters or a state dict's items)."""
+    for name, p in named:
         if not torch.isfinite(p).all():
             raise StudioError(f"refusing to checkpoint {what}: parameter {name} is not finite")

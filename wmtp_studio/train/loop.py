@@ -25,7 +25,7 @@ from wmtp_studio.recipe import Recipe
 from wmtp_studio.rundir.checkpoints import TrainerState as State
 from wmtp_studio.rundir.checkpoints import read_trainer_state, write_trainer_state
 from wmtp_studio.train import checkpoint as ckpt
-from wmtp_studio.train import lifecycle
+from wmtp_studio.train import fsdp, lifecycle
 from wmtp_studio.train.critic import heldout_value_stats, stage1
 from wmtp_studio.train.data import Batch, collate, epoch_plan
 from wmtp_studio.train.loss import HIST_EDGES
@@ -58,10 +58,13 @@ def _top_tokens(s: Setup, r: StepResult) -> dict[str, Any]:
 
 
 def save_checkpoint(s: Setup, state: State) -> None:
-    """Every rank stores its RNG state, rank 0 the rest; published atomically (see checkpoint.py)."""
+    """Every rank stores its RNG state (and, under FSDP, its shards), rank 0 the rest; published atomically (see
+    checkpoint.py)."""
     staging = ckpt.staging_dir(s.run_dir, state.step)
+    full = fsdp.full_state(s.model) if s.fsdp else None  # every rank takes part in gathering onto rank 0
     if s.accel.is_main_process:
-        ckpt.assert_finite(s.model, f"step {state.step}")
+        named = full.items() if full is not None else s.model.named_parameters()
+        ckpt.assert_finite(named, f"step {state.step}")
         if staging.exists():
             import shutil
 
@@ -69,13 +72,16 @@ def save_checkpoint(s: Setup, state: State) -> None:
         staging.mkdir(parents=True)
     s.accel.wait_for_everyone()
     torch.save(ckpt.rng_state(), staging / f"rng_{s.accel.process_index}.pt")
+    if s.fsdp:
+        fsdp.save_sharded(s.model, s.value_head, s.optimizer, staging / fsdp.DCP_DIR)
     s.accel.wait_for_everyone()
     if s.accel.is_main_process:
-        s.model.save(staging / "model")
+        s.model.save(staging / "model", full)
         s.tokenizer.save_pretrained(staging / "model")
         if s.value_head is not None:
             save_file(s.value_head.state_dict(), str(staging / "value_head.safetensors"))
-        torch.save(s.optimizer.state_dict(), staging / "optimizer.pt")
+        if not s.fsdp:
+            torch.save(s.optimizer.state_dict(), staging / "optimizer.pt")
         torch.save(s.scheduler.state_dict(), staging / "scheduler.pt")
         rundir.write_stamp(staging, rundir.ensure_stamp(s.run_dir))  # whose checkpoint this is
         s.writer.write(
@@ -92,12 +98,19 @@ def restore(s: Setup, path: Path) -> None:
     """Load value head, optimiser, scheduler and RNG (the model and tokenizer were built from path/model, and the
     trainer state was read before `setup`, which opens metrics.jsonl where that state left it)."""
     if s.value_head is not None:
-        s.value_head.load_state_dict(
-            load_file(str(path / "value_head.safetensors"), device=str(s.accel.device))
+        # read on the CPU: safetensors refuses accelerate's "cpu:0" of a multi-process CPU run
+        s.value_head.load_state_dict(load_file(str(path / "value_head.safetensors")))
+    if (path / fsdp.DCP_DIR).is_dir():  # sharded: model, value head and optimiser state
+        fsdp.load_sharded(s.model, s.value_head, s.optimizer, path / fsdp.DCP_DIR)
+    elif s.fsdp:
+        raise StudioError(
+            f"{path.name} was written by one process (optimizer.pt, not sharded): resume it on one process, "
+            "or start the FSDP run afresh"
         )
-    s.optimizer.load_state_dict(
-        torch.load(path / "optimizer.pt", map_location=s.accel.device, weights_only=True)
-    )
+    else:
+        s.optimizer.load_state_dict(
+            torch.load(path / "optimizer.pt", map_location=s.accel.device, weights_only=True)
+        )
     s.scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=True))
     rng = path / f"rng_{s.accel.process_index}.pt"
     if rng.is_file():
@@ -106,13 +119,14 @@ def restore(s: Setup, path: Path) -> None:
 
 def export_model(s: Setup) -> None:
     """The final model as `run_dir/model` (HF-loadable head-0 model + heads + tokenizer), published atomically."""
+    full = fsdp.full_state(s.model) if s.fsdp else None  # every rank takes part in gathering onto rank 0
     if not s.accel.is_main_process:
         return
     import shutil
 
     tmp, final = s.run_dir / ".model.tmp", s.run_dir / "model"
     shutil.rmtree(tmp, ignore_errors=True)
-    s.model.save(tmp)
+    s.model.save(tmp, full)
     s.tokenizer.save_pretrained(tmp)
     if final.exists():
         shutil.rmtree(final)
@@ -335,6 +349,10 @@ def _train(run_dir: Path, resume: bool, progress: ProgressFn | None, stop: dict[
                         s.writer.write("val", state.step, metrics=val)
                         if "val_loss" in val:
                             log.info("step %d/%d val_loss %.4f", state.step, s.total_steps, val["val_loss"])
+            elif todo.validate and s.fsdp:  # the sharded model's forward is a collective: run it with rank 0
+                if s.val_data:
+                    validate(s)
+                _value_heldout_metrics(s, state)
             # A stop request (SIGTERM, or the supervising worker gone) checkpoints and exits; else periodic ones.
             if r.stop:
                 save_checkpoint(s, state)

@@ -7,6 +7,10 @@ runs once, its output is detached, and each head runs forward -> CE -> weights -
 one head's logits ever exist; then one backward through the trunk. `naive=True` keeps every head's logits and
 graph alive and back-propagates once (the materialised path, for tests and the memory benchmark);
 `weighted_mtp_loss` is the same formula on materialised (B, S, n, V) logits. All give the same loss and gradients.
+
+`ce_chunk` (recipe `train.ce_chunk`) also splits each head's unembedding and CE over the sequence (`head_ce`): a
+head's (B, S, V) logits never exist at once, only (B, chunk, V), in the backward too (chunked_ce.py recomputes a
+chunk's logits when its gradient is needed: one extra unembedding matmul per head, METHOD.md "Loss").
 """
 
 from __future__ import annotations
@@ -16,8 +20,10 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
+from wmtp_studio.errors import StudioError
+from wmtp_studio.train.chunked_ce import LinearCE
 from wmtp_studio.train.model import MTPModel, TrunkOutput
 from wmtp_studio.train.weights import shift_to_head
 
@@ -43,11 +49,45 @@ def head_mask(token_mask: Tensor, segment_ids: Tensor | None, k: int) -> Tensor:
 
 
 def token_ce(logits: Tensor, targets: Tensor) -> Tensor:
-    """Per-token cross-entropy in fp32: (B, S, V), (B, S) -> (B, S)."""
+    """Per-token cross-entropy in fp32 (fp64 logits stay fp64): (B, S, V), (B, S) -> (B, S)."""
     b, s, v = logits.shape
-    return F.cross_entropy(logits.float().reshape(b * s, v), targets.reshape(b * s), reduction="none").view(
-        b, s
-    )
+    wide = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return F.cross_entropy(wide.reshape(b * s, v), targets.reshape(b * s), reduction="none").view(b, s)
+
+
+def _ce_and_hits(model: MTPModel, h: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """Unembedding, per-token CE and argmax hits of hidden states: (B, c, D), (B, c) -> (B, c) fp32, (B, c) bool."""
+    logits = model.unembed(h)  # (B, c, V)
+    return token_ce(logits, targets), logits.detach().argmax(-1) == targets
+
+
+def head_ce(
+    model: MTPModel,
+    k: int,
+    trunk: TrunkOutput,
+    hidden: Tensor | None,
+    targets: Tensor,
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Head k's per-token CE (B, S) fp32 (with gradient) and whether its argmax is the target (B, S) bool.
+
+    With `chunk` (tokens), the unembedding runs on `chunk` positions at a time through `LinearCE`, whose backward
+    recomputes the chunk's logits, so neither the forward nor the backward holds more than (B, chunk, V) logits;
+    the numbers are those of the whole-sequence path (the same per-token arithmetic).
+    """
+    h = model.head_hidden(k, trunk, hidden)  # (B, S, D)
+    if not chunk or chunk >= h.shape[1]:
+        return _ce_and_hits(model, h, targets)
+    out = model.hf.get_output_embeddings()
+    if not isinstance(out, nn.Linear):
+        raise StudioError(
+            f"train.ce_chunk needs a linear output embedding, this model has {type(out).__name__}"
+        )
+    parts = [
+        LinearCE.apply(h[:, i : i + chunk], out.weight, out.bias, targets[:, i : i + chunk])
+        for i in range(0, h.shape[1], chunk)
+    ]
+    return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
 def weighted_mtp_loss(
@@ -107,7 +147,7 @@ class HeadStats:
 
 
 @torch.no_grad()
-def _head_stats(logits: Tensor, targets: Tensor, m: Tensor, ce: Tensor, w: Tensor, detail: bool) -> Tensor:
+def _head_stats(hits: Tensor, m: Tensor, ce: Tensor, w: Tensor, detail: bool) -> Tensor:
     """One row of STAT_FIELDS for one head: (len(STAT_FIELDS),)."""
     mf = m.float()
     wf = w.float() * mf
@@ -120,7 +160,7 @@ def _head_stats(logits: Tensor, targets: Tensor, m: Tensor, ce: Tensor, w: Tenso
     return torch.stack(
         [
             (ce * mf).sum(),
-            ((logits.argmax(-1) == targets).float() * mf).sum(),
+            (hits.float() * mf).sum(),
             count,
             wf.sum(),
             (wf * wf).sum(),
@@ -154,6 +194,7 @@ def forward_backward(
     naive: bool = False,
     backward: bool = True,
     detail: bool = False,
+    ce_chunk: int | None = None,
 ) -> HeadStats:
     """Loss of one micro-batch and its gradients (accumulated into .grad), head by head.
 
@@ -162,7 +203,8 @@ def forward_backward(
     caller passes the step's per-head counts over every micro-batch and process as denominators, so that the
     terms (summed over micro-batches, gradients summed over processes) are the per-head mean of the whole step.
     `extra_loss` receives the detached trunk output (requires grad) and its result is added to the loss.
-    `detail` also records histograms, entropy and the weights themselves (on logging steps only).
+    `detail` also records histograms, entropy and the weights themselves (on logging steps only). `ce_chunk`:
+    see `head_ce`. A trunk without gradient (frozen, `train.freeze: trunk`) gets no backward of its own.
     """
     rows, hists, kept = [], [], []
     loss = torch.zeros((), device=input_ids.device)
@@ -170,13 +212,12 @@ def forward_backward(
     h = trunk.hidden.detach().requires_grad_(True) if not naive else trunk.hidden
     total: Tensor | None = None
     for k in range(model.n_heads):
-        logits = model.head_logits(k, trunk, h)  # (B, S, V): one head at a time
         targets = head_targets(input_ids, k)
+        ce, hits = head_ce(model, k, trunk, h, targets, ce_chunk)  # (B, S): one head's logits at a time
         m = head_mask(token_mask, segment_ids, k)
-        ce = token_ce(logits, targets)
         w = weights_for(k, ce.detach(), m).detach()
         term = head_coefs[k] * (w * m * ce).sum() / max(1.0, denominators[k])
-        rows.append(_head_stats(logits, targets, m, ce.detach(), w, detail))
+        rows.append(_head_stats(hits, m, ce.detach(), w, detail))
         if detail:
             hists.append(weight_histogram(w, m))
             kept.append(w)
@@ -185,7 +226,7 @@ def forward_backward(
             total = term if total is None else total + term
         elif backward:
             term.backward()
-        del logits, ce
+        del ce
     if extra_loss is not None:
         extra = extra_loss(h)
         extra_value = extra.detach()
@@ -195,7 +236,7 @@ def forward_backward(
             extra.backward()
     if naive and backward and total is not None:
         total.backward()
-    elif backward and h.grad is not None:
+    elif backward and h.grad is not None and trunk.hidden.requires_grad:
         trunk.hidden.backward(h.grad)
     hist = torch.stack(hists) if hists else None
     return HeadStats(loss, extra_value, torch.stack(rows), hist, kept)

@@ -197,7 +197,8 @@ class MTPModel(nn.Module):
             captured["args"], captured["kwargs"] = args, kwargs
             raise _StopForward
 
-        handle = layers[-1].register_forward_pre_hook(capture, with_kwargs=True)
+        # prepend: before an FSDP unit's own pre-forward hook, which would all-gather the layer for nothing
+        handle = layers[-1].register_forward_pre_hook(capture, with_kwargs=True, prepend=True)
         try:
             self.hf.base_model(**inputs)
         except _StopForward:
@@ -218,6 +219,17 @@ class MTPModel(nn.Module):
         out = out[0] if isinstance(out, tuple) else out
         return self._final_norm(out)
 
+    def trunk_parameters(self) -> list[nn.Parameter]:
+        """What `train.freeze: trunk` freezes: with linear heads the whole HF model; with transformer heads every
+        HF parameter except head 0's layer, the final norm and an unembedding not tied to the input embedding."""
+        if self.head_kind == "linear":
+            return list(self.hf.parameters())
+        layers, norm = decoder_parts(self.hf)
+        heads = {id(p) for m in (layers[-1], norm) for p in m.parameters()}
+        inputs = {id(p) for p in self.hf.get_input_embeddings().parameters()}
+        heads |= {id(p) for p in self.hf.get_output_embeddings().parameters() if id(p) not in inputs}
+        return [p for p in self.hf.parameters() if id(p) not in heads]
+
     def unembed(self, h: Tensor) -> Tensor:
         """Shared unembedding: (B, S, D) -> (B, S, V)."""
         return self.hf.get_output_embeddings()(h)
@@ -231,15 +243,36 @@ class MTPModel(nn.Module):
         trunk = self.trunk(input_ids, segment_ids)
         return torch.stack([self.head_logits(k, trunk) for k in range(self.n_heads)], dim=2)
 
-    def save(self, directory: Path) -> None:
-        """Write the HF model, the extra heads and wmtp_config.json into `directory`."""
+    def save(self, directory: Path, full_state: dict[str, Tensor] | None = None) -> None:
+        """Write the HF model, the extra heads and wmtp_config.json into `directory`.
+
+        `full_state`: this model's whole state dict when its own parameters are shards (FSDP gathers it)."""
         directory.mkdir(parents=True, exist_ok=True)
-        self.hf.save_pretrained(directory, safe_serialization=True)
+        hf_state = None if full_state is None else _tied_like(self.hf, _under(full_state, "hf."))
+        self.hf.save_pretrained(directory, safe_serialization=True, state_dict=hf_state)
         if self.n_heads > 1:
-            state = {k: v.detach().contiguous().cpu() for k, v in self.extra_heads.state_dict().items()}
+            heads = (
+                self.extra_heads.state_dict() if full_state is None else _under(full_state, "extra_heads.")
+            )
+            state = {k: v.detach().contiguous().cpu() for k, v in heads.items()}
             save_file(state, str(directory / HEADS_FILE))
         meta = {"n_heads": self.n_heads, "head_kind": self.head_kind, "base_id": self.base_id, "format": 1}
         (directory / WMTP_CONFIG).write_text(json.dumps(meta, indent=2))
+
+
+def _under(state: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+
+
+def _tied_like(module: nn.Module, state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """`state` with the entries of parameters `module` shares (tied embeddings) made one tensor again: a
+    gathered state dict holds copies, and `save_pretrained` drops a tied weight only when it is the same tensor."""
+    first: dict[int, str] = {}
+    for name, p in module.named_parameters(remove_duplicate=False):
+        owner = first.setdefault(id(p), name)
+        if owner != name and owner in state:
+            state[name] = state[owner]
+    return state
 
 
 def build_tiny_hf(

@@ -35,16 +35,34 @@ def load_reference(name_or_path: str, base_tokenizer: Any, device: torch.device)
 
 
 @torch.no_grad()
-def reference_ce(ref: nn.Module, input_ids: Tensor, segment_ids: Tensor | None = None) -> Tensor:
+def reference_ce(
+    ref: nn.Module, input_ids: Tensor, segment_ids: Tensor | None = None, chunk: int | None = None
+) -> Tensor:
     """CE^ref_j = -log p_ref(x_j | x_{<j}) indexed by target position j; entry 0 is 0. (B, S) -> (B, S) fp32.
 
     With `segment_ids` (packed rows) the reference reads each example alone, as the model does; the entry at an
     example's first token scores it against the previous example and is never used (the head mask stops there).
+    With `chunk` (`train.ce_chunk`) the reference's unembedding runs on `chunk` positions at a time, so its
+    (B, S, V) logits never exist at once: logits = output embedding(last hidden state), as the HF causal LMs
+    (Llama, GPT-2) compute them.
     """
-    out = ref(input_ids=input_ids, **packed_attention(ref.config, segment_ids))
-    logits = out.logits[:, :-1].float()  # (B, S-1, V): position j-1 predicts x_j
-    ce = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, S-1)
-    return F.pad(ce, (1, 0))
+    packed = packed_attention(ref.config, segment_ids)
+    if not chunk:
+        logits = ref(input_ids=input_ids, **packed).logits[:, :-1].float()  # (B, S-1, V): j-1 predicts x_j
+        ce = F.cross_entropy(logits.transpose(1, 2), input_ids[:, 1:], reduction="none")  # (B, S-1)
+        return F.pad(ce, (1, 0))
+    hf: Any = ref  # a HF causal LM: its decoder (base_model) and its output embedding
+    hidden = hf.base_model(input_ids=input_ids, **packed).last_hidden_state[:, :-1]  # (B, S-1, D)
+    unembed, targets = hf.get_output_embeddings(), input_ids[:, 1:]
+    parts = [
+        F.cross_entropy(
+            unembed(hidden[:, i : i + chunk]).float().transpose(1, 2),  # (B, V, chunk)
+            targets[:, i : i + chunk],
+            reduction="none",
+        )
+        for i in range(0, hidden.shape[1], chunk)
+    ]
+    return F.pad(torch.cat(parts, dim=1), (1, 0))
 
 
 def fingerprint(ref: nn.Module, tokenizer: Any, encoded: list[Encoded], max_len: int) -> str:
@@ -72,11 +90,13 @@ def cached_reference_ce(
     device: torch.device,
     batch: int = 16,
     compute: bool = True,
+    chunk: int | None = None,
 ) -> list[list[float]]:
     """Per-example CE^ref (list aligned with `encoded`), from `$WMTP_HOME/ref_ce/<key>.pt` or computed now.
 
     Each `max_len` chunk of an example is scored alone (`example_chunks`): exactly what the model reads, whether
     rows are truncated to max_len or packed. With compute=False (non-main ranks) the file must exist already.
+    `chunk`: see `reference_ce` (the numbers, and so the cache key, do not depend on it).
     """
     path = wmtp_home() / "ref_ce" / f"{fingerprint(ref, tokenizer, encoded, max_len)}.pt"
     if path.is_file():
@@ -95,7 +115,9 @@ def cached_reference_ce(
         ids = torch.full((len(part), max(e - s for _, s, e in part)), pad, dtype=torch.long)
         for r, (i, s, e) in enumerate(part):
             ids[r, : e - s] = torch.tensor(encoded[i].ids[s:e])
-        ce = reference_ce(ref, ids.to(device)).cpu()  # right padding never changes earlier positions
+        ce = reference_ce(
+            ref, ids.to(device), chunk=chunk
+        ).cpu()  # right padding never changes earlier positions
         for r, (i, s, e) in enumerate(part):
             out[i][s:e] = ce[r, : e - s].tolist()
     path.parent.mkdir(parents=True, exist_ok=True)

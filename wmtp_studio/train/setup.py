@@ -23,6 +23,7 @@ from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import Recipe, recipe_from_json
 from wmtp_studio.runrefs import check_local_paths, resolve_run_refs
 from wmtp_studio.tracking import MlflowLogger
+from wmtp_studio.train import fsdp
 from wmtp_studio.train.data import (
     Batch,
     Encoded,
@@ -33,6 +34,7 @@ from wmtp_studio.train.data import (
     split_by_problem,
 )
 from wmtp_studio.train.events import MetricsWriter
+from wmtp_studio.train.meta_checkpoint import load_meta_mtp
 from wmtp_studio.train.model import MTPModel, ValueHead, build_tiny_hf, load_mtp
 from wmtp_studio.train.reference import cached_reference_ce, load_reference
 from wmtp_studio.train.threads import apply_threads
@@ -82,6 +84,11 @@ class Setup:
     @property
     def world(self) -> int:
         return int(self.accel.num_processes)
+
+    @property
+    def fsdp(self) -> bool:
+        """The model is sharded (train.parallel: fsdp over several processes): its forward is a collective."""
+        return fsdp.active(self.recipe, self.world)
 
 
 def setup(
@@ -201,7 +208,14 @@ def _setup_data(*, recipe: Recipe, saved_tokenizer: Path | None) -> Data:
 def _setup_model(
     *, recipe: Recipe, tokenizer: Any, saved: Path | None, accel: Any
 ) -> tuple[MTPModel, ValueHead | None]:
-    model = _build_model(recipe, tokenizer, saved).to(accel.device)
+    model = _build_model(recipe, tokenizer, saved)
+    if recipe.train.freeze == "trunk":  # heads only: the optimiser takes what still requires grad
+        for p in model.trunk_parameters():
+            p.requires_grad_(False)
+    if fsdp.active(recipe, accel.num_processes):  # unit by unit, only this rank's shards stay on the device
+        fsdp.shard(model, fsdp.bf16_params(recipe))
+    else:
+        model = model.to(accel.device)
     model.train()
     critic = recipe.algorithm.name == "critic-wmtp"
     return model, ValueHead(model.hidden_size).to(accel.device) if critic else None
@@ -218,7 +232,8 @@ def _setup_reference(
     if not algo.cache:
         return reference, None
     if accel.is_main_process:
-        cached_reference_ce(reference, data.tokenizer, data.train, seq_len, accel.device)
+        chunk = recipe.train.ce_chunk
+        cached_reference_ce(reference, data.tokenizer, data.train, seq_len, accel.device, chunk=chunk)
     accel.wait_for_everyone()
     ref_ce = cached_reference_ce(reference, data.tokenizer, data.train, seq_len, accel.device, compute=False)
     return None, ref_ce  # cached: the reference is not needed any more
@@ -275,6 +290,8 @@ def _batched(recipe: Recipe, tokenizer: Any, data: list[Encoded], device: torch.
 
 def _build_model(recipe: Recipe, tokenizer: Any, source: Path | None) -> MTPModel:
     dtype = getattr(torch, recipe.model.dtype)
+    if source is None and recipe.model.meta_checkpoint:
+        return load_meta_mtp(recipe.model.meta_checkpoint, recipe.n_heads, dtype)
     if source is not None or recipe.model.name_or_path:
         return load_mtp(source or str(recipe.model.name_or_path), recipe.n_heads, recipe.model.heads, dtype)
     tiny = recipe.model.tiny

@@ -1,8 +1,9 @@
 """One optimiser step, torchtitan's shape: `train_step` -> per micro-batch `algorithm_hooks` + `forward_backward`.
 
 Gradients are summed across processes by hand after the per-head backward passes (a DDP wrapper expects one
-backward per forward); each head's term is divided by its token count over the whole step and every process, so
-2 processes x batch 2 equal 1 process x batch 4. Also the held-out validation, which runs the same loss with w = 1.
+backward per forward), or by FSDP's reduce-scatter under `train.parallel: fsdp` (fsdp.py); each head's term is
+divided by its token count over the whole step and every process, so 2 processes x batch 2 equal 1 process x
+batch 4. Also the held-out validation, which runs the same loss with w = 1.
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+from torch.distributed.tensor import DTensor
 
 from wmtp_studio.errors import StudioError
+from wmtp_studio.train import fsdp
 from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks, rho1_step_selection
 from wmtp_studio.train.critic import ValueRows
 from wmtp_studio.train.data import Batch, collate, epoch_plan
@@ -147,12 +150,17 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
                 extra_loss=extra,
                 naive=cfg.naive_loss,
                 detail=detail and i == 0,
+                ce_chunk=cfg.ce_chunk,
             )
         heads = heads.merge(stats) if heads is not None else stats
     assert heads is not None
     params = [p for g in s.optimizer.param_groups for p in g["params"]]
-    _all_reduce_grads(params, s.world)
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
+    if s.fsdp:  # FSDP reduced the model's gradients already; the value head is replicated
+        _all_reduce_grads([p for p in params if not isinstance(p, DTensor)], s.world)
+        grad_norm = fsdp.clip_grad_norm(params, cfg.grad_clip)
+    else:
+        _all_reduce_grads(params, s.world)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     tokens = sum(b.tokens for b in micro)
     local = torch.stack(
         [
@@ -199,7 +207,8 @@ def head_metrics(h: HeadStats, prefix: str = "") -> dict[str, float]:
 
 @torch.no_grad()
 def validate(s: Setup) -> dict[str, float]:
-    """Per-head CE and accuracy (w = 1) on the held-out slice; rank 0 only, no collectives."""
+    """Per-head CE and accuracy (w = 1) on the held-out slice; rank 0 only (every rank under FSDP, whose forward
+    all-gathers), no other collectives."""
     cfg = s.recipe.train
     plan = epoch_plan(
         [len(e.ids) for e in s.val_data], cfg.batch_size, cfg.seed, -1, cfg.packing, cfg.seq_len
@@ -219,6 +228,7 @@ def validate(s: Setup) -> dict[str, float]:
                 [1.0] * s.recipe.n_heads,
                 [1.0] * s.recipe.n_heads,
                 backward=False,
+                ce_chunk=cfg.ce_chunk,
             )
         total = total.merge(stats) if total else stats
     if total is None:

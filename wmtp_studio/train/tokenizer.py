@@ -60,7 +60,7 @@ def load_tokenizer(recipe: Recipe, corpus: Iterable[str] | None = None) -> Any:
         return train_bpe(corpus, spec.vocab_size, cache)
     from transformers import AutoTokenizer
 
-    source = spec.path or recipe.model.name_or_path
+    source = spec.path or recipe.model.name_or_path or recipe.model.meta_checkpoint
     if not source:
         raise StudioError(
             "tokenizer.kind 'model' needs tokenizer.path or model.name_or_path (use kind: bpe with tiny)"
