@@ -1,8 +1,10 @@
-"""Step time of critic-wmtp (after Stage 1) and rho1-wmtp (cached reference CE) relative to baseline-mtp.
+"""Step time of critic-wmtp (after Stage 1), rho1-wmtp (cached reference CE) and grad-wmtp (both score kinds)
+relative to baseline-mtp.
 
 Uses the real trainer: one run directory per algorithm with a `recipe.json` derived from
 `recipes/tiny-baseline-mtp.yaml`, `loop.setup`, then `loop.train_step` (critic runs `loop._run_stage1` first,
-as the trainer does). The rho1 reference is a baseline run trained for a few steps and exported. Every
+as the trainer does). The rho1 reference is a baseline run trained for a few steps and exported. grad-wmtp runs
+twice, `score: logit` (grad-wmtp) and `score: hidden` (grad-wmtp-hidden: one more unembedding-sized matmul). Every
 algorithm trains on the same batches (critic with `train_on: correct` trains on the correct examples, like
 baseline), which the script checks. Steps are timed round-robin: step i of every algorithm runs back to back
 (the order rotating every step), so that machine noise hits all of them alike. Goal: <= 1.05x baseline.
@@ -25,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "tiny-baseline-mtp.yaml"
-ALGORITHMS = ("baseline-mtp", "critic-wmtp", "rho1-wmtp")
+ALGORITHMS = ("baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp", "grad-wmtp-hidden")
 GOAL = 1.05
 
 
@@ -40,6 +43,7 @@ class Timing:
     batches: list[str] = field(default_factory=list)  # digest of each step's input ids
     tokens: list[int] = field(default_factory=list)  # non-pad tokens of each step
     trained: list[float] = field(default_factory=list)  # head-0 loss entries of each step
+    flops: int = 0  # matmul FLOPs of one step after the timed ones (torch's FlopCounterMode): immune to load
 
     @property
     def median_s(self) -> float:
@@ -101,6 +105,8 @@ def run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Timing], dict[s
         "baseline-mtp": [],
         "critic-wmtp": ["algorithm.name=critic-wmtp", f"algorithm.stage1.steps={args.stage1_steps}"],
         "rho1-wmtp": ["algorithm.name=rho1-wmtp", f"algorithm.reference={ref}"],
+        "grad-wmtp": ["algorithm.name=grad-wmtp", "algorithm.score=logit"],
+        "grad-wmtp-hidden": ["algorithm.name=grad-wmtp", "algorithm.score=hidden"],
     }
     setups, states, timings = {}, {}, {}
     for name in ALGORITHMS:
@@ -118,9 +124,14 @@ def run(args: argparse.Namespace, root: Path) -> tuple[dict[str, Timing], dict[s
     for r in range(args.rounds):
         for j in range(args.steps):  # step i of every algorithm runs back to back, on the same batch
             i = r * args.steps + j
-            for name in ALGORITHMS[i % 3 :] + ALGORITHMS[: i % 3]:
+            turn = i % len(ALGORITHMS)
+            for name in ALGORITHMS[turn:] + ALGORITHMS[:turn]:
                 timed_step(setups[name], states[name], timings[name])
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
+    for name in ALGORITHMS:  # one more step each, counted instead of timed (the same batch for every one)
+        with FlopCounterMode(display=False) as counter:
+            loop.train_step(setups[name], states[name], detail=False, stop_requested=False)
+        timings[name].flops = counter.get_total_flops()
     s0 = setups["baseline-mtp"]
     env = {
         "torch": torch.__version__,
@@ -164,8 +175,8 @@ def report(timings: dict[str, Timing], env: dict[str, Any], args: argparse.Names
         f"({sum(timings['baseline-mtp'].tokens)} tokens per algorithm timed)\n"
     )
     print(
-        f"{'algorithm':<14}{'median s':>10}{'min s':>8}{'max s':>8}{'vs baseline':>13}{'paired':>10}"
-        f"{'setup s':>9}{'stage1 s':>10}"
+        f"{'algorithm':<18}{'median s':>10}{'min s':>8}{'max s':>8}{'vs baseline':>13}{'paired':>10}"
+        f"{'setup s':>9}{'stage1 s':>10}{'flops':>8}"
     )
     ratios, paired = {}, {}
     for name, t in timings.items():
@@ -175,8 +186,9 @@ def report(timings: dict[str, Timing], env: dict[str, Any], args: argparse.Names
             a / b for a, b in zip(t.step_s, timings["baseline-mtp"].step_s, strict=True)
         )
         print(
-            f"{name:<14}{t.median_s:>10.4f}{min(t.step_s):>8.4f}{max(t.step_s):>8.4f}{ratios[name]:>12.3f}x"
+            f"{name:<18}{t.median_s:>10.4f}{min(t.step_s):>8.4f}{max(t.step_s):>8.4f}{ratios[name]:>12.3f}x"
             f"{paired[name]:>9.3f}x{t.setup_s:>9.1f}{t.stage1_s:>10.1f}"
+            f"{t.flops / max(timings['baseline-mtp'].flops, 1):>7.3f}x"
         )
     for name in ALGORITHMS[1:]:
         print(

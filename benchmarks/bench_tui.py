@@ -31,7 +31,7 @@ from wmtp_studio.settings import Settings
 from wmtp_studio.tui.app import StudioApp, create_app
 
 ROOT = Path(__file__).resolve().parents[1]
-ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
+ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp")
 
 
 def fill(engine: Engine, settings: Settings, n_runs: int, n_points: int) -> None:
@@ -40,7 +40,7 @@ def fill(engine: Engine, settings: Settings, n_runs: int, n_points: int) -> None
     recipes = {a: load_recipe(ROOT / "recipes" / f"tiny-{a}.yaml", ["train.steps=50000"]) for a in ALGORITHMS}
     steps = n_points // 2
     with store.submission(engine=engine, runs_dir=settings.runs_dir) as sub:
-        runs = [sub.add_run(recipe=recipes[ALGORITHMS[i % 4]]) for i in range(n_runs)]
+        runs = [sub.add_run(recipe=recipes[ALGORITHMS[i % len(ALGORITHMS)]]) for i in range(n_runs)]
     with engine.begin() as conn:
         for i, run in enumerate(runs):
             rows = [

@@ -26,8 +26,8 @@ from wmtp_studio import strict_yaml
 from wmtp_studio.errors import RecipeError
 from wmtp_studio.recipe_text import apply_override, redact, resolve_secret_refs, restore_refs, substitute_env
 
-Algorithm = Literal["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp"]
-ALGORITHMS: tuple[Algorithm, ...] = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
+Algorithm = Literal["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp"]
+ALGORITHMS: tuple[Algorithm, ...] = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp")
 INT_MAX = 2**31 - 1
 """Largest count or seed: what every consumer holds (numpy seeds, torch sizes, 32-bit SQL integer columns)."""
 MAX_ERRORS = 20
@@ -355,8 +355,36 @@ class Rho1Config(Section):
         return self
 
 
+class GradConfig(Section):
+    """grad-wmtp: each token's importance is the norm of its CE gradient, normalised by a per-head running EMA."""
+
+    name: Literal["grad-wmtp"] = "grad-wmtp"
+    """Algorithm name."""
+    score: Literal["logit", "hidden"] = "logit"
+    """Gradient whose norm scores an entry: w.r.t. the head's logits, ||softmax(z) - onehot||, or w.r.t. its last
+    hidden state (the unembedding's input), ||W_out^T (softmax(z) - onehot)|| (one more unembedding-sized matmul)."""
+    momentum: Real = Field(0.99, ge=0, lt=1)
+    """EMA momentum of each head's running score mean and variance (mu <- m mu + (1 - m) step mean)."""
+    beta: Real = Field(1.0, gt=0)
+    """Temperature in w = exp(z / beta), z = (s - mu) / sigma."""
+    w_min: Real = Field(0.1, ge=0)
+    """Lower clip of the weights."""
+    w_max: Real = Field(5.0, gt=0)
+    """Upper clip of the weights."""
+    norm: Literal["zscore", "none"] = "zscore"
+    """`zscore`: z = (s - mu) / sigma with the running EMA statistics; `none`: z = s."""
+    mean_one: Flag = True
+    """Rescale each head's weights to mean 1 over valid entries."""
+
+    @model_validator(mode="after")
+    def _clip_range(self) -> GradConfig:
+        if self.w_min > self.w_max:
+            raise ValueError(f"w_min ({self.w_min}) must be at most w_max ({self.w_max})")
+        return self
+
+
 AlgorithmConfig = Annotated[
-    NTPConfig | BaselineMTPConfig | CriticConfig | Rho1Config, Field(discriminator="name")
+    NTPConfig | BaselineMTPConfig | CriticConfig | Rho1Config | GradConfig, Field(discriminator="name")
 ]
 
 
@@ -428,6 +456,11 @@ class Recipe(Section):
             coefs = self.model.head_coefficients
             self.model = self.model.model_copy(
                 update={"n_heads": 1, "head_coefficients": coefs and coefs[:1]}
+            )
+        if self.train.parallel == "fsdp" and getattr(self.algorithm, "score", None) == "hidden":
+            # the hidden score reads the unembedding's weight outside the method FSDP gathers it for
+            raise ValueError(
+                "grad-wmtp score: hidden does not work with train.parallel: fsdp yet; use score: logit"
             )
         return self
 

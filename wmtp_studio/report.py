@@ -23,7 +23,7 @@ from wmtp_studio import __version__, store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, ComparisonSet, Run
 from wmtp_studio.settings import Settings
-from wmtp_studio.submit import submit_quickstart
+from wmtp_studio.submit import QUICKSTART_ALGORITHMS, submit_quickstart
 from wmtp_studio.tui.export import Interval, format_cell, to_markdown
 from wmtp_studio.tui.results import CompareTables, compare_tables
 
@@ -182,7 +182,13 @@ def fresh_home() -> Settings:
 
 
 def run_and_report(
-    engine: Engine, settings: Settings, *, existing: bool, overrides: Sequence[str], seeds: int = 1
+    engine: Engine,
+    settings: Settings,
+    *,
+    existing: bool,
+    overrides: Sequence[str],
+    seeds: int = 1,
+    algorithms: Sequence[str] = QUICKSTART_ALGORITHMS,
 ) -> tuple[str, int]:
     """(Markdown report, set id) of the studio's latest quickstart (`existing`) or of a new one queued now, after
     waiting for all its runs with a worker: a worker of its own on a fresh home, else an embedded one unless a
@@ -203,7 +209,9 @@ def run_and_report(
 
     set_id = latest_quickstart(engine) if existing else None
     if set_id is None:
-        cset, _ = submit_quickstart(engine=engine, settings=settings, seeds=seeds, overrides=overrides)
+        cset, _ = submit_quickstart(
+            engine=engine, settings=settings, seeds=seeds, overrides=overrides, algorithms=algorithms
+        )
         set_id = cset.id or 0
     worker = (
         start_if_needed(engine=engine, settings=settings, poll_s=1.0)

@@ -32,6 +32,8 @@ from wmtp_studio.models import FINISHED_STATUSES, RUN_STATUSES, Run, Worker, utc
 from wmtp_studio.recipe import ALGORITHMS, load_recipe
 from wmtp_studio.settings import Settings
 from wmtp_studio.submit import (
+    QUICKSTART_ALGORITHMS,
+    QUICKSTART_ALL_ALGORITHMS,
     QUICKSTART_DURATION,
     submit_comparison,
     submit_quickstart,
@@ -258,15 +260,27 @@ def quickstart(
         ),
     ] = False,
     set_: SetOpt = None,
+    all_algorithms: Annotated[
+        bool,
+        typer.Option(
+            "--all-algorithms",
+            help=f"Fine-tune with every algorithm ({', '.join(QUICKSTART_ALL_ALGORITHMS)}) instead of the four.",
+        ),
+    ] = False,
 ) -> None:
     if existing and not report:
         raise fail("--existing goes with --report")
+    algorithms = QUICKSTART_ALL_ALGORITHMS if all_algorithms else QUICKSTART_ALGORITHMS
     if report:
-        _quickstart_report(existing, set_ or [], seeds)
+        _quickstart_report(existing, set_ or [], seeds, algorithms)
         return
     with _studio() as engine:
         cset, runs = submit_quickstart(
-            engine=engine, settings=Settings.from_env(), seeds=seeds, overrides=set_ or []
+            engine=engine,
+            settings=Settings.from_env(),
+            seeds=seeds,
+            overrides=set_ or [],
+            algorithms=algorithms,
         )
     _wake_workers([r.id or 0 for r in runs])
     if as_json:
@@ -278,7 +292,7 @@ def quickstart(
     _print_runs(runs, False)
 
 
-def _quickstart_report(existing: bool, overrides: list[str], seeds: int) -> None:
+def _quickstart_report(existing: bool, overrides: list[str], seeds: int, algorithms: tuple[str, ...]) -> None:
     """Run (or find) a quickstart, wait for it with a worker, print the Markdown report on stdout."""
     from wmtp_studio import report
 
@@ -286,7 +300,7 @@ def _quickstart_report(existing: bool, overrides: list[str], seeds: int) -> None
     err.print(f"studio home: {settings.home}", highlight=False)
     with _studio(settings) as engine:
         markdown, set_id = report.run_and_report(
-            engine, settings, existing=existing, overrides=overrides, seeds=seeds
+            engine, settings, existing=existing, overrides=overrides, seeds=seeds, algorithms=algorithms
         )
     typer.echo(markdown, nl=False)
     err.print(

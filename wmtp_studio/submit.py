@@ -23,6 +23,9 @@ from wmtp_studio.runrefs import absolutize_local_paths, check_local_paths, run_r
 from wmtp_studio.settings import Settings
 
 QUICKSTART_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
+QUICKSTART_ALL_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp")
+"""The quickstart's every-algorithm option (the dashboard's offer, `wmtp-studio quickstart --all-algorithms`): every
+weighting family the studio trains, fine-tuned from the same base on the same data."""
 QUICKSTART_DURATION = "5-10 minutes in all on 2 CPU cores"
 """How long the quickstart takes, said the same way everywhere (the CLI's help, the dashboard's offer, the
 README); `wmtp-studio quickstart --report` measures it. Other programs loading the cores make it longer."""
@@ -103,15 +106,21 @@ QUICKSTART_MAX_SEEDS = 10
 
 
 def submit_quickstart(
-    *, engine: Engine, settings: Settings, seeds: int = 1, overrides: Sequence[str] = ()
+    *,
+    engine: Engine,
+    settings: Settings,
+    seeds: int = 1,
+    overrides: Sequence[str] = (),
+    algorithms: Sequence[str] = QUICKSTART_ALGORITHMS,
 ) -> tuple[ComparisonSet, list[Run]]:
     """The quickstart comparison (DESIGN.md): a tiny NTP base pre-trained on the generated task, then fine-tunes
     of that base with every algorithm on its harder `compose` family, each evaluated on the held-out split.
     `seeds` fine-tuning seeds (0, 1, ...) per algorithm: one is fast; three or more show the seed noise of each
     difference. The base is trained once (seed 0) and shared, so the seeds vary the fine-tuning only. The runs
     are stored seed by seed, so that workers, which take the oldest first, finish a whole comparison of seed 0
-    before seed 1. `overrides` (dotted, e.g. train.steps=3) apply to the base and the fine-tunes. Returns the set
-    and all runs, the base first; one transaction."""
+    before seed 1. `overrides` (dotted, e.g. train.steps=3) apply to the base and the fine-tunes. `algorithms`:
+    the fine-tunes' (QUICKSTART_ALL_ALGORITHMS: every family). Returns the set and all runs, the base first; one
+    transaction."""
     if not 1 <= seeds <= QUICKSTART_MAX_SEEDS:
         raise StudioError(
             f"quickstart seeds: {seeds} is not between 1 and {QUICKSTART_MAX_SEEDS} (1: fast; 3: shows seed "
@@ -126,13 +135,13 @@ def submit_quickstart(
         data["model"]["name_or_path"] = data["tokenizer"]["path"] = data["algorithm"]["reference"] = ref
         finetune = type(finetune).model_validate(data)
         expanded = sorted(
-            expand(finetune, QUICKSTART_ALGORITHMS, seed_list), key=lambda pair: pair[0].train.seed
+            expand(finetune, algorithms, seed_list), key=lambda pair: pair[0].train.seed
         )  # stable: algorithms stay in order within a seed
         cset = sub.add_comparison_set(
             name=finetune.name,
             base=finetune,
             factor=FACTOR,
-            diff={"algorithm": list(QUICKSTART_ALGORITHMS), "seed": seed_list},
+            diff={"algorithm": list(algorithms), "seed": seed_list},
         )
         runs = [
             sub.add_run(recipe=r, comparison_set_id=cset.id, depends_on_run_id=base_run.id, diff=diff)

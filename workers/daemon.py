@@ -76,7 +76,7 @@ def detect_gpus() -> list[int]:
     return [i for i, line in enumerate(out.stdout.splitlines()) if line.startswith("GPU ")]
 
 
-class Worker:
+class WorkerDaemon:
     """Slots, free GPUs and the job threads of one daemon; `fill` claims runs until slots or GPUs run out."""
 
     def __init__(
@@ -175,7 +175,7 @@ def reap(engine: Engine) -> None:
         log.info("forgot workers silent for %.0f s: %s", store.WORKER_FORGET_AFTER_S, forgotten)
 
 
-def register(worker: Worker) -> None:
+def register(worker: WorkerDaemon) -> None:
     store.register_worker(
         engine=worker.engine,
         worker_id=worker.worker_id,
@@ -186,7 +186,7 @@ def register(worker: Worker) -> None:
     )
 
 
-def beat(worker: Worker) -> None:
+def beat(worker: WorkerDaemon) -> None:
     """Heartbeat with the runs held and the GPUs' state; a worker whose row was forgotten registers again."""
     alive = store.heartbeat(
         engine=worker.engine,
@@ -200,7 +200,7 @@ def beat(worker: Worker) -> None:
 
 
 def serve(
-    worker: Worker, *, poll_s: float, heartbeat_s: float, reap_s: float, parent_pid: int | None = None
+    worker: WorkerDaemon, *, poll_s: float, heartbeat_s: float, reap_s: float, parent_pid: int | None = None
 ) -> None:
     """The main loop: claim, heartbeat, reap, then sleep until a wake-up or the next deadline. With
     `parent_pid`, stop (as on SIGTERM) once that process is gone: we were re-parented."""
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> None:
         engine = store.make_engine(settings.database_url)
         store.upgrade(engine=engine)
         worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        worker = Worker(
+        worker = WorkerDaemon(
             engine=engine, worker_id=worker_id, gpus=args.gpu_list, slots=args.slots, lease_s=args.lease_s
         )
         register(worker)

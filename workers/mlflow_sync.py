@@ -116,7 +116,7 @@ def _experiment_id(client: Any, engine: Engine, run: Run, uri: str) -> str:
     return exp_id
 
 
-def _start(client: Any, engine: Engine, run: Run, uri: str) -> str:
+def _create_mlflow_run(client: Any, engine: Engine, run: Run, uri: str) -> str:
     """Create the MLflow run with its tags, params and recipe; returns the MLflow run recorded for `run`."""
     from mlflow.entities import Param
 
@@ -201,7 +201,7 @@ def sync_run(*, engine: Engine, client: Any, uri: str, run_id: int) -> int:
     run = store.get_run(engine=engine, run_id=run_id)
     if run is None or run.started_at is None:
         return 0
-    mlflow_id = run.mlflow_run_id or _start(client, engine, run, uri)
+    mlflow_id = run.mlflow_run_id or _create_mlflow_run(client, engine, run, uri)
     finished = run.status in MLFLOW_STATUS
     if run.mlflow_done and not finished:  # retried after it had finished: live again
         client.update_run(mlflow_id, status="RUNNING")

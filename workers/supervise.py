@@ -226,8 +226,8 @@ def supervise(
             mlflow_sync.nudge()
 
     with open(log_path, "ab") as log:
-        proc = _start(cmd, log, env)
-    watch = _Watch(engine, run_id, owner, token, lease_s, poll_s, grace_s, stop, ingest, database_ok)
+        proc = _spawn_job(cmd, log, env)
+    watch = _JobWatch(engine, run_id, owner, token, lease_s, poll_s, grace_s, stop, ingest, database_ok)
     if not watch.follow(proc):
         return JobOutcome("fenced", proc.returncode, "", ingested, tail.malformed, proc.pid)
     code = proc.returncode
@@ -250,7 +250,7 @@ def supervise(
         for i, benchmark in enumerate(recipe.eval.benchmarks):  # the recipe's evaluations, after training
             out = eval_dir(run_dir, i, benchmark)
             with open(log_path, "ab") as log:
-                ev = _start(eval_command(run, benchmark, out), log, env)
+                ev = _spawn_job(eval_command(run, benchmark, out), log, env)
             if not watch.follow(ev):
                 return JobOutcome("fenced", ev.returncode, "", ingested, tail.malformed, proc.pid)
             if watch.stopping is not None or ev.returncode != 0:
@@ -328,14 +328,14 @@ def _take_dir(
     return None
 
 
-def _start(cmd: list[str], log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
+def _spawn_job(cmd: list[str], log: Any, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """A job process in its own session (so its whole tree can be signalled and found), output to the log."""
     return subprocess.Popen(
         cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True
     )
 
 
-class _Watch:
+class _JobWatch:
     """Follows one job process: ingests metrics, renews the lease (fenced), turns cancel/stop into SIGTERM then,
     after the grace period, SIGKILL of the group. `stopping` says why we stopped it ("cancelled" or "queued")."""
 

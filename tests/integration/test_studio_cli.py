@@ -13,6 +13,7 @@ import pytest
 from tests.integration.conftest import RECIPES, ROOT
 from tests.integration.jobs import studio_env, studio_run
 from wmtp_studio.recipe import ALGORITHMS
+from wmtp_studio.submit import QUICKSTART_ALL_ALGORITHMS
 
 
 @pytest.fixture
@@ -47,9 +48,9 @@ def test_submit_and_compare_queue_runs_with_frozen_recipes(studio: Any, tmp_path
         "--seeds",
         "0,1,2",
     ).stdout
-    assert out.startswith("comparison set 1: tiny-rho1-wmtp, 4 algorithm(s) x 3 seed(s)")
+    assert out.startswith(f"comparison set 1: tiny-rho1-wmtp, {len(ALGORITHMS)} algorithm(s) x 3 seed(s)")
     runs = runs_json(studio)
-    assert len(runs) == 13 and runs[-1]["id"] == run_id  # newest first
+    assert len(runs) == 1 + 3 * len(ALGORITHMS) and runs[-1]["id"] == run_id  # newest first
     single = runs[-1]
     assert (single["algorithm"], single["seed"], single["status"]) == ("ntp", 0, "queued")
     assert (single["priority"], single["gpus_requested"], single["comparison_set_id"]) == (3, 1, None)
@@ -81,7 +82,7 @@ def test_invalid_input_exits_2_and_stores_nothing(studio: Any, tmp_path: Path) -
         assert "error:" in err and "invalid recipe" in err
     assert "train.batch_sise" in studio("submit", str(bad), code=2).stderr
     err = studio("compare", str(RECIPES / "tiny-ntp.yaml"), "--algorithms", "ntp,mtp", code=2).stderr
-    assert "'mtp'" in err and "valid ones are ntp, baseline-mtp, critic-wmtp, rho1-wmtp" in err
+    assert "'mtp'" in err and "valid ones are ntp, baseline-mtp, critic-wmtp, rho1-wmtp, grad-wmtp" in err
     assert "rho1-wmtp needs a reference" in studio("compare", str(RECIPES / "tiny-ntp.yaml"), code=2).stderr
     err = studio(
         "compare", str(RECIPES / "tiny-rho1-wmtp.yaml"), "--set", "algorithm.reference=no/such/model", code=2
@@ -116,6 +117,10 @@ def test_quickstart_seeds_option(studio: Any) -> None:
         ["ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp"]
     )
     assert "3 seed(s)" in studio("quickstart", "--seeds", "3").stdout
+    every = json.loads(studio("quickstart", "--all-algorithms", "--json").stdout)
+    assert sorted(r["algorithm"] for r in every if r["comparison_set_id"] is not None) == sorted(
+        QUICKSTART_ALL_ALGORITHMS
+    )
 
 
 def test_cancel_retry_priority_and_show(studio: Any) -> None:

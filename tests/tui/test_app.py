@@ -14,6 +14,7 @@ from textual.widgets import DataTable, OptionList
 from tests.tui.conftest import add_run, settle, until
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
+from wmtp_studio.submit import QUICKSTART_ALL_ALGORITHMS
 from wmtp_studio.tui.app import MODES, StudioApp, create_app
 from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.screens.queue import QueueScreen
@@ -91,11 +92,20 @@ async def test_first_start_offers_the_quickstart_and_shows_its_runs(
 async def test_thorough_quickstart_queues_three_seeds_per_algorithm(
     settings: Settings, engine: Engine
 ) -> None:
-    assert await _take_the_quickstart(settings, 1, 13) == ["1", "3", "no"]  # 1: thorough, 3 seeds
+    assert await _take_the_quickstart(settings, 1, 13) == ["1", "3", "all", "no"]  # 1: thorough, 3 seeds
     tunes = [r for r in store.list_runs(engine=engine) if r.comparison_set_id is not None]
     assert sorted((r.algorithm, r.seed) for r in tunes) == sorted(
         (a, s) for a in ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp") for s in (0, 1, 2)
     )
+
+
+async def test_every_algorithm_quickstart_queues_one_fine_tune_per_algorithm(
+    settings: Settings, engine: Engine
+) -> None:
+    await _take_the_quickstart(settings, 2, len(QUICKSTART_ALL_ALGORITHMS) + 1)  # 2: every algorithm
+    tunes = [r for r in store.list_runs(engine=engine) if r.comparison_set_id is not None]
+    assert sorted(r.algorithm for r in tunes) == sorted(QUICKSTART_ALL_ALGORITHMS)
+    assert "grad-wmtp" in QUICKSTART_ALL_ALGORITHMS and {r.seed for r in tunes} == {0}
 
 
 async def test_declined_quickstart_queues_nothing_and_is_not_offered_to_a_used_studio(
@@ -104,7 +114,7 @@ async def test_declined_quickstart_queues_nothing_and_is_not_offered_to_a_used_s
     app = _app(settings, offer_quickstart=True)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
-        app.screen.query_one(OptionList).highlighted = 2  # not now
+        app.screen.query_one(OptionList).highlighted = 3  # not now
         await pilot.press("enter")
         await settle(pilot)
         assert isinstance(app.screen, RunsScreen)

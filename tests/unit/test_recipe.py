@@ -172,6 +172,9 @@ def test_fsdp_with_chunked_ce_is_refused_by_name(tmp_path: Path) -> None:
     # each alone loads
     assert load_recipe(path, ["train.parallel=fsdp"], env={}).train.parallel == "fsdp"
     assert load_recipe(path, ["train.ce_chunk=128"], env={}).train.ce_chunk == 128
+    grad = BASE.replace("baseline-mtp}", "grad-wmtp, score: hidden}")
+    msg = error_of(write(tmp_path, grad, "g.yaml"), ("train.parallel=fsdp",))
+    assert "score: hidden does not work with train.parallel: fsdp" in msg, msg
 
 
 def test_ntp_always_trains_one_head(tmp_path: Path) -> None:

@@ -310,7 +310,7 @@ class Sandbox:
             "cpu_s": limits.cpu_s or math.ceil(limits.timeout_s) + 1,
             "tmpfs_mb": max(4 * limits.max_file_mb, 64),
         }
-        watch = _Watch(plan, limits, nonce, test_timeout_s)
+        watch = _SandboxWatch(plan, limits, nonce, test_timeout_s)
         try:
             return watch.run(self._submit, json.dumps(config).encode(), self.tier)
         finally:
@@ -318,7 +318,7 @@ class Sandbox:
                 shutil.rmtree(holder, ignore_errors=True)
 
 
-class _Watch:
+class _SandboxWatch:
     """The harness's view of one run: reads its streams and reports, enforces limits, decides the verdict."""
 
     def __init__(self, plan: Plan, limits: Limits, nonce: str, test_timeout_s: float | None) -> None:

@@ -41,6 +41,9 @@ class TrainerState(BaseModel):
     """The metrics.jsonl `seq` the resumed stream continues from."""
     metrics_offset: int = 0
     """metrics.jsonl's length in bytes at the checkpoint: a resume cuts the file back to it."""
+    score_ema: list[tuple[float, float] | None] | None = None
+    """grad-wmtp: per head, the running (EMA) mean and variance of the gradient-norm score (null: no valid entry
+    yet), exact float64 values (JSON keeps every digit); None for the other algorithms (then not written)."""
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -48,8 +51,10 @@ def checkpoints_dir(run_dir: Path) -> Path:
 
 
 def write_trainer_state(checkpoint: Path, state: TrainerState) -> None:
-    """`checkpoint/trainer_state.json` (indented, sorted keys: the format every version has written)."""
-    (checkpoint / TRAINER_STATE).write_text(json.dumps(state.model_dump(), indent=2, sort_keys=True))
+    """`checkpoint/trainer_state.json` (indented, sorted keys: the format every version has written; an unset
+    optional field is left out, so a state without one is written as before it existed)."""
+    data = state.model_dump(exclude_none=True)
+    (checkpoint / TRAINER_STATE).write_text(json.dumps(data, indent=2, sort_keys=True))
 
 
 def read_trainer_state(checkpoint: Path) -> TrainerState:

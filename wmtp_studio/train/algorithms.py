@@ -7,13 +7,14 @@ and the loss in loss.py. Diagnostics specific to an algorithm are accumulated in
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from wmtp_studio.recipe import BaselineMTPConfig, CriticConfig, NTPConfig, Recipe, Rho1Config
+from wmtp_studio.recipe import BaselineMTPConfig, CriticConfig, GradConfig, NTPConfig, Recipe, Rho1Config
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_ce, head_mask, head_targets
@@ -21,8 +22,12 @@ from wmtp_studio.train.model import MTPModel, TrunkOutput, ValueHead
 from wmtp_studio.train.reference import reference_ce
 from wmtp_studio.train.weights import (
     critic_weights,
+    ema_update,
     excess_loss,
+    grad_scores,
+    grad_weights,
     rho1_weights,
+    score_sums,
     select_rescale,
     select_scale,
     select_top,
@@ -79,10 +84,12 @@ def algorithm_hooks(
     *,
     value_rows: ValueRows | None = None,
     selection: Rho1Selection | None = None,
+    scores: GradScores | None = None,
 ) -> tuple[WeightFn, ExtraLossFn | None]:
     """Weights function and extra loss of one micro-batch; `value_scale` divides the value loss (processes x accum).
 
     `value_rows`: critic rows seen by the value loss only. `selection`: rho1 select chosen over the whole step.
+    `scores`: grad-wmtp's running statistics and step sums (`grad_step_scores`).
     """
     algo = recipe.algorithm
     match algo:
@@ -100,6 +107,9 @@ def algorithm_hooks(
                 assert reference is not None, "live rho1 needs the reference model"
                 ref_ce = reference_ce(reference, batch.input_ids, batch.segment_ids, recipe.train.ce_chunk)
             return _rho1_weights_fn(algo, ref_ce, diag, selection), None
+        case GradConfig():
+            assert scores is not None, "grad-wmtp needs the step's running statistics"
+            return scores.weights_for, None
     raise AssertionError(f"unhandled algorithm {algo}")
 
 
@@ -277,3 +287,78 @@ def _rho1_weights_fn(
         return w
 
     return weights_for
+
+
+@dataclass
+class GradScores:
+    """grad-wmtp over one optimiser step (formulas: weights.py): the running statistics its weights use (those of
+    the steps before it) and the sums of its own valid scores, for the EMA update once the step is done."""
+
+    algo: GradConfig
+    # per head the running (mean, variance) before this step; None: no history yet
+    ema: list[tuple[float, float] | None]
+    stats: Tensor  # (n, 2) per head (mu, sigma) on the device; (0, 0) without history: z = 0
+    sums: Tensor  # (n, 3) per head (N, sum s, sum s^2) of this step's valid scores, this process
+    w_out: Tensor | None  # (V, D) unembedding weight, for score: hidden
+
+    def score_for(self, _k: int, logits: Tensor, targets: Tensor) -> Tensor:
+        return grad_scores(logits, targets, self.w_out)
+
+    def weights_for(self, k: int, score: Tensor, m: Tensor) -> Tensor:
+        self.sums[k] += score_sums(score, m)
+        a = self.algo
+        return grad_weights(
+            score,
+            m,
+            self.stats[k, 0],
+            self.stats[k, 1],
+            beta=a.beta,
+            w_min=a.w_min,
+            w_max=a.w_max,
+            norm=a.norm,
+            mean_one=a.mean_one,
+        )
+
+    def updated(self, step_sums: list[float]) -> list[tuple[float, float] | None]:
+        """The running statistics after this step; `step_sums`: `sums` flattened and summed over processes."""
+        rows = [tuple(step_sums[3 * k : 3 * k + 3]) for k in range(len(self.ema))]
+        return [
+            ema_update(e, (r[0], r[1], r[2]), self.algo.momentum) for e, r in zip(self.ema, rows, strict=True)
+        ]
+
+
+@torch.no_grad()
+def grad_step_scores(
+    recipe: Recipe,
+    model: MTPModel,
+    micro: list[Batch],
+    ema: list[tuple[float, float] | None] | None,
+    reduce: Callable[[Tensor], list[float]],
+    device: torch.device,
+) -> GradScores | None:
+    """grad-wmtp's state for one step (None for the other algorithms). `ema`: the running statistics so far, None
+    before the first step: then the step's own statistics, summed over its micro-batches and (`reduce`) processes
+    in a pass without gradients, initialise them (weights.py)."""
+    algo = recipe.algorithm
+    if not isinstance(algo, GradConfig):
+        return None
+    n = recipe.n_heads
+    w_out = model.hf.get_output_embeddings().weight if algo.score == "hidden" else None
+    scores = GradScores(
+        algo, [None] * n, torch.zeros(n, 2), torch.zeros(n, 3, dtype=torch.float64, device=device), w_out
+    )
+    if ema is None:
+        for cpu_batch in micro:
+            b = cpu_batch.to(device)
+            trunk = model.trunk(b.input_ids, b.segment_ids)
+            for k in range(n):
+                targets = head_targets(b.input_ids, k)
+                score = scores.score_for(k, model.head_logits(k, trunk), targets)
+                scores.sums[k] += score_sums(score, head_mask(b.token_mask, b.segment_ids, k))
+        ema = scores.updated(reduce(scores.sums.flatten()))
+        scores.sums.zero_()
+    scores.ema = list(ema)
+    scores.stats = torch.tensor(
+        [(e[0], math.sqrt(e[1])) if e is not None else (0.0, 0.0) for e in ema], device=device
+    )
+    return scores

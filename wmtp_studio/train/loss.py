@@ -90,6 +90,41 @@ def head_ce(
     return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
+def scored_head_ce(
+    model: MTPModel,
+    k: int,
+    trunk: TrunkOutput,
+    hidden: Tensor | None,
+    targets: Tensor,
+    score_for: ScoreFn,
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """`head_ce` plus `score_for`'s (B, S) score of every entry, taken from the logits the CE computes. With
+    `chunk`, the logits of each chunk are computed once more without gradient for the score (`LinearCE` keeps
+    none): one more unembedding matmul per head, the price of never holding (B, S, V)."""
+    h = model.head_hidden(k, trunk, hidden)  # (B, S, D)
+    if not chunk or chunk >= h.shape[1]:
+        logits = model.unembed(h)  # (B, S, V)
+        hits = logits.detach().argmax(-1) == targets
+        return token_ce(logits, targets), hits, score_for(k, logits.detach(), targets)
+    out = model.hf.get_output_embeddings()
+    if not isinstance(out, nn.Linear):
+        raise StudioError(
+            f"train.ce_chunk needs a linear output embedding, this model has {type(out).__name__}"
+        )
+    ces: list[Tensor] = []
+    hit_parts: list[Tensor] = []
+    scores: list[Tensor] = []
+    for i in range(0, h.shape[1], chunk):
+        part, t = h[:, i : i + chunk], targets[:, i : i + chunk]
+        ce, hit = LinearCE.apply(part, out.weight, out.bias, t)
+        with torch.no_grad():
+            scores.append(score_for(k, out(part.detach()), t))  # (B, c)
+        ces.append(ce)
+        hit_parts.append(hit)
+    return torch.cat(ces, dim=1), torch.cat(hit_parts, dim=1), torch.cat(scores, dim=1)
+
+
 def weighted_mtp_loss(
     logits: Tensor,
     input_ids: Tensor,
@@ -120,6 +155,8 @@ def weighted_mtp_loss(
 WeightFn = Callable[[int, Tensor, Tensor], Tensor]
 # extra_loss(trunk hidden (B, S, D)) -> scalar added to the loss (critic value loss)
 ExtraLossFn = Callable[[Tensor], Tensor]
+# score_for(k, logits (B, c, V) detached, targets (B, c)) -> (B, c): what weights_for gets instead of the CE
+ScoreFn = Callable[[int, Tensor, Tensor], Tensor]
 
 
 # Per-head statistics kept as one (n, len(STAT_FIELDS)) device tensor and read once, when a step is logged.
@@ -191,6 +228,7 @@ def forward_backward(
     denominators: Sequence[float],
     *,
     extra_loss: ExtraLossFn | None = None,
+    score_for: ScoreFn | None = None,
     naive: bool = False,
     backward: bool = True,
     detail: bool = False,
@@ -203,6 +241,8 @@ def forward_backward(
     caller passes the step's per-head counts over every micro-batch and process as denominators, so that the
     terms (summed over micro-batches, gradients summed over processes) are the per-head mean of the whole step.
     `extra_loss` receives the detached trunk output (requires grad) and its result is added to the loss.
+    `score_for` scores each head's entries from its logits while they exist (grad-wmtp, `scored_head_ce`);
+    weights_for then gets that score in place of the CE.
     `detail` also records histograms, entropy and the weights themselves (on logging steps only). `ce_chunk`:
     see `head_ce`. A trunk without gradient (frozen, `train.freeze: trunk`) gets no backward of its own.
     """
@@ -213,9 +253,13 @@ def forward_backward(
     total: Tensor | None = None
     for k in range(model.n_heads):
         targets = head_targets(input_ids, k)
-        ce, hits = head_ce(model, k, trunk, h, targets, ce_chunk)  # (B, S): one head's logits at a time
+        if score_for is None:
+            ce, hits = head_ce(model, k, trunk, h, targets, ce_chunk)  # (B, S): one head's logits at a time
+            signal = ce.detach()
+        else:
+            ce, hits, signal = scored_head_ce(model, k, trunk, h, targets, score_for, ce_chunk)
         m = head_mask(token_mask, segment_ids, k)
-        w = weights_for(k, ce.detach(), m).detach()
+        w = weights_for(k, signal, m).detach()
         term = head_coefs[k] * (w * m * ce).sum() / max(1.0, denominators[k])
         rows.append(_head_stats(hits, m, ce.detach(), w, detail))
         if detail:

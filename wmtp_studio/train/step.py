@@ -18,7 +18,12 @@ from torch.distributed.tensor import DTensor
 
 from wmtp_studio.errors import StudioError
 from wmtp_studio.train import fsdp
-from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks, rho1_step_selection
+from wmtp_studio.train.algorithms import (
+    StepDiagnostics,
+    algorithm_hooks,
+    grad_step_scores,
+    rho1_step_selection,
+)
 from wmtp_studio.train.critic import ValueRows
 from wmtp_studio.train.data import Batch, collate, epoch_plan
 from wmtp_studio.train.loss import STAT_FIELDS, HeadStats, forward_backward, head_mask
@@ -123,6 +128,9 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
     heads: HeadStats | None = None
     with s.accel.autocast():  # rho1 select: the kept tokens are chosen over the whole step first
         selection = rho1_step_selection(s.recipe, s.model, micro, s.reference, s.world, s.accel.device)
+        scores = grad_step_scores(  # grad-wmtp: running score statistics (the first step's, computed first)
+            s.recipe, s.model, micro, state.score_ema, lambda v: _reduce(s, v), s.accel.device
+        )
     for i, cpu_batch in enumerate(micro):
         batch = cpu_batch.to(s.accel.device)
         with s.accel.autocast():
@@ -137,6 +145,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
                 value_scale=s.world * cfg.grad_accum,
                 value_rows=_value_rows(s, state.step * cfg.grad_accum + i),
                 selection=selection[i] if selection else None,
+                scores=scores,
             )
             stats = forward_backward(
                 s.model,
@@ -148,6 +157,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
                 s.recipe.head_coefficients,
                 denominators,
                 extra_loss=extra,
+                score_for=scores.score_for if scores else None,
                 naive=cfg.naive_loss,
                 detail=detail and i == 0,
                 ce_chunk=cfg.ce_chunk,
@@ -176,6 +186,12 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
         s.scheduler.step()
         state.step += 1
         state.nonfinite_streak = 0
+        if scores is not None:  # the step's scores join the running statistics, logged per head
+            state.score_ema = scores.updated(_reduce(s, scores.sums.flatten()))
+            for k, e in enumerate(state.score_ema):
+                if e is not None:
+                    diag.add(f"head{k}/score_mu", torch.tensor(e[0]))
+                    diag.add(f"head{k}/score_sigma", torch.tensor(math.sqrt(e[1])))
     else:
         state.nonfinite_streak += 1
         state.nonfinite_total += 1

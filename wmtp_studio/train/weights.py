@@ -4,10 +4,29 @@ Every function here runs under `torch.no_grad()`: weights never carry gradient. 
 S = sequence length. "Aligned to head k" means entry [b, t] belongs to head k's prediction at position t, whose
 target is token x_{t+k+1}. Every algorithm's weights are here: ntp and baseline-mtp `uniform_weights`, critic-wmtp
 `critic_weights` of `td_errors`, rho1-wmtp `rho1_weights` of `excess_loss` (and, for select, `select_rescale` or,
-chosen over a whole step, `select_top` and `select_scale`).
+chosen over a whole step, `select_top` and `select_scale`), grad-wmtp `grad_weights` of `grad_scores`, normalised
+by the running statistics of `ema_update`.
+
+grad-wmtp (gradient-norm importance; METHOD.md is silent, these are the choices). Head k's entry at t scores
+    s_{t,k} = ||softmax(z_{t,k}) - onehot(x_{t+k+1})||_2           (score: logit, the CE gradient w.r.t. the logits)
+    s_{t,k} = ||W_out^T (softmax(z_{t,k}) - onehot(x_{t+k+1}))||_2  (score: hidden, w.r.t. the unembedding's input)
+in closed form from the head's logits, detached, inside the per-head pass (no extra backward). Per head a running
+mean and variance across steps (EMA, momentum m) normalise it:
+    z = (s - mu_k) / sigma_k,   w = clip(exp(z / beta), w_min, w_max),   rescaled to mean 1 over valid entries.
+The weights of step t use the statistics of steps < t (known before the step, so no extra pass); after step t,
+with N, mean and (population) variance of the step's valid scores over every micro-batch and process:
+    mu_k <- m mu_k + (1 - m) mean,   sigma_k^2 <- m sigma_k^2 + (1 - m) var   (as BatchNorm's running statistics)
+Step 1 has no history: its statistics come from a pass without gradients over the step first, and they are
+the EMA's initial value (mu_k = mean, sigma_k^2 = var). Reducing sums over the whole step makes the EMA, and so
+the clipped weights, independent of gradient accumulation and process count; the mean-1 rescale (`mean_one`) is
+over each micro-batch's valid entries, as critic-wmtp's (a step-wide one would need every micro-batch's weights
+before the first backward). A head with no valid entry in a step keeps its EMA; sigma_k ~ 0 gives z = 0 (w = 1
+before clipping), as `zscore` does. A skipped (non-finite) step leaves the EMA as it was.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor
@@ -212,3 +231,68 @@ def select_scale(valid: int, kept: int) -> float:
     """rho1 select over a whole step (`select_top` over every micro-batch and process): N / K, the weight of each
     kept entry, as in `select_rescale`; 0 when the head has no valid entry (then it keeps none)."""
     return valid / kept if valid else 0.0
+
+
+@torch.no_grad()
+def grad_scores(logits: Tensor, targets: Tensor, w_out: Tensor | None = None) -> Tensor:
+    """grad-wmtp score of one head: the L2 norm of d CE / d logits = softmax(z) - onehot(target), in closed form.
+
+    logits: (B, S, V); targets: (B, S) long. With `w_out` (V, D), the unembedding weight, the norm of the
+    gradient w.r.t. the unembedding's input instead: ||W_out^T (softmax(z) - onehot)||_2. Returns (B, S) float32.
+    """
+    g = torch.softmax(logits.float(), dim=-1)  # (B, S, V); becomes the gradient in place
+    g.scatter_add_(-1, targets.unsqueeze(-1), torch.full_like(g[..., :1], -1.0))
+    if w_out is not None:
+        g = (g.to(w_out.dtype) @ w_out).float()  # (B, S, D)
+    return torch.linalg.vector_norm(g, dim=-1)
+
+
+@torch.no_grad()
+def score_sums(score: Tensor, mask: Tensor) -> Tensor:
+    """(N, sum s, sum s^2) over the valid entries of one head: what `ema_update` needs, summable over
+    micro-batches and processes. score, mask: (B, S). Returns (3,) float64: the variance sum s^2 / N - mean^2
+    cancels (scores start near 1 with a spread of ~1e-4), which float32 sums would drown in rounding."""
+    s = torch.where(mask, score.double(), torch.zeros_like(score, dtype=torch.float64))
+    return torch.stack([mask.double().sum(), s.sum(), (s * s).sum()])
+
+
+def ema_update(
+    ema: tuple[float, float] | None, sums: tuple[float, float, float], momentum: float
+) -> tuple[float, float] | None:
+    """One head's running (mean, variance) after a step whose valid scores sum to `sums` = (N, sum s, sum s^2).
+
+    None (no history): the step's own mean and population variance. A step without valid entries, or with
+    non-finite sums, leaves it as it was. Python floats (float64), so a checkpoint stores it exactly.
+    """
+    n, total, total_sq = sums
+    if n <= 0 or not all(map(math.isfinite, sums)):
+        return ema
+    mean = total / n
+    var = max(0.0, total_sq / n - mean * mean)
+    if ema is None:
+        return mean, var
+    return momentum * ema[0] + (1 - momentum) * mean, momentum * ema[1] + (1 - momentum) * var
+
+
+@torch.no_grad()
+def grad_weights(
+    score: Tensor,
+    mask: Tensor,
+    mu: Tensor,
+    sigma: Tensor,
+    *,
+    beta: float = 1.0,
+    w_min: float = 0.1,
+    w_max: float = 5.0,
+    norm: str = "zscore",
+    mean_one: bool = True,
+) -> Tensor:
+    """grad-wmtp weights for one head: w = clip(exp(z / beta), w_min, w_max), z = (s - mu) / sigma, mean 1.
+
+    score: (B, S) s_{t,k} (`grad_scores`); mask: (B, S) bool; mu, sigma: 0-d tensors, the head's running
+    statistics (no host sync). `norm: none` uses z = s. Returns (B, S) float32, 0 where mask is false.
+    """
+    s = score.float()
+    if norm == "zscore":
+        s = torch.where(sigma > 1e-8, (s - mu) / sigma.clamp(min=1e-8), torch.zeros_like(s))
+    return critic_weights(s, mask, beta=beta, w_min=w_min, w_max=w_max, norm="none", mean_one=mean_one)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import io
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -17,17 +18,20 @@ from typing import TYPE_CHECKING
 from textual import work
 from textual.app import App, SystemCommand
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import utcnow
 from wmtp_studio.settings import Settings
-from wmtp_studio.submit import QUICKSTART_DURATION
+from wmtp_studio.submit import QUICKSTART_ALGORITHMS, QUICKSTART_ALL_ALGORITHMS, QUICKSTART_DURATION
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
+from wmtp_studio.tui.intents import OpenComparison, OpenRun
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.pickers import ChoiceModal
+from wmtp_studio.tui.polling import Poll
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
 from wmtp_studio.tui.screenshot import default_filename, screenshot_svg, svg_to_png
@@ -44,6 +48,11 @@ QUICKSTART_QUESTION = (
 QUICKSTART_CHOICES = (
     ("1", "Fast: 1 seed"),
     ("3", "Thorough: 3 seeds, seed noise measured (about 3x as long)"),
+    (
+        "all",
+        f"Every algorithm: 1 seed, {len(QUICKSTART_ALL_ALGORITHMS)} fine-tunes, adding "
+        + ", ".join(a for a in QUICKSTART_ALL_ALGORITHMS if a not in QUICKSTART_ALGORITHMS),
+    ),
     ("no", "Not now"),
 )
 MODES = (
@@ -55,6 +64,19 @@ MODES = (
 
 
 SCREENS = Binding.Group("Screens", compact=True)
+
+
+@dataclass
+class SetsFinished(Message, bubble=False):
+    """The answers of the comparison sets that finished since the last look (a newer look takes them over)."""
+
+    summaries: list[str]
+
+    def can_replace(self, message: Message) -> bool:
+        if not isinstance(message, SetsFinished):
+            return False
+        message.summaries[:0] = self.summaries
+        return True
 
 
 class QuickstartOffer(ChoiceModal):
@@ -94,7 +116,6 @@ class StudioApp(App[None]):
         self.want_worker, self.offer_quickstart = embedded_worker, offer_quickstart
         self.embedded: EmbeddedWorker | None = None
         self._worker_lock, self._closing = threading.Lock(), False
-        self._sets_lock = threading.Lock()
         self._sets: SetWatcher | None = None  # made by the first look (imports the statistics)
         self.add_mode("runs", lambda: RunsScreen(ctx, clock=clock))
         self.add_mode("compare", self._compare_screen)
@@ -117,25 +138,31 @@ class StudioApp(App[None]):
     def on_mount(self) -> None:
         self.switch_mode("runs")
         self.start_up()
-        self.watch_sets()  # the sets finished already, noted before anything else can finish
-        self.set_interval(self.ctx.poll_s, self.watch_sets)
+        # The first look notes the sets finished already, before anything else can finish. A failed look is
+        # not reported here (PollFailed goes unhandled): the screens say that the store is unreachable.
+        self.sets_poll = Poll(self, self.ctx.poll_s, self.look_at_sets, group="sets-poll")
 
-    @work(thread=True, group="sets-poll")
-    def watch_sets(self) -> None:
+    def look_at_sets(self) -> Iterator[SetsFinished]:
         """Announce each comparison set that finishes while the dashboard is open, with its Δ and p."""
         from wmtp_studio.tui.compare_feed import SetWatcher  # cheap: the statistics load once a set finishes
 
-        if not self._sets_lock.acquire(blocking=False):
-            return  # the previous look is still reading
-        try:
-            self._sets = self._sets or SetWatcher(self.ctx.engine)
-            summaries = self._sets.finished()
-        except Exception:  # the store is unreachable: the screens say so
-            return
-        finally:
-            self._sets_lock.release()
-        for text in summaries:
-            self.call_from_thread(self.notify, f"{text}\nCompare (2) shows the table.", timeout=60)
+        self._sets = self._sets or SetWatcher(self.ctx.engine)
+        if summaries := self._sets.finished():
+            yield SetsFinished(summaries)
+
+    def on_sets_finished(self, finished: SetsFinished) -> None:
+        for text in finished.summaries:
+            self.notify(f"{text}\nCompare (2) shows the table.", timeout=60)
+
+    def on_open_run(self, message: OpenRun) -> None:
+        from wmtp_studio.tui.screens.run import RunScreen
+
+        self.push_screen(RunScreen(self.ctx, message.run_id))
+
+    def on_open_comparison(self, message: OpenComparison) -> None:
+        from wmtp_studio.tui.screens.compare import CompareScreen
+
+        self.push_screen(CompareScreen(self.ctx, message.run_ids, message.comparison_set_id))
 
     def get_system_commands(self, screen: Screen[object]) -> Iterable[SystemCommand]:
         for mode, label, help_text in MODES:
@@ -232,15 +259,19 @@ class StudioApp(App[None]):
         self.push_screen(QuickstartOffer(question), self._quickstart_answer)
 
     def _quickstart_answer(self, choice: str | None) -> None:
-        if choice is not None and choice.isdigit():
+        if choice == "all":
+            self.queue_quickstart(1, QUICKSTART_ALL_ALGORITHMS)
+        elif choice is not None and choice.isdigit():
             self.queue_quickstart(int(choice))
 
     @work(thread=True, group="quickstart")
-    def queue_quickstart(self, seeds: int = 1) -> None:
+    def queue_quickstart(self, seeds: int = 1, algorithms: tuple[str, ...] = QUICKSTART_ALGORITHMS) -> None:
         from wmtp_studio.submit import submit_quickstart, wake_workers
 
         try:
-            cset, runs = submit_quickstart(engine=self.ctx.engine, settings=self.ctx.settings, seeds=seeds)
+            cset, runs = submit_quickstart(
+                engine=self.ctx.engine, settings=self.ctx.settings, seeds=seeds, algorithms=algorithms
+            )
         except StudioError as exc:
             self.call_from_thread(self.push_screen, ErrorModal(str(exc), title="Quickstart not queued"))
             return

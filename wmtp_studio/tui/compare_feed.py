@@ -21,7 +21,7 @@ from wmtp_studio.tui.series import FeedBatch, MetricFeed, SeriesStore
 
 
 @dataclass
-class Snapshot:
+class CompareRead:
     """What one poll read: the runs (by id), their new metric rows and their evaluations."""
 
     runs: list[Run]
@@ -80,13 +80,13 @@ class CompareFeed:
             cset = store.get_comparison_set(engine=self.engine, comparison_set_id=self.set_id)
             self._set_name = cset.name if cset is not None else ""
 
-    def read(self) -> Snapshot:
+    def read(self) -> CompareRead:
         self._find_set()
         if self.set_id is not None:
             runs = store.list_runs(engine=self.engine, comparison_set_id=self.set_id, limit=1000)
         else:
             runs = [r for i in self.run_ids if (r := store.get_run(engine=self.engine, run_id=i)) is not None]
-        snap = Snapshot(sorted(runs, key=lambda r: r.id or 0), self.set_id, self._set_name or "")
+        snap = CompareRead(sorted(runs, key=lambda r: r.id or 0), self.set_id, self._set_name or "")
         for run in snap.runs:
             rid, finished = run.id or 0, run.status in FINISHED_STATUSES
             if not (finished and rid in self._settled):

@@ -18,7 +18,8 @@ from textual.containers import Horizontal, Vertical
 from textual.content import Content
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Static
-from textual.worker import Worker, WorkerState
+from textual.worker import Worker as ThreadWorker
+from textual.worker import WorkerState
 
 from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import ALGORITHMS
@@ -142,7 +143,7 @@ class ComparisonForm(ModalScreen[str | None]):
     def store(self, algorithms: list[str], seeds: list[int], priority: int) -> str:
         return self.submit(algorithms, seeds, priority)
 
-    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+    def on_worker_state_changed(self, event: ThreadWorker.StateChanged) -> None:
         """The form closes only once the set is stored; a refusal (or what the database said) stays in it."""
         worker = event.worker
         if worker.group != "queue-form":

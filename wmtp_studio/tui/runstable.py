@@ -27,7 +27,7 @@ from wmtp_studio.tui.runcells import (
     sort_value,
     status_text,
 )
-from wmtp_studio.tui.tablesync import Cell, Row
+from wmtp_studio.tui.tablesync import Row, ShownCell
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def arrange(
     return shown
 
 
-def run_cells(o: RunOverview, *, marked: bool, per_step: float | None) -> dict[str, Cell]:
+def run_cells(o: RunOverview, *, marked: bool, per_step: float | None) -> dict[str, ShownCell]:
     r = o.run
     eta = eta_seconds(r, per_step)
     return {
@@ -106,7 +106,7 @@ def run_cells(o: RunOverview, *, marked: bool, per_step: float | None) -> dict[s
     }
 
 
-def fit_columns(rows: Sequence[Mapping[str, Cell]], width: int) -> list[tuple[Column, int]]:
+def fit_columns(rows: Sequence[Mapping[str, ShownCell]], width: int) -> list[tuple[Column, int]]:
     """The columns to show in `width` terminal columns, each with its width, in display order."""
     need = {
         c.key: min(c.widest, max([cell_len(c.label), *(_len(row[c.key]) for row in rows)])) for c in COLUMNS
@@ -129,7 +129,7 @@ def fit_columns(rows: Sequence[Mapping[str, Cell]], width: int) -> list[tuple[Co
 
 
 def table_rows(
-    cells: Sequence[tuple[str, Mapping[str, Cell]]], columns: Sequence[tuple[Column, int]]
+    cells: Sequence[tuple[str, Mapping[str, ShownCell]]], columns: Sequence[tuple[Column, int]]
 ) -> list[Row]:
     """(key, cells) rows of the chosen columns, each cell cut to its column's width."""
     return [(key, [_cut(row[c.key], w) for c, w in columns]) for key, row in cells]
@@ -172,11 +172,11 @@ def header_row(value: str, count: int, columns: Sequence[tuple[Column, int]]) ->
     return (f"group:{value}", [label if c.key == "name" else Text("") for c, _ in columns])
 
 
-def _len(cell: Cell) -> int:
+def _len(cell: ShownCell) -> int:
     return cell.cell_len if isinstance(cell, Text) else cell_len(cell)
 
 
-def _cut(cell: Cell, width: int) -> Cell:
+def _cut(cell: ShownCell, width: int) -> ShownCell:
     if _len(cell) <= width:
         return cell
     text = cell.copy() if isinstance(cell, Text) else Text(cell)

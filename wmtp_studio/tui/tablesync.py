@@ -13,8 +13,9 @@ from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import DataTable
 
-Cell = str | Text
-Row = tuple[str, Sequence[Cell]]
+ShownCell = str | Text
+"""A cell as a DataTable shows it (the results tables' values are `export.Cell`)."""
+Row = tuple[str, Sequence[ShownCell]]
 """A row key and its cells in column order (strings are shown as plain text, never as markup)."""
 
 

@@ -5,13 +5,15 @@ latest comparison set, the latest finished one if any, and its answer (Δ and p 
 
 from __future__ import annotations
 
-import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
@@ -19,11 +21,12 @@ from textual_plotext import PlotextPlot
 
 from wmtp_studio import store
 from wmtp_studio.models import Evaluation, Run
-from wmtp_studio.tui.compare_feed import CompareFeed, Snapshot, chart_series, set_summary, set_title
+from wmtp_studio.tui.compare_feed import CompareFeed, CompareRead, chart_series, set_summary, set_title
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.export import ExportFormat, Series, Table, export_path, format_cell, render
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
+from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
 from wmtp_studio.tui.results import CompareTables, compare_tables
 from wmtp_studio.tui.series import SeriesStore
 from wmtp_studio.tui.widgets.charts import PALETTE
@@ -46,6 +49,44 @@ EXPORTS: tuple[tuple[ExportFormat, str], ...] = (
     ("png", "Chart of the selected metric as PNG"),
     ("svg", "Chart of the selected metric as SVG"),
 )
+
+
+@dataclass
+class ComparePolled(Message, bubble=False):
+    """One read of `feed`: its runs and evaluations, and their new metric rows since the read before."""
+
+    feed: CompareFeed
+    read: CompareRead
+
+    def can_replace(self, message: Message) -> bool:
+        """A newer read (`message`) replaces this one and takes over its new rows, in order; unless it reads
+        other runs (other runs picked, or the latest set is another one): then these rows are of no use."""
+        if not isinstance(message, ComparePolled):
+            return False
+        older, newer = self.read, message.read
+        if message.feed is self.feed and newer.set_id == older.set_id:
+            for rid, batches in older.batches.items():
+                newer.batches[rid] = [*batches, *newer.batches.get(rid, [])]
+        return True
+
+
+@dataclass
+class TablesComputed(Message, bubble=False):
+    """The results and config tables, and the set's answer (a newer computation replaces them)."""
+
+    tables: CompareTables
+    summary: str
+
+    can_replace = replaced_by_same_kind
+
+
+@dataclass
+class RunsToPick(Message, bubble=False):
+    """The stored runs, newest first, to pick from (`p`)."""
+
+    runs: list[Run]
+
+    can_replace = replaced_by_same_kind
 
 
 class CompareScreen(Screen[None]):
@@ -88,8 +129,6 @@ class CompareScreen(Screen[None]):
         self.set_name = ""
         self.drawn: list[tuple[str, str, tuple[int, int, int], str]] = []
         """What the chart shows: (run, metric, colour, marker) per drawn series."""
-        self._poll_lock = threading.Lock()  # one poll at a time: a feed's cursors must not be read twice
-        self._read_error = ""
         self._evaluation_ids: set[int | None] = set()
         self._fresh = True  # the next snapshot redraws everything (first one, or other runs picked)
         self._statuses: list[str] = []
@@ -111,30 +150,20 @@ class CompareScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self._update_title()
-        self.poll()
-        self.set_interval(self.ctx.poll_s, self.poll)
+        self.poll = Poll(self, self.ctx.poll_s, self.read, group="compare-poll")
 
-    # --- reading the store (thread workers) --------------------------------------------------------------------
+    # --- reading the store (in the poll's thread worker) -------------------------------------------------------
 
-    @work(thread=True, group="compare-poll")
-    def poll(self) -> None:
-        if not self._poll_lock.acquire(blocking=False):
-            return  # the previous poll is still reading
+    def read(self) -> Iterator[ComparePolled]:
         feed = self._feed
-        try:
-            snapshot = feed.read()
-        except Exception as exc:  # a worker is a process edge: report (once), keep polling
-            if str(exc) != self._read_error:
-                self._read_error = str(exc)
-                self.app.call_from_thread(self.notify, f"cannot read the store: {exc}", severity="error")
-            return
-        finally:
-            self._poll_lock.release()
-        self._read_error = ""
-        self.app.call_from_thread(self._apply, feed, snapshot)
+        yield ComparePolled(feed, feed.read())
 
-    def _apply(self, feed: CompareFeed, snap: Snapshot) -> None:
-        if feed is not self._feed:
+    def on_poll_failed(self, failed: PollFailed) -> None:
+        self.notify(f"cannot read the store: {failed.error}", severity="error")
+
+    def on_compare_polled(self, polled: ComparePolled) -> None:
+        snap = polled.read
+        if polled.feed is not self._feed:
             return  # read before other runs were picked
         if snap.set_id != self.set_id or snap.set_name != self.set_name:  # the latest set is another one now
             self.set_id, self.set_name, self.baseline, self._fresh = snap.set_id, snap.set_name, None, True
@@ -224,9 +253,10 @@ class CompareScreen(Screen[None]):
         tables = compare_tables(runs, evaluations, baseline, is_set=set_id is not None)
         summary = "" if set_id is None else set_summary(set_id, name, runs, tables)
         if not get_current_worker().is_cancelled:  # a newer computation (other baseline, new results) won
-            self.app.call_from_thread(self._show_tables, tables, summary)
+            self.post_message(TablesComputed(tables, summary))
 
-    def _show_tables(self, tables: CompareTables, summary: str = "") -> None:
+    def on_tables_computed(self, computed: TablesComputed) -> None:
+        tables, summary = computed.tables, computed.summary
         panel = self.query_one("#summary", Static)
         panel.update(summary)
         panel.set_class(not summary, "-empty")
@@ -287,9 +317,10 @@ class CompareScreen(Screen[None]):
 
     @work(thread=True, group="compare-pick")
     def action_pick(self) -> None:
-        runs = store.list_runs(engine=self.ctx.engine, limit=500)
-        selected = [r.id or 0 for r in self.runs]
-        self.app.call_from_thread(self.app.push_screen, PickRunsModal(runs, selected), self._picked)
+        self.post_message(RunsToPick(store.list_runs(engine=self.ctx.engine, limit=500)))
+
+    def on_runs_to_pick(self, listed: RunsToPick) -> None:
+        self.app.push_screen(PickRunsModal(listed.runs, [r.id or 0 for r in self.runs]), self._picked)
 
     def _picked(self, run_ids: list[int] | None) -> None:
         if run_ids is None:

@@ -9,28 +9,27 @@ own embedded worker is marked as such.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from rich.text import Text
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Label
-from textual.worker import Worker as ThreadWorker
 
 from wmtp_studio import store
-from wmtp_studio.errors import StudioError
-from wmtp_studio.models import FINISHED_STATUSES, Run, Worker, utcnow
+from wmtp_studio.models import Run, Worker, utcnow
+from wmtp_studio.tui import intents
 from wmtp_studio.tui.context import StudioContext
-from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
+from wmtp_studio.tui.intents import CANCEL_RETRY_KEYS, PRIORITY_KEYS, OpenRun
+from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
 from wmtp_studio.tui.runcells import duration, status_text
-from wmtp_studio.tui.screens.runs import PRIORITY
-from wmtp_studio.tui.tablesync import Cell, current_key, sync_rows
+from wmtp_studio.tui.tablesync import ShownCell, current_key, sync_rows
 
 QUEUE_COLUMNS = [
     (name, name)
@@ -43,12 +42,14 @@ WORKER_COLUMNS = [
 
 
 @dataclass
-class QueueState(Message):
-    """Fresh queue, workers and pause flag from the store (posted by the poll worker)."""
+class QueuePolled(Message, bubble=False):
+    """Fresh queue, workers and pause flag from the store (a whole snapshot: a newer one replaces it)."""
 
     runs: list[Run]
     workers: list[Worker]
     paused: bool
+
+    can_replace = replaced_by_same_kind
 
 
 def gpu_cells(stats: list[dict[str, Any]]) -> tuple[str, str]:
@@ -86,10 +87,8 @@ class QueueScreen(Screen[None]):
     """
     BINDINGS = [
         Binding("p", "toggle_pause", "Pause/resume"),
-        Binding("plus,equals_sign", "priority(1)", "Priority", key_display="+", group=PRIORITY),
-        Binding("minus", "priority(-1)", "Priority", key_display="-", group=PRIORITY),
-        Binding("x", "cancel_run", "Cancel"),
-        Binding("r", "retry_run", "Retry"),
+        *PRIORITY_KEYS,
+        *CANCEL_RETRY_KEYS,
     ]
 
     def __init__(
@@ -103,7 +102,6 @@ class QueueScreen(Screen[None]):
         self.ctx, self.embedded_pid, self.clock = ctx, embedded_pid, clock
         self.runs: dict[str, Run] = {}
         self.paused = False
-        self._reader: ThreadWorker[None] | None = None
         self.sub_title = "Queue and workers"
 
     def compose(self) -> ComposeResult:
@@ -115,25 +113,20 @@ class QueueScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one("#queue", DataTable).focus()
-        self.refresh_queue()
-        self.set_interval(self.ctx.poll_s, self.refresh_queue)
+        self.poll = Poll(self, self.ctx.poll_s, self.read_queue, group="queue-poll")
 
-    def refresh_queue(self) -> None:
-        """Read the store unless a read is still running: a slow database delays updates, never piles them up."""
-        if self._reader is None or self._reader.is_finished:
-            self._reader = self.read_queue()
-
-    @work(thread=True, group="queue-poll")
-    def read_queue(self) -> None:
+    def read_queue(self) -> Iterator[QueuePolled]:
         engine = self.ctx.engine
-        state = QueueState(
+        yield QueuePolled(
             store.queue_runs(engine=engine),
             store.list_workers(engine=engine),
             store.queue_paused(engine=engine),
         )
-        self.post_message(state)
 
-    def on_queue_state(self, state: QueueState) -> None:
+    def on_poll_failed(self, failed: PollFailed) -> None:
+        self.notify(f"cannot read the store: {failed.error}", severity="error")
+
+    def on_queue_polled(self, state: QueuePolled) -> None:
         now = self.clock()
         self.runs = {str(r.id): r for r in state.runs}
         self.paused = state.paused
@@ -152,7 +145,7 @@ class QueueScreen(Screen[None]):
         sync_rows(self.query_one("#workers", DataTable), WORKER_COLUMNS, workers)
 
     @staticmethod
-    def _run_cells(r: Run, now: datetime) -> list[Cell]:
+    def _run_cells(r: Run, now: datetime) -> list[ShownCell]:
         since = {"running": r.started_at, "failed": r.finished_at, "cancelled": r.finished_at}.get(
             r.status, r.created_at
         )
@@ -169,7 +162,7 @@ class QueueScreen(Screen[None]):
             "-" if since is None else duration((now - since).total_seconds()),
         ]
 
-    def _worker_cells(self, w: Worker, now: datetime) -> list[Cell]:
+    def _worker_cells(self, w: Worker, now: datetime) -> list[ShownCell]:
         memory, util = gpu_cells(w.gpu_stats)
         embedded = w.pid == self.embedded_pid()
         return [
@@ -191,51 +184,23 @@ class QueueScreen(Screen[None]):
         return None if key is None else self.runs.get(key)
 
     def action_toggle_pause(self) -> None:
-        paused = not self.paused
-        self.intent(lambda: store.set_flag(engine=self.ctx.engine, name="queue_paused", value=paused))
+        paused, engine = not self.paused, self.ctx.engine
+        intents.write(
+            self, lambda: store.set_flag(engine=engine, name="queue_paused", value=paused), then=self.poll
+        )
         self.notify("queue paused: running jobs go on, nothing new starts" if paused else "queue resumed")
 
     def action_priority(self, delta: int) -> None:
-        run = self.selected()
-        if run is not None and run.id is not None:
-            run_id, run.priority = run.id, run.priority + delta
-            value = run.priority
-            self.intent(lambda: store.set_priority(engine=self.ctx.engine, run_id=run_id, priority=value))
+        intents.priority(self, self.ctx.engine, self.selected(), delta, then=self.poll)
 
     def action_cancel_run(self) -> None:
-        run = self.selected()
-        if run is None or run.id is None:
-            return
-        if run.status in FINISHED_STATUSES:
-            self.notify(f"run {run.id} is already {run.status}", severity="warning")
-            return
-        run_id = run.id
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.intent(lambda: store.request_cancel(engine=self.ctx.engine, run_id=run_id))
-
-        self.app.push_screen(ConfirmModal(f"Cancel run {run_id} ({run.name}, {run.status})?"), answered)
+        intents.cancel_run(self, self.ctx.engine, self.selected(), then=self.poll)
 
     def action_retry_run(self) -> None:
-        run = self.selected()
-        if run is not None and run.id is not None:
-            run_id = run.id
-            self.intent(lambda: store.retry_run(engine=self.ctx.engine, run_id=run_id))
+        intents.retry_run(self, self.ctx.engine, self.selected(), then=self.poll)
 
     @on(DataTable.RowSelected, "#queue")
     def _opened(self, event: DataTable.RowSelected) -> None:
         run = self.selected()
         if run is not None and run.id is not None:
-            from wmtp_studio.tui.screens.run import RunScreen
-
-            self.app.push_screen(RunScreen(self.ctx, run.id))
-
-    @work(thread=True, group="queue-intent")
-    def intent(self, write: Callable[[], object]) -> None:
-        """Write one intent to the store, then refresh; a refused intent is shown in a modal."""
-        try:
-            write()
-        except StudioError as exc:
-            self.app.call_from_thread(self.app.push_screen, ErrorModal(str(exc), title="Not done"))
-        self.app.call_from_thread(self.refresh_queue)
+            self.post_message(OpenRun(run.id))

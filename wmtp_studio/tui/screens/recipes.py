@@ -14,6 +14,7 @@ from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Button, Footer, Header, Input, OptionList, Static
@@ -25,6 +26,7 @@ from wmtp_studio.recipe import Recipe, load_recipe_text
 from wmtp_studio.submit import submit_comparison, wake_workers
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
+from wmtp_studio.tui.polling import replaced_by_same_kind
 from wmtp_studio.tui.queue_form import ComparisonForm
 from wmtp_studio.tui.widgets.yaml_editor import YamlEditor
 
@@ -42,6 +44,27 @@ class Entry:
     text: str | None = None
     """The saved YAML (database entries); files are read when opened."""
     path: Path | None = None
+
+
+@dataclass
+class RecipesListed(Message, bubble=False):
+    """The recipes directory's files and the saved recipes (a newer listing replaces it)."""
+
+    folder: Path | None
+    files: list[Entry]
+    saved: list[Entry]
+
+    can_replace = replaced_by_same_kind
+
+
+@dataclass
+class EntryRead(Message, bubble=False):
+    """A recipe's text, read to be edited (a newer choice replaces it)."""
+
+    entry: Entry
+    text: str
+
+    can_replace = replaced_by_same_kind
 
 
 def list_options(folder: Path | None, files: list[Entry], saved: list[Entry]) -> list[Option]:
@@ -128,9 +151,10 @@ class RecipesScreen(Screen[None]):
             Entry(f"db:{r.name}", r.name, r.name, text=r.yaml_text)
             for r in store.list_saved_recipes(engine=self.ctx.engine)
         ]
-        self.app.call_from_thread(self._show_entries, folder, file_entries, saved)
+        self.post_message(RecipesListed(folder, file_entries, saved))
 
-    def _show_entries(self, folder: Path | None, files: list[Entry], saved: list[Entry]) -> None:
+    def on_recipes_listed(self, listed: RecipesListed) -> None:
+        folder, files, saved = listed.folder, listed.files, listed.saved
         self.entries = {e.key: e for e in [*files, *saved]}
         options = self.query_one("#recipe-list", OptionList)
         highlighted = options.highlighted
@@ -151,12 +175,12 @@ class RecipesScreen(Screen[None]):
         except (OSError, UnicodeDecodeError) as exc:  # a worker is a process edge: a bad file is a modal
             self.app.call_from_thread(self.app.push_screen, ErrorModal(f"cannot read {entry.path}: {exc}"))
             return
-        self.app.call_from_thread(self._show_entry, entry, text or "")
+        self.post_message(EntryRead(entry, text or ""))
 
-    def _show_entry(self, entry: Entry, text: str) -> None:
-        self.current = entry
-        self.query_one("#recipe-name", Input).value = entry.name
-        self.query_one("#editor", YamlEditor).load_text(text)
+    def on_entry_read(self, read: EntryRead) -> None:
+        self.current = read.entry
+        self.query_one("#recipe-name", Input).value = read.entry.name
+        self.query_one("#editor", YamlEditor).load_text(read.text)
         self.validate()
 
     # --- live validation --------------------------------------------------------------------------------------
@@ -218,7 +242,9 @@ class RecipesScreen(Screen[None]):
         if recipe is None:
             self.app.push_screen(ErrorModal(self.error, title="Cannot queue this recipe"))
             return
-        checked = [a for a in ("ntp", "baseline-mtp", "critic-wmtp") if a != recipe.algorithm.name]
+        checked = [
+            a for a in ("ntp", "baseline-mtp", "critic-wmtp", "grad-wmtp") if a != recipe.algorithm.name
+        ]
         form = ComparisonForm(
             recipe.name,
             recipe.algorithm.name,

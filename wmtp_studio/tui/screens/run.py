@@ -1,32 +1,34 @@
 """One run, live: curves, weight histograms, pass@k, the top-weighted tokens, the log and the frozen recipe.
 
-A thread worker polls the store every `ctx.poll_s` with cursors (`MetricFeed`, `TextTail`) and hands what it read
-to the UI thread; redraws are coalesced and only the visible tab is drawn (the others when they are shown).
+The store is polled every `ctx.poll_s` with cursors (`MetricFeed`, `TextTail`; tui/polling.py); redraws are
+coalesced and only the visible tab is drawn (the others when they are shown).
 """
 
 from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from rich.text import Text
-from sqlalchemy.exc import SQLAlchemyError
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import ScrollableContainer, VerticalScroll
+from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Label, Log, Static, TabbedContent, TabPane
-from textual.worker import Worker, get_current_worker
 
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import ComparisonSet, Evaluation, Run
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
+from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
 from wmtp_studio.tui.series import FeedBatch, MetricFeed, RunData, TextTail
 from wmtp_studio.tui.widgets.charts import CurvesPanel, RunProgress
 from wmtp_studio.tui.widgets.evaluations import EvaluationTable
@@ -36,24 +38,47 @@ from wmtp_studio.tui.widgets.tokens import TokensPanel
 from wmtp_studio.tui.widgets.weights import WeightsPanel, informative_head
 
 CHARTED = re.compile(
-    r"train/(loss|lr|grad_norm|value_loss|head\d+/(ce|w_entropy|w_std|selected_fraction))|val/.+|stage1/.+"
+    r"train/(loss|lr|grad_norm|value_loss|head\d+/(ce|w_entropy|w_std|selected_fraction|score_mu|score_sigma))|val/.+|stage1/.+"
 )
 """The metrics the panels draw; the others are not kept in memory."""
 TABS_OF = {"points": {"curves", "weights"}, "hist": {"weights"}, "tokens": {"tokens"}}
 """Which tabs draw what changed."""
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """What one poll read, handed to the UI thread."""
+@dataclass
+class RunPolled(Message, bubble=False):
+    """What one read found: the run and its evaluations, and the increments since the read before: new metric rows
+    and log lines."""
 
     run: Run
-    batch: FeedBatch
+    batches: list[FeedBatch]
     evaluations: list[Evaluation]
     log_reset: bool
+    """The log file was replaced: clear what is shown before adding `log_lines`."""
     log_lines: list[str]
     log_found: bool
     comparison_set: ComparisonSet | None
+    """Read once, with the run's first read."""
+
+    def can_replace(self, message: Message) -> bool:
+        """A newer read (`message`) replaces this one and takes over its increments, in order."""
+        if not isinstance(message, RunPolled):
+            return False
+        message.batches[:0] = self.batches
+        if not message.log_reset:  # after a reset, the lines read before it are gone
+            message.log_reset, message.log_lines[:0] = self.log_reset, self.log_lines
+        message.comparison_set = message.comparison_set or self.comparison_set
+        return True
+
+
+@dataclass
+class SamplesLoaded(Message, bubble=False):
+    """The highlighted evaluation's samples (a newer choice replaces it)."""
+
+    caption: str
+    samples: list[dict[str, Any]]
+
+    can_replace = replaced_by_same_kind
 
 
 class RunScreen(Screen[None]):
@@ -99,9 +124,6 @@ class RunScreen(Screen[None]):
         self._log_tail: TextTail | None = None
         self._last_draw = 0.0
         self._draw_timer: Timer | None = None
-        self._poll_timer: Timer | None = None
-        self._reader: Worker[None] | None = None
-        self._failing = False
 
     def compose(self) -> ComposeResult:
         yield Static(f"run {self.run_id}: loading...", id="run-header", markup=False)
@@ -125,62 +147,44 @@ class RunScreen(Screen[None]):
         yield Footer()
 
     def on_mount(self) -> None:
-        self._poll_timer = self.set_interval(self.ctx.poll_s, self.poll)
-        self.poll()
+        self.poll = Poll(self, self.ctx.poll_s, self.read, group="run-poll")
 
-    # --- reading (thread worker) ----------------------------------------------------------------------------
+    # --- reading (in the poll's thread worker) -----------------------------------------------------------------
 
-    def poll(self) -> None:
-        """Read what is new, unless the previous read is still going."""
-        if self._reader is None or self._reader.is_finished:
-            self._reader = self._read()
+    def read(self) -> Iterator[RunPolled]:
+        """What is new; a long run's first read comes in pages, one message each."""
+        run = store.get_run(engine=self.ctx.engine, run_id=self.run_id)
+        if run is None:
+            raise StudioError(f"no run with id {self.run_id}")
+        cset = None
+        if self.run is None and run.comparison_set_id is not None:
+            cset = store.get_comparison_set(engine=self.ctx.engine, comparison_set_id=run.comparison_set_id)
+        if self._log_tail is None:
+            self._log_tail = TextTail(Path(run.run_dir) / "train.log")
+        more = True
+        while more:
+            batch = self.feed.fetch()
+            more = batch.more
+            evaluations = store.list_evaluations(engine=self.ctx.engine, run_id=self.run_id)
+            reset, lines = self._log_tail.read()
+            yield RunPolled(run, [batch], evaluations, reset, lines, self._log_tail.found, cset)
 
-    @work(thread=True, group="run-poll", exit_on_error=False)
-    def _read(self) -> None:
-        worker = get_current_worker()
-        try:
-            run = store.get_run(engine=self.ctx.engine, run_id=self.run_id)
-            if run is None:
-                raise StudioError(f"no run with id {self.run_id}")
-            cset = None
-            if self.run is None and run.comparison_set_id is not None:
-                cset = store.get_comparison_set(
-                    engine=self.ctx.engine, comparison_set_id=run.comparison_set_id
-                )
-            if self._log_tail is None:
-                self._log_tail = TextTail(Path(run.run_dir) / "train.log")
-            more = True
-            while more and not worker.is_cancelled:
-                batch = self.feed.fetch()
-                more = batch.more
-                evaluations = store.list_evaluations(engine=self.ctx.engine, run_id=self.run_id)
-                reset, lines = self._log_tail.read()
-                snap = Snapshot(run, batch, evaluations, reset, lines, self._log_tail.found, cset)
-                self.app.call_from_thread(self._apply, snap)
-        except (StudioError, SQLAlchemyError, OSError) as exc:
-            if not worker.is_cancelled:
-                self.app.call_from_thread(self._failed, exc)
-
-    def _failed(self, exc: Exception) -> None:
+    def on_poll_failed(self, failed: PollFailed) -> None:
         if self.run is None:  # nothing to show: say why, stop polling and go back once the modal is closed
-            if self._poll_timer is not None:
-                self._poll_timer.stop()
-            modal = ErrorModal(str(exc), title=f"Cannot show run {self.run_id}")
+            self.poll.stop()
+            modal = ErrorModal(str(failed.error), title=f"Cannot show run {self.run_id}")
             self.app.push_screen(modal, callback=lambda _: self.action_back())
-        elif not self._failing:  # keep what is shown; the next polls try again (one warning until one works)
-            self.notify(f"could not refresh run {self.run_id}: {exc}", severity="warning")
-        self._failing = True
+        else:  # keep what is shown; the next polls try again (one warning until one works)
+            self.notify(f"could not refresh run {self.run_id}: {failed.error}", severity="warning")
 
     # --- applying (UI thread) -------------------------------------------------------------------------------
 
-    def _apply(self, snap: Snapshot) -> None:
-        if not self.is_attached:  # closed while the read was under way
-            return
-        first, self._failing = self.run is None, False
+    def on_run_polled(self, snap: RunPolled) -> None:
+        first = self.run is None
         self.run = snap.run
-        changed = self.data.apply(snap.batch)
-        for what in changed:
-            self.stale |= TABS_OF.get(what, set())
+        for batch in snap.batches:
+            for what in self.data.apply(batch):
+                self.stale |= TABS_OF.get(what, set())
         self._show_header(snap.run)
         self.query_one("#no-evaluations").display = not snap.evaluations
         self.query_one(EvaluationTable).show(snap.evaluations)
@@ -206,7 +210,7 @@ class RunScreen(Screen[None]):
         label = f"loss {last[1]:.4f}" if last else ""
         self.query_one(RunProgress).show(run.last_step, run.total_steps, loss, label)
 
-    def _show_log(self, snap: Snapshot) -> None:
+    def _show_log(self, snap: RunPolled) -> None:
         log, path = self.query_one(Log), Path(snap.run.run_dir) / "train.log"
         caption = str(path)
         if not snap.log_found and snap.run.error_tail:  # the log is on another host: show what was stored
@@ -264,17 +268,18 @@ class RunScreen(Screen[None]):
         caption = f"{evaluation.benchmark} (k={evaluation.k})"
         path = find_samples(evaluation.protocol, run_dir, evaluation.benchmark)
         if path is None:
-            self.app.call_from_thread(
-                self.query_one(SamplesView).show, f"{caption}: no samples file found", []
-            )
+            self.post_message(SamplesLoaded(f"{caption}: no samples file found", []))
             return
         try:
             samples = read_samples(path)
         except (OSError, ValueError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON lines"
-            self.app.call_from_thread(self.query_one(SamplesView).show, f"{caption}: {path}: {reason}", [])
+            self.post_message(SamplesLoaded(f"{caption}: {path}: {reason}", []))
             return
-        self.app.call_from_thread(self.query_one(SamplesView).show, f"{caption}, {path}", samples)
+        self.post_message(SamplesLoaded(f"{caption}, {path}", samples))
+
+    def on_samples_loaded(self, loaded: SamplesLoaded) -> None:
+        self.query_one(SamplesView).show(loaded.caption, loaded.samples)
 
     # --- actions --------------------------------------------------------------------------------------------
 

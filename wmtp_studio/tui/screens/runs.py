@@ -1,30 +1,29 @@
 """The runs screen: every run, live, with filter, sort and grouping; opens runs and comparisons.
 
-The store is read in a thread worker every `ctx.poll_s` (`runs_overview`: one query); only cells that changed are
-written to the table, and the rows are rebuilt only when their order changes. Intents (cancel, retry, priority)
-go through store.py, also from thread workers.
+The store is read every `ctx.poll_s` (`runs_overview`: one query; tui/polling.py); only cells that changed are
+written to the table, and the rows are rebuilt only when their order changes. Intents: tui/intents.py.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from textual import on, work
+from textual import on
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
-from textual.worker import Worker
 
 from wmtp_studio import store
-from wmtp_studio.errors import StudioError
-from wmtp_studio.models import FINISHED_STATUSES, utcnow
+from wmtp_studio.models import Run, utcnow
 from wmtp_studio.store import RunOverview
+from wmtp_studio.tui import intents
 from wmtp_studio.tui.context import StudioContext
-from wmtp_studio.tui.modals import ConfirmModal, ErrorModal
+from wmtp_studio.tui.intents import CANCEL_RETRY_KEYS, PRIORITY_KEYS, OpenComparison, OpenRun
+from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
 from wmtp_studio.tui.runcells import failure_reason, group_of, set_progress
 from wmtp_studio.tui.runstable import (
     COLUMNS,
@@ -41,16 +40,17 @@ from wmtp_studio.tui.tablesync import current_key, sync_rows
 
 SORTABLE = tuple(c.key for c in COLUMNS)
 GROUPS: tuple[str | None, ...] = (None, "set", "algorithm", "status")
-PRIORITY = Binding.Group("Priority", compact=True)
 
 
 @dataclass
-class RunsPolled(Message):
-    """Fresh rows from the store (posted by the poll worker; dropped if the screen is gone by then)."""
+class RunsPolled(Message, bubble=False):
+    """Fresh rows from the store (a whole snapshot: a newer one replaces it)."""
 
     rows: list[RunOverview]
     per_step: dict[int, float]
     """Recent wall seconds per step of the running runs that report their timing."""
+
+    can_replace = replaced_by_same_kind
 
 
 class RunsScreen(Screen[None]):
@@ -65,10 +65,8 @@ class RunsScreen(Screen[None]):
         Binding("enter", "open_run", "Open", priority=True),  # shown in the footer over the table's own
         Binding("space", "mark", "Mark"),
         Binding("c", "compare", "Compare"),
-        Binding("x", "cancel_run", "Cancel"),
-        Binding("r", "retry_run", "Retry"),
-        Binding("plus,equals_sign", "priority(1)", "Priority", key_display="+", group=PRIORITY),
-        Binding("minus", "priority(-1)", "Priority", key_display="-", group=PRIORITY),
+        *CANCEL_RETRY_KEYS,
+        *PRIORITY_KEYS,
         Binding("s", "cycle_sort", "Sort"),
         Binding("S", "reverse_sort", "Reverse sort", key_display="S"),
         Binding("g", "cycle_group", "Group"),
@@ -84,7 +82,6 @@ class RunsScreen(Screen[None]):
         self.overviews: dict[str, RunOverview] = {}
         self.per_step: dict[int, float] = {}
         self.marked: set[int] = set()
-        self._reader: Worker[None] | None = None
         self.sort_column, self.reverse = "id", True
         self.group: str | None = None
         self.progress: str | None = None
@@ -100,20 +97,16 @@ class RunsScreen(Screen[None]):
     def on_mount(self) -> None:
         self._redraw()
         self.query_one("#runs", DataTable).focus()
-        self.refresh_runs()
-        self.set_interval(self.ctx.poll_s, self.refresh_runs)
-
-    def refresh_runs(self) -> None:
-        """Read the store unless a read is still running: a slow database delays updates, never piles them up."""
-        if self._reader is None or self._reader.is_finished:
-            self._reader = self.read_runs()
+        self.poll = Poll(self, self.ctx.poll_s, self.read_runs, group="runs-poll")
 
     # --- reading and showing -------------------------------------------------------------------------------
 
-    @work(thread=True, group="runs-poll")
-    def read_runs(self) -> None:
+    def read_runs(self) -> Iterator[RunsPolled]:
         rows = store.runs_overview(engine=self.ctx.engine, limit=self.limit)
-        self.post_message(RunsPolled(rows, read_rates(self.ctx.engine, rows)))
+        yield RunsPolled(rows, read_rates(self.ctx.engine, rows))
+
+    def on_poll_failed(self, failed: PollFailed) -> None:
+        self.notify(f"cannot read the store: {failed.error}", severity="error")
 
     def on_runs_polled(self, message: RunsPolled) -> None:
         self.overviews = {str(o.run.id): o for o in message.rows}
@@ -214,6 +207,10 @@ class RunsScreen(Screen[None]):
         key = current_key(self.query_one("#runs", DataTable))
         return None if key is None else self.overviews.get(key)
 
+    def selected_run(self) -> Run | None:
+        o = self.selected()
+        return None if o is None else o.run
+
     @on(DataTable.RowSelected, "#runs")
     def _row_clicked(self) -> None:
         self.action_open_run()
@@ -224,9 +221,7 @@ class RunsScreen(Screen[None]):
             return
         o = self.selected()
         if o is not None and o.run.id is not None:
-            from wmtp_studio.tui.screens.run import RunScreen
-
-            self.app.push_screen(RunScreen(self.ctx, o.run.id))
+            self.post_message(OpenRun(o.run.id))
 
     def action_mark(self) -> None:
         o = self.selected()
@@ -235,50 +230,20 @@ class RunsScreen(Screen[None]):
             self._redraw()
 
     def action_compare(self) -> None:
-        from wmtp_studio.tui.screens.compare import CompareScreen
-
         o = self.selected()
         if self.marked:
-            self.app.push_screen(CompareScreen(self.ctx, run_ids=sorted(self.marked)))
+            self.post_message(OpenComparison(run_ids=sorted(self.marked)))
         elif o is not None and o.run.comparison_set_id is not None:
-            self.app.push_screen(CompareScreen(self.ctx, comparison_set_id=o.run.comparison_set_id))
+            self.post_message(OpenComparison(comparison_set_id=o.run.comparison_set_id))
         else:
             self.notify("mark runs with space, or select a run of a comparison set", severity="warning")
 
     def action_cancel_run(self) -> None:
-        o = self.selected()
-        if o is None or o.run.id is None:
-            return
-        run_id = o.run.id
-        if o.run.status in FINISHED_STATUSES:
-            self.notify(f"run {run_id} is already {o.run.status}", severity="warning")
-            return
-
-        def answered(yes: bool | None) -> None:
-            if yes:
-                self.intent(lambda: store.request_cancel(engine=self.ctx.engine, run_id=run_id))
-
-        self.app.push_screen(ConfirmModal(f"Cancel run {run_id} ({o.run.name}, {o.run.status})?"), answered)
+        intents.cancel_run(self, self.ctx.engine, self.selected_run(), then=self.poll)
 
     def action_retry_run(self) -> None:
-        o = self.selected()
-        if o is not None and o.run.id is not None:
-            run_id = o.run.id
-            self.intent(lambda: store.retry_run(engine=self.ctx.engine, run_id=run_id))
+        intents.retry_run(self, self.ctx.engine, self.selected_run(), then=self.poll)
 
     def action_priority(self, delta: int) -> None:
-        o = self.selected()
-        if o is not None and o.run.id is not None:
-            run_id, value = o.run.id, o.run.priority + delta
-            o.run.priority = value  # shown at once; a second key press before the next poll adds up
-            self._redraw()
-            self.intent(lambda: store.set_priority(engine=self.ctx.engine, run_id=run_id, priority=value))
-
-    @work(thread=True, group="runs-intent")
-    def intent(self, write: Callable[[], object]) -> None:
-        """Write one intent to the store, then refresh; a refused intent is shown in a modal."""
-        try:
-            write()
-        except StudioError as exc:
-            self.app.call_from_thread(self.app.push_screen, ErrorModal(str(exc), title="Not done"))
-        self.app.call_from_thread(self.refresh_runs)
+        intents.priority(self, self.ctx.engine, self.selected_run(), delta, then=self.poll)
+        self._redraw()  # the new priority, at once

@@ -1,5 +1,6 @@
 """The weights panel: per-head weight histograms over time, weight statistics, and each algorithm's own signals
-(critic value loss and explained variance, Rho-1 selected fraction), shown only when the run writes them."""
+(critic value loss and explained variance, Rho-1 selected fraction, grad-wmtp's running score statistics), shown only
+when the run writes them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,15 @@ from wmtp_studio.tui.series import RunData
 from wmtp_studio.tui.widgets.charts import BarsChart, LineChart, step_range
 from wmtp_studio.tui.widgets.heatmap import Heatmap
 
-OPTIONAL = ("chart-critic1", "chart-ev", "chart-critic2", "chart-ev2", "chart-selected")
+OPTIONAL = (
+    "chart-critic1",
+    "chart-ev",
+    "chart-critic2",
+    "chart-ev2",
+    "chart-selected",
+    "chart-score-mu",
+    "chart-score-sigma",
+)
 """Charts hidden until their run writes the metrics they draw."""
 
 
@@ -48,6 +57,8 @@ class WeightsPanel(VerticalScroll):
             yield LineChart("critic stage 2: value loss", id="chart-critic2")
             yield LineChart("critic stage 2: explained variance (held-out)", id="chart-ev2")
             yield LineChart("rho-1: selected fraction per head", id="chart-selected")
+            yield LineChart("grad: score EMA mean per head", id="chart-score-mu")
+            yield LineChart("grad: score EMA std per head", id="chart-score-sigma")
 
     def draw(self, data: RunData, head: int) -> None:
         hists, s = data.hists, data.series
@@ -59,6 +70,8 @@ class WeightsPanel(VerticalScroll):
             "chart-entropy": "w_entropy",
             "chart-std": "w_std",
             "chart-selected": "selected_fraction",
+            "chart-score-mu": "score_mu",
+            "chart-score-sigma": "score_sigma",
         }
         stage2 = {
             chart_id: {f"head{h}": s.get(f"train/head{h}/{metric}") for h in heads}
