@@ -11,7 +11,7 @@ is set: a throw-away database is created there and dropped).
     trainer's process start (/proc starttime) and the trainer's `start` event (its own timestamp). Each run is
     cancelled once started. The `wmtp-studio submit` process itself is timed separately.
 (b) ingestion: store.ingest_metric_lines of train lines with 40 scalars each, in batches of 1, 10 and 100 lines.
-(c) visibility: a real tiny training supervised by workers.supervise (poll 0.5 s, as in wmtp-worker) while
+(c) visibility: a real tiny training supervised by wmtp_studio.workers.supervise (poll 0.5 s, as in wmtp-worker) while
     this process polls store.points_since every 20 ms; latency = first seen - the line's write time.
     The trainer's side of it is one JSON line appended and flushed per log: its cost per line is timed too.
 """
@@ -110,7 +110,7 @@ def bench_latency(home: Path, submissions: int) -> dict[str, list[float]]:
     store.upgrade(engine=engine)
     recipe = load_recipe(RECIPE, [*FAST, "train.steps=100000"])
     worker = subprocess.Popen(
-        [sys.executable, "-c", "from workers.daemon import main; main()", "--cpu"],
+        [sys.executable, "-c", "from wmtp_studio.workers.daemon import main; main()", "--cpu"],
         env=env | {"HF_HUB_OFFLINE": "1"},
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
@@ -219,7 +219,7 @@ def bench_visibility(home: Path, steps: int) -> list[float]:
     """Seconds from each train line's write (its `time`) to its first sight through points_since."""
     from wmtp_studio import store
     from wmtp_studio.recipe import load_recipe
-    from workers.supervise import supervise
+    from wmtp_studio.workers.supervise import supervise
 
     os.environ["WMTP_HOME"] = str(home)
     engine = store.make_engine(f"sqlite:///{home / 'visibility.db'}")

@@ -17,6 +17,7 @@ from rich.console import Console
 from wmtp_studio.errors import StudioError, TrainingAborted
 from wmtp_studio.recipe import Recipe, load_recipe, recipe_from_json
 from wmtp_studio.rundir.results import EvalResults
+from wmtp_studio.settings import Settings
 
 app = typer.Typer(
     name="wmtp",
@@ -63,7 +64,10 @@ def _freeze(recipe: Recipe, run_dir: Path, resume: bool) -> None:
 def train(
     recipe_path: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe YAML file.")],
     set_: SetOpt = None,
-    run_dir: Annotated[Path | None, typer.Option(help="Run directory (default: runs/<name>-<time>).")] = None,
+    run_dir: Annotated[
+        Path | None,
+        typer.Option(help="Run directory (default: <home>/runs/<name>-<time>, or under WMTP_RUNS_DIR)."),
+    ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --run-dir from its latest checkpoint.")
     ] = False,
@@ -74,11 +78,7 @@ def train(
         recipe = load_recipe(recipe_path, set_ or [])
         if resume and run_dir is None:
             raise StudioError("--resume needs --run-dir")
-        run_dir = (
-            run_dir
-            or Path(os.environ.get("WMTP_RUNS_DIR", "runs"))
-            / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-        )
+        run_dir = run_dir or Settings.from_env().runs_dir / f"{recipe.name}-{time.strftime('%Y%m%d-%H%M%S')}"
         _freeze(recipe, run_dir, resume)
     except StudioError as exc:
         raise fail(str(exc)) from None
@@ -279,8 +279,6 @@ def _record_in_studio(target: Path, results: EvalResults, samples: Path) -> int 
     """If `target` is a studio run's directory (`<WMTP_RUNS_DIR>/<id>`), store the evaluation just made (its new
     metrics.jsonl lines and results) as the run's supervisor would have; returns the run id. Files -> database,
     as everywhere in the studio, only done here because no supervisor follows a finished run."""
-    from wmtp_studio.settings import Settings
-
     settings = Settings.from_env()
     run_dir = target.resolve()
     if not (run_dir / "recipe.json").is_file() or run_dir.parent != settings.runs_dir.resolve():
@@ -362,25 +360,31 @@ def eval_samples(
 
 def _print_failures(path: Path) -> None:
     """A table of the failed samples in a samples.jsonl: status, the failed assert or exception, stderr's end."""
-    import json
-
     from rich.table import Table
     from rich.text import Text
+
+    from wmtp_studio.rundir.results import read_samples
 
     table = Table(title="failed samples", show_lines=True)
     for col in ("task_id", "#", "status", "line", "why", "expected", "got", "stderr (end)"):
         table.add_column(col, overflow="fold")
     shown = 0
-    for raw in path.read_text(encoding="utf-8").splitlines():
-        v = json.loads(raw)
-        if v["passed"]:
+    for v in read_samples(path):
+        if v.passed:
             continue
         shown += 1
-        detail, exception = v.get("detail", ""), v.get("exception", "")
-        why = "; ".join(filter(None, [detail, "" if exception in detail else exception]))
-        stderr_end = (v.get("stderr", "").strip().splitlines() or [""])[-1]
-        cells = [v["task_id"], str(v["index"]), v["status"], str(v.get("line") or ""), why]
-        cells += [v.get("expected", ""), v.get("got", ""), stderr_end[-200:]]
+        why = "; ".join(filter(None, [v.detail, "" if v.exception in v.detail else v.exception]))
+        stderr_end = (v.stderr.strip().splitlines() or [""])[-1]
+        cells = [
+            v.task_id,
+            str(v.index),
+            v.status,
+            str(v.line or ""),
+            why,
+            v.expected,
+            v.got,
+            stderr_end[-200:],
+        ]
         table.add_row(*map(Text, cells))  # Text: the program's output is not markup
     Console().print(table if shown else "no failed samples")
 

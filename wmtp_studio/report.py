@@ -2,7 +2,7 @@
 
 It runs the quickstart headless (a worker subprocess on a fresh temporary studio home, or on the current studio
 with `--existing`), waits for every run, and prints Markdown: the base's pass@1, then the fine-tunes' table with
-the paired tests against ntp as the compare screen computes them (`tui.results.compare_tables`, whose note names
+the paired tests against ntp as the compare screen computes them (`compare.tables.compare_tables`, whose note names
 the test), and what it was made with (commit, cores, torch threads per run, wall time). Torch-free.
 """
 
@@ -20,12 +20,12 @@ from pathlib import Path
 from sqlalchemy.engine import Engine
 
 from wmtp_studio import __version__, store
+from wmtp_studio.compare.export import Interval, format_cell, to_markdown
+from wmtp_studio.compare.tables import CompareTables, compare_tables
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, ComparisonSet, Run
 from wmtp_studio.settings import Settings
 from wmtp_studio.submit import QUICKSTART_ALGORITHMS, submit_quickstart
-from wmtp_studio.tui.export import Interval, format_cell, to_markdown
-from wmtp_studio.tui.results import CompareTables, compare_tables
 
 QUICKSTART_SET = "quickstart"
 """The name of the quickstart's comparison set (wmtp_studio/quickstart/finetune.yaml)."""

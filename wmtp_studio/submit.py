@@ -21,6 +21,7 @@ from wmtp_studio.models import ComparisonSet, Run
 from wmtp_studio.recipe import Recipe, load_recipe
 from wmtp_studio.runrefs import absolutize_local_paths, check_local_paths, run_refs
 from wmtp_studio.settings import Settings
+from wmtp_studio.taskqueue import announce
 
 QUICKSTART_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp")
 QUICKSTART_ALL_ALGORITHMS = ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp", "grad-wmtp")
@@ -154,9 +155,7 @@ def wake_workers(settings: Settings, run_ids: Sequence[int]) -> str | None:
     """Tell workers through the queue that runs are claimable (only ids travel); returns a warning if the queue
     cannot be reached. The runs are stored already and workers also poll the store, so that only costs latency."""
     try:
-        from workers.tasks import announce
-
-        announce(list(run_ids), queue_url=settings.queue_url)
+        announce(run_ids, queue_url=settings.queue_url)
     except Exception as exc:  # the queue is an optimisation over the store, never a requirement
         return f"could not notify workers through the queue ({exc}); they will find the runs by polling"
     return None

@@ -15,17 +15,17 @@ in the database they came from and the reaper re-queues them there.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from types import FrameType
+from typing import Annotated
 
+import typer
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -33,8 +33,9 @@ from wmtp_studio import __version__, store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import Run
 from wmtp_studio.settings import Settings
-from workers import mlflow_sync
-from workers.supervise import supervise
+from wmtp_studio.taskqueue import announce
+from wmtp_studio.workers import mlflow_sync
+from wmtp_studio.workers.supervise import supervise
 
 log = logging.getLogger("wmtp_worker")
 
@@ -135,9 +136,7 @@ class WorkerDaemon:
             if outcome.status == "abandoned":
                 log.error("run %s stopped with a checkpoint: %s", run.id, outcome.error_tail)
             if outcome.status == "queued":  # handed back or crashed: any worker may resume it
-                from workers import tasks
-
-                tasks.announce([run.id])
+                announce([run.id])
         except SQLAlchemyError as exc:  # the lease expires and the reaper re-queues the run
             log.error("supervising run %s: %s", run.id, store.database_error(self.engine.url, exc))
             self.fatal = self.fatal or str(store.database_error(self.engine.url, exc))
@@ -164,12 +163,10 @@ class WorkerDaemon:
 
 
 def reap(engine: Engine) -> None:
-    from workers import tasks
-
     requeued = store.requeue_expired_leases(engine=engine)
     if requeued:
         log.info("re-queued runs with expired leases: %s", requeued)
-        tasks.announce(requeued)
+        announce(requeued)
     forgotten = store.forget_dead_workers(engine=engine)
     if forgotten:
         log.info("forgot workers silent for %.0f s: %s", store.WORKER_FORGET_AFTER_S, forgotten)
@@ -231,40 +228,54 @@ def serve(
         worker.wake.wait(timeout=max(0.0, min(poll_s, next_beat - now, next_reap - now)))
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="wmtp-worker", description="Run queued WMTP Studio jobs on this host.")
-    p.add_argument("--cpu", action="store_true", help="offer no GPU (CPU jobs only)")
-    p.add_argument("--gpus", default=None, help="GPU indices to use, e.g. 0,1 (default: auto-detect)")
-    p.add_argument("--slots", type=int, default=None, help="jobs at once (default: 1 per GPU, or 1 on CPU)")
-    p.add_argument(
-        "--lease-s", type=float, default=60.0, help="lease of a claimed run, renewed while it runs"
-    )
-    p.add_argument(
-        "--poll-s", type=float, default=2.0, help="poll the store this often besides Huey wake-ups"
-    )
-    p.add_argument(
-        "--exit-with-parent",
-        action="store_true",
-        help="shut down gracefully when the process that started this worker exits (embedded workers)",
-    )
-    args = p.parse_args(argv)
-    if args.cpu and args.gpus:
-        p.error("--cpu and --gpus exclude each other")
+def gpu_list(cpu: bool, gpus: str | None) -> list[int]:
+    """The GPUs to offer: none with --cpu, the --gpus indices, or every GPU nvidia-smi lists."""
+    if cpu and gpus:
+        raise typer.BadParameter("--cpu and --gpus exclude each other")
+    if cpu:
+        return []
+    if gpus is None:
+        return detect_gpus()
     try:
-        args.gpu_list = (
-            [] if args.cpu else [int(g) for g in args.gpus.split(",")] if args.gpus else detect_gpus()
-        )
+        return [int(g) for g in gpus.split(",")]
     except ValueError:
-        p.error(f"--gpus must be comma-separated integers, not {args.gpus!r}")
-    if args.slots is None:
-        args.slots = max(1, len(args.gpu_list))
-    if args.slots < 1 or args.lease_s <= 0 or args.poll_s <= 0:
-        p.error("--slots, --lease-s and --poll-s must be positive")
-    return args
+        raise typer.BadParameter(f"--gpus must be comma-separated integers, not {gpus!r}") from None
+
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    """The `wmtp-worker` console script (`argv`: the arguments, default the command line's)."""
+    app(args=argv, prog_name="wmtp-worker")
+
+
+@app.command()
+def run_worker(
+    cpu: Annotated[bool, typer.Option("--cpu", help="Offer no GPU (CPU jobs only).")] = False,
+    gpus: Annotated[
+        str | None, typer.Option(help="GPU indices to use, e.g. 0,1 (default: auto-detect).")
+    ] = None,
+    slots: Annotated[int | None, typer.Option(help="Jobs at once (default: 1 per GPU, or 1 on CPU).")] = None,
+    lease_s: Annotated[
+        float, typer.Option("--lease-s", help="Lease of a claimed run, renewed while it runs.")
+    ] = 60.0,
+    poll_s: Annotated[
+        float, typer.Option("--poll-s", help="Poll the store this often besides Huey wake-ups.")
+    ] = 2.0,
+    exit_with_parent: Annotated[
+        bool,
+        typer.Option(
+            "--exit-with-parent",
+            help="Shut down gracefully when the process that started this worker exits (embedded workers).",
+        ),
+    ] = False,
+) -> None:
+    """Run queued WMTP Studio jobs on this host."""
+    gpu_ids = gpu_list(cpu, gpus)
+    slots = max(1, len(gpu_ids)) if slots is None else slots
+    if slots < 1 or lease_s <= 0 or poll_s <= 0:
+        raise typer.BadParameter("--slots, --lease-s and --poll-s must be positive")
     parent_pid = os.getppid()  # now: the parent may be gone by the time the loop starts (it was, under load)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     settings = Settings.from_env()
@@ -272,18 +283,16 @@ def main(argv: list[str] | None = None) -> None:
         engine = store.make_engine(settings.database_url)
         store.upgrade(engine=engine)
         worker_id = f"{socket.gethostname()}:{os.getpid()}"
-        worker = WorkerDaemon(
-            engine=engine, worker_id=worker_id, gpus=args.gpu_list, slots=args.slots, lease_s=args.lease_s
-        )
+        worker = WorkerDaemon(engine=engine, worker_id=worker_id, gpus=gpu_ids, slots=slots, lease_s=lease_s)
         register(worker)
-        from workers import tasks  # the queue opens on import (a read-only home fails here)
-        from workers.queue import huey
+        from wmtp_studio.workers import tasks  # the queue opens on import (a read-only home fails here)
+        from wmtp_studio.workers.queue import huey
     except SQLAlchemyError as exc:
         log.error("%s", store.database_error(settings.database_url, exc))
-        sys.exit(2)
+        raise typer.Exit(2) from None
     except StudioError as exc:
         log.error("%s", exc)
-        sys.exit(2)
+        raise typer.Exit(2) from None
     tasks.on_wake(lambda _run_id: worker.wake.set())
     forwarder = mlflow_sync.Forwarder(engine=engine, uri=settings.mlflow_uri)
     forwarder.start()  # a background thread: MLflow never holds up jobs or leases
@@ -304,14 +313,14 @@ def main(argv: list[str] | None = None) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("worker %s: %s slot(s), gpus %s", worker.worker_id, args.slots, args.gpu_list or "none")
+    log.info("worker %s: %s slot(s), gpus %s", worker.worker_id, slots, gpu_ids or "none")
     try:
         serve(
             worker,
-            poll_s=args.poll_s,
-            heartbeat_s=min(5.0, args.lease_s / 3),
-            reap_s=min(30.0, args.lease_s / 2),
-            parent_pid=parent_pid if args.exit_with_parent else None,
+            poll_s=poll_s,
+            heartbeat_s=min(5.0, lease_s / 3),
+            reap_s=min(30.0, lease_s / 2),
+            parent_pid=parent_pid if exit_with_parent else None,
         )
     except StudioError as exc:
         log.error("%s", exc)
@@ -325,4 +334,4 @@ def main(argv: list[str] | None = None) -> None:
             store.unregister_worker(engine=engine, worker_id=worker.worker_id)
         log.info("worker %s stopped", worker.worker_id)
     if worker.fatal is not None:
-        sys.exit(2)
+        raise typer.Exit(2)

@@ -221,8 +221,8 @@ def log_comparison(*, engine: Engine, client: Any, run_id: int) -> str | None:
     parent is found again by its tag; returns its id, or None while the set is not complete."""
     from mlflow.entities import Metric
 
+    from wmtp_studio.compare.export import Interval, PValue, to_markdown
     from wmtp_studio.report import set_tables
-    from wmtp_studio.tui.export import Interval, PValue, to_markdown
 
     set_id = store.set_of_run(engine=engine, run_id=run_id)
     if set_id is None:

@@ -45,7 +45,7 @@ from wmtp_studio.rundir.checkpoints import resume_state
 from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.rundir.results import SAMPLES, eval_dir, read_results
 from wmtp_studio.train.lifecycle import SUPERVISOR_ENV, supervisor_identity
-from workers import mlflow_sync
+from wmtp_studio.workers import mlflow_sync
 
 ERROR_TAIL_LINES = 40
 

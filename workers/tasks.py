@@ -3,8 +3,9 @@
 `run_job(run_id)` tells the workers consuming the queue that a run is claimable. The `wmtp-worker` daemon that
 consumes it does not run that id: it claims the next runnable run by priority from the store (which may be that
 one, another, or none if a peer was faster) and supervises it in a free slot. A lost message loses nothing,
-since daemons also poll the store. Consume this module with `wmtp-worker` (it starts a Huey consumer
-in-process); a bare `huey_consumer` would only drop the wake-ups.
+since daemons also poll the store. Submitters enqueue it by name with `wmtp_studio.taskqueue.announce`. Consume
+this module with `wmtp-worker` (it starts a Huey consumer in-process); a bare `huey_consumer` would only drop the
+wake-ups.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from wmtp_studio.settings import Settings
-from workers.queue import huey, make_huey
+from wmtp_studio.taskqueue import TASK_NAME
+from wmtp_studio.workers.queue import huey
 
 log = logging.getLogger(__name__)
 
@@ -33,15 +34,4 @@ def _wake(run_id: int) -> None:
         hook(run_id)
 
 
-TASK_NAME = "workers.tasks.run_job"
 run_job = huey.task(name=TASK_NAME)(_wake)
-
-
-def announce(run_ids: list[int], queue_url: str | None = None) -> None:
-    """Enqueue one wake-up per run id (after submit, or after the reaper re-queued runs), on this process's
-    queue or on the queue at `queue_url` (a caller holding other settings than the environment's)."""
-    task = run_job
-    if queue_url is not None and queue_url != Settings.from_env().queue_url:  # the URL `huey` was made from
-        task = make_huey(queue_url).task(name=TASK_NAME)(_wake)
-    for run_id in run_ids:
-        task(run_id)

@@ -21,7 +21,7 @@ from tests.integration.jobs import ROOT, WORKER, studio_env, studio_run, trainer
 from tests.integration.studio_fixtures import TINY, submit
 from wmtp_studio import store
 from wmtp_studio.rundir.metrics import read_metrics
-from workers import mlflow_sync
+from wmtp_studio.workers import mlflow_sync
 
 pytestmark = pytest.mark.slow
 WMTP = "from wmtp_studio.cli import wmtp_main; wmtp_main()"

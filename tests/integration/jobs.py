@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
-WORKER = "from workers.daemon import main; main()"
+WORKER = "from wmtp_studio.workers.daemon import main; main()"
 
 
 def studio_env(

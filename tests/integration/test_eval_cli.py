@@ -167,7 +167,7 @@ def test_eval_of_a_studio_run_uses_its_family_and_reaches_the_store_and_mlflow(
     from wmtp_studio import store
     from wmtp_studio.recipe import load_recipe
     from wmtp_studio.settings import Settings
-    from workers import mlflow_sync
+    from wmtp_studio.workers import mlflow_sync
 
     home = tmp_path / "home"
     settings = Settings.from_env({"WMTP_HOME": str(home)})

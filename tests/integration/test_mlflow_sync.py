@@ -1,4 +1,4 @@
-"""MLflow forwarding from the store (workers.mlflow_sync) with a real trainer and real MLflow stores: a tracking
+"""MLflow forwarding from the store (wmtp_studio.workers.mlflow_sync) with a real trainer and real MLflow stores: a tracking
 server that cannot be reached never fails the job and is reported once; a later catch-up to a real MLflow store
 (SQLite in a temp dir) sends every stored point exactly once, with params, evaluations and artifacts."""
 
@@ -20,8 +20,8 @@ from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.tracking import allowed_params
-from workers import mlflow_sync
-from workers.supervise import supervise
+from wmtp_studio.workers import mlflow_sync
+from wmtp_studio.workers.supervise import supervise
 
 pytestmark = pytest.mark.slow
 

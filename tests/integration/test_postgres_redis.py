@@ -74,7 +74,7 @@ def engine(env: dict[str, str]) -> Iterator[Engine]:
 def test_queue_url_with_password_builds_an_authenticated_redis_huey(redis_url: str) -> None:
     from huey import RedisHuey
 
-    from workers.queue import make_huey
+    from wmtp_studio.taskqueue import make_huey
 
     q = make_huey(redis_url)
     assert isinstance(q, RedisHuey)

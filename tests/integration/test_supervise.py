@@ -1,4 +1,4 @@
-"""`workers.supervise` with real trainer subprocesses on a real SQLite store: completion, cancel, worker
+"""`wmtp_studio.workers.supervise` with real trainer subprocesses on a real SQLite store: completion, cancel, worker
 shutdown and resume, failure, fencing."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from wmtp_studio.models import Run, utcnow
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.rundir.metrics import read_metrics
 from wmtp_studio.train import checkpoint as ckpt
-from workers.supervise import JobOutcome, MetricsTail, launch_command, supervise
+from wmtp_studio.workers.supervise import JobOutcome, MetricsTail, launch_command, supervise
 
 OWNER = "worker-a"
 

@@ -15,7 +15,9 @@ from tests.integration.conftest import FAST, RECIPES, lines
 STEPS = 40
 
 
-def wmtp(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def wmtp(
+    *args: str, env: dict[str, str] | None = None, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     cmd = [sys.executable, "-c", "from wmtp_studio.cli import wmtp_main; wmtp_main()", *args]
     return subprocess.run(
         cmd,
@@ -23,6 +25,7 @@ def wmtp(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedP
         text=True,
         timeout=600,
         env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})},
+        cwd=cwd,
     )
 
 
@@ -140,3 +143,21 @@ def test_a_missing_local_reference_says_so_instead_of_a_hub_error(tmp_path: Path
     assert res.returncode == 2, res.stderr
     assert f"algorithm.reference: {missing} does not exist" in res.stderr.replace("\n", "")
     assert "Repo id" not in res.stderr and "Traceback" not in res.stderr
+
+
+def test_without_run_dir_the_run_goes_under_the_studio_home(tmp_path: Path) -> None:
+    """The default run directory is the studio's (`<WMTP_HOME>/runs/<name>-<time>`, as for queued runs), not
+    `runs/` under the working directory. A missing rho1 reference stops the run right after its directory was
+    made, so nothing trains."""
+    home = tmp_path / "home"
+    res = wmtp(
+        "train",
+        str(RECIPES / "tiny-rho1-wmtp.yaml"),
+        *sets(),
+        env={"WMTP_HOME": str(home), "WMTP_RHO1_REFERENCE": str(tmp_path / "missing")},
+        cwd=tmp_path,
+    )
+    assert res.returncode == 2 and "does not exist" in res.stderr, res.stderr
+    [run] = (home / "runs").iterdir()
+    assert run.name.startswith("tiny-rho1-wmtp-") and (run / "recipe.json").is_file()
+    assert not (tmp_path / "runs").exists()

@@ -16,11 +16,13 @@ from tests.integration.jobs import ROOT, child_sessions, wait_for
 from tests.integration.studio_fixtures import submit
 from wmtp_studio import store
 from wmtp_studio.rundir.metrics import read_metrics
-from workers.supervise import kill_stragglers
+from wmtp_studio.workers.supervise import kill_stragglers
 
 pytestmark = pytest.mark.slow
 
-ENQUEUE = "import sys; from workers.tasks import announce; announce([int(a) for a in sys.argv[1:]])"
+ENQUEUE = (
+    "import sys; from wmtp_studio.workers.tasks import announce; announce([int(a) for a in sys.argv[1:]])"
+)
 
 
 def status(engine: Engine, run_id: int) -> str:

@@ -25,7 +25,7 @@ from tests.integration.studio_fixtures import TINY
 from wmtp_studio import store
 from wmtp_studio.models import Worker, utcnow
 from wmtp_studio.rundir.metrics import read_metrics
-from workers.supervise import killed_by_signal
+from wmtp_studio.workers.supervise import killed_by_signal
 
 pytestmark = pytest.mark.slow
 

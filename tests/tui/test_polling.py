@@ -10,6 +10,7 @@ from sqlalchemy.engine import Engine
 from textual.widgets import DataTable
 
 from tests.tui.conftest import ScreenApp, add_run, until
+from wmtp_studio.series import FeedBatch
 from wmtp_studio.settings import Settings
 from wmtp_studio.store import Point
 from wmtp_studio.tui.compare_feed import CompareFeed, CompareRead
@@ -17,7 +18,6 @@ from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.screens.compare import ComparePolled
 from wmtp_studio.tui.screens.run import RunPolled
 from wmtp_studio.tui.screens.runs import RunsPolled, RunsScreen
-from wmtp_studio.tui.series import FeedBatch
 
 
 def _batch(step: int, loss: float) -> FeedBatch:

@@ -225,7 +225,7 @@ async def test_a_comparison_the_store_refuses_shows_why_in_the_form(
 async def test_three_seeds_queued_from_the_form_compare_per_algorithm_with_seed_columns(
     ctx: StudioContext,
 ) -> None:
-    from wmtp_studio.tui.results import compare_tables
+    from wmtp_studio.compare.tables import compare_tables
 
     screen = RecipesScreen(ctx)
     async with ScreenApp(lambda: screen).run_test(size=(120, 40)) as pilot:

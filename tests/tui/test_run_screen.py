@@ -20,6 +20,7 @@ from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.rundir.metrics import MetricLine, read_metrics
+from wmtp_studio.rundir.results import EvalResults, write_results
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.screens.run import RunScreen
@@ -277,6 +278,7 @@ async def test_evaluations_tab_shows_each_sample_and_why_it_failed(
          "status": "failed", "detail": "exit status 1", "exception": "ValueError: boom",
          "stderr": "Traceback (most recent call last):\nValueError: boom\n"},
     ]  # fmt: skip
+    records = [r | {"tier": "namespace"} for r in records]
     samples.write_text("".join(json.dumps(r) + "\n" for r in records))
     run = new_run(ctx, "ntp", stream("ntp"))
     evaluation = Evaluation(
@@ -303,7 +305,13 @@ async def test_evaluations_tab_shows_each_sample_and_why_it_failed(
         # An evaluation stored without the path: its samples are found beside the run's results.json.
         found = Path(run.run_dir) / "eval" / "0-mbpp"
         found.mkdir(parents=True)
-        (found / "results.json").write_text(json.dumps({"benchmark": "mbpp"}))
+        write_results(
+            found,
+            EvalResults(
+                benchmark="mbpp", protocol={}, sampling={}, model="m", isolation_tier="namespace",
+                n_problems=1, pass_at_k=[], per_problem={}, time=0.0,
+            ),
+        )  # fmt: skip
         (found / "samples.jsonl").write_text(json.dumps(records[0] | {"task_id": "mbpp/11"}) + "\n")
         store.record_evaluation(
             engine=ctx.engine,

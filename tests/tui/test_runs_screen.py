@@ -26,7 +26,7 @@ from wmtp_studio.tui.runcells import (
     set_progress,
 )
 from wmtp_studio.tui.screens.runs import RunsScreen
-from workers.supervise import session_pids
+from wmtp_studio.workers.supervise import session_pids
 
 pytestmark = pytest.mark.anyio
 

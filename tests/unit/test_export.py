@@ -8,7 +8,7 @@ import xml.etree.ElementTree as ET
 from datetime import datetime
 from pathlib import Path
 
-from wmtp_studio.tui.export import (
+from wmtp_studio.compare.export import (
     Interval,
     PValue,
     Series,

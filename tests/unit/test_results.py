@@ -8,11 +8,8 @@ import pytest
 
 from tests.evaluations import first_solved, greedy_pass1
 from wmtp_studio.compare import expand
-from wmtp_studio.evaluate.passk import EXACT_SIGNED_RANK, SIGN_TEST
-from wmtp_studio.models import Evaluation, Run
-from wmtp_studio.recipe import load_recipe
-from wmtp_studio.tui.export import Interval, PValue
-from wmtp_studio.tui.results import (
+from wmtp_studio.compare.export import Interval, PValue
+from wmtp_studio.compare.tables import (
     BEYOND_NOISE,
     WITHIN_NOISE,
     config_diff_table,
@@ -21,6 +18,9 @@ from wmtp_studio.tui.results import (
     per_problem_results,
     results_table,
 )
+from wmtp_studio.evaluate.passk import EXACT_SIGNED_RANK, SIGN_TEST
+from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.recipe import load_recipe
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

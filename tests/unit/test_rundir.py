@@ -30,7 +30,9 @@ from wmtp_studio.rundir.results import (
     ProblemCount,
     eval_dir,
     read_results,
+    read_samples,
     write_results,
+    write_samples,
 )
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -137,3 +139,45 @@ def test_pass_at_k_reaches_the_database_from_the_typed_results(tmp_path: Path) -
         "isolation_tier": "process",
         "samples": str(V0 / "samples.jsonl"),
     }
+
+
+# A samples.jsonl line exactly as the evaluator wrote it before the model existed (json.dumps of its dataclass).
+OLD_SAMPLE = (
+    '{"task_id": "HumanEval/0", "index": 1, "completion": "    return 1\\n", "passed": false, '
+    '"status": "wrong_answer", "tier": "process", "finish_reason": "stop", "n_tokens": 5, '
+    '"detail": "assert at line 3 failed", "line": 3, "expected": "2", "got": "1", "exception": "", '
+    '"stderr": "", "output_truncated": false, "duration_s": 0.0123}\n'
+)
+
+
+def test_samples_of_the_previous_version_load_and_are_rewritten_identically(tmp_path: Path) -> None:
+    (tmp_path / "old").mkdir()
+    older = (
+        '{"task_id": "t", "index": 0, "completion": "", "passed": true, "status": "passed", "tier": "uid"}\n'
+    )
+    (tmp_path / "old" / "samples.jsonl").write_text(OLD_SAMPLE + older)
+    first, second = read_samples(tmp_path / "old" / "samples.jsonl")
+    assert (first.line, first.expected, first.got, first.duration_s) == (3, "2", "1", 0.0123)
+    assert (
+        second.passed and second.output_truncated is False and second.duration_s == 0.0
+    )  # fields added later
+    write_samples(tmp_path, [first])
+    assert (tmp_path / "samples.jsonl").read_text() == OLD_SAMPLE
+    assert read_samples(tmp_path / "old" / "samples.jsonl", limit=1) == [first]
+    (tmp_path / "bad.jsonl").write_text('{"task_id": "t"}\n')
+    with pytest.raises(ValueError, match="index"):
+        read_samples(tmp_path / "bad.jsonl")
+
+
+def test_a_runs_generated_benchmark_is_its_own_family_read_from_its_frozen_recipe(tmp_path: Path) -> None:
+    from wmtp_studio.evaluate.run import benchmark_for_run
+
+    recipe = load_recipe(
+        RECIPES / "tiny-ntp.yaml",
+        ["data.generated.family=compose", "eval.benchmarks=[humaneval, generated:compose:100]"],
+    )
+    (tmp_path / "recipe.json").write_text(recipe.canonical_json())
+    assert benchmark_for_run("generated", tmp_path) == "generated:compose:100"
+    assert benchmark_for_run("humaneval", tmp_path) == "humaneval"
+    (tmp_path / "recipe.json").write_text(load_recipe(RECIPES / "tiny-ntp.yaml").canonical_json())
+    assert benchmark_for_run("generated", tmp_path) == "generated:basic"

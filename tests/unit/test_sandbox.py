@@ -10,8 +10,8 @@ import pytest
 
 from wmtp_studio.errors import StudioError
 from wmtp_studio.evaluate.sandbox import Limits, Result, Sandbox, Tier, detect_tier
-from wmtp_studio.evaluate.sandbox_judge import Opaque, decode_report, judge
-from wmtp_studio.evaluate.sandbox_verdict import make_plan
+from wmtp_studio.evaluate.sandbox.judge import Opaque, decode_report, judge
+from wmtp_studio.evaluate.sandbox.verdict import make_plan
 
 DOUBLE = "def double(x):\n    return 2 * x\n"
 
@@ -256,8 +256,8 @@ def test_values_survive_the_report_round_trip() -> None:
     import enum
     import math
 
-    from wmtp_studio.evaluate.sandbox_child import encode
-    from wmtp_studio.evaluate.sandbox_judge import Iterated
+    from wmtp_studio.evaluate.sandbox.child import encode
+    from wmtp_studio.evaluate.sandbox.judge import Iterated
 
     class Color(enum.IntEnum):
         RED = 3
@@ -338,7 +338,7 @@ def test_fractions_and_decimals_are_rebuilt_by_value() -> None:
     from decimal import Decimal
     from fractions import Fraction
 
-    from wmtp_studio.evaluate.sandbox_child import encode
+    from wmtp_studio.evaluate.sandbox.child import encode
 
     class Half(Fraction):
         def __eq__(self, other: object) -> bool:

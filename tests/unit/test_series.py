@@ -11,12 +11,12 @@ from sqlalchemy.engine import Engine
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.rundir.metrics import MetricLine, read_metrics
-from wmtp_studio.tui.series import (
+from wmtp_studio.series import (
     FeedBatch,
     HistHistory,
     MetricFeed,
+    MetricSeries,
     RunData,
-    Series,
     SeriesStore,
     TextTail,
     downsample,
@@ -48,7 +48,7 @@ def test_downsample_leaves_short_series_alone_and_bounds_long_ones() -> None:
 
 
 def test_series_skips_non_finite_values() -> None:
-    s = Series()
+    s = MetricSeries()
     for step, v in [(1, 2.0), (2, math.nan), (3, math.inf), (4, None), (5, 1.5)]:
         s.append(step, v)
     assert (s.steps, s.values, s.nonfinite) == ([1, 5], [2.0, 1.5], 3)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,46 +28,38 @@ from wmtp_studio.evaluate.tasks import (
     stdio_passed,
 )
 from wmtp_studio.prompts import MBPP_STOP, mbpp_program
+from wmtp_studio.recipe import recipe_from_json
 from wmtp_studio.records import read_records
 from wmtp_studio.rundir import METRICS, MODEL, RECIPE
 from wmtp_studio.rundir.checkpoints import TRAINER_STATE, latest_checkpoint
 from wmtp_studio.rundir.metrics import read_metrics
-from wmtp_studio.rundir.results import SAMPLES, EvalResults, ProblemCount, write_results
+from wmtp_studio.rundir.results import EvalResults, ProblemCount, SampleVerdict, write_results, write_samples
 
 STDERR_TAIL = 2000  # characters of a sample's stderr kept in samples.jsonl
 
 
-@dataclass(frozen=True)
-class Verdict:
-    """One executed sample, and why it failed (a line of samples.jsonl)."""
-
-    task_id: str
-    index: int
-    completion: str
-    passed: bool
-    status: str
-    tier: str
-    finish_reason: str = ""
-    n_tokens: int = 0
-    detail: str = ""  # the failed assert, the limit hit, the exit status
-    line: int | None = None  # the failed assert's line in the program
-    expected: str = ""  # its expected value, short
-    got: str = ""  # what the program's side was, short
-    exception: str = ""  # `Type: message` that ended the program
-    stderr: str = ""  # the tail of its stderr
-    output_truncated: bool = False  # its output went past the cap (dropped, not a failure)
-    duration_s: float = 0.0
-
-
 def verdict(
     task_id: str, index: int, completion: str, r: Result, finish: str = "", tokens: int = 0
-) -> Verdict:
+) -> SampleVerdict:
     """The samples.jsonl record of one judged sample."""
-    return Verdict(
-        task_id, index, completion, r.passed, r.status, r.tier.name.lower(), finish, tokens, r.detail, r.line,
-        r.expected, r.got, r.exception, r.stderr[-STDERR_TAIL:] if not r.passed else "", r.output_truncated,
-        round(r.duration_s, 4),
-    )  # fmt: skip
+    return SampleVerdict(
+        task_id=task_id,
+        index=index,
+        completion=completion,
+        passed=r.passed,
+        status=r.status,
+        tier=r.tier.name.lower(),
+        finish_reason=finish,
+        n_tokens=tokens,
+        detail=r.detail,
+        line=r.line,
+        expected=r.expected,
+        got=r.got,
+        exception=r.exception,
+        stderr=r.stderr[-STDERR_TAIL:] if not r.passed else "",
+        output_truncated=r.output_truncated,
+        duration_s=round(r.duration_s, 4),
+    )
 
 
 def resolve_model_dir(path: Path) -> tuple[Path, Path | None]:
@@ -145,7 +137,7 @@ def _judge_stdio(
     return out
 
 
-def results_by_task(verdicts: Sequence[Verdict]) -> dict[str, list[bool]]:
+def results_by_task(verdicts: Sequence[SampleVerdict]) -> dict[str, list[bool]]:
     by: dict[str, list[bool]] = {}
     for v in verdicts:
         by.setdefault(v.task_id, []).append(v.passed)
@@ -155,7 +147,7 @@ def results_by_task(verdicts: Sequence[Verdict]) -> dict[str, list[bool]]:
 def write_outputs(
     out_dir: Path,
     bench: Benchmark,
-    verdicts: Sequence[Verdict],
+    verdicts: Sequence[SampleVerdict],
     ks: Sequence[int],
     sampling: dict[str, Any],
     model: str,
@@ -163,9 +155,7 @@ def write_outputs(
 ) -> EvalResults:
     """samples.jsonl + results.json (the protocol with the `limits` in force); returns the results."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    with open(out_dir / SAMPLES, "w") as fh:
-        for v in verdicts:
-            fh.write(json.dumps(asdict(v)) + "\n")
+    write_samples(out_dir, verdicts)
     by_task = results_by_task(verdicts)
     tiers = sorted({v.tier for v in verdicts})
     results = EvalResults(
@@ -271,14 +261,14 @@ def benchmark_for_run(spec: str, run_dir: Path | None) -> str:
     benchmark its recipe evaluates it on, e.g. `generated:compose:100`, when it lists one), not `basic`."""
     if spec != "generated" or run_dir is None:
         return spec
-    recipe = json.loads((run_dir / RECIPE).read_text())
-    data = recipe.get("data") or {}
-    if data.get("source") != "generated":
+    path = run_dir / RECIPE
+    recipe = recipe_from_json(path.read_text(), str(path))
+    if recipe.data.source != "generated":
         return spec
-    family = (data.get("generated") or {}).get("family", "basic")
+    family = recipe.data.generated.family
     own = [
         b
-        for b in (recipe.get("eval") or {}).get("benchmarks", [])
+        for b in recipe.eval.benchmarks
         if b == f"generated:{family}" or b.startswith(f"generated:{family}:")
     ]
     return own[0] if own else f"generated:{family}"

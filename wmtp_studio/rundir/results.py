@@ -8,6 +8,7 @@ dashboard read them back with the same model, and `store.record_results` turns o
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +64,57 @@ class EvalResults(BaseModel):
     per_problem: dict[str, ProblemCount]
     time: float
     """Unix time the results were written."""
+
+
+class SampleVerdict(BaseModel):
+    """One line of samples.jsonl: an executed sample, and why it failed. Fields added later have defaults, and
+    unknown ones are ignored, so files of other versions still read."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    task_id: str
+    index: int
+    completion: str
+    passed: bool
+    status: str
+    tier: str
+    finish_reason: str = ""
+    n_tokens: int = 0
+    detail: str = ""
+    """The failed assert, the limit hit, the exit status."""
+    line: int | None = None
+    """The failed assert's line in the program."""
+    expected: str = ""
+    """The failed assert's expected value, short."""
+    got: str = ""
+    """What the program's side of it was, short."""
+    exception: str = ""
+    """`Type: message` of the exception that ended the program."""
+    stderr: str = ""
+    """The tail of its stderr (failed samples only)."""
+    output_truncated: bool = False
+    """Its output went past the cap (dropped, not a failure)."""
+    duration_s: float = 0.0
+
+
+def write_samples(out_dir: Path, verdicts: Iterable[SampleVerdict]) -> None:
+    """`out_dir/samples.jsonl`, one verdict a line (in the order given)."""
+    with open(out_dir / SAMPLES, "w") as fh:
+        for v in verdicts:
+            fh.write(json.dumps(v.model_dump()) + "\n")
+
+
+def read_samples(path: Path, limit: int | None = None) -> list[SampleVerdict]:
+    """The verdicts of a samples.jsonl (its first `limit` lines at most), in file order; raises OSError, or
+    ValueError (pydantic's ValidationError) for a line that is no verdict."""
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        for n, line in enumerate(fh):
+            if limit is not None and n >= limit:
+                break
+            if line.strip():
+                rows.append(SampleVerdict.model_validate_json(line))
+    return rows
 
 
 def eval_dir(run_dir: Path, index: int, benchmark: str) -> Path:

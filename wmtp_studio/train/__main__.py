@@ -7,26 +7,33 @@ The run directory must hold `recipe.json` (as written by `wmtp train` or the stu
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import sys
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from wmtp_studio.errors import StudioError, TrainingAborted
 from wmtp_studio.rundir import EXIT_BUSY, RunDirBusy
 from wmtp_studio.train.lifecycle import die_with_parent
 
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wmtp_studio.train", description=__doc__)
-    parser.add_argument("--run-dir", required=True, type=Path, help="run directory holding recipe.json")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest complete checkpoint")
-    args = parser.parse_args(argv)
+
+@app.command()
+def main(
+    run_dir: Annotated[Path, typer.Option("--run-dir", help="Run directory holding recipe.json.")],
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue from the latest complete checkpoint.")
+    ] = False,
+) -> None:
+    """Train the run in --run-dir (its recipe.json), as the workers launch it."""
     die_with_parent()  # SIGTERM: checkpoint at the next step boundary and exit 143
-    if not (args.run_dir / "recipe.json").is_file():
-        print(f"error: {args.run_dir}/recipe.json does not exist", file=sys.stderr)
-        return 2
+    if not (run_dir / "recipe.json").is_file():
+        print(f"error: {run_dir}/recipe.json does not exist", file=sys.stderr)
+        raise typer.Exit(2)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     # Progress lines go to stderr (the worker's train.log, the dashboard's Log tab) as they happen: logging
     # flushes each record, and stdout is made line-buffered for anything printed.
@@ -42,21 +49,22 @@ def main(argv: list[str] | None = None) -> int:
 
     quiet_transformers()
     try:
-        return train(args.run_dir, resume=args.resume)
+        code = train(run_dir, resume=resume)
     except TrainingAborted as exc:
         print(f"error: training aborted: {exc}", file=sys.stderr)
-        return 1
+        code = 1
     except RunDirBusy as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_BUSY
+        code = EXIT_BUSY
     except StudioError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        code = 2
     except OSError as exc:  # a full or read-only disk, a vanished directory: say which file, no traceback
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
-        return 2
+        code = 2
+    raise typer.Exit(code)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    app(prog_name="python -m wmtp_studio.train")

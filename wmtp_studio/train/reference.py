@@ -15,9 +15,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmtp_studio.errors import StudioError
+from wmtp_studio.settings import Settings
 from wmtp_studio.train.data import Encoded, example_chunks
 from wmtp_studio.train.model import load_hf, packed_attention
-from wmtp_studio.train.tokenizer import check_same_tokenizer, wmtp_home
+from wmtp_studio.train.tokenizer import check_same_tokenizer
 
 
 def load_reference(name_or_path: str, base_tokenizer: Any, device: torch.device) -> nn.Module:
@@ -98,7 +99,7 @@ def cached_reference_ce(
     rows are truncated to max_len or packed. With compute=False (non-main ranks) the file must exist already.
     `chunk`: see `reference_ce` (the numbers, and so the cache key, do not depend on it).
     """
-    path = wmtp_home() / "ref_ce" / f"{fingerprint(ref, tokenizer, encoded, max_len)}.pt"
+    path = Settings.from_env().home / "ref_ce" / f"{fingerprint(ref, tokenizer, encoded, max_len)}.pt"
     if path.is_file():
         cached: list[list[float]] = torch.load(path)
         return cached

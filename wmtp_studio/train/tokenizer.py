@@ -10,15 +10,12 @@ from typing import Any
 
 from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import Recipe
+from wmtp_studio.settings import Settings
 
 EOS = "<|endoftext|>"
 PAD = "<|pad|>"
 # Probe strings for the tokenizer identity check (rho1 reference vs base).
 PROBES = ("def f(x):\n    return x + 1\n", "assert add(2, 3) == 5", "  \t\n[DONE]", "héllo wörld 123")
-
-
-def wmtp_home() -> Path:
-    return Path(os.environ.get("WMTP_HOME", Path.home() / ".wmtp"))
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, cache_dir: Path) -> Any:
@@ -56,7 +53,7 @@ def load_tokenizer(recipe: Recipe, corpus: Iterable[str] | None = None) -> Any:
     if spec.kind == "bpe":
         if corpus is None:
             raise StudioError("a bpe tokenizer needs the training corpus")
-        cache = Path(spec.cache_dir) if spec.cache_dir else wmtp_home() / "tokenizers"
+        cache = Path(spec.cache_dir) if spec.cache_dir else Settings.from_env().home / "tokenizers"
         return train_bpe(corpus, spec.vocab_size, cache)
     from transformers import AutoTokenizer
 

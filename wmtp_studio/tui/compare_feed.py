@@ -12,12 +12,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 
 from wmtp_studio import store
+from wmtp_studio.compare.export import Interval, PValue, Series, format_p
 from wmtp_studio.models import FINISHED_STATUSES, Evaluation, Run
-from wmtp_studio.tui.export import Interval, PValue, Series, format_p
 
 if TYPE_CHECKING:
-    from wmtp_studio.tui.results import CompareTables
-from wmtp_studio.tui.series import FeedBatch, MetricFeed, SeriesStore
+    from wmtp_studio.compare.tables import CompareTables
+from wmtp_studio.series import FeedBatch, MetricFeed, SeriesStore
 
 
 @dataclass
@@ -171,7 +171,9 @@ def set_summary(set_id: int, name: str, runs: Sequence[Run], tables: CompareTabl
 
 def read_set_summary(engine: Engine, progress: store.SetProgress) -> str:
     """`set_summary` of a stored set, against its default baseline (the ntp row)."""
-    from wmtp_studio.tui.results import compare_tables  # scipy: seconds to import, only once a set finished
+    from wmtp_studio.compare.tables import (
+        compare_tables,
+    )  # scipy: seconds to import, only once a set finished
 
     runs = sorted(
         store.list_runs(engine=engine, comparison_set_id=progress.id, limit=1000), key=lambda r: r.id or 0

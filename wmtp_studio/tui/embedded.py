@@ -21,7 +21,7 @@ ALIVE_WITHIN_S = 30.0
 """A worker that heartbeated this recently counts as live (workers heartbeat every 5 s or faster)."""
 STOP_TIMEOUT_S = 45.0
 """How long a stopping worker may take: the supervisor gives its trainer 30 s to checkpoint."""
-WORKER = "from workers.daemon import main; main()"
+WORKER = "from wmtp_studio.workers.daemon import main; main()"
 
 
 def worker_env(settings: Settings) -> dict[str, str]:

@@ -20,15 +20,15 @@ from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from wmtp_studio import store
+from wmtp_studio.compare.export import ExportFormat, Series, Table, export_path, format_cell, render
+from wmtp_studio.compare.tables import CompareTables, compare_tables
 from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.series import SeriesStore
 from wmtp_studio.tui.compare_feed import CompareFeed, CompareRead, chart_series, set_summary, set_title
 from wmtp_studio.tui.context import StudioContext
-from wmtp_studio.tui.export import ExportFormat, Series, Table, export_path, format_cell, render
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
 from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
-from wmtp_studio.tui.results import CompareTables, compare_tables
-from wmtp_studio.tui.series import SeriesStore
 from wmtp_studio.tui.widgets.charts import PALETTE
 
 HEAD0_CE = "train/head0/ce+val/head0/val_ce"

@@ -11,7 +11,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from rich.text import Text
 from textual import work
@@ -26,10 +25,11 @@ from textual.widgets import DataTable, Footer, Label, Log, Static, TabbedContent
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import ComparisonSet, Evaluation, Run
+from wmtp_studio.rundir.results import SampleVerdict
+from wmtp_studio.series import FeedBatch, MetricFeed, RunData, TextTail
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
-from wmtp_studio.tui.series import FeedBatch, MetricFeed, RunData, TextTail
 from wmtp_studio.tui.widgets.charts import CurvesPanel, RunProgress
 from wmtp_studio.tui.widgets.evaluations import EvaluationTable
 from wmtp_studio.tui.widgets.recipe import RecipeView
@@ -76,7 +76,7 @@ class SamplesLoaded(Message, bubble=False):
     """The highlighted evaluation's samples (a newer choice replaces it)."""
 
     caption: str
-    samples: list[dict[str, Any]]
+    samples: list[SampleVerdict]
 
     can_replace = replaced_by_same_kind
 

@@ -13,7 +13,7 @@ from textual.widgets import Label, ProgressBar, Sparkline
 from textual_plotext import PlotextPlot
 from textual_plotext.plot import Plot
 
-from wmtp_studio.tui.series import Series, SeriesStore, downsample
+from wmtp_studio.series import MetricSeries, SeriesStore, downsample
 
 DEFAULT_WIDTH = 80
 """Columns assumed before a chart has been laid out."""
@@ -44,7 +44,7 @@ class LineChart(PlotextPlot):
     def __init__(self, title: str, *, id: str | None = None, classes: str | None = None) -> None:
         super().__init__(id=id, classes=classes)
         self.title = title
-        self._series: dict[str, Series] = {}
+        self._series: dict[str, MetricSeries] = {}
         self.x_range: tuple[float, float] | None = None
         """The steps the x axis spans when shared with other charts (else the data's own)."""
         self.drawn: dict[str, tuple[list[float], list[float]]] = {}
@@ -55,7 +55,9 @@ class LineChart(PlotextPlot):
         """The y limits of the last draw (legend rows included)."""
         self.xticks: list[float] = []
 
-    def draw(self, series: Mapping[str, Series | None], x_range: tuple[float, float] | None = None) -> None:
+    def draw(
+        self, series: Mapping[str, MetricSeries | None], x_range: tuple[float, float] | None = None
+    ) -> None:
         """Plot `series`; `x_range` (steps) is shared with other charts, e.g. validation's with training's."""
         self._series = {label: s for label, s in series.items() if s is not None and len(s)}
         self.x_range = x_range
@@ -130,7 +132,7 @@ def y_range(values: Sequence[float]) -> tuple[float, float, float | None]:
     return level - pad, level + pad, level
 
 
-def coinciding(series: Mapping[str, Series], tol: float) -> list[list[str]]:
+def coinciding(series: Mapping[str, MetricSeries], tol: float) -> list[list[str]]:
     """Labels grouped by line: series at the same steps whose values all differ by at most `tol` are one line."""
     groups: list[list[str]] = []
     for label, s in series.items():
@@ -218,7 +220,7 @@ class RunProgress(Horizontal):
         yield Label("")
         yield Sparkline([])
 
-    def show(self, step: int, total: int, series: Series | None, label: str = "") -> None:
+    def show(self, step: int, total: int, series: MetricSeries | None, label: str = "") -> None:
         self.query_one(ProgressBar).update(total=total or None, progress=step)
         self.query_one(Label).update(label)
         spark = self.query_one(Sparkline)
@@ -254,7 +256,7 @@ class CurvesPanel(Grid):
             self.query_one(chart_id, LineChart).draw(drawn, steps)
 
 
-def step_range(series: Iterable[Series | None]) -> tuple[float, float] | None:
+def step_range(series: Iterable[MetricSeries | None]) -> tuple[float, float] | None:
     """The steps that some charts share as their x axis: from the first to the last step of any of `series`."""
     steps = [x for s in series if s is not None and len(s) for x in (s.steps[0], s.steps[-1])]
     return (min(steps), max(steps)) if steps else None

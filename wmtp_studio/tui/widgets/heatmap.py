@@ -12,7 +12,7 @@ from textual.app import RenderResult
 from textual.events import Resize
 from textual.widget import Widget
 
-from wmtp_studio.tui.series import HistHistory
+from wmtp_studio.series import HistHistory
 
 LOW, HIGH = ColorTriplet(20, 30, 60), ColorTriplet(250, 210, 60)
 AXIS = 7

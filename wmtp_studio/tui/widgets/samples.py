@@ -3,7 +3,6 @@ why it failed (the failed assert with expected and got, the exception, the limit
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -14,21 +13,16 @@ from textual.app import ComposeResult
 from textual.containers import Vertical, VerticalScroll
 from textual.widgets import DataTable, Label, Static
 
+import wmtp_studio.rundir.results as evalfiles
+from wmtp_studio.errors import StudioError
+from wmtp_studio.rundir.results import SampleVerdict
+
 MAX_SAMPLES = 20_000  # rows shown; a samples file is read up to this many lines
 
 
-def read_samples(path: Path) -> list[dict[str, Any]]:
-    """The records of a samples.jsonl, failed ones first (file order otherwise); raises OSError/ValueError."""
-    rows = []
-    with open(path, encoding="utf-8", errors="replace") as fh:
-        for n, line in enumerate(fh):
-            if n >= MAX_SAMPLES:
-                break
-            if line.strip():
-                rec = json.loads(line)
-                if isinstance(rec, dict) and isinstance(rec.get("task_id"), str):
-                    rows.append(rec)
-    return sorted(rows, key=lambda r: bool(r.get("passed")))
+def read_samples(path: Path) -> list[SampleVerdict]:
+    """The verdicts of a samples.jsonl, failed ones first (file order otherwise); raises OSError/ValueError."""
+    return sorted(evalfiles.read_samples(path, limit=MAX_SAMPLES), key=lambda v: v.passed)
 
 
 def find_samples(protocol: dict[str, Any], run_dir: Path, benchmark: str) -> Path | None:
@@ -36,24 +30,24 @@ def find_samples(protocol: dict[str, Any], run_dir: Path, benchmark: str) -> Pat
     beside the run's `eval/*/results.json` for the same benchmark."""
     if isinstance(protocol.get("samples"), str):
         return Path(protocol["samples"])
-    for results in sorted(run_dir.glob("eval/*/results.json")):
+    for out_dir in sorted(p.parent for p in run_dir.glob(f"{evalfiles.EVAL}/*/{evalfiles.RESULTS}")):
         try:
-            if json.loads(results.read_text()).get("benchmark") == benchmark:
-                return results.with_name("samples.jsonl")
-        except (OSError, ValueError, AttributeError):
+            if evalfiles.read_results(out_dir).benchmark == benchmark:
+                return out_dir / evalfiles.SAMPLES
+        except (OSError, StudioError):
             continue
     return None
 
 
-def why(sample: dict[str, Any]) -> str:
+def why(sample: SampleVerdict) -> str:
     """One line: why the sample failed ("" when it passed)."""
-    if sample.get("passed"):
+    if sample.passed:
         return ""
-    parts = [str(sample.get("detail") or sample.get("status", ""))]
-    if sample.get("expected") or sample.get("got"):
-        parts.append(f"expected {sample.get('expected', '')}, got {sample.get('got', '')}")
-    if sample.get("exception") and sample["exception"] not in parts[0]:
-        parts.append(str(sample["exception"]))
+    parts = [sample.detail or sample.status]
+    if sample.expected or sample.got:
+        parts.append(f"expected {sample.expected}, got {sample.got}")
+    if sample.exception and sample.exception not in parts[0]:
+        parts.append(sample.exception)
     return "; ".join(p for p in parts if p)
 
 
@@ -68,7 +62,7 @@ class SamplesView(Vertical):
     SamplesView #sample-detail { padding: 0 1; }
     """
 
-    samples: list[dict[str, Any]] = []
+    samples: list[SampleVerdict] = []
 
     def compose(self) -> ComposeResult:
         yield Label("select an evaluation to see its samples", id="samples-caption", markup=False)
@@ -81,16 +75,16 @@ class SamplesView(Vertical):
         for label in ("task", "#", "status", "why"):
             table.add_column(label, key=label)
 
-    def show(self, caption: str, samples: list[dict[str, Any]]) -> None:
+    def show(self, caption: str, samples: list[SampleVerdict]) -> None:
         self.samples = samples
-        failed = sum(not s.get("passed") for s in samples)
+        failed = sum(not s.passed for s in samples)
         self.query_one("#samples-caption", Label).update(
             f"{caption}: {len(samples)} samples, {failed} failed" if samples else caption
         )
         table = self.query_one("#samples-table", DataTable)
         table.clear()
         for i, s in enumerate(samples):
-            cells = (s["task_id"], str(s.get("index", "")), str(s.get("status", "")), why(s)[:120])
+            cells = (s.task_id, str(s.index), s.status, why(s)[:120])
             table.add_row(*map(Text, cells), key=str(i))
         self.query_one("#sample-detail", Static).update("")
         if samples:
@@ -98,15 +92,15 @@ class SamplesView(Vertical):
 
     def show_sample(self, i: int) -> None:
         s = self.samples[i]
-        head = Text(f"{s['task_id']} #{s.get('index', '')}  {s.get('status', '')}", style="bold")
+        head = Text(f"{s.task_id} #{s.index}  {s.status}", style="bold")
         parts: list[Any] = [head]
-        if not s.get("passed"):
+        if not s.passed:
             parts.append(Text(why(s)))
-        if s.get("output_truncated"):
+        if s.output_truncated:
             parts.append(Text("its output went past the cap (the rest was dropped)", style="dim"))
-        parts.append(Syntax(str(s.get("completion", "")), "python", line_numbers=False, word_wrap=True))
-        if s.get("stderr"):
-            parts += [Text("stderr (end):", style="dim"), Text(str(s["stderr"]))]
+        parts.append(Syntax(s.completion, "python", line_numbers=False, word_wrap=True))
+        if s.stderr:
+            parts += [Text("stderr (end):", style="dim"), Text(s.stderr)]
         self.query_one("#sample-detail", Static).update(Group(*parts))
 
     def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:

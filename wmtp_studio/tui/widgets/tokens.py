@@ -11,7 +11,7 @@ from textual.app import ComposeResult
 from textual.containers import VerticalScroll
 from textual.widgets import DataTable, Label, Static
 
-from wmtp_studio.tui.series import Blob
+from wmtp_studio.series import Blob
 from wmtp_studio.tui.widgets.heatmap import shade
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Grid, Horizontal, VerticalScroll
 
-from wmtp_studio.tui.series import RunData
+from wmtp_studio.series import RunData
 from wmtp_studio.tui.widgets.charts import BarsChart, LineChart, step_range
 from wmtp_studio.tui.widgets.heatmap import Heatmap
 

@@ -4,7 +4,7 @@ Before a program runs, :func:`make_plan` rewrites each test assert of the benchm
 or in its top-level ``check``/``test*`` functions) into a report: ``assert candidate(3) == 9, msg`` becomes
 ``__wmtp_probe(K, lambda: (candidate(3)))``. Only the parts the parent cannot compute itself (the *probes*: calls
 into the program, its variables) stay in the program; the comparison and the expected value ``9`` stay here. The
-child reports each probe's value as plain data (``sandbox_child.encode``), and ``sandbox_judge`` rebuilds it with
+child reports each probe's value as plain data (``child.encode``), and ``judge`` rebuilds it with
 fresh built-in types and evaluates the original assert expression with the real built-ins. An object
 with a forged ``__eq__``, patched built-ins or a tampered report cannot make ``9`` appear: the candidate's process
 never holds it. Asserts whose expected side is itself computed by the child (``assert f(x) == y``) are still judged
@@ -24,7 +24,7 @@ import warnings
 from collections.abc import Collection
 from dataclasses import dataclass
 
-from wmtp_studio.evaluate.sandbox_judge import SAFE_MATH, SAFE_NAMES
+from wmtp_studio.evaluate.sandbox.judge import SAFE_MATH, SAFE_NAMES
 
 PROBE = "__wmtp_probe"
 _NO_REWRITE = (ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)

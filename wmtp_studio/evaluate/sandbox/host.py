@@ -1,6 +1,6 @@
 """What the sandbox needs from the host: its isolation tier, an interpreter for candidates, uids, the zygote.
 
-The tier probe runs ``sandbox_launch.py probe`` (as root it tries the namespaces and the chroot a run uses). The
+The tier probe runs ``launch.py probe`` (as root it tries the namespaces and the chroot a run uses). The
 candidates' interpreter must be executable by an unprivileged uid: a venv's interpreter under a private home
 (/root is 0700) is not, so :func:`host` looks for the same Python version elsewhere (/usr/bin/python3.X, ...).
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from wmtp_studio.errors import StudioError
 
-LAUNCHER = Path(__file__).with_name("sandbox_launch.py")
+LAUNCHER = Path(__file__).with_name("launch.py")
 DEFAULT_UID_BASE = 2_000_000_000  # far above login (1000+), container (100000+, 524288+) and systemd ranges
 ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8"}
 
@@ -109,7 +109,7 @@ def claim_uids(base: int, count: int) -> tuple[list[int], list[int]]:
 
 
 class Zygote:
-    """Client of the trusted process that forks every run (see sandbox_launch); started once per Sandbox."""
+    """Client of the trusted process that forks every run (see launch.py); started once per Sandbox."""
 
     def __init__(self, python: str, tier: int) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)

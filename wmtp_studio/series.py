@@ -1,7 +1,8 @@
-"""What the run screen draws, kept as plain Python: metric series, histogram history, and the cursors that feed them.
+"""What the run and compare screens draw, kept as plain Python: metric series, histogram history, and the cursors
+that feed them.
 
-No Textual here. A `MetricFeed` reads new rows of one run from the store (in a thread worker) and hands a
-`FeedBatch` to the UI thread, which applies it to a `RunData`; charts then draw `Series.downsample(width)`.
+No Textual here (the dashboard's widgets draw it). A `MetricFeed` reads new rows of one run from the store (in a thread worker) and hands a
+`FeedBatch` to the UI thread, which applies it to a `RunData`; charts then draw `MetricSeries.downsample(width)`.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def downsample(xs: Sequence[float], ys: Sequence[float], width: int) -> tuple[li
 
 
 @dataclass
-class Series:
+class MetricSeries:
     """One metric over steps, in arrival order; non-finite values are counted, not kept (they cannot be drawn)."""
 
     steps: list[float] = field(default_factory=list)
@@ -63,15 +64,15 @@ class Series:
 
 
 class SeriesStore:
-    """Series keyed by metric name (`train/loss`, `train/head1/w_entropy`, ...)."""
+    """Metric series keyed by metric name (`train/loss`, `train/head1/w_entropy`, ...)."""
 
     def __init__(self) -> None:
-        self._series: dict[str, Series] = {}
+        self._series: dict[str, MetricSeries] = {}
 
     def add(self, name: str, step: float, value: float | None) -> None:
-        self._series.setdefault(name, Series()).append(step, value)
+        self._series.setdefault(name, MetricSeries()).append(step, value)
 
-    def get(self, name: str) -> Series | None:
+    def get(self, name: str) -> MetricSeries | None:
         return self._series.get(name)
 
     def names(self) -> list[str]:

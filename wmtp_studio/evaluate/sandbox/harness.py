@@ -5,10 +5,10 @@ can reach, read secrets or files, use the network, tamper with its interpreter (
 trace hooks, frame walking, ``gc``, ctypes), exit early with status 0, or leave processes behind. The harness (this
 module, in the caller's process) never executes it, and decides the verdict itself.
 
-Verdict. Before the run, ``sandbox_verdict.make_plan`` rewrites every test assert so that the program only *reports*
+Verdict. Before the run, ``verdict.make_plan`` rewrites every test assert so that the program only *reports*
 the values of the sub-expressions the harness cannot compute (calls into the program, its variables); comparison
 and expected literal stay here. ``assert f(2) == 4`` runs in the child as ``__wmtp_probe(0, lambda: (f(2)))``; the
-child reports ``f(2)`` as tagged plain data, ``sandbox_judge`` rebuilds it with fresh built-in types and evaluates
+child reports ``f(2)`` as tagged plain data, ``judge`` rebuilds it with fresh built-in types and evaluates
 ``value == 4`` with the real built-ins, stopping the run at the first assert that fails. A program passes only if
 every reported assert held, every assert that runs whenever its scope does (not under if/try) was reported, and it
 exited 0 after its last statement (a completion line carrying a per-run nonce). Tampering inside the child changes
@@ -25,7 +25,7 @@ function-benchmark programs run as module ``candidate``, not ``__main__``; outpu
 types, are reported as plain data and rebuilt here. A failed run says why: the assert's line with its expected and
 reported values, the exception, the limit it hit (``Result.line``, ``expected``, ``got``, ``exception``, ``detail``).
 
-Isolation (``Tier``, recorded in every ``Result``; the process tree is described in ``sandbox_launch``):
+Isolation (``Tier``, recorded in every ``Result``; the process tree is described in ``launch``):
   PROCESS    own process (a fork of a pristine zygote interpreter, never of the harness), new session, rlimits
              (address space, CPU, file size, open files, processes), temp dir cwd, stdin /dev/null, scrubbed env,
              no_new_privs, seccomp (no IPv4/IPv6 socket, no io_uring, no kill() of a group or -1). It runs as the
@@ -64,9 +64,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.evaluate.sandbox_host import DEFAULT_UID_BASE, Zygote, claim_uids, host
-from wmtp_studio.evaluate.sandbox_judge import decode_report, explain, judge, raised
-from wmtp_studio.evaluate.sandbox_verdict import Plan, make_plan
+from wmtp_studio.evaluate.sandbox.host import DEFAULT_UID_BASE, Zygote, claim_uids, host
+from wmtp_studio.evaluate.sandbox.judge import decode_report, explain, judge, raised
+from wmtp_studio.evaluate.sandbox.verdict import Plan, make_plan
 
 _MAX_REPORT_BYTES = 32 << 20
 _PLAN_LOCK = threading.Lock()  # run_many plans programs from several threads

@@ -1,5 +1,9 @@
 """Comparison sets: one base recipe expanded over algorithms x seeds into recipes that differ only in that factor.
 
+Headless, shared by the dashboard, the CLIs, the report and the MLflow forwarder: this module expands sets;
+tables.py computes the results tables (pass@k with the paired tests of evaluate/passk.py) and export.py writes
+them (and overlaid curves) as Markdown, LaTeX, CSV, PNG or SVG.
+
 METHOD.md ("Fair comparison"): everything but the declared factor is equal, so each expanded recipe differs from
 the base only in `algorithm`, `train.seed` and `name` (and the ntp control in its one head, `model.n_heads`), and the
 difference is recorded (`recipe_diff`).

@@ -1,4 +1,5 @@
-"""The compare screen's tables, computed from stored runs and evaluations (pure; no Textual, no database).
+"""The comparison tables (the compare screen's, the report's), from stored runs and evaluations (pure; no Textual,
+no database).
 
 Rows are runs, or algorithms when a comparison set has several seeds: then a row pools its seeds and the paired
 test against the baseline pairs seed i with seed i (`wmtp_studio.evaluate.passk.paired_comparison`). With several
@@ -14,11 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from wmtp_studio.compare import recipe_diff
+from wmtp_studio.compare.export import Cell, Interval, PValue, Table
 from wmtp_studio.errors import RecipeError, StudioError
 from wmtp_studio.evaluate.passk import Paired, SignedTest, paired_comparison, seed_interval, summarize
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.recipe import recipe_from_json
-from wmtp_studio.tui.export import Cell, Interval, PValue, Table
 
 PerProblem = dict[str, list[bool]]
 

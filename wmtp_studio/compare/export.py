@@ -1,4 +1,5 @@
-"""Exports of the compare screen: a results table as Markdown, LaTeX or CSV, and overlaid curves as PNG or SVG.
+"""Exports of the comparison (compare screen, report, MLflow): a results table as Markdown, LaTeX or CSV, and
+overlaid curves as PNG or SVG.
 
 Pure functions from typed values to text or bytes; the screen only picks a path and writes what they return.
 Matplotlib is imported lazily (only an export pays for it) and drawn on its own `Figure` with the Agg canvas,

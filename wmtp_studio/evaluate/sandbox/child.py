@@ -1,17 +1,17 @@
 """The candidate's side of the sandbox: isolate the process the launcher forked, then run the program in it.
 
-`become_candidate` turns a fresh fork of the zygote (see ``sandbox_launch``) into the candidate: new session,
+`become_candidate` turns a fresh fork of the zygote (see ``launch``) into the candidate: new session,
 stdin /dev/null (or a memfd holding the run's input), stdout/stderr/report pipes on fds 1-3 and nothing else, rlimits, a clean environment,
 no_new_privs, a seccomp filter, the run's own uid/gid, default signal handling. `run_program` then executes the
 program as module ``__main__`` (stdio programs) or ``candidate`` (function benchmarks: like the official harnesses,
 whose ``__name__`` is not ``"__main__"``, so ``if __name__ == "__main__":`` blocks do not run), with
 ``__wmtp_probe`` in its globals: each test assert, rewritten by
-``sandbox_verdict.make_plan``, calls it with the values it needs, and it writes them as one JSON line on fd 3
-(``{"s": K, "v": [...]}``) in the tagged form ``sandbox_judge.decode_report`` reads. After the last statement it
+``verdict.make_plan``, calls it with the values it needs, and it writes them as one JSON line on fd 3
+(``{"s": K, "v": [...]}``) in the tagged form ``judge.decode_report`` reads. After the last statement it
 writes ``{"done": NONCE}``, then exits at once (no atexit handlers, no waiting for threads).
 
 Nothing here is trusted by the harness: the program can replace any of it. Standard library only, and no import of
-wmtp_studio, for the reason given in ``sandbox_launch``.
+wmtp_studio, for the reason given in ``launch``.
 """
 
 from __future__ import annotations
@@ -262,7 +262,7 @@ def _hex(text: str) -> str:
 
 
 def encode(v: Any, depth: int = 0) -> str:
-    """Plain data as tagged JSON (see sandbox_judge); subclasses are read through their base type's methods."""
+    """Plain data as tagged JSON (see judge.py); subclasses are read through their base type's methods."""
     if v is None:
         return "null"
     if v is True or v is False:

@@ -1,6 +1,6 @@
 """The sandbox's process side: a zygote that forks one isolated, supervised process tree per candidate program.
 
-Started once per :class:`~wmtp_studio.evaluate.sandbox.Sandbox` as ``python -I -S sandbox_launch.py serve TIER FD``
+Started once per :class:`~wmtp_studio.evaluate.sandbox.Sandbox` as ``python -I -S launch.py serve TIER FD``
 with an empty environment and a SOCK_SEQPACKET control socket on fd FD. It never runs candidate code itself. The
 process tree of one run (``ps`` shows these names):
 
@@ -10,7 +10,7 @@ process tree of one run (``ps`` shows these names):
       wmtp-init       tier 3: pid 1 of new pid, mount and IPC namespaces (fresh /proc, private tmpfs scratch)
         wmtp-candidate  new session, rlimits, no_new_privs, seccomp, the run's uid/gid, clean env: the program
 
-The candidate (``sandbox_child``) is a fresh fork of this interpreter, which has never run untrusted code and has
+The candidate (``child``) is a fresh fork of this interpreter, which has never run untrusted code and has
 already imported the common modules: no exec of a new ``python``. Nothing in it is secret (the expected values
 never leave the harness). A request carries the run's fds [stdout, stderr, report, status, cancel]; the launcher
 writes one JSON object to *status* when everything is over, and stops the run when the harness closes *cancel*
@@ -44,12 +44,13 @@ for _name in PRELOADED:
     __import__(_name)
 
 try:  # as part of the package (type checking, tests)
-    from wmtp_studio.evaluate import sandbox_child
+    from wmtp_studio.evaluate.sandbox import child as sandbox_child
 except ImportError:  # as a script, run by an interpreter that need not see the package (python -I -S)
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-    import sandbox_child  # type: ignore[no-redef]
+    import child as sandbox_child  # type: ignore[no-redef]
 
     del sys.path[0]
+    sys.modules["sandbox_child"] = sys.modules.pop("child")  # candidates see no module named plain `child`
 
 PROCESS, UID, NAMESPACE = sandbox_child.PROCESS, sandbox_child.UID, sandbox_child.NAMESPACE
 CLONE_NEWNS, CLONE_NEWIPC, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x08000000, 0x20000000, 0x40000000

@@ -1,6 +1,6 @@
 """The trusted half of the sandbox's verdict, part 2: rebuild reported values, evaluate asserts on them.
 
-A report line ``{"s": K, "v": [...]}`` (written by ``sandbox_child``) carries one tagged-JSON value per probe of
+A report line ``{"s": K, "v": [...]}`` (written by ``child``) carries one tagged-JSON value per probe of
 site K: ``null``/``true``/``false``, or ``[tag, ...]`` with tags i (int, hex), f (float, ``float.hex``), c
 (complex), s (str, UTF-8 hex), b/B (bytes/bytearray, hex), l/t/S/F/d (list, tuple, set, frozenset, dict as
 k1, v1, ...), I (what an iterator yielded), Q (a Fraction: numerator, denominator), D (a Decimal: sign, digits,
@@ -20,7 +20,7 @@ from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from wmtp_studio.evaluate.sandbox_verdict import Site
+    from wmtp_studio.evaluate.sandbox.verdict import Site
 
 _MAX_DEPTH = 100
 _MAX_REPEAT = 10_000_000  # largest sequence `seq * n` the parent will build
