@@ -20,9 +20,7 @@ from wmtp_studio.workers.supervise import kill_stragglers
 
 pytestmark = pytest.mark.slow
 
-ENQUEUE = (
-    "import sys; from wmtp_studio.workers.tasks import announce; announce([int(a) for a in sys.argv[1:]])"
-)
+ENQUEUE = "import sys; from wmtp_studio.taskqueue import announce; announce([int(a) for a in sys.argv[1:]])"
 
 
 def status(engine: Engine, run_id: int) -> str:
