@@ -148,14 +148,20 @@ def kill_session(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the child's group, reap it, then SIGKILL any straggler left in its session until none is."""
     _signal_group(proc.pid, signal.SIGKILL)
     proc.wait()
+    kill_stragglers(proc.pid)
+
+
+def kill_stragglers(sid: int) -> bool:
+    """SIGKILL every live process of session `sid` until none is left (5 s at most); whether none is."""
     for _ in range(50):
-        left = session_pids(proc.pid)
+        left = session_pids(sid)
         if not left:
-            return
+            return True
         for pid in left:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         time.sleep(0.1)
+    return False
 
 
 _SIGNAL_DEATH = re.compile(r"died with <Signals\.SIG|Signal \d+ \(SIG[A-Z0-9]+\) received by PID")

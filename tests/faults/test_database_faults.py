@@ -16,16 +16,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.faults.conftest import TINY, studio_run, submit
 from tests.integration.conftest import RECIPES
-from tests.integration.jobs import ROOT, trainer_pids, wait_for
+from tests.integration.jobs import ROOT, WORKER, studio_env, studio_run, trainer_pids, wait_for
+from tests.integration.studio_fixtures import TINY, submit
 from wmtp_studio import store
 from wmtp_studio.rundir.metrics import read_metrics
 from wmtp_studio.workers import mlflow_sync
 
 pytestmark = pytest.mark.slow
 WMTP = "from wmtp_studio.cli import wmtp_main; wmtp_main()"
-WORKER = "from wmtp_studio.workers.daemon import main; main()"
 
 
 def _worker_exit(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -103,12 +102,7 @@ def test_a_truncated_database_is_named_with_its_cause(env: dict[str, str], engin
 @pytest.mark.skipif(_can_mount() is not None, reason=_can_mount() or "")
 def test_a_read_only_home_is_named_with_its_cause(tmp_path: Path) -> None:
     with _tmpfs(tmp_path / "ro", "16m") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
-        env |= {"WMTP_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-        env |= {
-            "WMTP_DATABASE_URL": f"sqlite:///{home / 'studio.db'}",
-            "WMTP_QUEUE_URL": f"sqlite:///{home}/q.db",
-        }
+        env = studio_env(home, queue_url=f"sqlite:///{home}/q.db")
         assert studio_run(env, "runs").returncode == 0  # a working studio
         subprocess.run(["mount", "-o", "remount,ro", str(home)], check=True)
         want = f"studio database {home / 'studio.db'}: the file system holding {home} is mounted read-only"
@@ -129,12 +123,7 @@ def test_a_read_only_home_is_named_with_its_cause(tmp_path: Path) -> None:
 @pytest.mark.skipif(_can_mount() is not None, reason=_can_mount() or "")
 def test_a_full_disk_is_named_with_its_cause_and_nothing_is_stored(tmp_path: Path) -> None:
     with _tmpfs(tmp_path / "full", "4m") as home:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
-        env |= {"WMTP_HOME": str(home), "HF_HUB_OFFLINE": "1"}
-        env |= {
-            "WMTP_DATABASE_URL": f"sqlite:///{home / 'studio.db'}",
-            "WMTP_QUEUE_URL": f"sqlite:///{home}/q.db",
-        }
+        env = studio_env(home, queue_url=f"sqlite:///{home}/q.db")
         assert studio_run(env, "runs").returncode == 0
         with open(home / "filler", "wb") as fh, contextlib.suppress(OSError):
             while True:  # fill the disk to the last block

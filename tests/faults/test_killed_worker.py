@@ -9,16 +9,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.faults.conftest import submit
 from tests.integration.conftest import lines, make_run
 from tests.integration.jobs import ROOT, trainer_pids, wait_for
+from tests.integration.studio_fixtures import submit
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.rundir.metrics import read_metrics
@@ -39,11 +38,9 @@ def _wait_for_moment(run_dir: Path, moment: str) -> None:
         wait_for(lambda: bool(trainer_pids(run_dir)), 120, "the trainer")
     elif moment == "mid-train":
         wait_for(lambda: (run_dir / "checkpoints" / "latest").is_file(), 120, "a first checkpoint")
-    else:  # a checkpoint being written: its staging directory exists
-        deadline = time.monotonic() + 120
-        while not list((run_dir / "checkpoints").glob(".tmp-step_*")):
-            assert time.monotonic() < deadline, "timed out waiting for a checkpoint in progress"
-            time.sleep(0.005)
+    else:  # a checkpoint being written: its staging directory exists (briefly: look often)
+        staging = run_dir / "checkpoints"
+        wait_for(lambda: any(staging.glob(".tmp-step_*")), 120, "a checkpoint in progress", every=0.005)
 
 
 @pytest.mark.parametrize("moment", ["start", "mid-train", "mid-checkpoint"])
@@ -69,16 +66,17 @@ def test_a_killed_workers_trainer_stops_and_the_next_worker_finishes_the_run(
     if moment != "start" and _events(run_dir):
         assert _events(run_dir)[-1] == "interrupted"  # it checkpointed at the next step boundary
     second = worker("--cpu", "--lease-s", "3", "--poll-s", "0.5")
-    most = 0
-    deadline = time.monotonic() + 240
-    while getattr(store.get_run(engine=engine, run_id=run_id), "status", "") not in ("succeeded", "failed"):
-        assert time.monotonic() < deadline, "timed out waiting for the run"
-        most = max(most, len(trainer_pids(run_dir)))
-        time.sleep(0.1)
+    trainers = [0]  # how many trainers train the run directory, at each look
+
+    def finished() -> bool:
+        trainers.append(len(trainer_pids(run_dir)))
+        return getattr(store.get_run(engine=engine, run_id=run_id), "status", "") in ("succeeded", "failed")
+
+    wait_for(finished, 240, "the run", every=0.1, log=tmp_path / "worker1.log")
     log = (tmp_path / "worker1.log").read_text()
     run = store.get_run(engine=engine, run_id=run_id)
     assert run is not None and (run.status, run.exit_code) == ("succeeded", 0), log + (run.error_tail or "")
-    assert most <= 1 and second.poll() is None
+    assert max(trainers) <= 1 and second.poll() is None
     stream = read_metrics(run_dir / "metrics.jsonl")
     assert [ln.seq for ln in stream] == list(range(len(stream)))  # gapless, no duplicates
     assert [ln.step for ln in stream if ln.kind == "train"] == list(range(1, STEPS + 1))  # every step once

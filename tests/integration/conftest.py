@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.integration.studio_fixtures import engine, env, worker  # noqa: F401 - a studio home's fixtures
 from wmtp_studio.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[2]

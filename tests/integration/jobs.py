@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
@@ -39,6 +40,12 @@ def studio(env: dict[str, str], *args: str) -> str:
     ).stdout
 
 
+def studio_run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """`wmtp-studio ARGS` in a subprocess, whatever its exit code."""
+    cmd = [sys.executable, "-c", STUDIO, *args]
+    return subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
     """`wmtp-worker ARGS` in a subprocess, its output in `log_path`."""
     with open(log_path, "wb") as log:
@@ -58,17 +65,46 @@ def stop_worker(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
+class Proc(NamedTuple):
+    pid: int
+    state: str
+    ppid: int
+    session: int
+
+
+def processes() -> list[Proc]:
+    """Every process now, from its /proc/PID/stat line."""
+    procs = []
+    for entry in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue  # exited meanwhile
+        state, ppid, _pgrp, session = stat[stat.rfind(")") + 2 :].split()[:4]
+        procs.append(Proc(int(entry), state, int(ppid), int(session)))
+    return procs
+
+
+def session_left(sid: int) -> list[int]:
+    """Live (non-zombie) processes of session `sid` (read here, apart from workers/supervise.py's sweep)."""
+    return [p.pid for p in processes() if p.state != "Z" and p.session == sid]
+
+
+def child_sessions(pid: int) -> list[int]:
+    """Children of `pid` that lead their own session (the trainers a worker started)."""
+    return [p.pid for p in processes() if p.ppid == pid and p.session == p.pid]
+
+
 def job_processes(run_dir: Path) -> dict[int, list[str]]:
     """Live processes whose command line names `run_dir` (the launcher and the trainer ranks), with their argv."""
     procs = {}
-    for entry in filter(str.isdigit, os.listdir("/proc")):
+    for proc in processes():
         try:
-            argv = Path(f"/proc/{entry}/cmdline").read_bytes().decode(errors="replace").split("\0")
-            state = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
         except OSError:
             continue  # exited meanwhile
-        if str(run_dir) in argv and state != "Z":
-            procs[int(entry)] = argv
+        if str(run_dir) in argv and proc.state != "Z":
+            procs[proc.pid] = argv
     return procs
 
 
@@ -95,8 +131,15 @@ def visible_devices(run_dir: Path) -> set[str]:
     return values
 
 
-def wait_for(cond: Callable[[], bool], timeout: float, what: str) -> None:
+def wait_for(
+    cond: Callable[[], object], timeout: float, what: str, *, every: float = 0.2, log: Path | None = None
+) -> None:
+    """Poll `cond` every `every` seconds until it holds: the one way tests wait for other processes and threads.
+    After `timeout` seconds fail naming `what` (and showing the end of `log`, a worker's say)."""
     deadline = time.monotonic() + timeout
     while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
+        if time.monotonic() >= deadline:
+            said = log.read_text(errors="replace")[-3000:] if log and log.exists() else ""
+            tail = f"; the end of {log.name}:\n{said}" if log else ""
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}{tail}")
+        time.sleep(every)

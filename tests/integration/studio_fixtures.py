@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.integration.jobs import start_worker, stop_worker, studio_env
+from tests.integration.jobs import ROOT, start_worker, stop_worker, studio, studio_env
 from wmtp_studio import store
 
 TINY = [
@@ -23,6 +23,12 @@ TINY = [
     )
 ]
 """`--set` overrides that make tiny-ntp a run of seconds with a metric line per step and no evaluation."""
+
+
+def submit(env: dict[str, str], *sets: str) -> int:
+    """`wmtp-studio submit` of tiny-ntp with TINY and `sets` (key=value); the new run's id."""
+    out = studio(env, "submit", str(ROOT / "recipes" / "tiny-ntp.yaml"), *TINY, *(f"--set={s}" for s in sets))
+    return int(out.strip().splitlines()[-1])
 
 
 @pytest.fixture

@@ -6,11 +6,7 @@ store (SQLite) in the temp dir: one experiment for the set, one MLflow run per s
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -18,15 +14,14 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.conftest import RECIPES, ROOT
+from tests.integration.conftest import RECIPES
+from tests.integration.jobs import start_worker, studio_env, studio_run, wait_for
 from wmtp_studio import store
 from wmtp_studio.recipe import recipe_from_json
 from wmtp_studio.tracking import allowed_params
 
 pytestmark = pytest.mark.slow
 
-STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
-WORKER = "from wmtp_studio.workers.daemon import main; main()"
 TINY = [
     "data.generated.num_train=400",
     "train.steps=12",
@@ -41,15 +36,10 @@ TINY = [
 ]
 
 
-def studio_env(tmp_path: Path) -> dict[str, str]:
-    home = tmp_path / "home"
-    base = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
-    return base | {
-        "WMTP_HOME": str(home),
-        "WMTP_DATABASE_URL": f"sqlite:///{home / 'studio.db'}",
-        "WMTP_QUEUE_URL": f"sqlite:///{home / 'queue.db'}",
-        "WMTP_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}",
-        "HF_HUB_OFFLINE": "1",
+def studio_env_with_mlflow(tmp_path: Path) -> dict[str, str]:
+    """jobs.studio_env for a home in tmp_path, forwarding to an MLflow store (SQLite) there too."""
+    return studio_env(tmp_path / "home") | {
+        "WMTP_MLFLOW_URI": f"sqlite:///{tmp_path / 'mlflow' / 'mlflow.db'}"
     }
 
 
@@ -58,19 +48,9 @@ def worker_until(
     env: dict[str, str], done: Callable[[], bool], log_path: Path, timeout: float
 ) -> Iterator[int]:
     """Run a `wmtp-worker --cpu` process until `done()`, yield its pid, then SIGTERM it: it must exit 0."""
-    with open(log_path, "wb") as log:
-        worker = subprocess.Popen(
-            [sys.executable, "-c", WORKER, "--cpu", "--poll-s", "0.2"],
-            env=env,
-            cwd=ROOT,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    worker = start_worker(env, log_path, "--cpu", "--poll-s", "0.2")
     try:
-        deadline = time.monotonic() + timeout
-        while not done():
-            assert time.monotonic() < deadline, f"timed out; worker log:\n{log_path.read_text()[-3000:]}"
-            time.sleep(0.5)
+        wait_for(done, timeout, "the worker to be done", every=0.5, log=log_path)
         yield worker.pid
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=60) == 0, log_path.read_text()[-3000:]
@@ -81,18 +61,11 @@ def worker_until(
 
 
 def test_cli_comparison_runs_through_a_worker_into_the_database_and_mlflow(tmp_path: Path) -> None:
-    env = studio_env(tmp_path)
+    env = studio_env_with_mlflow(tmp_path)
     (tmp_path / "mlflow").mkdir()
     sets = [x for o in TINY for x in ("--set", o)]
-    cli = [sys.executable, "-c", STUDIO, "compare", str(RECIPES / "tiny-ntp.yaml"), *sets]
-    out = subprocess.run(
-        [*cli, "--algorithms", "ntp,baseline-mtp", "--seeds", "0,1", "--json"],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    cli = ["compare", str(RECIPES / "tiny-ntp.yaml"), *sets]
+    out = studio_run(env, *cli, "--algorithms", "ntp,baseline-mtp", "--seeds", "0,1", "--json")
     assert out.returncode == 0, out.stderr
     ids = [r["id"] for r in json.loads(out.stdout)]
     assert len(ids) == 4

@@ -5,9 +5,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from tests.integration.jobs import studio_env, wait_for
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
 
@@ -29,17 +29,8 @@ def gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def wait_for(predicate: object, timeout_s: float) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_embedded_worker_shuts_down_when_the_dashboard_is_killed(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")} | {"WMTP_HOME": str(tmp_path)}
+    env = studio_env(tmp_path)
     settings = Settings.from_env(env)
     engine = store.make_engine(settings.database_url)
     store.upgrade(engine=engine)
@@ -47,10 +38,10 @@ def test_embedded_worker_shuts_down_when_the_dashboard_is_killed(tmp_path: Path)
     assert parent.stdout is not None
     worker_pid = int(parent.stdout.readline())
     try:
-        assert wait_for(lambda: store.list_workers(engine=engine), 60), "the embedded worker never registered"
+        wait_for(lambda: store.list_workers(engine=engine), 60, "the embedded worker to register")
         parent.kill()  # SIGKILL: the dashboard gets no chance to stop its worker
         parent.wait()
-        assert wait_for(lambda: gone(worker_pid), 60), "the embedded worker outlived the dashboard"
+        wait_for(lambda: gone(worker_pid), 60, "the embedded worker to go with the dashboard")
         assert store.list_workers(engine=engine) == []  # it shut down gracefully: unregistered itself
         log = (tmp_path / "logs" / "embedded-worker.log").read_text()
         assert f"parent process {parent.pid} is gone" in log

@@ -14,6 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 from sqlalchemy.engine import Engine
 
+from tests.evaluations import first_solved, greedy_pass1
 from tests.integration.conftest import FAST, RECIPES
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
@@ -167,7 +168,6 @@ def test_batches_of_whole_lines_a_set_experiment_and_a_retried_run(engine: Engin
 
 
 def test_a_quickstart_set_is_one_experiment_with_its_comparison_on_a_parent_run(tmp_path: Path) -> None:
-    from wmtp_studio.models import Evaluation
     from wmtp_studio.settings import Settings
     from wmtp_studio.submit import submit_quickstart
 
@@ -184,20 +184,8 @@ def test_a_quickstart_set_is_one_experiment_with_its_comparison_on_a_parent_run(
         assert run is not None and run.id is not None
         if run.algorithm in solved and run.comparison_set_id is not None:
             c = solved[run.algorithm]
-            per_problem = {f"t{i}": {"n": 1, "c": int(i < c)} for i in range(10)}
-            store.record_evaluation(
-                engine=engine,
-                evaluation=Evaluation(
-                    run_id=run.id,
-                    benchmark="generated:compose:100",
-                    k=1,
-                    pass_at_k=c / 10,
-                    ci_low=0.0,
-                    ci_high=1.0,
-                    n_problems=10,
-                    per_problem=per_problem,
-                ),
-            )
+            evaluation = greedy_pass1(run.id, first_solved(c, 10), benchmark="generated:compose:100")
+            store.record_evaluation(engine=engine, evaluation=evaluation)
         assert mlflow_sync.log_comparison(engine=engine, client=MlflowClient(uri), run_id=run.id) is None
         store.finish_run(
             engine=engine, run_id=run.id, owner="w", token=run.fencing_token, status="succeeded", exit_code=0

@@ -4,21 +4,19 @@ directories (logs, metrics, checkpoints, recipe.json) or the worker's log."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.integration.conftest import RECIPES, ROOT
-from tests.integration.test_e2e import studio_env, worker_until
+from tests.integration.conftest import RECIPES
+from tests.integration.jobs import studio_run
+from tests.integration.test_e2e import studio_env_with_mlflow, worker_until
 from wmtp_studio import store
 
 pytestmark = pytest.mark.slow
 
-STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
 VAR = "WMTP_TEST_SECRET_TOKEN"
 
 
@@ -28,7 +26,7 @@ def files_holding(needle: bytes, root: Path) -> list[str]:
 
 def test_a_secret_from_the_environment_is_never_stored(tmp_path: Path) -> None:
     sentinel = f"sentinel-{uuid.uuid4().hex}"
-    env = studio_env(tmp_path) | {VAR: sentinel}
+    env = studio_env_with_mlflow(tmp_path) | {VAR: sentinel}
     home, mlflow_dir, uri = Path(env["WMTP_HOME"]), tmp_path / "mlflow", env["WMTP_MLFLOW_URI"]
     mlflow_dir.mkdir()
     # The trainer's own MLflow logging is asked for too: under the studio the worker forwards instead.
@@ -36,14 +34,7 @@ def test_a_secret_from_the_environment_is_never_stored(tmp_path: Path) -> None:
     tracking = f"tracking: {{mlflow_uri: '{uri}', run_name: '${{{VAR}}}', experiment: 'trainer-own'}}\n"
     recipe.write_text((RECIPES / "tiny-ntp.yaml").read_text() + tracking)
     sets = ["data.generated.num_train=300", "train.steps=6", "train.batch_size=16", "eval.benchmarks=[]"]
-    out = subprocess.run(
-        [sys.executable, "-c", STUDIO, "submit", str(recipe), *[x for s in sets for x in ("--set", s)]],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    out = studio_run(env, "submit", str(recipe), *[x for s in sets for x in ("--set", s)])
     assert out.returncode == 0, out.stderr
     assert sentinel not in out.stdout + out.stderr
     run_id = int(out.stdout)

@@ -3,29 +3,22 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.integration.conftest import RECIPES, ROOT
+from tests.integration.jobs import studio_env, studio_run
 from wmtp_studio.recipe import ALGORITHMS
 from wmtp_studio.submit import QUICKSTART_ALL_ALGORITHMS
-
-ROOT = Path(__file__).resolve().parents[2]
-RECIPES = ROOT / "recipes"
-ENTRY = "from wmtp_studio.studio_cli import studio_main; studio_main()"
 
 
 @pytest.fixture
 def studio(tmp_path: Path) -> Any:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WMTP_")}
-    env |= {
-        "WMTP_HOME": str(tmp_path / "home"),
-        "WMTP_DATABASE_URL": f"sqlite:///{tmp_path / 'home' / 'studio.db'}",
+    env = studio_env(tmp_path / "home") | {
         "WMTP_TINY_STEPS": "20",
         # the tiny rho1 recipe's reference must exist when it is submitted (a stand-in directory will do)
         "WMTP_RHO1_REFERENCE": str(tmp_path / "runs" / "tiny-ntp" / "model"),
@@ -33,14 +26,7 @@ def studio(tmp_path: Path) -> Any:
     (tmp_path / "runs" / "tiny-ntp" / "model").mkdir(parents=True)
 
     def call(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(
-            [sys.executable, "-c", ENTRY, *args],
-            env=env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        proc = studio_run(env, *args)
         assert proc.returncode == code, (proc.stdout, proc.stderr)
         assert "Traceback" not in proc.stderr
         return proc

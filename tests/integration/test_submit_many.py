@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration.conftest import RECIPES, ROOT
+from tests.integration.jobs import wait_for
 from tests.integration.services import POSTGRES_URL, fresh_postgres_database
 from wmtp_studio import store
 
@@ -85,11 +85,12 @@ def at_once(scripts: list[tuple[str, list[str]]], tmp_path: Path, tag: str) -> l
         )
         for i, (script, args) in enumerate(scripts)
     ]
-    deadline = time.monotonic() + 120
-    while not all(r.exists() for r in ready):
+
+    def all_ready() -> bool:
         assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        assert time.monotonic() < deadline, "the processes did not get ready"
-        time.sleep(0.05)
+        return all(r.exists() for r in ready)
+
+    wait_for(all_ready, 120, "the processes to get ready", every=0.05)
     go.touch()
     results = []
     for proc in procs:

@@ -4,7 +4,6 @@ shutdown and resume, failure, fencing."""
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,6 +15,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from tests.integration.conftest import FAST, RECIPES
+from tests.integration.jobs import session_left, wait_for
 from wmtp_studio import store
 from wmtp_studio.models import Run, utcnow
 from wmtp_studio.recipe import load_recipe
@@ -42,27 +42,14 @@ def _claim(engine: Engine, tmp_path: Path, *overrides: str) -> Run:
     return run
 
 
-def _session_left(sid: int | None) -> list[int]:
-    """Live processes of the child's session (independent of the module's own sweep)."""
-    assert sid is not None
-    left = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        state, _ppid, _pgrp, session = stat[stat.rfind(")") + 2 :].split()[:4]
-        if state != "Z" and int(session) == sid:
-            left.append(int(entry))
-    return left
+def _wait_for(cond: Callable[[], bool], fut: Future[JobOutcome], what: str) -> None:
+    """jobs.wait_for, failing at once if supervise ends first."""
 
+    def ready() -> bool:
+        assert not fut.done(), f"supervise ended early, before {what}: {fut.result()}"
+        return cond()
 
-def _wait_for(cond: Callable[[], bool], fut: Future[JobOutcome], timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert not fut.done(), f"supervise ended early: {fut.result()}"
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
+    wait_for(ready, 60, what)
 
 
 def _has_train_points(engine: Engine, run_id: int) -> bool:
@@ -113,7 +100,7 @@ def test_run_to_completion_ingests_every_line(engine: Engine, tmp_path: Path) ->
     row = store.get_run(engine=engine, run_id=run.id)
     assert row is not None and (row.status, row.exit_code, row.lease_owner) == ("succeeded", 0, None)
     assert (Path(run.run_dir) / "train.log").exists()
-    assert not _session_left(out.pid)
+    assert out.pid is not None and not session_left(out.pid)
 
 
 def test_cancel_stops_the_whole_session(engine: Engine, tmp_path: Path) -> None:
@@ -124,16 +111,20 @@ def test_cancel_stops_the_whole_session(engine: Engine, tmp_path: Path) -> None:
         fut = pool.submit(
             supervise, engine=engine, run=run, owner=OWNER, token=run.fencing_token, poll_s=0.2, grace_s=grace
         )
-        _wait_for(lambda: _has_train_points(engine, run.id or 0), fut)
+        _wait_for(lambda: _has_train_points(engine, run.id or 0), fut, "train points")
         # the trainer's progress lines reach train.log (the Log tab) while it trains, not at the end
         log = Path(run.run_dir) / "train.log"
-        _wait_for(lambda: log.exists() and " step " in log.read_text() and "loss" in log.read_text(), fut)
+        _wait_for(
+            lambda: log.exists() and " step " in log.read_text() and "loss" in log.read_text(),
+            fut,
+            "a step in the log",
+        )
         store.request_cancel(engine=engine, run_id=run.id)
         asked = time.monotonic()
         out = fut.result(timeout=grace + 10)
     assert time.monotonic() - asked < grace
     assert (out.status, out.exit_code) == ("cancelled", 143), out
-    assert not _session_left(out.pid)
+    assert out.pid is not None and not session_left(out.pid)
     row = store.get_run(engine=engine, run_id=run.id)
     assert row is not None and (row.status, row.exit_code) == ("cancelled", 143)
 
@@ -146,7 +137,7 @@ def test_shutdown_hands_back_then_resumes_gapless(engine: Engine, tmp_path: Path
         fut = pool.submit(
             supervise, engine=engine, run=run, owner=OWNER, token=run.fencing_token, poll_s=0.2, stop=stop
         )
-        _wait_for(lambda: _has_train_points(engine, run.id or 0), fut)
+        _wait_for(lambda: _has_train_points(engine, run.id or 0), fut, "train points")
         stop.set()
         out = fut.result(timeout=40)
     assert (out.status, out.exit_code) == ("queued", 143), out
@@ -199,7 +190,7 @@ def test_stale_token_kills_the_child_and_records_nothing(engine: Engine, tmp_pat
     started = time.monotonic()
     out = supervise(engine=engine, run=run, owner=OWNER, token=run.fencing_token, poll_s=0.2)
     assert out.status == "fenced" and time.monotonic() - started < 10, out
-    assert not _session_left(out.pid)
+    assert out.pid is not None and not session_left(out.pid)
     row = store.get_run(engine=engine, run_id=run.id)
     assert row is not None
     assert (row.status, row.lease_owner, row.fencing_token, row.exit_code) == (

@@ -21,7 +21,7 @@ from sqlmodel import col
 
 from tests.integration.conftest import RECIPES
 from tests.integration.jobs import studio, trainer_pids, wait_for
-from tests.integration.studio_fixtures import TINY, engine, env, worker  # noqa: F401 - fixtures
+from tests.integration.studio_fixtures import TINY
 from wmtp_studio import store
 from wmtp_studio.models import Worker, utcnow
 from wmtp_studio.rundir.metrics import read_metrics

@@ -13,25 +13,13 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from tests.integration.conftest import FAST, RECIPES
-from tests.integration.jobs import start_worker, stop_worker, studio_env, visible_devices, wait_for
+from tests.integration.jobs import start_worker, stop_worker, visible_devices, wait_for
 from wmtp_studio import store
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.settings import Settings
 from wmtp_studio.submit import submit_run
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    return studio_env(tmp_path / "home")
-
-
-@pytest.fixture
-def engine(env: dict[str, str]) -> Engine:
-    eng = store.make_engine(env["WMTP_DATABASE_URL"])
-    store.upgrade(engine=eng)
-    return eng
 
 
 def test_runs_are_packed_onto_free_gpus_each_seeing_its_own(

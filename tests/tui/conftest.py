@@ -120,11 +120,12 @@ class ScreenApp(App[None]):
         self.push_screen(self.make())
 
 
-async def until(pilot: Pilot[Any], cond: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
-    """Let the app run (its poll timers and workers) until `cond` holds."""
+async def until(pilot: Pilot[Any], cond: Callable[[], bool], what: str, timeout: float = 20.0) -> None:
+    """Let the app run (its poll timers, workers and redraws) until `cond` holds; fail naming `what` after
+    `timeout` seconds (generous: a loaded machine draws late). The one way dashboard tests wait."""
     deadline = time.monotonic() + timeout
     while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        assert time.monotonic() < deadline, f"timed out after {timeout:g} s waiting for {what}"
         await pilot.pause(0.02)
 
 

@@ -63,16 +63,27 @@ async def test_help_panel_lists_the_screen_bindings(settings: Settings, engine: 
         assert not app.screen.query("HelpPanel")
 
 
-async def test_first_start_offers_the_quickstart_and_shows_its_runs(
-    settings: Settings, engine: Engine
-) -> None:
+async def _take_the_quickstart(settings: Settings, highlight: int | None, rows: int) -> list[str | None]:
+    """An empty studio's dashboard: Enter on option `highlight` of the quickstart offer (None: on the one it
+    opens with), then wait for the `rows` runs queued; the ids of the options offered."""
     app = _app(settings, offer_quickstart=True)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
-        await pilot.press("enter")  # the first choice: fast, one seed
+        choices = app.screen.query_one(OptionList)
+        offered = [choices.get_option_at_index(i).id for i in range(choices.option_count)]
+        if highlight is not None:
+            choices.highlighted = highlight
+        await pilot.press("enter")
         await until(
-            pilot, lambda: isinstance(app.screen, RunsScreen) and _rows(app) == 5, "the quickstart runs"
+            pilot, lambda: isinstance(app.screen, RunsScreen) and _rows(app) == rows, "the quickstart runs"
         )
+    return offered
+
+
+async def test_first_start_offers_the_quickstart_and_shows_its_runs(
+    settings: Settings, engine: Engine
+) -> None:
+    await _take_the_quickstart(settings, None, 5)  # the first choice: fast, one seed
     runs = store.list_runs(engine=engine)
     assert sorted(r.algorithm for r in runs) == ["baseline-mtp", "critic-wmtp", "ntp", "ntp", "rho1-wmtp"]
     assert {r.seed for r in runs} == {0}
@@ -81,21 +92,7 @@ async def test_first_start_offers_the_quickstart_and_shows_its_runs(
 async def test_thorough_quickstart_queues_three_seeds_per_algorithm(
     settings: Settings, engine: Engine
 ) -> None:
-    app = _app(settings, offer_quickstart=True)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
-        choices = app.screen.query_one(OptionList)
-        assert [choices.get_option_at_index(i).id for i in range(choices.option_count)] == [
-            "1",
-            "3",
-            "all",
-            "no",
-        ]
-        choices.highlighted = 1  # thorough: 3 seeds
-        await pilot.press("enter")
-        await until(
-            pilot, lambda: isinstance(app.screen, RunsScreen) and _rows(app) == 13, "the quickstart runs"
-        )
+    assert await _take_the_quickstart(settings, 1, 13) == ["1", "3", "all", "no"]  # 1: thorough, 3 seeds
     tunes = [r for r in store.list_runs(engine=engine) if r.comparison_set_id is not None]
     assert sorted((r.algorithm, r.seed) for r in tunes) == sorted(
         (a, s) for a in ("ntp", "baseline-mtp", "critic-wmtp", "rho1-wmtp") for s in (0, 1, 2)
@@ -105,13 +102,7 @@ async def test_thorough_quickstart_queues_three_seeds_per_algorithm(
 async def test_every_algorithm_quickstart_queues_one_fine_tune_per_algorithm(
     settings: Settings, engine: Engine
 ) -> None:
-    app = _app(settings, offer_quickstart=True)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
-        app.screen.query_one(OptionList).highlighted = 2  # every algorithm
-        await pilot.press("enter")
-        n = len(QUICKSTART_ALL_ALGORITHMS)
-        await until(pilot, lambda: isinstance(app.screen, RunsScreen) and _rows(app) == n + 1, "the runs")
+    await _take_the_quickstart(settings, 2, len(QUICKSTART_ALL_ALGORITHMS) + 1)  # 2: every algorithm
     tunes = [r for r in store.list_runs(engine=engine) if r.comparison_set_id is not None]
     assert sorted(r.algorithm for r in tunes) == sorted(QUICKSTART_ALL_ALGORITHMS)
     assert {"grad-wmtp", "grpo-wmtp"} <= set(QUICKSTART_ALL_ALGORITHMS) and {r.seed for r in tunes} == {0}

@@ -4,20 +4,19 @@ The `settings` and `ctx` fixtures (a temp studio home and database) come from co
 from __future__ import annotations
 
 import csv
-import time
 import xml.etree.ElementTree as ET
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import Engine
 from textual.app import App
-from textual.pilot import Pilot
 from textual.widgets import DataTable, OptionList, Select, SelectionList, Static, TabbedContent
 
+from tests.evaluations import first_solved, greedy_pass1
+from tests.tui.conftest import ScreenApp, until
 from wmtp_studio import store
 from wmtp_studio.compare import FACTOR, expand
-from wmtp_studio.models import Evaluation, Run
+from wmtp_studio.models import Run
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
@@ -35,24 +34,6 @@ SOLVED = {
     ("baseline-mtp", 0): [1, 1, 1, 1],
     ("baseline-mtp", 1): [1, 1, 0, 1],
 }
-
-
-class CompareApp(App[None]):
-    def __init__(self, screen: CompareScreen) -> None:
-        super().__init__()
-        self.compare = screen
-
-    def on_mount(self) -> None:
-        self.push_screen(self.compare)
-
-
-async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> None:
-    """Let the screen's poll timer and workers run until `cond` holds."""
-    deadline = time.monotonic() + 20
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.02)
 
 
 def store_set(
@@ -87,16 +68,7 @@ def make_set(engine: Engine, settings: Settings, name: str | None = None) -> tup
         solved = SOLVED[(run.algorithm, run.seed)]
         store.record_evaluation(
             engine=engine,
-            evaluation=Evaluation(
-                run_id=rid,
-                benchmark="generated",
-                k=1,
-                pass_at_k=sum(solved) / 4,
-                ci_low=0.0,
-                ci_high=1.0,
-                n_problems=4,
-                per_problem={f"t{j}": {"n": 1, "c": c} for j, c in enumerate(solved)},
-            ),
+            evaluation=greedy_pass1(rid, solved),
         )
         runs.append(run)
     return runs[0].comparison_set_id or 0, runs
@@ -111,9 +83,9 @@ async def test_comparison_set_rows_per_algorithm_with_paired_tests(
 ) -> None:
     set_id, runs = make_set(ctx.engine, settings)
     screen = CompareScreen(ctx, comparison_set_id=set_id)
-    async with CompareApp(screen).run_test(size=(120, 40)) as pilot:
+    async with ScreenApp(lambda: screen).run_test(size=(120, 40)) as pilot:
         table = screen.query_one("#results-table", DataTable)
-        await wait_for(pilot, lambda: table.row_count == 2, "the results table")
+        await until(pilot, lambda: table.row_count == 2, "the results table")
         ntp, mtp = rows(table)
         # ntp is the default baseline. Pooled pass@1 = mean over problems of c/n over both seeds:
         # ntp (2/2 + 1/2 + 0 + 0)/4 = 0.375, baseline-mtp (2/2 + 2/2 + 1/2 + 2/2)/4 = 0.875.
@@ -129,7 +101,7 @@ async def test_comparison_set_rows_per_algorithm_with_paired_tests(
         # the other algorithm as baseline: the difference changes sign
         await pilot.press("b")
         screen.query_one("#baseline", Select).value = 1
-        await wait_for(pilot, lambda: rows(table)[0][4].startswith("-0.500"), "the new baseline")
+        await until(pilot, lambda: rows(table)[0][4].startswith("-0.500"), "the new baseline")
         assert rows(table)[1][4] == "baseline"
 
         # config diff: the baseline (first baseline-mtp run, seed 0) against every other run
@@ -161,16 +133,16 @@ async def test_comparison_set_rows_per_algorithm_with_paired_tests(
 async def test_exports_write_table_and_chart_files(ctx: StudioContext, settings: Settings) -> None:
     set_id, _ = make_set(ctx.engine, settings)
     screen = CompareScreen(ctx, comparison_set_id=set_id)
-    async with CompareApp(screen).run_test(size=(120, 40)) as pilot:
+    async with ScreenApp(lambda: screen).run_test(size=(120, 40)) as pilot:
         table = screen.query_one("#results-table", DataTable)
-        await wait_for(pilot, lambda: table.row_count == 2, "the results table")
+        await until(pilot, lambda: table.row_count == 2, "the results table")
         exports = settings.home / "exports"
         for index, ext in enumerate(["md", "tex", "csv", "png", "svg"]):
             await pilot.press("e")
-            await wait_for(pilot, lambda: isinstance(pilot.app.screen, ChoiceModal), "the export picker")
+            await until(pilot, lambda: isinstance(pilot.app.screen, ChoiceModal), "the export picker")
             pilot.app.screen.query_one(OptionList).highlighted = index
             await pilot.press("enter")
-            await wait_for(pilot, lambda ext=ext: any(exports.glob(f"compare-set{set_id}-*.{ext}")), ext)
+            await until(pilot, lambda ext=ext: any(exports.glob(f"compare-set{set_id}-*.{ext}")), ext)
         (csv_path,) = exports.glob("*.csv")
         parsed = list(csv.DictReader(csv_path.open()))
         assert [r["algorithm"] for r in parsed] == ["ntp", "baseline-mtp"]
@@ -203,11 +175,11 @@ async def test_exports_write_table_and_chart_files(ctx: StudioContext, settings:
 async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settings) -> None:
     _, runs = make_set(ctx.engine, settings)
     screen = CompareScreen(ctx)
-    async with CompareApp(screen).run_test(size=(80, 24)) as pilot:
+    async with ScreenApp(lambda: screen).run_test(size=(80, 24)) as pilot:
         title = screen.query_one("#compare-title", Static)
-        await wait_for(pilot, lambda: "set" in str(title.render()), "the latest set")
+        await until(pilot, lambda: "set" in str(title.render()), "the latest set")
         await pilot.press("p")
-        await wait_for(pilot, lambda: isinstance(pilot.app.screen, PickRunsModal), "the run picker")
+        await until(pilot, lambda: isinstance(pilot.app.screen, PickRunsModal), "the run picker")
         picker = pilot.app.screen.query_one(SelectionList)
         assert sorted(picker.selected) == sorted(r.id for r in runs)  # the set's runs, ticked
         picker.deselect_all()
@@ -215,7 +187,7 @@ async def test_picked_runs_get_one_row_each(ctx: StudioContext, settings: Settin
         picker.select(runs[2].id or 0)  # baseline-mtp seed 0
         await pilot.press("enter")
         table = screen.query_one("#results-table", DataTable)
-        await wait_for(pilot, lambda: table.row_count == 2, "one row per picked run")
+        await until(pilot, lambda: table.row_count == 2, "one row per picked run")
         ntp, mtp = rows(table)
         assert ntp[0] == f"#{runs[0].id} tiny-ntp-s0" and ntp[2] == "0.250 [0.000, 1.000]"  # as stored
         # per-problem differences [1,1,1,1] − [1,0,0,0] = [0, 1, 1, 1]: mean 0.75; greedy pass@1, three
@@ -257,16 +229,7 @@ def make_three_seed_set(engine: Engine, settings: Settings) -> int:
         c = SOLVED_FIRST[run.algorithm][run.seed]
         store.record_evaluation(
             engine=engine,
-            evaluation=Evaluation(
-                run_id=run.id or 0,
-                benchmark="generated",
-                k=1,
-                pass_at_k=c / 8,
-                ci_low=0.0,
-                ci_high=1.0,
-                n_problems=8,
-                per_problem={f"t{j}": {"n": 1, "c": int(j < c)} for j in range(8)},
-            ),
+            evaluation=greedy_pass1(run.id or 0, first_solved(c, 8)),
         )
     return stored[0].comparison_set_id or 0
 
@@ -276,9 +239,9 @@ async def test_three_seeds_show_the_test_used_and_which_differences_are_within_s
 ) -> None:
     set_id = make_three_seed_set(ctx.engine, settings)
     screen = CompareScreen(ctx, comparison_set_id=set_id)
-    async with CompareApp(screen).run_test(size=(160, 40)) as pilot:
+    async with ScreenApp(lambda: screen).run_test(size=(160, 40)) as pilot:
         table = screen.query_one("#results-table", DataTable)
-        await wait_for(pilot, lambda: table.row_count == 3, "the results table")
+        await until(pilot, lambda: table.row_count == 3, "the results table")
         ntp, mtp, critic = rows(table)
         assert [c.label.plain for c in table.columns.values()][2:9] == [
             "generated pass@1",
@@ -336,30 +299,30 @@ async def test_compare_mode_opens_on_the_latest_finished_set_else_the_latest(
     first, runs_a = make_set(ctx.engine, settings, name="quickstart")
     second, runs_b = make_set(ctx.engine, settings)
     screen = CompareScreen(ctx)  # as the Compare mode opens it: nothing picked
-    async with CompareApp(screen).run_test(size=(120, 40)) as pilot:
+    async with ScreenApp(lambda: screen).run_test(size=(120, 40)) as pilot:
         title = screen.query_one("#compare-title", Static)
         summary = screen.query_one("#summary", Static)
         table = screen.query_one("#results-table", DataTable)
         # nothing finished: the latest set, with how far it is
-        await wait_for(pilot, lambda: f"set {second} (tiny-ntp)" in str(title.render()), "the latest set")
-        await wait_for(pilot, lambda: table.row_count == 2, "its results")
+        await until(pilot, lambda: f"set {second} (tiny-ntp)" in str(title.render()), "the latest set")
+        await until(pilot, lambda: table.row_count == 2, "its results")
         assert rows(table)[0][0] == "ntp" and rows(table)[0][4] == "baseline"
-        await wait_for(pilot, lambda: "0 of 4 runs finished" in str(summary.render()), "its progress")
+        await until(pilot, lambda: "0 of 4 runs finished" in str(summary.render()), "its progress")
 
         finish_next(ctx.engine, 4)  # the older set (the quickstart) finishes: it is the one to show now
-        await wait_for(pilot, lambda: f"quickstart (set {first})" in str(title.render()), "the finished set")
-        await wait_for(pilot, lambda: "finished\n" in str(summary.render()), "its answer")
+        await until(pilot, lambda: f"quickstart (set {first})" in str(title.render()), "the finished set")
+        await until(pilot, lambda: "finished\n" in str(summary.render()), "its answer")
         assert str(summary.render()) == f"quickstart (set {first}) finished\n{ANSWER}"
         assert sorted(screen.series) == sorted(r.id for r in runs_a)  # the other set's curves are gone
-        await wait_for(pilot, lambda: table.row_count == 2, "its results")
+        await until(pilot, lambda: table.row_count == 2, "its results")
         ntp, mtp = rows(table)
         assert ntp[0] == "ntp" and ntp[4] == "baseline" and mtp[4].startswith("0.500 [")
 
         finish_next(ctx.engine, 3)
         finish_next(ctx.engine, 1, status="failed")  # the newer set finishes too, one run failed
-        await wait_for(pilot, lambda: f"set {second} (tiny-ntp)" in str(title.render()), "the newer set")
+        await until(pilot, lambda: f"set {second} (tiny-ntp)" in str(title.render()), "the newer set")
         news = f"set {second} (tiny-ntp) finished (1 of 4 runs did not succeed)\n{ANSWER}"
-        await wait_for(pilot, lambda: str(summary.render()) == news, "its answer")
+        await until(pilot, lambda: str(summary.render()) == news, "its answer")
         assert sorted(screen.series) == sorted(r.id for r in runs_b)
 
 
@@ -374,9 +337,9 @@ async def test_the_dashboard_announces_a_set_when_its_last_run_finishes(
     finish_next(ctx.engine, 3)
     app = create_app(settings=settings, embedded_worker=False, offer_quickstart=False, poll_s=0.05)
     async with app.run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: app._sets is not None and app._sets._done is not None, "the first look")
+        await until(pilot, lambda: app._sets is not None and app._sets._done is not None, "the first look")
         finish_next(ctx.engine, 1)
-        await wait_for(pilot, lambda: any("finished" in n.message for n in app._notifications), "the news")
+        await until(pilot, lambda: any("finished" in n.message for n in app._notifications), "the news")
         (news,) = [n.message for n in app._notifications if "finished" in n.message]
         assert news == f"quickstart (set {set_id}) finished\n{ANSWER}\nCompare (2) shows the table."
 
@@ -403,7 +366,7 @@ async def test_run_picker_draws_unticked_boxes_empty_and_enter_with_none_ticked_
         assert boxes == ["▐X▌", "▐ ▌", "▐ ▌", "▐ ▌"]  # Textual's own draws ▐X▌ in both states
         picker.deselect_all()
         await pilot.press("enter")
-        await wait_for(pilot, lambda: len(app._notifications) > 0, "a notification")
+        await until(pilot, lambda: len(app._notifications) > 0, "a notification")
         assert [n.message for n in app._notifications] == [
             "No run ticked: tick runs with space, then Enter (Escape cancels)"
         ]
@@ -421,8 +384,8 @@ async def test_default_chart_is_head0_ce_train_solid_and_val_dotted_in_colour_bl
 ) -> None:
     set_id, runs = make_set(ctx.engine, settings)
     screen = CompareScreen(ctx, comparison_set_id=set_id)
-    async with CompareApp(screen).run_test(size=(120, 40)) as pilot:
-        await wait_for(pilot, lambda: len(screen.drawn) == 8, "the curves")
+    async with ScreenApp(lambda: screen).run_test(size=(120, 40)) as pilot:
+        await until(pilot, lambda: len(screen.drawn) == 8, "the curves")
         names = [r.name for r in runs]
         colours = [ORANGE, SKY_BLUE, BLUISH_GREEN, REDDISH_PURPLE]
         # the val bullets first, under the solid training lines; one colour per run
@@ -432,5 +395,5 @@ async def test_default_chart_is_head0_ce_train_solid_and_val_dotted_in_colour_bl
         ]
         # the total loss (a sum over heads) stays one choice away
         screen.query_one("#metric", Select).value = "train/loss+val/val_loss"
-        await wait_for(pilot, lambda: screen.drawn[0][1] == "val/val_loss", "the total loss")
+        await until(pilot, lambda: screen.drawn[0][1] == "val/val_loss", "the total loss")
         assert {(d[1], d[3]) for d in screen.drawn} == {("val/val_loss", "dot"), ("train/loss", "hd")}

@@ -3,17 +3,13 @@ RecursionError crashed the dashboard) and a recipe file that is not UTF-8 show t
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.engine import Engine
 from textual import events
-from textual.app import App
-from textual.pilot import Pilot
 from textual.widgets import Input, OptionList, Static, TextArea
 
+from tests.tui.conftest import ScreenApp, until
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.context import StudioContext
@@ -30,23 +26,6 @@ algorithm: {name: ntp}
 DEEP = RECIPE + "x: " + "[" * 1000 + "]" * 1000 + "\n"
 
 
-class Host(App[None]):
-    def __init__(self, screen: RecipesScreen) -> None:
-        super().__init__()
-        self.recipes = screen
-
-    def on_mount(self) -> None:
-        self.push_screen(self.recipes)
-
-
-async def wait_for(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> None:
-    deadline = time.monotonic() + 20
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.02)
-
-
 def status(screen: RecipesScreen) -> str:
     return str(screen.query_one("#validation", Static).render())
 
@@ -56,15 +35,15 @@ async def test_pasting_a_deeply_nested_recipe_shows_the_error(
 ) -> None:
     ctx = StudioContext(engine=engine, settings=settings, recipes_dir=tmp_path, poll_s=0.05)
     screen = RecipesScreen(ctx)
-    async with Host(screen).run_test(size=(120, 40)) as pilot:
+    async with ScreenApp(lambda: screen).run_test(size=(120, 40)) as pilot:
         editor = screen.query_one("#editor", TextArea)
         editor.focus()
         pilot.app.post_message(events.Paste(DEEP))  # what the driver posts when the terminal pastes
-        await wait_for(pilot, lambda: "nested deeper than 32 levels" in status(screen), "the error")
+        await until(pilot, lambda: "nested deeper than 32 levels" in status(screen), "the error")
         assert editor.text == DEEP and screen.query_one("#validation").has_class("error")
         screen.query_one("#recipe-name", Input).value = "deep"
         await pilot.press("ctrl+s")
-        await wait_for(pilot, lambda: isinstance(pilot.app.screen, ErrorModal), "the refusal")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ErrorModal), "the refusal")
         assert "nested deeper than 32 levels" in str(
             pilot.app.screen.query_one("#error-message", Static).render()
         )
@@ -72,7 +51,7 @@ async def test_pasting_a_deeply_nested_recipe_shows_the_error(
         assert store.list_saved_recipes(engine=engine) == []
         editor.load_text("")
         pilot.app.post_message(events.Paste(RECIPE))  # the app is alive and validates the next paste
-        await wait_for(pilot, lambda: status(screen).startswith("valid: pasted"), "the valid recipe")
+        await until(pilot, lambda: status(screen).startswith("valid: pasted"), "the valid recipe")
 
 
 async def test_a_recipe_file_that_is_not_utf8_is_a_modal(
@@ -81,12 +60,12 @@ async def test_a_recipe_file_that_is_not_utf8_is_a_modal(
     (tmp_path / "latin1.yaml").write_bytes(RECIPE.replace("pasted", "caf\xe9").encode("latin-1"))
     ctx = StudioContext(engine=engine, settings=settings, recipes_dir=tmp_path, poll_s=0.05)
     screen = RecipesScreen(ctx)
-    async with Host(screen).run_test(size=(120, 40)) as pilot:
+    async with ScreenApp(lambda: screen).run_test(size=(120, 40)) as pilot:
         options = screen.query_one("#recipe-list", OptionList)
-        await wait_for(pilot, lambda: options.option_count > 0, "the recipe list")
+        await until(pilot, lambda: options.option_count > 0, "the recipe list")
         options.focus()
         options.highlighted = options.get_option_index("file:latin1.yaml")
         await pilot.press("enter")
-        await wait_for(pilot, lambda: isinstance(pilot.app.screen, ErrorModal), "the error")
+        await until(pilot, lambda: isinstance(pilot.app.screen, ErrorModal), "the error")
         message = str(pilot.app.screen.query_one("#error-message", Static).render())
         assert "latin1.yaml" in message and "utf-8" in message.lower()

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
+import pytest
 from sqlalchemy.engine import Engine
+from textual.pilot import Pilot
 from textual.widgets import OptionList, TextArea
 
 from tests.tui.conftest import RECIPES, until
@@ -14,7 +17,9 @@ from wmtp_studio.settings import Settings
 from wmtp_studio.tui.app import StudioApp, create_app
 
 
-def _app(settings: Settings, tmp_path: Path) -> StudioApp:
+@pytest.fixture
+def app(settings: Settings, engine: Engine, tmp_path: Path) -> StudioApp:
+    """The whole dashboard on conftest's studio, its recipes folder holding tiny-ntp."""
     folder = tmp_path / "recipes"
     folder.mkdir()
     shutil.copy(RECIPES / "tiny-ntp.yaml", folder)
@@ -23,16 +28,19 @@ def _app(settings: Settings, tmp_path: Path) -> StudioApp:
     )
 
 
-async def test_tab_and_escape_leave_the_editor_where_digits_and_q_are_text(
-    settings: Settings, engine: Engine, tmp_path: Path
-) -> None:
-    app = _app(settings, tmp_path)
+async def _open_the_editor(pilot: Pilot[Any], app: StudioApp, text: str) -> TextArea:
+    """Switch to the recipes mode; its editor, focused, holding `text`."""
+    await pilot.press("3")
+    await until(pilot, lambda: app.current_mode == "recipes", "the recipes mode")
+    editor = app.screen.query_one("#editor", TextArea)
+    editor.focus()
+    editor.load_text(text)
+    return editor
+
+
+async def test_tab_and_escape_leave_the_editor_where_digits_and_q_are_text(app: StudioApp) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("3")
-        await until(pilot, lambda: app.current_mode == "recipes", "the recipes mode")
-        editor = app.screen.query_one("#editor", TextArea)
-        editor.focus()
-        editor.load_text("name: x\n")
+        editor = await _open_the_editor(pilot, app, "name: x\n")
         editor.move_cursor((1, 0))
         await pilot.press("1", "q")
         assert editor.text == "name: x\n1q" and app.current_mode == "recipes" and app.is_running
@@ -49,16 +57,9 @@ async def test_tab_and_escape_leave_the_editor_where_digits_and_q_are_text(
         await until(pilot, lambda: app.current_mode == "runs", "the runs mode: 1 navigates again")
 
 
-async def test_enter_keeps_the_indentation_and_ctrl_t_ctrl_d_change_it(
-    settings: Settings, engine: Engine, tmp_path: Path
-) -> None:
-    app = _app(settings, tmp_path)
+async def test_enter_keeps_the_indentation_and_ctrl_t_ctrl_d_change_it(app: StudioApp) -> None:
     async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("3")
-        await until(pilot, lambda: app.current_mode == "recipes", "the recipes mode")
-        editor = app.screen.query_one("#editor", TextArea)
-        editor.focus()
-        editor.load_text("train:")
+        editor = await _open_the_editor(pilot, app, "train:")
         editor.move_cursor((0, 6))
         await pilot.press("enter", *"steps: 5", "enter", *"seed: 0")
         assert (

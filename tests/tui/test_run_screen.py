@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import io
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 from rich.console import Console
 from rich.text import Text
 from textual.app import App
-from textual.pilot import Pilot
 from textual.widgets import DataTable, Log, Static, TabbedContent
 
+from tests.tui.conftest import ScreenApp, until
 from wmtp_studio import store
 from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.models import Evaluation, Run
@@ -37,13 +34,9 @@ ROOT = Path(__file__).resolve().parents[2]
 STREAMS = ROOT / "tests" / "data" / "metrics"
 
 
-class RunApp(App[None]):
-    def __init__(self, ctx: StudioContext, run_id: int) -> None:
-        super().__init__()
-        self.ctx, self.run_id = ctx, run_id
-
-    def on_mount(self) -> None:
-        self.push_screen(RunScreen(self.ctx, self.run_id))
+def run_app(ctx: StudioContext, run_id: int) -> ScreenApp:
+    """The run screen of `run_id`, alone in conftest's bare app."""
+    return ScreenApp(lambda: RunScreen(ctx, run_id))
 
 
 def stream(algorithm: str) -> list[MetricLine]:
@@ -58,15 +51,6 @@ def new_run(ctx: StudioContext, algorithm: str, lines: list[MetricLine] | None =
     if lines:
         store.ingest_metric_lines(engine=ctx.engine, run_id=run.id, lines=lines)
     return run
-
-
-async def until(pilot: Pilot[Any], cond: Callable[[], bool], what: str) -> None:
-    """Let the screen's poll timer, workers and coalesced redraws run until `cond` holds."""
-    deadline = time.monotonic() + 15
-    while not cond():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await pilot.app.workers.wait_for_complete()
-        await pilot.pause(0.02)
 
 
 def chart(app: App[None], chart_id: str) -> LineChart:
@@ -84,7 +68,7 @@ def plain(widget: Static) -> str:
 
 async def test_curves_and_header_show_the_stored_stream(ctx: StudioContext) -> None:
     run = new_run(ctx, "critic-wmtp", stream("critic-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the loss curve")
         assert points(app, "chart-loss", "loss") == [5, 10, 15, 20, 25, 30, 35, 40, 45, 50, 55, 60]
@@ -97,11 +81,12 @@ async def test_curves_and_header_show_the_stored_stream(ctx: StudioContext) -> N
 
 async def test_weights_tab_heatmap_histogram_and_critic_signals(ctx: StudioContext) -> None:
     run = new_run(ctx, "critic-wmtp", stream("critic-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         heatmap = app.screen.query_one(Heatmap)
         await until(pilot, lambda: len(heatmap.steps) == 6, "the heatmap")
+        assert heatmap.head == 0  # a critic run opens on head 0, whose weights vary
         assert heatmap.steps == [10, 20, 30, 40, 50, 60]  # one column per hist line
         assert "head 0" in heatmap.render().plain  # type: ignore[union-attr]
         bars = app.screen.query_one("#bars")
@@ -118,7 +103,7 @@ async def test_weights_tab_heatmap_histogram_and_critic_signals(ctx: StudioConte
 
 async def test_rho1_selected_fraction_is_charted_per_head(ctx: StudioContext) -> None:
     run = new_run(ctx, "rho1-wmtp", stream("rho1-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: bool(chart(app, "chart-selected").drawn), "the rho-1 chart")
@@ -140,7 +125,7 @@ async def test_evaluations_table_shows_pass_at_k_with_ci_and_tier(ctx: StudioCon
             protocol={"protocol": "greedy", "isolation_tier": tier},
         )
         store.record_evaluation(engine=ctx.engine, evaluation=evaluation)
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("3")
         table = app.screen.query_one(EvaluationTable)
@@ -155,7 +140,7 @@ async def test_tokens_tab_renders_the_latest_sequence_per_head(ctx: StudioContex
     lines = stream("critic-wmtp")
     run = new_run(ctx, "critic-wmtp", lines)
     latest = [ln for ln in lines if ln.kind == "top_tokens"][-1].data
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("4")
         view = app.screen.query_one(TokenView)
@@ -174,7 +159,7 @@ async def test_log_tab_tails_the_run_log(ctx: StudioContext) -> None:
     run = new_run(ctx, "ntp")
     log_path = Path(run.run_dir) / "train.log"
     log_path.write_text("loading model\ntrain 1/60\n")
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("5")
         log = app.screen.query_one(Log)
@@ -193,7 +178,7 @@ async def test_recipe_tab_shows_the_frozen_recipe_and_its_diff(ctx: StudioContex
             name="cmp", base=base, factor=FACTOR, diff={"algorithm": ["baseline-mtp"], "seed": [3]}
         )
         run = sub.add_run(recipe=recipe, comparison_set_id=cset.id, diff=diff)
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("6")
         view = app.screen.query_one("#recipe-view", Static)
@@ -206,7 +191,7 @@ async def test_recipe_tab_shows_the_frozen_recipe_and_its_diff(ctx: StudioContex
 async def test_live_run_grows_and_a_resume_cuts_back(ctx: StudioContext) -> None:
     lines = stream("baseline-mtp")
     run = new_run(ctx, "baseline-mtp", lines[:9])  # train lines at steps 5, 10, 15, 20
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
         assert isinstance(screen, RunScreen)
@@ -223,7 +208,7 @@ async def test_live_run_grows_and_a_resume_cuts_back(ctx: StudioContext) -> None
 
 
 async def test_unknown_run_shows_a_modal(ctx: StudioContext) -> None:
-    app = RunApp(ctx, 999)
+    app = run_app(ctx, 999)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: isinstance(app.screen, ErrorModal), "the error modal")
         assert "no run with id 999" in plain(app.screen.query_one("#error-message", Static))
@@ -234,7 +219,7 @@ async def test_unknown_run_shows_a_modal(ctx: StudioContext) -> None:
 @pytest.mark.parametrize("size", [(80, 24), (200, 60)])
 async def test_every_tab_renders_small_and_large(ctx: StudioContext, size: tuple[int, int]) -> None:
     run = new_run(ctx, "critic-wmtp", stream("critic-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=size) as pilot:
         await until(pilot, lambda: len(points(app, "chart-loss", "loss")) == 12, "the loss curve")
         tabs = app.screen.query_one(TabbedContent)
@@ -263,7 +248,7 @@ async def test_log_tab_falls_back_to_the_stored_error_tail(ctx: StudioContext) -
         exit_code=1,
         error_tail="Traceback (most recent call last):\nRuntimeError: out of memory",
     )
-    app = RunApp(ctx, run.id or 0)  # the run's train.log is not on this host
+    app = run_app(ctx, run.id or 0)  # the run's train.log is not on this host
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("5")
         log = app.screen.query_one(Log)
@@ -301,7 +286,7 @@ async def test_evaluations_tab_shows_each_sample_and_why_it_failed(
         protocol={"isolation_tier": "namespace", "samples": str(samples)},
     )  # fmt: skip
     store.record_evaluation(engine=ctx.engine, evaluation=evaluation)
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 50)) as pilot:
         await pilot.press("3")
         view = app.screen.query_one(SamplesView)

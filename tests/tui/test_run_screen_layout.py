@@ -13,7 +13,8 @@ import yaml
 from textual.app import App
 from textual.widgets import Static
 
-from tests.tui.test_run_screen import RunApp, chart, new_run, plain, points, stream, until
+from tests.tui.conftest import until
+from tests.tui.test_run_screen import chart, new_run, plain, points, run_app, stream
 from wmtp_studio import store
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.screens.run import RunScreen
@@ -42,7 +43,7 @@ async def test_header_says_why_a_failed_run_failed(ctx: StudioContext) -> None:
         engine=ctx.engine, run_id=run.id or 0, owner="host:1", token=claimed.fencing_token, status="failed",
         exit_code=2, error_tail=tail,
     )  # fmt: skip
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         header = app.screen.query_one("#run-header", Static)
         reason = "failed: reference model recipes/ref does not exist"
@@ -54,7 +55,7 @@ async def test_header_says_why_a_failed_run_failed(ctx: StudioContext) -> None:
 
 async def test_finished_header_reads_100_percent(ctx: StudioContext) -> None:
     run = new_run(ctx, "rho1-wmtp", stream("rho1-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(
             pilot, lambda: "step 60/60" in plain(app.screen.query_one("#run-header", Static)), "step 60"
@@ -66,7 +67,7 @@ async def test_finished_header_reads_100_percent(ctx: StudioContext) -> None:
 async def test_weights_tab_opens_on_the_first_head_whose_weights_vary(ctx: StudioContext) -> None:
     # rho1-wmtp with keep_head0: head 0's weights are all 1 (w_std 0 at every step), heads 1-3 select tokens
     run = new_run(ctx, "rho1-wmtp", stream("rho1-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         heatmap = app.screen.query_one(Heatmap)
@@ -82,19 +83,9 @@ async def test_weights_tab_opens_on_the_first_head_whose_weights_vary(ctx: Studi
         assert heatmap.head == 0
 
 
-async def test_a_critic_run_opens_on_head_0_whose_weights_vary(ctx: StudioContext) -> None:
-    run = new_run(ctx, "critic-wmtp", stream("critic-wmtp"))
-    app = RunApp(ctx, run.id or 0)
-    async with app.run_test(size=(120, 40)) as pilot:
-        await pilot.press("2")
-        heatmap = app.screen.query_one(Heatmap)
-        await until(pilot, lambda: len(heatmap.steps) == 6, "the heatmap")
-        assert heatmap.head == 0
-
-
 async def test_x_ticks_are_whole_steps_and_validation_shares_the_training_range(ctx: StudioContext) -> None:
     run = new_run(ctx, "rho1-wmtp", stream("rho1-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: len(points(app, "chart-val", "val loss")) == 3, "the validation curve")
         for chart_id in ("chart-loss", "chart-val", "chart-lr", "chart-grad"):
@@ -116,7 +107,7 @@ async def test_a_flat_series_is_one_row_and_its_axis_stays_put(ctx: StudioContex
     # ntp's weight entropy is 1 up to float noise: 0.99999994 at steps 10 and 20, then 1.0, then 1.0000001
     lines = stream("ntp")
     run = new_run(ctx, "ntp", lines[:7])  # up to the step-20 train line
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         screen = app.screen
         assert isinstance(screen, RunScreen)
@@ -137,7 +128,7 @@ async def test_a_flat_series_is_one_row_and_its_axis_stays_put(ctx: StudioContex
 
 async def test_coinciding_head_lines_are_named_and_the_legend_is_clear_of_them(ctx: StudioContext) -> None:
     run = new_run(ctx, "rho1-wmtp", stream("rho1-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await until(pilot, lambda: bool(chart(app, "chart-loss").lines), "the loss chart")
         loss_rows = chart_rows(app, "chart-loss")
@@ -161,7 +152,7 @@ async def test_coinciding_head_lines_are_named_and_the_legend_is_clear_of_them(c
 
 async def test_keyboard_pages_to_the_critic_charts_and_the_end_of_the_recipe(ctx: StudioContext) -> None:
     run = new_run(ctx, "critic-wmtp", stream("critic-wmtp-stage2"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: len(points(app, "chart-ev2", "held-out")) == 4, "the stage 2 charts")

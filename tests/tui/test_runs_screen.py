@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable
 
+from tests.integration.jobs import child_sessions
 from tests.tui.conftest import ScreenApp, add_losses, add_pass1, add_run, ago, claim, settle, until
 from wmtp_studio import store
 from wmtp_studio.models import Run
@@ -208,20 +207,6 @@ async def test_renders_at_80x24(ctx: StudioContext, engine: Engine, settings: Se
         assert app.screen.query_one("#runs").region.height > 10
 
 
-def _child_sessions(pid: int) -> list[int]:
-    """Children of `pid` that lead their own session (the trainers a worker started)."""
-    found = []
-    for entry in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        _state, ppid, _pgrp, session = stat[stat.rfind(")") + 2 :].split()[:4]
-        if int(ppid) == pid and int(session) == int(entry):
-            found.append(int(entry))
-    return found
-
-
 @pytest.mark.slow
 async def test_cancel_from_the_ui_stops_a_real_running_job(
     ctx: StudioContext, engine: Engine, settings: Settings
@@ -243,7 +228,7 @@ async def test_cancel_from_the_ui_stops_a_real_running_job(
             await until(pilot, lambda: _table(app).row_count == 1, "the run's row")
             await until(pilot, lambda: _cell(app, run.id or 0, "loss") != "-", "training steps", timeout=180)
             assert _cell(app, run.id or 0, "status") == "running"
-            (sid,) = _child_sessions(worker.pid)
+            (sid,) = child_sessions(worker.pid)
             assert session_pids(sid)
             await pilot.press("x", "y")
             await until(

@@ -9,7 +9,6 @@ import shutil
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,12 +17,12 @@ import aiohttp
 import anyio
 import pytest
 
+from tests.integration.jobs import STUDIO, wait_for
 from tests.tui.conftest import ROOT
 
 pytestmark = [pytest.mark.slow, pytest.mark.anyio]
 
 ANSI = re.compile(r"\x1b(\[[0-9;?$]*[A-Za-z]|\][^\x07]*\x07)")
-STUDIO = "from wmtp_studio.studio_cli import studio_main; studio_main()"
 
 
 def _free_port() -> int:
@@ -49,14 +48,16 @@ def served(tmp_path: Path) -> Iterator[tuple[str, Path]]:
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
+
+    def answers() -> bool:
+        assert proc.poll() is None, log.read_text()
         try:
             urllib.request.urlopen(url, timeout=1).close()
-            break
         except OSError:
-            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+            return False
+        return True
+
+    wait_for(answers, 30, f"{url} to answer", log=log)
     yield url, log
     proc.terminate()
     assert proc.wait(timeout=30) == 0, log.read_text()
@@ -107,7 +108,5 @@ def test_headless_chromium_loads_the_terminal_page(served: tuple[str, Path]) -> 
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert "xterm" in out.stdout  # textual.js built its terminal
-    deadline = time.monotonic() + 10
-    while "GET /ws" not in log.read_text():  # and the page opened its session's websocket
-        assert time.monotonic() < deadline, log.read_text()
-        time.sleep(0.2)
+    # and the page opened its session's websocket
+    wait_for(lambda: "GET /ws" in log.read_text(), 10, "the page's websocket (GET /ws)", log=log)

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui.test_run_screen import RunApp, chart, new_run, points, stream, until
+from tests.tui.conftest import until
+from tests.tui.test_run_screen import chart, new_run, points, run_app, stream
 from wmtp_studio.tui.context import StudioContext
 
 pytestmark = pytest.mark.anyio
@@ -17,7 +18,7 @@ async def test_weights_tab_draws_the_score_ema_per_head(ctx: StudioContext) -> N
     steps = [float(ln.step) for ln in train]
     assert len(steps) == 12  # a line every 5 steps
     run = new_run(ctx, "grad-wmtp", lines)
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: len(points(app, "chart-score-mu", "head3")) == 12, "the score EMA curves")
@@ -35,7 +36,7 @@ async def test_weights_tab_draws_the_score_ema_per_head(ctx: StudioContext) -> N
 
 async def test_other_algorithms_hide_the_score_charts(ctx: StudioContext) -> None:
     run = new_run(ctx, "rho1-wmtp", stream("rho1-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: len(points(app, "chart-selected", "head1")) > 0, "the rho1 charts")

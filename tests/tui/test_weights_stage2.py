@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui.test_run_screen import STREAMS, RunApp, chart, new_run, points, until
+from tests.tui.conftest import until
+from tests.tui.test_run_screen import STREAMS, chart, new_run, points, run_app
 from wmtp_studio.rundir.metrics import read_metrics
 from wmtp_studio.tui.context import StudioContext
 
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_weights_tab_draws_the_stage2_explained_variance_curve(ctx: StudioContext) -> None:
     run = new_run(ctx, "critic-wmtp", read_metrics(STREAMS / "critic-wmtp-stage2.jsonl"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: len(points(app, "chart-ev2", "held-out")) == 4, "the stage 2 EV curve")

@@ -13,18 +13,11 @@ from typing import Annotated, Any
 import pytest
 from pydantic import BaseModel
 
+from tests.unit.test_recipe import BASE
 from wmtp_studio import strict_yaml
 from wmtp_studio.errors import RecipeError
 from wmtp_studio.recipe import MAX_ERRORS, Recipe, load_recipe, load_recipe_text, recipe_from_json
 
-BASE = """\
-name: unit
-model:
-  tiny: {hidden_size: 32, num_layers: 2, num_attention_heads: 4}
-  n_heads: 4
-train: {steps: 5}
-algorithm: {name: baseline-mtp}
-"""
 ALGORITHM_LINE = {
     "CriticConfig": "{name: critic-wmtp}",
     "Stage1Config": "{name: critic-wmtp}",

@@ -10,17 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.test_recipe import BASE
 from wmtp_studio.errors import RecipeError
 from wmtp_studio.recipe import load_recipe_text, recipe_from_json
 
-BASE = """\
-name: unit
-model:
-  tiny: {hidden_size: 32, num_layers: 2, num_attention_heads: 4}
-  n_heads: 4
-train: {steps: 5}
-algorithm: {name: baseline-mtp}
-"""
 SECRET = "hunter2-sentinel"
 # values that broke the YAML they were pasted into, so that YAML's error quoted the line holding them
 VALUES = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from tests.evaluations import first_solved, greedy_pass1
 from wmtp_studio import report, store
 from wmtp_studio.models import Evaluation
 from wmtp_studio.settings import Settings
@@ -12,16 +13,8 @@ from wmtp_studio.submit import submit_quickstart
 
 
 def _evaluation(run_id: int, benchmark: str, solved: int, n: int = 10) -> Evaluation:
-    return Evaluation(
-        run_id=run_id,
-        benchmark=benchmark,
-        k=1,
-        pass_at_k=solved / n,
-        ci_low=max(0.0, solved / n - 0.1),
-        ci_high=min(1.0, solved / n + 0.1),
-        n_problems=n,
-        per_problem={f"t{i}": {"n": 1, "c": int(i < solved)} for i in range(n)},
-    )
+    ci = (max(0.0, solved / n - 0.1), min(1.0, solved / n + 0.1))
+    return greedy_pass1(run_id, first_solved(solved, n), benchmark=benchmark, ci=ci)
 
 
 def test_report_of_a_finished_quickstart(tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.evaluations import first_solved, greedy_pass1
 from wmtp_studio.compare import expand
 from wmtp_studio.compare.export import Interval, PValue
 from wmtp_studio.compare.tables import (
@@ -43,10 +44,9 @@ SOLVED = {
 }
 
 
-def _runs() -> list[Run]:
-    """Runs 1..4: baseline-mtp s0, s1, then ntp s0, s1 (so the ntp baseline is not the first group)."""
+def _runs_of(algorithms: list[str], seeds: list[int]) -> list[Run]:
+    """Unstored runs 1, 2, ... of the tiny recipe (10 steps) over algorithms x seeds, in that order."""
     base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
-    expanded = expand(base, ["baseline-mtp", "ntp"], [0, 1])
     return [
         Run(
             id=i,
@@ -56,28 +56,21 @@ def _runs() -> list[Run]:
             algorithm=r.algorithm.name,
             seed=r.train.seed,
         )
-        for i, (r, _) in enumerate(expanded, start=1)
+        for i, (r, _) in enumerate(expand(base, algorithms, seeds), start=1)
     ]
+
+
+def _runs() -> list[Run]:
+    """Runs 1..4: baseline-mtp s0, s1, then ntp s0, s1 (so the ntp baseline is not the first group)."""
+    return _runs_of(["baseline-mtp", "ntp"], [0, 1])
 
 
 def _evaluations(runs: list[Run]) -> dict[int, list[Evaluation]]:
     out = {}
     for run in runs:
         solved = SOLVED[(run.algorithm, run.seed)]
-        per_problem = {f"t{j}": {"n": 1, "c": c} for j, c in enumerate(solved, start=1)}
         value = sum(solved) / 4
-        out[run.id or 0] = [
-            Evaluation(
-                run_id=run.id or 0,
-                benchmark="generated",
-                k=1,
-                pass_at_k=value,
-                ci_low=value - 0.1,
-                ci_high=value + 0.1,
-                n_problems=4,
-                per_problem=per_problem,
-            )
-        ]
+        out[run.id or 0] = [greedy_pass1(run.id or 0, solved, ci=(value - 0.1, value + 0.1))]
     return out
 
 
@@ -188,33 +181,11 @@ SOLVED_FIRST = {"ntp": (2, 3, 2), "baseline-mtp": (5, 7, 5), "critic-wmtp": (4, 
 
 def three_seed_set() -> tuple[list[Run], dict[int, list[Evaluation]]]:
     """ntp, baseline-mtp, critic-wmtp x seeds 0, 1, 2 (runs 1..9), with the SOLVED_FIRST evaluations."""
-    base = load_recipe(RECIPES / "tiny-ntp.yaml", ["train.steps=10"])
-    runs, evaluations = [], {}
-    for i, (r, _) in enumerate(expand(base, list(SOLVED_FIRST), [0, 1, 2]), start=1):
-        run = Run(
-            id=i,
-            name=r.name,
-            recipe_json=r.canonical_json(),
-            recipe_sha256=r.sha256(),
-            algorithm=r.algorithm.name,
-            seed=r.train.seed,
-        )
-        c = SOLVED_FIRST[run.algorithm][run.seed]
-        per_problem = {f"t{j}": {"n": 1, "c": int(j < c)} for j in range(8)}
-        evaluations[i] = [
-            Evaluation(
-                run_id=i,
-                benchmark="generated",
-                k=1,
-                pass_at_k=c / 8,
-                ci_low=0.0,
-                ci_high=1.0,
-                n_problems=8,
-                per_problem=per_problem,
-            )
-        ]
-        runs.append(run)
-    return runs, evaluations
+    runs = _runs_of(list(SOLVED_FIRST), [0, 1, 2])
+    return runs, {
+        run.id or 0: [greedy_pass1(run.id or 0, first_solved(SOLVED_FIRST[run.algorithm][run.seed], 8))]
+        for run in runs
+    }
 
 
 def test_three_seeds_pool_per_algorithm_with_t_intervals_and_mark_seed_noise() -> None:

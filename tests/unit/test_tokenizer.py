@@ -8,17 +8,11 @@ from typing import Any
 
 import pytest
 
+from tests.unit.test_data import CORPUS as CODE
 from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import ModelSection, NTPConfig, Recipe, TinyModel, TokenizerSection, TrainSection
 from wmtp_studio.train.tokenizer import EOS, PAD, PROBES, check_same_tokenizer, load_tokenizer, train_bpe
 
-CODE = [
-    'def add(a, b):\n    """Return a plus b."""\n    return a + b\n',
-    "def first(xs):\n\tfor x in xs:\n\t\treturn x\n\treturn None\n",
-    "class Node:\n    def __init__(self, data):\n        self.data = data\n        self.left = None\n",
-    "assert add(2, 3) == 5\nassert first([1, 2]) == 1\nprint('héllo wörld')\n",
-    "import re\n\ndef words(text):\n    return re.findall(r'\\w+', text.lower())\n",
-] * 4
 PROSE = [
     "The quick brown fox jumps over the lazy dog while the cat sleeps in the warm afternoon sun.",
     "Many people enjoy reading novels, walking along rivers, and talking with old friends at dinner.",
