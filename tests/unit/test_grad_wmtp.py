@@ -12,12 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from tests.unit.test_rho1_select import batch_of_8, tiny
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.tracking import allowed_params
 from wmtp_studio.train.algorithms import GradScores, StepDiagnostics, algorithm_hooks, grad_step_scores
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import forward_backward, head_mask, head_targets
-from wmtp_studio.train.model import MTPModel, build_tiny_hf
+from wmtp_studio.train.model import MTPModel
 from wmtp_studio.train.weights import ema_update, grad_scores, grad_weights, score_sums
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -103,24 +104,7 @@ def test_grad_weights_by_hand_and_detached() -> None:
 
 
 # --------------------------------------------------------------------------- inside the trainer's per-head pass
-
-
-def tiny() -> MTPModel:
-    torch.manual_seed(0)
-    model = MTPModel(build_tiny_hf("llama", 50, 32, 2, 4, None, 64, {}), n_heads=3, head_kind="transformer")
-    with torch.no_grad():
-        for p in model.extra_heads.parameters():
-            p.add_(0.05 * torch.randn_like(p))
-    return model
-
-
-def batch_of_8() -> Batch:
-    g = torch.Generator().manual_seed(3)
-    ids = torch.randint(0, 50, (8, 12), generator=g)
-    lengths = [12, 9, 12, 7, 11, 12, 10, 8]
-    seg = torch.tensor([[0 if j < n else -1 for j in range(12)] for n in lengths])
-    comp = (torch.arange(12) >= 3).expand(8, 12) & (seg >= 0)
-    return Batch(ids, comp.clone(), comp.clone(), seg, torch.ones(8, 12), None, int((seg >= 0).sum()))
+# (the tiny model and batch of rho1 select's tests: grad-wmtp ignores the batch's cached reference CE)
 
 
 def rows(b: Batch, lo: int, hi: int) -> Batch:
