@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.tui.test_run_screen import RunApp, chart, new_run, points, stream, until
+from tests.tui.conftest import until
+from tests.tui.test_run_screen import chart, new_run, points, run_app, stream
 from wmtp_studio.tui.context import StudioContext
 
 pytestmark = pytest.mark.anyio
@@ -14,7 +15,7 @@ pytestmark = pytest.mark.anyio
 
 async def test_weights_tab_draws_the_group_reward_stats_of_a_grpo_run(ctx: StudioContext) -> None:
     run = new_run(ctx, "grpo-wmtp", stream("grpo-wmtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         await until(
@@ -33,7 +34,7 @@ async def test_weights_tab_draws_the_group_reward_stats_of_a_grpo_run(ctx: Studi
 
 async def test_weights_tab_hides_the_group_reward_chart_of_other_runs(ctx: StudioContext) -> None:
     run = new_run(ctx, "baseline-mtp", stream("baseline-mtp"))
-    app = RunApp(ctx, run.id or 0)
+    app = run_app(ctx, run.id or 0)
     async with app.run_test(size=(120, 40)) as pilot:
         await pilot.press("2")
         await until(pilot, lambda: bool(points(app, "chart-std", "head1")), "the weight std curve")
