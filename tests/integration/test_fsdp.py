@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -48,14 +49,21 @@ ALGORITHMS = {
 }
 
 
-def launch(run_dir: Path, port: int, *args: str, cpu: bool = True, ok: bool = True) -> str:
+def free_port() -> int:
+    """A port nobody listens on now (a fixed one collides with another suite running on the same machine)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch(run_dir: Path, *args: str, cpu: bool = True, ok: bool = True) -> str:
     """`accelerate launch` two real ranks running the trainer entry point: gloo on the CPU (NOTES.md), or NCCL on
-    two GPUs. Returns its stderr once it succeeded (`ok`) or failed (the launcher exits 1 whatever the ranks'
-    codes)."""
+    two GPUs, rendezvous on a free port. Returns its stderr once it succeeded (`ok`) or failed (the launcher exits
+    1 whatever the ranks' codes)."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
     cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     cmd += ["-m", "wmtp_studio.train", "--run-dir", str(run_dir), *args]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(port)} | (
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MASTER_PORT": str(free_port())} | (
         {"ACCELERATE_USE_CPU": "true"} if cpu else {}
     )
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
@@ -88,9 +96,9 @@ def test_fsdp_trains_like_ddp_and_one_process(algorithm: str, reference: Path, t
     )
     assert train(single) == 0
     ddp = make_run(tmp_path / "ddp", recipe, *args, "train.batch_size=4")
-    launch(ddp, 29571)
+    launch(ddp)
     fsdp = make_run(tmp_path / "fsdp", recipe, *args, "train.batch_size=4", "train.parallel=fsdp")
-    launch(fsdp, 29572)
+    launch(fsdp)
     one, a, b = train_losses(single), train_losses(ddp), train_losses(fsdp)
     assert sorted(one) == sorted(a) == sorted(b) == [1, 2, 3, 4]
     for step in one:
@@ -114,7 +122,7 @@ def test_fsdp_trains_like_ddp_and_one_process(algorithm: str, reference: Path, t
         _resumes_exactly(fsdp, tmp_path / "resumed")
     if algorithm == "ntp":  # its one-process checkpoint holds a whole optimiser, which FSDP cannot take as is
         _cut_back(single, single, step=2)
-        err = launch(single, 29575, "--resume", ok=False)
+        err = launch(single, "--resume", ok=False)
         assert (
             "step_2 was written by one process (optimizer.pt, not sharded): resume it on one process" in err
         )
@@ -140,7 +148,7 @@ def _cut_back(run: Path, copy: Path, step: int) -> None:
 def _resumes_exactly(straight: Path, resumed: Path) -> None:
     """Cut a copy of the run back to its step-2 checkpoint, resume it with FSDP."""
     _cut_back(straight, resumed, step=2)
-    launch(resumed, 29573, "--resume")
+    launch(resumed, "--resume")
     a, b = train_losses(straight), train_losses(resumed)
     assert [b[3], b[4]] == [a[3], a[4]]
     want, got = weights(straight / "model"), weights(resumed / "model")
@@ -168,8 +176,8 @@ def _loss_and_grads(model: MTPModel, rows: slice, naive: bool) -> tuple[float, d
     return float(stats.loss), {n: g.full_tensor() if isinstance(g, DTensor) else g for n, g in grads.items()}
 
 
-def _shard_rank(rank: int, out: str) -> None:
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29574"}
+def _shard_rank(rank: int, out: str, port: int) -> None:
+    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
         torch.set_num_threads(1)
@@ -193,7 +201,7 @@ def test_fsdp_units_sum_gradients_in_fp32_and_in_bf16(tmp_path: Path) -> None:
     (one backward over all heads) in fp32 to float rounding, the per-head path with bf16 parameters (reduced in
     fp32) to bf16's precision. bf16 FSDP on a GPU: tests/gpu/test_fsdp_cuda.py."""
     torch.set_num_threads(1)
-    mp.spawn(_shard_rank, args=(str(tmp_path / "out.pt"),), nprocs=2, join=True)
+    mp.spawn(_shard_rank, args=(str(tmp_path / "out.pt"), free_port()), nprocs=2, join=True)
     results = torch.load(tmp_path / "out.pt", weights_only=False)
     want_loss, want = _loss_and_grads(_tiny(), slice(0, 4), naive=False)
     for name, (loss, grads), rel in (
