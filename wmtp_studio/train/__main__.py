@@ -63,6 +63,10 @@ def main(
         where = f" ({exc.filename})" if exc.filename else ""
         print(f"error: {exc.strerror or exc}{where}", file=sys.stderr)
         code = 2
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():  # free gloo/NCCL before exit: left to the interpreter's
+        dist.destroy_process_group()  # teardown, a rank can abort ("terminate called without an active exception")
     raise typer.Exit(code)
 
 
