@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
 
-from tests.unit.test_rho1_select import batch_of_8, tiny
+from tests.unit.test_rho1_select import batch_of_8, rows, tiny
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.tracking import allowed_params
 from wmtp_studio.train.algorithms import GradScores, StepDiagnostics, algorithm_hooks, grad_step_scores
@@ -104,19 +104,7 @@ def test_grad_weights_by_hand_and_detached() -> None:
 
 
 # --------------------------------------------------------------------------- inside the trainer's per-head pass
-# (the tiny model and batch of rho1 select's tests: grad-wmtp ignores the batch's cached reference CE)
-
-
-def rows(b: Batch, lo: int, hi: int) -> Batch:
-    return Batch(
-        b.input_ids[lo:hi],
-        b.token_mask[lo:hi],
-        b.completion_mask[lo:hi],
-        b.segment_ids[lo:hi],
-        b.rewards[lo:hi],
-        None,
-        int((b.segment_ids[lo:hi] >= 0).sum()),
-    )
+# (the tiny model, batch and row slices of rho1 select's tests: grad-wmtp ignores the batch's cached reference CE)
 
 
 def total(v: torch.Tensor) -> list[float]:
