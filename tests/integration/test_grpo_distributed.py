@@ -6,6 +6,7 @@ before any training step, samples equal to the unsharded model's."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.integration.conftest import lines, train_losses
-from tests.integration.test_fsdp import free_port, launch
+from tests.integration.test_fsdp import _cut_back, free_port, launch
 from tests.integration.test_grpo_refresh import comment_task, grpo_run
 from wmtp_studio import gentask
 from wmtp_studio.evaluate.generate import SamplingConfig, generate
@@ -38,7 +39,13 @@ def test_two_processes_refresh_like_one_under_ddp_and_fsdp(tmp_path: Path) -> No
     runs = {"single": single}
     for parallel in ("ddp", "fsdp"):  # 2 processes x 2 rows: the same global batch of 4
         runs[parallel] = grpo_run(
-            tmp_path / parallel, data, *steps, "train.batch_size=2", f"train.parallel={parallel}"
+            tmp_path / parallel,
+            data,
+            *steps,
+            "train.batch_size=2",
+            f"train.parallel={parallel}",
+            "train.checkpoint_every=2",
+            "train.keep_checkpoints=3",  # steps 2, 4 and 5
         )
         launch(runs[parallel])
     samples = (single / "grpo" / "step_3.jsonl").read_text()
@@ -56,6 +63,15 @@ def test_two_processes_refresh_like_one_under_ddp_and_fsdp(tmp_path: Path) -> No
         assert sorted(got) == sorted(one)
         for step in one:  # steps 4 and 5 train on the refreshed groups
             assert abs(got[step] - one[step]) <= 1e-4 * abs(one[step]), (parallel, step, one[step], got[step])
+
+    # cut back to the step-2 checkpoint (sharded) and resumed: the same refresh and the same losses, bit for bit
+    resumed = tmp_path / "resumed"
+    _cut_back(runs["fsdp"], resumed, step=2)
+    shutil.rmtree(resumed / "grpo")
+    launch(resumed, "--resume")
+    assert (resumed / "grpo" / "step_3.jsonl").read_text() == samples
+    a, b = train_losses(runs["fsdp"]), train_losses(resumed)
+    assert [b[3], b[4], b[5]] == [a[3], a[4], a[5]]
 
 
 PROMPTS = [p.prompt for p in gentask.generate("train", 3)]
