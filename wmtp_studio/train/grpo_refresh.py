@@ -4,9 +4,9 @@ the work shared by every process.
 The refresh's prompts (`refresh_prompts`) are cut into consecutive slices (`slices`) that depend on the prompt
 and group counts only; slice j is sampled by one call of the KV-cache sampler (evaluate/generate.py) seeded with
 (train.seed, step, j), by process j mod world, which also judges its samples. Then every process gathers every
-slice's labelled samples, in slice order. So 1 process and N processes hold the same samples in the same order:
-the same prompts, batches and seeds, whatever the process count. (A slice of several prompts rather than one
-prompt per call: the sampler's batches stay up to 64 rows, which a GPU needs to decode fast.)
+slice's labelled samples, in slice order. So 1 process and N processes sampling the same weights hold the same
+samples in the same order: the same prompts, batches and seeds, whatever the process count. (A slice of several
+prompts rather than one prompt per call, so that a GPU still decodes batches of up to 64 rows.)
 
 Under `train.parallel: fsdp` the model's forward is a collective (each decoder layer is all-gathered), so the
 processes generate in lockstep (`lockstep`): one whose share is done runs throwaway forwards until every
