@@ -31,7 +31,7 @@ from torch.distributed.tensor import DTensor
 from wmtp_studio.train import fsdp
 from wmtp_studio.train.loss import forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, build_tiny_hf
-from wmtp_studio.train.step import _all_reduce_grads
+from wmtp_studio.train.step import sum_grads
 
 HIDDEN, LAYERS, ATTN_HEADS, HEADS = 256, 6, 4, 4
 MIB = 2**20
@@ -74,7 +74,7 @@ def _rank(rank: int, args: argparse.Namespace, parallel: str, port: int, out: st
         if parallel == "fsdp":
             fsdp.clip_grad_norm(params, 1.0)
         else:
-            _all_reduce_grads(params, args.procs)
+            sum_grads(params, args.procs)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
