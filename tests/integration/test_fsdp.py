@@ -106,6 +106,15 @@ def test_fsdp_trains_like_ddp_and_one_process(algorithm: str, reference: Path, t
         # critic too: its z-score, mean-one rescale and value-loss mean are the whole step's (algorithms.py,
         # critic_step), so 2 processes x 4 rows train as 8 rows (they differed by 2e-4..1.2e-3 when per process)
         assert abs(b[step] - one[step]) <= 1e-4 * abs(one[step]), (step, one[step], b[step])
+    # Every logged statistic is the whole step's, not rank 0's share: per-head CE, accuracy and weight moments,
+    # the value loss and explained variance, rho1's selected fraction (only the throughput differs).
+    for run in (ddp, fsdp):
+        want, got = _train_metrics(single), _train_metrics(run)
+        assert sorted(want) == sorted(got) and sorted(want[1]) == sorted(got[1])
+        for step, metrics in want.items():
+            for name, value in metrics.items():
+                if name != "tokens_per_s":
+                    assert got[step][name] == pytest.approx(value, rel=1e-4, abs=1e-6), (run.name, step, name)
     shards = fsdp / "checkpoints" / "step_4" / "dcp"  # torch distributed checkpoint: each rank wrote its own
     assert (shards / ".metadata").is_file() and len(list(shards.glob("*.distcp"))) == 2
     # The exported model: the same files and tensors as DDP's (float sums in another order: 1e-4).
@@ -124,6 +133,10 @@ def test_fsdp_trains_like_ddp_and_one_process(algorithm: str, reference: Path, t
         assert (
             "step_2 was written by one process (optimizer.pt, not sharded): resume it on one process" in err
         )
+
+
+def _train_metrics(run_dir: Path) -> dict[int, dict[str, float]]:
+    return {m["step"]: m["metrics"] for m in lines(run_dir) if m["kind"] == "train"}
 
 
 def _one(algorithm: str) -> str:

@@ -113,6 +113,39 @@ def reduce_sum(s: Setup, values: torch.Tensor) -> list[float]:
     return [float(v) for v in values.tolist()]
 
 
+def _whole_step_stats(s: Setup, heads: HeadStats, diag: StepDiagnostics) -> HeadStats:
+    """The logged statistics of every process, not rank 0's share: per-head sums (CE, accuracy, counts, weight
+    moments), weight min/max and histograms, and the algorithms' diagnostics, in two small collectives, so a
+    2-process run logs the numbers one process logs for the same global batch. The weight entropy, a detail
+    of the first micro-batch, stays rank 0's."""
+    if s.world == 1:
+        return heads
+    col = {name: i for i, name in enumerate(STAT_FIELDS)}
+    device = heads.stats.device
+    names = sorted(diag.sums)  # the same names on every process: they come from the recipe, not the data
+    sums = [
+        heads.stats.flatten(),
+        *([heads.hist.flatten()] if heads.hist is not None else []),
+        *([diag.ev.to(device)] if diag.ev is not None else []),
+        *(torch.stack([diag.sums[k].to(device), diag.counts[k].to(device)]) for k in names),
+    ]
+    flat = torch.cat([x.double() for x in sums])
+    dist.all_reduce(flat)
+    extremes = torch.stack([heads.stats[:, col["w_min"]], -heads.stats[:, col["w_max"]]]).double()
+    dist.all_reduce(extremes, op=dist.ReduceOp.MIN)
+    parts = iter(flat.split([x.numel() for x in sums]))
+    stats = next(parts).view_as(heads.stats).to(heads.stats.dtype)
+    stats[:, col["w_min"]], stats[:, col["w_max"]] = extremes[0], -extremes[1]
+    stats[:, col["w_entropy"]] = heads.stats[:, col["w_entropy"]]
+    hist = next(parts).view_as(heads.hist).to(heads.hist.dtype) if heads.hist is not None else None
+    if diag.ev is not None:
+        diag.ev = next(parts).to(diag.ev.dtype)
+    for k in names:
+        total, count = next(parts)
+        diag.sums[k], diag.counts[k] = total.float(), count.float()
+    return HeadStats(heads.loss, heads.extra, stats, hist, heads.weights)
+
+
 @dataclass
 class StepResult:
     loss: float
@@ -180,6 +213,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
             )
         heads = heads.merge(stats) if heads is not None else stats
     assert heads is not None
+    heads = _whole_step_stats(s, heads, diag)
     params = [p for g in s.optimizer.param_groups for p in g["params"]]
     if s.fsdp:  # FSDP reduced the model's gradients already; the value head is replicated
         sum_grads([p for p in params if not isinstance(p, DTensor)], s.world)
