@@ -130,6 +130,20 @@ def algorithm_hooks(
     raise AssertionError(f"unhandled algorithm {algo}")
 
 
+@torch.no_grad()
+def _td_errors(algo: CriticConfig, values: Tensor, batch: Batch) -> Tensor:
+    """The batch's TD errors (B, S), indexed by target token, from V(s_t) (B, S)."""
+    return td_errors(
+        values.detach(),
+        batch.rewards,
+        batch.completion_mask,
+        batch.segment_ids,
+        batch.example_end,
+        gamma=algo.gamma,
+        gae_lambda=algo.gae_lambda,
+    )
+
+
 def _critic_hooks(
     algo: CriticConfig,
     batch: Batch,
@@ -144,19 +158,7 @@ def _critic_hooks(
     # trunk, in which case it runs again on the head loop's trunk output. A step of several micro-batches or
     # processes made its TD errors before the first of them (`critic_step`), with the same parameters.
     values = value_head(trunk.hidden.detach())  # (B, S) V(s_t), before this step's update
-    if step is not None:
-        delta = step[0].deltas[step[1]]
-    else:
-        with torch.no_grad():
-            delta = td_errors(
-                values.detach(),
-                batch.rewards,
-                batch.completion_mask,
-                batch.segment_ids,
-                batch.example_end,
-                gamma=algo.gamma,
-                gae_lambda=algo.gae_lambda,
-            )  # (B, S) indexed by target token
+    delta = step[0].deltas[step[1]] if step is not None else _td_errors(algo, values, batch)
 
     def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
         # Head k at t predicts x_{t+k+1}, so it takes delta_{t+k+1}.
@@ -230,18 +232,7 @@ def critic_step(
     deltas, masks = [], []
     for cpu_batch in micro:
         b = cpu_batch.to(device)
-        values = value_head(model.trunk(b.input_ids, b.segment_ids).hidden)
-        deltas.append(
-            td_errors(
-                values,
-                b.rewards,
-                b.completion_mask,
-                b.segment_ids,
-                b.example_end,
-                gamma=algo.gamma,
-                gae_lambda=algo.gae_lambda,
-            )
-        )
+        deltas.append(_td_errors(algo, value_head(model.trunk(b.input_ids, b.segment_ids).hidden), b))
         masks.append([head_mask(b.token_mask, b.segment_ids, k) for k in range(recipe.n_heads)])
     stats = critic_step_stats(
         [[shift_to_head(d, k) for d in deltas] for k in range(recipe.n_heads)],

@@ -98,8 +98,9 @@ def stage1(
     heldout: list[Batch],
     log: Callable[[int, dict[str, float]], None],
     grad_clip: float,
-    reduce: Callable[[Tensor], list[float]] = lambda v: [float(x) for x in v.tolist()],
-    sum_grads: Callable[[list[nn.Parameter]], None] = lambda _params: None,
+    *,
+    reduce: Callable[[Tensor], list[float]],
+    sum_grads: Callable[[list[nn.Parameter]], None],
 ) -> int:
     """Train the value head with the trunk frozen; stop after cfg.steps or `patience` evals without improvement.
 
