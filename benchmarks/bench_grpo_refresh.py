@@ -6,7 +6,8 @@ groups, then a refresh of `--prompts` prompts x G samples, then one step on its 
 run's `grpo_refresh` event (the refresh's wall time: the slowest process's) and prints generation and judging
 seconds per sample side by side, their ratio to one process, and how many of the refresh's samples
 (`grpo/step_1.jsonl`) differ from one process's (the runs' weights agree to float rounding at the refresh, which
-can flip a sampled token; `mean_one` is off, as its per-process rescale would make them differ more).
+can flip a sampled token; `mean_one` is off, as when the README's figures were taken, when its rescale was still
+per process).
 
     python benchmarks/bench_grpo_refresh.py [--prompts 64] [--max-new-tokens 64] [--threads 1] [--device cpu|cuda]
 """
@@ -44,7 +45,7 @@ def _run(run_dir: Path, procs: int, parallel: str, args: argparse.Namespace) -> 
             f"train.parallel={parallel}",
             f"train.num_threads={args.threads}",
             "eval.val_every=1000",
-            "algorithm.mean_one=false",  # on, it rescales per process: the models would differ at the refresh
+            "algorithm.mean_one=false",  # as the README's figures (it rescaled per process then)
             "algorithm.refresh_steps=1",
             f"algorithm.refresh_prompts={args.prompts}",
             f"algorithm.max_new_tokens={args.max_new_tokens}",

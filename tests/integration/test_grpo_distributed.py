@@ -31,9 +31,9 @@ from wmtp_studio.train.tokenizer import train_bpe
 @pytest.mark.slow
 def test_two_processes_refresh_like_one_under_ddp_and_fsdp(tmp_path: Path) -> None:
     data = comment_task(tmp_path / "task.jsonl")
-    # refresh after step 3 (refresh_steps 3), then 2 steps on its groups. mean_one off: it rescales the weights
-    # over each process's micro-batch, so 2 x 2 rows differ from 4 rows by design (1.0e-3 at step 4 with it on)
-    steps = ("train.steps=5", "algorithm.mean_one=false")
+    # refresh after step 3 (refresh_steps 3), then 2 steps on its groups; mean_one (the default) rescales over
+    # the whole step (grpo_step), so 2 x 2 rows weigh as 4 rows (1.0e-3 apart at step 4 when it was per process)
+    steps = ("train.steps=5",)
     single = grpo_run(tmp_path / "single", data, *steps)
     assert train(single) == 0
     runs = {"single": single}

@@ -18,7 +18,7 @@ from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks, criti
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, ValueHead
-from wmtp_studio.train.weights import CriticStepStats, critic_step_stats, critic_weights
+from wmtp_studio.train.weights import StepStats, critic_weights, step_stats
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -32,7 +32,13 @@ def test_step_statistics_by_hand() -> None:
     # One head, two micro-batches: valid TD errors {1, 3} and {2}, one masked-out entry (9) that must not count.
     d1, m1 = torch.tensor([[1.0, 3.0, 9.0]]), torch.tensor([[True, True, False]])
     d2, m2 = torch.tensor([[2.0]]), torch.tensor([[True]])
-    (st,) = critic_step_stats([[d1, d2]], [[m1, m2]], total, beta=1.0, w_min=0.1, w_max=5.0, norm="zscore")
+    (st,) = step_stats(
+        [[d1, d2]],
+        [[m1, m2]],
+        [[m1, m2]],
+        lambda _k, i, partial: critic_weights([d1, d2][i], [m1, m2][i], mean_one=False, step=partial),
+        total,
+    )
     # mean = (1 + 3 + 2) / 3 = 2; population variance = (1 + 1 + 0) / 3 = 2/3
     assert st.mean == pytest.approx(2.0) and st.std == pytest.approx(math.sqrt(2 / 3))
     # z = -/+ sqrt(3/2) and 0; w = clip(exp(z), 0.1, 5) = e^-1.2247 = 0.29384, e^1.2247 = 3.40328, 1: mean 1.56571
@@ -48,7 +54,7 @@ def test_step_statistics_by_hand() -> None:
     whole = critic_weights(torch.tensor([[1.0, 3.0, 2.0]]), torch.ones(1, 3, dtype=torch.bool))
     assert_close(torch.cat([w1[m1], w2[m2]]), whole[0])
     # Spread ~0: z = 0 everywhere, as the per-batch z-score does.
-    flat = CriticStepStats(mean=2.0, std=0.0, w_mean=1.0)
+    flat = StepStats(mean=2.0, std=0.0, w_mean=1.0)
     assert_close(critic_weights(d1, m1, step=flat), m1.float())
 
 

@@ -13,7 +13,7 @@ from tests.unit.test_loss import COEFS, tiny_mtp
 from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import GRPOConfig, load_recipe
 from wmtp_studio.train import grpo, grpo_refresh
-from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
+from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks, grpo_step
 from wmtp_studio.train.data import Encoded, Example, collate
 from wmtp_studio.train.loss import forward_backward, head_mask, weighted_mtp_loss
 from wmtp_studio.train.weights import group_advantages, grpo_weights
@@ -223,3 +223,40 @@ def test_refresh_slices_depend_on_prompt_and_group_counts_only() -> None:
     assert grpo_refresh.slice_seed(0, 6, 3) != grpo_refresh.slice_seed(0, 9, 3)
     # a refresh under fsdp is a valid recipe
     assert load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", ["train.parallel=fsdp"]).train.parallel == "fsdp"
+
+
+@pytest.mark.parametrize("norm", ["none", "zscore"])
+def test_a_step_of_two_micro_batches_weighs_as_one_batch(norm: str) -> None:
+    # grad_accum 2 x 2 rows: the z-score and the mean-one rescale are the step's (grpo_step), so every valid entry
+    # gets the weight one batch of the 4 rows gives it; each half's own statistics would give other weights.
+    recipe = load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", [f"algorithm.norm={norm}"])
+    F, T = False, True
+    encoded = [
+        Encoded([5, 6, 7, 8, 9, 10], [F, F, T, T, T, T], 1.0, advantage=A_POS),
+        Encoded([11, 12, 13, 14], [F, T, T, T], 0.0, advantage=B_NEG),
+        Encoded([15, 16, 17, 18, 19], [F, F, T, T, T], 1.0, advantage=None),  # its group has no signal
+        Encoded([20, 21, 22, 23, 24, 25, 26], [F, F, F, T, T, T, T], 0.0, advantage=-0.3),
+    ]
+    whole = collate([0, 1, 2, 3], encoded, recipe.train, 0, None)
+    halves = [
+        collate([0, 1], encoded, recipe.train, 0, None),
+        collate([2, 3], encoded, recipe.train, 0, None),
+    ]
+    total = lambda v: [float(x) for x in v.tolist()]  # noqa: E731  (one process: the sum is the vector)
+    assert grpo_step(recipe, [whole], total, 1) is None  # nothing to coordinate
+    step = grpo_step(recipe, halves, total, 1)
+    assert step is not None
+
+    def valid_weights(batches: list, stats: list | None) -> torch.Tensor:  # type: ignore[type-arg]
+        out = []
+        for b in batches:
+            weights_for, _ = algorithm_hooks(recipe, b, None, None, None, StepDiagnostics(), 1.0, grpo=stats)  # type: ignore[arg-type]
+            for k in range(recipe.n_heads):
+                m = head_mask(b.token_mask, b.segment_ids, k)
+                out.append((k, weights_for(k, torch.zeros(m.shape), m)[m]))
+        return torch.cat([w for _, w in sorted(out, key=lambda x: x[0])])  # head by head, rows in order
+
+    want = valid_weights([whole], None)
+    assert float(want.std()) > 0.1  # the weights vary
+    assert_close(valid_weights(halves, step), want)
+    assert not torch.allclose(valid_weights(halves, None), want, atol=1e-3)  # each half's own rescale

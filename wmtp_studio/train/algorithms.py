@@ -29,8 +29,7 @@ from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_ce, head_mask, he
 from wmtp_studio.train.model import MTPModel, TrunkOutput, ValueHead
 from wmtp_studio.train.reference import reference_ce
 from wmtp_studio.train.weights import (
-    CriticStepStats,
-    critic_step_stats,
+    StepStats,
     critic_weights,
     ema_update,
     excess_loss,
@@ -43,6 +42,7 @@ from wmtp_studio.train.weights import (
     select_scale,
     select_top,
     shift_to_head,
+    step_stats,
     td_errors,
     uniform_weights,
 )
@@ -95,6 +95,7 @@ def algorithm_hooks(
     *,
     value_rows: ValueRows | None = None,
     critic: tuple[CriticStep, int] | None = None,
+    grpo: list[StepStats] | None = None,
     selection: Rho1Selection | None = None,
     scores: GradScores | None = None,
 ) -> tuple[WeightFn, ExtraLossFn | None]:
@@ -103,7 +104,8 @@ def algorithm_hooks(
     over them are the step's one MSE.
 
     `value_rows`: critic rows seen by the value loss only. `critic`: the step's TD errors and statistics and this
-    micro-batch's index in it (`critic_step`). `selection`: rho1 select chosen over the whole step.
+    micro-batch's index in it (`critic_step`). `grpo`: grpo's weight statistics over the whole step (`grpo_step`).
+    `selection`: rho1 select chosen over the whole step.
     `scores`: grad-wmtp's running statistics and step sums (`grad_step_scores`).
     """
     algo = recipe.algorithm
@@ -126,7 +128,7 @@ def algorithm_hooks(
             assert scores is not None, "grad-wmtp needs the step's running statistics"
             return scores.weights_for, None
         case GRPOConfig():
-            return _grpo_weights_fn(algo, batch, diag), None
+            return _grpo_weights_fn(algo, batch, diag, grpo), None
     raise AssertionError(f"unhandled algorithm {algo}")
 
 
@@ -200,7 +202,7 @@ class CriticStep:
     made before any of them is trained on, and each head's z-score and `mean_one` statistics over the step."""
 
     deltas: list[Tensor]  # per micro-batch (B, S), indexed by target token
-    heads: list[CriticStepStats]  # per head
+    heads: list[StepStats]  # per head
 
 
 def value_entries(micro: list[Batch], rows: list[Batch | None]) -> float:
@@ -234,15 +236,23 @@ def critic_step(
         b = cpu_batch.to(device)
         deltas.append(_td_errors(algo, value_head(model.trunk(b.input_ids, b.segment_ids).hidden), b))
         masks.append([head_mask(b.token_mask, b.segment_ids, k) for k in range(recipe.n_heads)])
-    stats = critic_step_stats(
-        [[shift_to_head(d, k) for d in deltas] for k in range(recipe.n_heads)],
-        [[m[k] for m in masks] for k in range(recipe.n_heads)],
-        reduce,
-        beta=algo.beta,
-        w_min=algo.w_min,
-        w_max=algo.w_max,
-        norm=algo.norm,
-    )
+
+    def weigh(k: int, i: int, stats: StepStats) -> Tensor:
+        d, m = shift_to_head(deltas[i], k), masks[i][k]
+        return critic_weights(
+            d,
+            m,
+            beta=algo.beta,
+            w_min=algo.w_min,
+            w_max=algo.w_max,
+            norm=algo.norm,
+            mean_one=False,
+            step=stats,
+        )
+
+    per_head = [[m[k] for m in masks] for k in range(recipe.n_heads)]
+    shifted = [[shift_to_head(d, k) for d in deltas] for k in range(recipe.n_heads)]
+    stats = step_stats(shifted, per_head, per_head, weigh, reduce)
     return CriticStep(deltas, stats)
 
 
@@ -440,19 +450,26 @@ def grad_step_scores(
     return scores
 
 
-def _grpo_weights_fn(algo: GRPOConfig, batch: Batch, diag: StepDiagnostics) -> WeightFn:
-    adv, signal = batch.advantages, batch.group_signal
+def _grpo_live(batch: Batch, k: int) -> Tensor | None:
+    """Head k's entries whose group carries signal (B, S), None when no completion of the batch has a group with
+    signal. m_{t,k} keeps x_{t+k+1} inside x_t's example, so position t's A is that of the target's example; only
+    targets inside its completion are weighted (with loss_on: all, prompt targets weigh 0)."""
+    if batch.advantages is None or batch.group_signal is None:
+        return None
+    return batch.group_signal & shift_to_head(batch.completion_mask, k, fill=False)
 
+
+def _grpo_weights_fn(
+    algo: GRPOConfig, batch: Batch, diag: StepDiagnostics, step: list[StepStats] | None
+) -> WeightFn:
     def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
-        if adv is None or signal is None:  # no completion of the batch belongs to a group with signal
+        live = _grpo_live(batch, k)
+        if live is None or batch.advantages is None:
             return torch.zeros_like(m, dtype=torch.float32)
-        # m_{t,k} keeps x_{t+k+1} inside x_t's example, so position t's A is that of the target's example; only
-        # targets inside its completion are weighted (with loss_on: all, prompt targets weigh 0)
-        live = signal & shift_to_head(batch.completion_mask, k, fill=False)
         if k == 0:
             diag.add("grpo/signal_fraction", (live & m).float().sum(), m.float().sum())
         return grpo_weights(
-            adv,
+            batch.advantages,
             live,
             m,
             beta=algo.beta,
@@ -460,6 +477,47 @@ def _grpo_weights_fn(algo: GRPOConfig, batch: Batch, diag: StepDiagnostics) -> W
             w_max=algo.w_max,
             norm=algo.norm,
             mean_one=algo.mean_one,
+            step=step[k] if step is not None else None,
         )
 
     return weights_for
+
+
+@torch.no_grad()
+def grpo_step(
+    recipe: Recipe, micro: list[Batch], reduce: Callable[[Tensor], list[float]], world: int
+) -> list[StepStats] | None:
+    """grpo-wmtp's per-head weight statistics over the whole optimiser step (its z-score and mean-one rescale),
+    from the batches alone (no forward): grad_accum 2 x batch 4 and 2 processes x batch 4 weigh as batch 8. None
+    with one micro-batch in one process, or when the recipe neither z-scores nor rescales."""
+    algo = recipe.algorithm
+    if not isinstance(algo, GRPOConfig) or (len(micro) == 1 and world == 1):
+        return None
+    if algo.norm != "zscore" and not algo.mean_one:
+        return None
+    n = recipe.n_heads
+    valid = [[head_mask(b.token_mask, b.segment_ids, k) for b in micro] for k in range(n)]
+    live = [[_grpo_live(b, k) for b in micro] for k in range(n)]
+    scored = [
+        [v & x if x is not None else torch.zeros_like(v) for v, x in zip(valid[k], live[k], strict=True)]
+        for k in range(n)
+    ]
+    adv = [b.advantages if b.advantages is not None else torch.zeros(b.input_ids.shape) for b in micro]
+
+    def weigh(k: int, i: int, stats: StepStats) -> Tensor:
+        x = live[k][i]
+        if x is None:
+            return torch.zeros(valid[k][i].shape)
+        return grpo_weights(
+            adv[i],
+            x,
+            valid[k][i],
+            beta=algo.beta,
+            w_min=algo.w_min,
+            w_max=algo.w_max,
+            norm=algo.norm,
+            mean_one=False,
+            step=stats,
+        )
+
+    return step_stats([adv] * n, scored, valid, weigh, reduce)

@@ -23,6 +23,7 @@ from wmtp_studio.train.algorithms import (
     algorithm_hooks,
     critic_step,
     grad_step_scores,
+    grpo_step,
     rho1_step_selection,
     value_entries,
 )
@@ -179,6 +180,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
         critic = critic_step(  # critic: TD errors and weight statistics of the whole step
             s.recipe, s.model, s.value_head, micro, lambda v: reduce_sum(s, v), s.world, s.accel.device
         )
+    grpo = grpo_step(s.recipe, micro, lambda v: reduce_sum(s, v), s.world)  # grpo: the same, from the batches
     for i, cpu_batch in enumerate(micro):
         batch = cpu_batch.to(s.accel.device)
         with s.accel.autocast():
@@ -193,6 +195,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
                 value_count=value_count,
                 value_rows=_value_rows(s, value_batches[i]),
                 critic=(critic, i) if critic else None,
+                grpo=grpo,
                 selection=selection[i] if selection else None,
                 scores=scores,
             )

@@ -134,7 +134,7 @@ def critic_weights(
     w_max: float = 5.0,
     norm: str = "zscore",
     mean_one: bool = True,
-    step: CriticStepStats | None = None,
+    step: StepStats | None = None,
 ) -> Tensor:
     """critic-wmtp weights for one head: w = clip(exp(norm(delta) / beta), w_min, w_max), rescaled to mean 1.
 
@@ -143,14 +143,14 @@ def critic_weights(
     `norm` is "zscore" (over this head's valid entries of the batch) or "none". With `mean_one` the clipped
     weights are divided by their mean over valid entries (so they may exceed w_max slightly, as in rho1).
     `step`: the z-score's mean and std and the clipped weights' mean taken over the whole optimiser step (every
-    micro-batch and process, `critic_step_stats`) in place of this batch's.
+    micro-batch and process, `step_stats`) in place of this batch's.
     """
     if norm != "zscore":
         d = delta.float()
     elif step is None:
         d = zscore(delta, mask)
     else:
-        d = (delta.float() - step.mean) / step.std if step.std > 1e-8 else torch.zeros_like(delta.float())
+        d = _step_zscore(delta, step)
     w = torch.exp(d / beta).clamp(w_min, w_max)
     w = torch.where(mask, w, torch.zeros_like(w))
     if mean_one:
@@ -160,49 +160,53 @@ def critic_weights(
 
 
 @dataclass(frozen=True)
-class CriticStepStats:
-    """One head's critic statistics over a whole optimiser step: the mean and population std of its valid TD
-    errors (the z-score's) and the mean of its clipped weights (`mean_one`'s)."""
+class StepStats:
+    """One head's weight statistics over a whole optimiser step (critic-wmtp, grpo-wmtp): the mean and population
+    std of the signal its z-score reads (TD errors, advantages) and the mean of its clipped weights (`mean_one`)."""
 
     mean: float
     std: float
     w_mean: float
 
 
+# weigh(k, i, stats with w_mean 1) -> head k's clipped weights (B, S) on micro-batch i, before the mean-one rescale
+Weigh = Callable[[int, int, StepStats], Tensor]
+
+
 @torch.no_grad()
-def critic_step_stats(
-    deltas: Sequence[Sequence[Tensor]],
-    masks: Sequence[Sequence[Tensor]],
+def step_stats(
+    signal: Sequence[Sequence[Tensor]],
+    scored: Sequence[Sequence[Tensor]],
+    valid: Sequence[Sequence[Tensor]],
+    weigh: Weigh,
     reduce: Callable[[Tensor], list[float]],
-    *,
-    beta: float,
-    w_min: float,
-    w_max: float,
-    norm: str,
-) -> list[CriticStepStats]:
-    """Each head's `CriticStepStats` from its aligned TD errors and masks, `deltas[k][i]` and `masks[k][i]` for
-    head k and micro-batch i of this process; `reduce` sums a vector over processes (two calls in all). The
-    moments are float64 sums, so the result does not depend on how the step's rows are split into micro-batches
+) -> list[StepStats]:
+    """Each head's `StepStats` over this process's micro-batches and every process: `signal[k][i]` (B, S) is what
+    head k's z-score reads on micro-batch i, over the entries `scored[k][i]`; the mean-one rescale averages
+    `weigh`'s weights over the entries `valid[k][i]`. `reduce` sums a vector over processes (two calls in all).
+    The moments are float64 sums, so the result does not depend on how the step's rows are split into micro-batches
     and processes (METHOD.md, Fair comparison)."""
-    n_heads = len(deltas)
-    moments = torch.zeros(n_heads, 3, dtype=torch.float64)  # per head: count, sum, sum of squares
+    n_heads = len(signal)
+    moments = torch.zeros(
+        n_heads, 4, dtype=torch.float64
+    )  # per head: scored count, sum, sum of squares; valid
     for k in range(n_heads):
-        for d, m in zip(deltas[k], masks[k], strict=True):
-            x = d.double()[m]
-            moments[k] += torch.stack([x.new_tensor(float(x.numel())), x.sum(), (x * x).sum()]).cpu()
-    n, s1, s2 = torch.tensor(reduce(moments.flatten()), dtype=torch.float64).view(n_heads, 3).unbind(1)
+        for x, m, v in zip(signal[k], scored[k], valid[k], strict=True):
+            x = x.double()[m]
+            count = x.new_tensor(float(x.numel()))
+            moments[k] += torch.stack([count, x.sum(), (x * x).sum(), v.sum().double()]).cpu()
+    n, s1, s2, n_valid = (
+        torch.tensor(reduce(moments.flatten()), dtype=torch.float64).view(n_heads, 4).unbind(1)
+    )
     mean = s1 / n.clamp(min=1)
     std = (s2 / n.clamp(min=1) - mean * mean).clamp(min=0).sqrt()
     w_sums = torch.zeros(n_heads, dtype=torch.float64)
     for k in range(n_heads):
-        partial = CriticStepStats(float(mean[k]), float(std[k]), 1.0)
-        for d, m in zip(deltas[k], masks[k], strict=True):
-            w = critic_weights(
-                d, m, beta=beta, w_min=w_min, w_max=w_max, norm=norm, mean_one=False, step=partial
-            )
-            w_sums[k] += w.double()[m].sum().cpu()
-    w_mean = torch.tensor(reduce(w_sums), dtype=torch.float64) / n.clamp(min=1)
-    return [CriticStepStats(float(mean[k]), float(std[k]), float(w_mean[k])) for k in range(n_heads)]
+        partial = StepStats(float(mean[k]), float(std[k]), 1.0)
+        for i, v in enumerate(valid[k]):
+            w_sums[k] += weigh(k, i, partial).double()[v].sum().cpu()
+    w_mean = torch.tensor(reduce(w_sums), dtype=torch.float64) / n_valid.clamp(min=1)
+    return [StepStats(float(mean[k]), float(std[k]), float(w_mean[k])) for k in range(n_heads)]
 
 
 @torch.no_grad()
@@ -387,9 +391,11 @@ def grpo_weights(
     w_max: float = 5.0,
     norm: str = "none",
     mean_one: bool = True,
+    step: StepStats | None = None,
 ) -> Tensor:
     """grpo-wmtp weights for one head: w = clip(exp(norm(A) / beta), w_min, w_max) on every entry whose group
-    carries signal, 0 on those whose group does not, then rescaled to mean 1 over the valid entries.
+    carries signal, 0 on those whose group does not, then rescaled to mean 1 over the valid entries (of the batch,
+    or of the whole optimiser step with `step`, whose z-score statistics are then the step's too).
 
     adv: (B, S) the advantage A_i of the completion each position belongs to (`group_advantages`); signal: (B, S)
     bool, its group's rewards differ; mask: (B, S) bool m_{t,k} (the target x_{t+k+1} is a trained token of the
@@ -398,9 +404,21 @@ def grpo_weights(
     which its group already normalised. A batch without signal gets w = 0 everywhere (no NaN from the rescale).
     """
     live = mask & signal
-    a = zscore(adv, live) if norm == "zscore" else adv.float()
+    if norm != "zscore":
+        a = adv.float()
+    elif step is None:
+        a = zscore(adv, live)
+    else:
+        a = _step_zscore(adv, step)
     w = torch.exp(a / beta).clamp(w_min, w_max)
     w = torch.where(live, w, torch.zeros_like(w))
     if mean_one:
-        w = torch.where(mask, w / masked_mean(w, mask).clamp(min=1e-12), torch.zeros_like(w))
+        w_mean = masked_mean(w, mask).clamp(min=1e-12) if step is None else max(step.w_mean, 1e-12)
+        w = torch.where(mask, w / w_mean, torch.zeros_like(w))
     return w
+
+
+def _step_zscore(x: Tensor, step: StepStats) -> Tensor:
+    """x z-scored with a whole step's mean and std (0 where that std is ~0, as `zscore`)."""
+    x = x.float()
+    return (x - step.mean) / step.std if step.std > 1e-8 else torch.zeros_like(x)
