@@ -64,7 +64,7 @@ def shard(model: MTPModel, bf16: bool) -> None:
     for unit in [*layers, *model.extra_heads, norm]:
         fully_shard(unit, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
-    for method in ("trunk", "unembed"):
+    for method in ("trunk", "unembed", "with_unembedding"):
         register_fsdp_forward_method(model, method)
     for module in model.modules():
         if isinstance(module, FSDPModule):
