@@ -171,6 +171,7 @@ CASES = (
     ("chunked-fp32", False, False, 5, False),
     ("hidden-score-fp32", False, False, None, True),
     ("chunked-hidden-score-fp32", False, False, 5, True),
+    ("chunked-hidden-score-bf16", False, True, 5, True),
 )
 
 

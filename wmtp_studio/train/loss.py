@@ -109,6 +109,7 @@ def _chunk_scores(
     )  # (B, S)
 
 
+@torch.no_grad()
 def head_scores(
     model: MTPModel,
     k: int,
@@ -118,10 +119,8 @@ def head_scores(
     chunk: int | None = None,
 ) -> Tensor:
     """Head k's (B, S) score alone, without gradient (grad-wmtp's first-step statistics); `chunk` as in `head_ce`."""
-    with torch.no_grad():
-        return model.with_unembedding(
-            _chunk_scores, model.head_hidden(k, trunk), targets, k, score_for, chunk
-        )
+    h = model.head_hidden(k, trunk)  # (B, S, D)
+    return model.with_unembedding(_chunk_scores, h, targets, k, score_for, chunk)
 
 
 def scored_head_ce(
@@ -137,19 +136,25 @@ def scored_head_ce(
     `chunk`, the logits of each chunk are computed once more without gradient for the score (`LinearCE` keeps
     none): one more unembedding matmul per head, the price of never holding (B, S, V)."""
     h = model.head_hidden(k, trunk, hidden)  # (B, S, D)
-    return model.with_unembedding(_scored_ce, h, targets, k, score_for, chunk)
-
-
-def _scored_ce(
-    out: nn.Module, h: Tensor, targets: Tensor, k: int, score_for: ScoreFn, chunk: int | None
-) -> tuple[Tensor, Tensor, Tensor]:
     if chunk and chunk < h.shape[1]:
-        ce, hits = _chunked_ce(out, h, targets, chunk)
-        return ce, hits, _chunk_scores(out, h, targets, k, score_for, chunk)
+        return model.with_unembedding(_chunked_scored_ce, h, targets, k, score_for, chunk)
+    logits, score = model.with_unembedding(_logits_and_score, h, targets, k, score_for)
+    return token_ce(logits, targets), logits.detach().argmax(-1) == targets, score
+
+
+def _logits_and_score(
+    out: nn.Module, h: Tensor, targets: Tensor, k: int, score_for: ScoreFn
+) -> tuple[Tensor, Tensor]:
     logits = out(h)  # (B, S, V)
     with torch.no_grad():
-        score = score_for(k, logits.detach(), targets, out.weight)
-    return token_ce(logits, targets), logits.detach().argmax(-1) == targets, score
+        return logits, score_for(k, logits.detach(), targets, out.weight)
+
+
+def _chunked_scored_ce(
+    out: nn.Module, h: Tensor, targets: Tensor, k: int, score_for: ScoreFn, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    ce, hits = _chunked_ce(out, h, targets, chunk)
+    return ce, hits, _chunk_scores(out, h, targets, k, score_for, chunk)
 
 
 def weighted_mtp_loss(
