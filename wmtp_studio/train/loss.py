@@ -94,6 +94,14 @@ def _chunked_ce(out: nn.Module, h: Tensor, targets: Tensor, chunk: int) -> tuple
     return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
 
 
+def _weight(out: nn.Module) -> Tensor:
+    """The unembedding's (V, D) weight, which `score_for` gets (grad-wmtp's hidden score reads it)."""
+    w = getattr(out, "weight", None)
+    if not isinstance(w, Tensor):
+        raise StudioError(f"the output embedding {type(out).__name__} of this model has no weight matrix")
+    return w
+
+
 @torch.no_grad()
 def _chunk_scores(
     out: nn.Module, h: Tensor, targets: Tensor, k: int, score_for: ScoreFn, chunk: int | None
@@ -102,7 +110,7 @@ def _chunk_scores(
     step = chunk or h.shape[1]
     return torch.cat(
         [
-            score_for(k, out(h[:, i : i + step].detach()), targets[:, i : i + step], out.weight)
+            score_for(k, out(h[:, i : i + step].detach()), targets[:, i : i + step], _weight(out))
             for i in range(0, h.shape[1], step)
         ],
         dim=1,
@@ -147,7 +155,7 @@ def _logits_and_score(
 ) -> tuple[Tensor, Tensor]:
     logits = out(h)  # (B, S, V)
     with torch.no_grad():
-        return logits, score_for(k, logits.detach(), targets, out.weight)
+        return logits, score_for(k, logits.detach(), targets, _weight(out))
 
 
 def _chunked_scored_ce(
