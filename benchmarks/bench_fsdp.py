@@ -6,7 +6,8 @@ token ids and runs the trainer's step: `model.trunk`, the per-head `forward_back
 processes (DDP: step.py's bucketed all-reduce; FSDP: its reduce-scatter), global-norm clipping and AdamW. DDP and FSDP alternate round by round in fresh process groups; the script prints
 the median step time of each, their ratio, and the parameters and AdamW state each process holds.
 
-    python benchmarks/bench_fsdp.py [--procs 2] [--steps 5] [--rounds 2] [--device cpu|cuda] [--json OUT]
+    python benchmarks/bench_fsdp.py [--procs 2] [--steps 5] [--rounds 2] [--device cpu|cuda] [--ce-chunk N]
+        [--json OUT]
 
 On CPU the processes talk over gloo; on CUDA (one GPU per process) over NCCL, in bf16 as the trainer runs there.
 """
@@ -69,8 +70,9 @@ def _rank(rank: int, args: argparse.Namespace, parallel: str, port: int, out: st
         t0 = time.perf_counter()
         with torch.autocast(device.type, torch.bfloat16, enabled=cuda and parallel == "ddp"):
             forward_backward(
-                model, model.trunk(x), x, mask, None, lambda k, ce, m: m.float(), [1.0] * HEADS, den
-            )
+                model, model.trunk(x), x, mask, None, lambda k, ce, m: m.float(), [1.0] * HEADS, den,
+                ce_chunk=args.ce_chunk,
+            )  # fmt: skip
         if parallel == "fsdp":
             fsdp.clip_grad_norm(params, 1.0)
         else:
@@ -111,6 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--layers", type=int, default=6, help="decoder layers (trunk + head 0)")
     p.add_argument("--attn-heads", type=int, default=4)
     p.add_argument("--mlp", type=int, help="MLP width (default 4 x hidden)")
+    p.add_argument("--ce-chunk", type=int, default=None, help="train.ce_chunk: positions per CE chunk")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--port", type=int, default=29591)
@@ -132,8 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     }
     summary["fsdp_over_ddp_step_time"] = summary["fsdp"]["step_s"] / summary["ddp"]["step_s"]
     summary["setting"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+    chunk = f", ce_chunk {args.ce_chunk}" if args.ce_chunk else ""
     print(
-        f"{args.procs} processes on {args.device}, batch {args.batch} x {args.seq} each, {args.rounds} rounds"
+        f"{args.procs} processes on {args.device}, batch {args.batch} x {args.seq} each{chunk}, {args.rounds} rounds"
     )
     print(f"{'parallel':<8} {'step (s)':>9} {'params + AdamW state per process (MiB)':>40}")
     for name in runs:

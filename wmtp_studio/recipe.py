@@ -242,9 +242,6 @@ class TrainSection(Section):
     def _budget(self) -> TrainSection:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of steps and epochs")
-        if self.parallel == "fsdp" and self.ce_chunk:
-            # the chunked CE reads the unembedding's weight outside the method FSDP gathers it for
-            raise ValueError("ce_chunk does not work with parallel: fsdp yet; drop one of them")
         return self
 
 
@@ -508,11 +505,6 @@ class Recipe(Section):
             coefs = self.model.head_coefficients
             self.model = self.model.model_copy(
                 update={"n_heads": 1, "head_coefficients": coefs and coefs[:1]}
-            )
-        if self.train.parallel == "fsdp" and getattr(self.algorithm, "score", None) == "hidden":
-            # the hidden score reads the unembedding's weight outside the method FSDP gathers it for
-            raise ValueError(
-                "grad-wmtp score: hidden does not work with train.parallel: fsdp yet; use score: logit"
             )
         return self
 

@@ -32,10 +32,11 @@ def test_the_meta_recipes_differ_in_what_trains_and_point_at_the_checkpoint() ->
     assert heads.model.meta_checkpoint == full.model.meta_checkpoint == "/models/7B_1T_4"
     assert (heads.train.freeze, full.train.freeze) == ("trunk", "none")
     assert heads.model.n_heads == 4 and heads.train.ce_chunk == 512
+    assert (heads.train.parallel, full.train.parallel) == ("ddp", "fsdp")  # 7B's AdamW state: sharded
     a, b = heads.model_dump(mode="json"), full.model_dump(mode="json")
     for d in (a, b):
-        del d["name"], d["train"]["freeze"], d["optim"]["lr"]
-    assert a == b  # the same run but for what trains (and its learning rate)
+        del d["name"], d["train"]["freeze"], d["train"]["parallel"], d["optim"]["lr"]
+    assert a == b  # the same run but for what trains (its learning rate, and sharding over several GPUs)
 
 
 def test_a_missing_variable_or_directory_exits_2(tmp_path: Path) -> None:

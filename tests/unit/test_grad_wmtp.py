@@ -172,9 +172,9 @@ def test_per_head_backward_equals_naive(score: str) -> None:
     assert scores is not None
     trunk = model.trunk(b.input_ids)
     m = head_mask(b.token_mask, b.segment_ids, 1)
-    w = scores.weights_for(
-        1, scores.score_for(1, model.head_logits(1, trunk).detach(), head_targets(b.input_ids, 1)), m
-    )
+    w_out = model.hf.get_output_embeddings().weight
+    score = scores.score_for(1, model.head_logits(1, trunk).detach(), head_targets(b.input_ids, 1), w_out)
+    w = scores.weights_for(1, score, m)
     assert float(w[m].std()) > 0.05
 
 

@@ -165,16 +165,14 @@ def test_override_of_a_missing_key_names_its_path(tmp_path: Path) -> None:
     assert re.search(r"^\s*train\.steps: ", msg, re.M), msg
 
 
-def test_fsdp_with_chunked_ce_is_refused_by_name(tmp_path: Path) -> None:
+def test_fsdp_takes_chunked_ce_and_the_hidden_score(tmp_path: Path) -> None:
+    # both read the unembedding's weight inside a gathered root method (tests/integration/test_fsdp.py trains them)
     path = write(tmp_path, BASE)
-    msg = error_of(path, ("train.parallel=fsdp", "train.ce_chunk=128"))
-    assert "ce_chunk does not work with parallel: fsdp" in msg, msg
-    # each alone loads
-    assert load_recipe(path, ["train.parallel=fsdp"], env={}).train.parallel == "fsdp"
-    assert load_recipe(path, ["train.ce_chunk=128"], env={}).train.ce_chunk == 128
+    r = load_recipe(path, ["train.parallel=fsdp", "train.ce_chunk=128"], env={})
+    assert (r.train.parallel, r.train.ce_chunk) == ("fsdp", 128)
     grad = BASE.replace("baseline-mtp}", "grad-wmtp, score: hidden}")
-    msg = error_of(write(tmp_path, grad, "g.yaml"), ("train.parallel=fsdp",))
-    assert "score: hidden does not work with train.parallel: fsdp" in msg, msg
+    r = load_recipe(write(tmp_path, grad, "g.yaml"), ["train.parallel=fsdp"], env={})
+    assert r.algorithm.name == "grad-wmtp" and getattr(r.algorithm, "score", None) == "hidden"
 
 
 def test_ntp_always_trains_one_head(tmp_path: Path) -> None:

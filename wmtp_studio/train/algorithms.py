@@ -25,7 +25,7 @@ from wmtp_studio.recipe import (
 )
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
-from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_ce, head_mask, head_targets
+from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_ce, head_mask, head_scores, head_targets
 from wmtp_studio.train.model import MTPModel, TrunkOutput, ValueHead
 from wmtp_studio.train.reference import reference_ce
 from wmtp_studio.train.weights import (
@@ -385,10 +385,10 @@ class GradScores:
     ema: list[tuple[float, float] | None]
     stats: Tensor  # (n, 2) per head (mu, sigma) on the device; (0, 0) without history: z = 0
     sums: Tensor  # (n, 3) per head (N, sum s, sum s^2) of this step's valid scores, this process
-    w_out: Tensor | None  # (V, D) unembedding weight, for score: hidden
 
-    def score_for(self, _k: int, logits: Tensor, targets: Tensor) -> Tensor:
-        return grad_scores(logits, targets, self.w_out)
+    def score_for(self, _k: int, logits: Tensor, targets: Tensor, w_out: Tensor) -> Tensor:
+        """loss.ScoreFn; `w_out` (V, D): the unembedding weight, which `score: hidden` reads."""
+        return grad_scores(logits, targets, w_out if self.algo.score == "hidden" else None)
 
     def weights_for(self, k: int, score: Tensor, m: Tensor) -> Tensor:
         self.sums[k] += score_sums(score, m)
@@ -429,9 +429,8 @@ def grad_step_scores(
     if not isinstance(algo, GradConfig):
         return None
     n = recipe.n_heads
-    w_out = model.hf.get_output_embeddings().weight if algo.score == "hidden" else None
     scores = GradScores(
-        algo, [None] * n, torch.zeros(n, 2), torch.zeros(n, 3, dtype=torch.float64, device=device), w_out
+        algo, [None] * n, torch.zeros(n, 2), torch.zeros(n, 3, dtype=torch.float64, device=device)
     )
     if ema is None:
         for cpu_batch in micro:
@@ -439,7 +438,7 @@ def grad_step_scores(
             trunk = model.trunk(b.input_ids, b.segment_ids)
             for k in range(n):
                 targets = head_targets(b.input_ids, k)
-                score = scores.score_for(k, model.head_logits(k, trunk), targets)
+                score = head_scores(model, k, trunk, targets, scores.score_for, recipe.train.ce_chunk)
                 scores.sums[k] += score_sums(score, head_mask(b.token_mask, b.segment_ids, k))
         ema = scores.updated(reduce(scores.sums.flatten()))
         scores.sums.zero_()

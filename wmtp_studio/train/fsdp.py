@@ -11,7 +11,9 @@ over every process, so gradients must be summed over processes, not averaged (FS
 1.16's `fsdp2_prepare_model` offers no way to ask for. The final norm is a unit of its own, and `unembed`
 rather than `head_logits` is the root's hooked method, because FSDP wraps every grad-requiring tensor among a
 hooked method's arguments in one autograd node: `head_logits(k, trunk, h)` would tie the detached `h` to the
-trunk's graph and each head's backward would run into the trunk.
+trunk's graph and each head's backward would run into the trunk. What reads the unembedding's weight itself (the
+chunked CE of `train.ce_chunk`, grad-wmtp's `score: hidden`) runs inside `with_unembedding`, the third hooked
+method, so it sees the gathered weight and its gradient is reduce-scattered like `unembed`'s.
 
 Checkpoints: torch distributed checkpoint (`dcp/`, each rank writes its shards of the model, value head and
 optimiser state; it reloads across process counts) beside the `model/` directory every checkpoint has, written by
@@ -64,7 +66,7 @@ def shard(model: MTPModel, bf16: bool) -> None:
     for unit in [*layers, *model.extra_heads, norm]:
         fully_shard(unit, mp_policy=policy)
     fully_shard(model, mp_policy=policy)
-    for method in ("trunk", "unembed"):
+    for method in ("trunk", "unembed", "with_unembedding"):
         register_fsdp_forward_method(model, method)
     for module in model.modules():
         if isinstance(module, FSDPModule):

@@ -78,7 +78,11 @@ def head_ce(
     h = model.head_hidden(k, trunk, hidden)  # (B, S, D)
     if not chunk or chunk >= h.shape[1]:
         return _ce_and_hits(model, h, targets)
-    out = model.hf.get_output_embeddings()
+    return model.with_unembedding(_chunked_ce, h, targets, chunk)
+
+
+def _chunked_ce(out: nn.Module, h: Tensor, targets: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """`LinearCE` over `chunk` positions at a time: (B, S, D), (B, S) -> CE (B, S) fp32, hits (B, S) bool."""
     if not isinstance(out, nn.Linear):
         raise StudioError(
             f"train.ce_chunk needs a linear output embedding, this model has {type(out).__name__}"
@@ -88,6 +92,43 @@ def head_ce(
         for i in range(0, h.shape[1], chunk)
     ]
     return torch.cat([p[0] for p in parts], dim=1), torch.cat([p[1] for p in parts], dim=1)
+
+
+def _weight(out: nn.Module) -> Tensor:
+    """The unembedding's (V, D) weight, which `score_for` gets (grad-wmtp's hidden score reads it)."""
+    w = getattr(out, "weight", None)
+    if not isinstance(w, Tensor):
+        raise StudioError(f"the output embedding {type(out).__name__} of this model has no weight matrix")
+    return w
+
+
+@torch.no_grad()
+def _chunk_scores(
+    out: nn.Module, h: Tensor, targets: Tensor, k: int, score_for: ScoreFn, chunk: int | None
+) -> Tensor:
+    """`score_for`'s (B, S) score of head k's entries from its logits, computed `chunk` positions at a time."""
+    step = chunk or h.shape[1]
+    return torch.cat(
+        [
+            score_for(k, out(h[:, i : i + step].detach()), targets[:, i : i + step], _weight(out))
+            for i in range(0, h.shape[1], step)
+        ],
+        dim=1,
+    )  # (B, S)
+
+
+@torch.no_grad()
+def head_scores(
+    model: MTPModel,
+    k: int,
+    trunk: TrunkOutput,
+    targets: Tensor,
+    score_for: ScoreFn,
+    chunk: int | None = None,
+) -> Tensor:
+    """Head k's (B, S) score alone, without gradient (grad-wmtp's first-step statistics); `chunk` as in `head_ce`."""
+    h = model.head_hidden(k, trunk)  # (B, S, D)
+    return model.with_unembedding(_chunk_scores, h, targets, k, score_for, chunk)
 
 
 def scored_head_ce(
@@ -103,26 +144,25 @@ def scored_head_ce(
     `chunk`, the logits of each chunk are computed once more without gradient for the score (`LinearCE` keeps
     none): one more unembedding matmul per head, the price of never holding (B, S, V)."""
     h = model.head_hidden(k, trunk, hidden)  # (B, S, D)
-    if not chunk or chunk >= h.shape[1]:
-        logits = model.unembed(h)  # (B, S, V)
-        hits = logits.detach().argmax(-1) == targets
-        return token_ce(logits, targets), hits, score_for(k, logits.detach(), targets)
-    out = model.hf.get_output_embeddings()
-    if not isinstance(out, nn.Linear):
-        raise StudioError(
-            f"train.ce_chunk needs a linear output embedding, this model has {type(out).__name__}"
-        )
-    ces: list[Tensor] = []
-    hit_parts: list[Tensor] = []
-    scores: list[Tensor] = []
-    for i in range(0, h.shape[1], chunk):
-        part, t = h[:, i : i + chunk], targets[:, i : i + chunk]
-        ce, hit = LinearCE.apply(part, out.weight, out.bias, t)
-        with torch.no_grad():
-            scores.append(score_for(k, out(part.detach()), t))  # (B, c)
-        ces.append(ce)
-        hit_parts.append(hit)
-    return torch.cat(ces, dim=1), torch.cat(hit_parts, dim=1), torch.cat(scores, dim=1)
+    if chunk and chunk < h.shape[1]:
+        return model.with_unembedding(_chunked_scored_ce, h, targets, k, score_for, chunk)
+    logits, score = model.with_unembedding(_logits_and_score, h, targets, k, score_for)
+    return token_ce(logits, targets), logits.detach().argmax(-1) == targets, score
+
+
+def _logits_and_score(
+    out: nn.Module, h: Tensor, targets: Tensor, k: int, score_for: ScoreFn
+) -> tuple[Tensor, Tensor]:
+    logits = out(h)  # (B, S, V)
+    with torch.no_grad():
+        return logits, score_for(k, logits.detach(), targets, _weight(out))
+
+
+def _chunked_scored_ce(
+    out: nn.Module, h: Tensor, targets: Tensor, k: int, score_for: ScoreFn, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    ce, hits = _chunked_ce(out, h, targets, chunk)
+    return ce, hits, _chunk_scores(out, h, targets, k, score_for, chunk)
 
 
 def weighted_mtp_loss(
@@ -155,8 +195,9 @@ def weighted_mtp_loss(
 WeightFn = Callable[[int, Tensor, Tensor], Tensor]
 # extra_loss(trunk hidden (B, S, D)) -> scalar added to the loss (critic value loss)
 ExtraLossFn = Callable[[Tensor], Tensor]
-# score_for(k, logits (B, c, V) detached, targets (B, c)) -> (B, c): what weights_for gets instead of the CE
-ScoreFn = Callable[[int, Tensor, Tensor], Tensor]
+# score_for(k, logits (B, c, V) detached, targets (B, c), unembedding weight (V, D)) -> (B, c): what weights_for
+# gets instead of the CE
+ScoreFn = Callable[[int, Tensor, Tensor, Tensor], Tensor]
 
 
 # Per-head statistics kept as one (n, len(STAT_FIELDS)) device tensor and read once, when a step is logged.

@@ -15,9 +15,10 @@ import copy
 import functools
 import inspect
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -27,6 +28,8 @@ from wmtp_studio.errors import StudioError
 
 WMTP_CONFIG = "wmtp_config.json"
 HEADS_FILE = "mtp_heads.safetensors"
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -233,6 +236,13 @@ class MTPModel(nn.Module):
     def unembed(self, h: Tensor) -> Tensor:
         """Shared unembedding: (B, S, D) -> (B, S, V)."""
         return self.hf.get_output_embeddings()(h)
+
+    def with_unembedding(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """`fn(unembedding module, *args)`, for what reads the unembedding's weight itself (the chunked CE,
+        grad-wmtp's hidden score). Under FSDP this is a gathered root method like `unembed` (fsdp.py): `fn` sees the
+        whole weight and its gradient is reduce-scattered. Tensors that need gradient go in `args`, where FSDP hooks
+        them, not in `fn`'s closure."""
+        return fn(self.hf.get_output_embeddings(), *args)
 
     def head_logits(self, k: int, trunk: TrunkOutput, hidden: Tensor | None = None) -> Tensor:
         """Logits of head k: (B, S, V)."""
