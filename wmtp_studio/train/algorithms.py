@@ -25,7 +25,7 @@ from wmtp_studio.recipe import (
 )
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
-from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_ce, head_mask, head_targets
+from wmtp_studio.train.loss import ExtraLossFn, UpFrontWeights, WeightFn, head_ce, head_mask, head_targets
 from wmtp_studio.train.model import MTPModel, TrunkOutput, ValueHead
 from wmtp_studio.train.reference import reference_ce
 from wmtp_studio.train.weights import (
@@ -42,7 +42,6 @@ from wmtp_studio.train.weights import (
     select_top,
     shift_to_head,
     td_errors,
-    uniform_weights,
 )
 
 
@@ -103,7 +102,7 @@ def algorithm_hooks(
     algo = recipe.algorithm
     match algo:
         case NTPConfig() | BaselineMTPConfig():
-            return uniform_weights, None  # METHOD.md: w = 1
+            return UpFrontWeights(lambda _k, m: m.float()), None  # METHOD.md: w = 1 (`uniform_weights`)
         case CriticConfig():
             assert value_head is not None
             return _critic_hooks(algo, batch, trunk, value_head, diag, value_scale, value_rows)
@@ -147,7 +146,7 @@ def _critic_hooks(
             gae_lambda=algo.gae_lambda,
         )  # (B, S) indexed by target token
 
-    def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
+    def weights_for(k: int, m: Tensor) -> Tensor:
         # Head k at t predicts x_{t+k+1}, so it takes delta_{t+k+1}.
         return critic_weights(
             shift_to_head(delta, k),
@@ -178,7 +177,7 @@ def _critic_hooks(
         diag.add("value_loss", sq, n)
         return algo.value_coef * mse / value_scale
 
-    return weights_for, value_loss
+    return UpFrontWeights(weights_for), value_loss
 
 
 @torch.no_grad()
@@ -378,7 +377,7 @@ def grad_step_scores(
 def _grpo_weights_fn(algo: GRPOConfig, batch: Batch, diag: StepDiagnostics) -> WeightFn:
     adv, signal = batch.advantages, batch.group_signal
 
-    def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
+    def weights_for(k: int, m: Tensor) -> Tensor:
         if adv is None or signal is None:  # no completion of the batch belongs to a group with signal
             return torch.zeros_like(m, dtype=torch.float32)
         # m_{t,k} keeps x_{t+k+1} inside x_t's example, so position t's A is that of the target's example; only
@@ -397,4 +396,4 @@ def _grpo_weights_fn(algo: GRPOConfig, batch: Batch, diag: StepDiagnostics) -> W
             mean_one=algo.mean_one,
         )
 
-    return weights_for
+    return UpFrontWeights(weights_for)
