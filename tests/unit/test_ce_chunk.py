@@ -232,8 +232,8 @@ def test_chunked_reference_ce_equals_whole() -> None:
 
 def test_chunked_ce_under_bf16_autocast_matches_the_whole_sequence() -> None:
     """bf16 autocast (the trainer's GPU default): the backward recomputes the logits under the forward's autocast
-    state; CE and gradients agree with the whole-sequence path to bf16's precision (measured: 0 on CE, 0.24 % of
-    the largest gradient entry)."""
+    state; CE and gradients agree with the whole-sequence path to bf16's precision (measured: 0 on CE, 0.85 % of
+    the largest gradient entry; against fp32 gradients both paths err by 0.55 % in norm)."""
     torch.manual_seed(0)
     model = MTPModel(build_tiny_hf("llama", 300, 64, 2, 4, None, 64, {}), 2, "transformer")
     x = torch.randint(0, 300, (2, 40))
@@ -254,7 +254,7 @@ def test_chunked_ce_under_bf16_autocast_matches_the_whole_sequence() -> None:
 
 
 def test_upfront_chunked_ce_under_bf16_autocast_matches_the_whole_sequence() -> None:
-    """The same under bf16 autocast for the pass that makes the gradients in the forward (measured: 0 on CE, 0.3 %
+    """The same under bf16 autocast for the pass that makes the gradients in the forward (measured: 0 on CE, 0.83 %
     of the largest gradient entry)."""
     torch.manual_seed(0)
     model = MTPModel(build_tiny_hf("llama", 300, 64, 2, 4, None, 64, {}), 2, "transformer")

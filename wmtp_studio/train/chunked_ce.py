@@ -59,13 +59,17 @@ class LinearCE(torch.autograd.Function):
         enabled, dtype, device = ctx.autocast
         with torch.autocast(device, dtype, enabled=enabled):
             logits = F.linear(h, weight, bias)  # (B, c, V), the dtype the forward had before widening
-            grad = _minus_onehot(_wide(logits).softmax(-1), targets)
+            grad = _minus_onehot(_wide(logits).softmax(-1), targets)  # (B, c, V) dCE/dlogits
             del logits
-            grad.mul_(grad_ce[..., None].to(grad.dtype))  # (B, c, V) dCE/dlogits
             g = grad.to(h.dtype) if not enabled else grad
-            grad_h = g @ weight  # (B, c, D)
-            grad_w = g.flatten(0, 1).transpose(0, 1) @ h.flatten(0, 1)  # (V, D)
-        grad_b = grad.sum((0, 1)).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+            s = grad_ce[
+                ..., None
+            ]  # (B, c, 1): scales the (B, c, D) side of each product, not the (B, c, V) one
+            grad_h = (g @ weight) * s  # (B, c, D)
+            grad_w = g.flatten(0, 1).transpose(0, 1) @ (h * s).to(h.dtype).flatten(0, 1)  # (V, D)
+        grad_b = None
+        if bias is not None and ctx.needs_input_grad[2]:
+            grad_b = (s.flatten().to(grad.dtype) @ grad.flatten(0, 1)).to(bias.dtype)  # (V,)
         return grad_h.to(h.dtype), grad_w.to(weight.dtype), grad_b, None
 
 
@@ -89,17 +93,21 @@ class _FusedLinearCE(torch.autograd.Function):
             logp = _wide(logits).log_softmax(-1)
             del logits
             ces.append(-logp.gather(-1, t[..., None]).squeeze(-1))  # (B, c), F.cross_entropy's arithmetic
-            # dL/dlogits = coef (softmax - onehot), made from the log-softmax in place
-            grad = _minus_onehot(logp.exp_(), t).mul_(coef[:, i : i + chunk, None].to(logp.dtype))
+            # dL/dlogits = coef (softmax - onehot): softmax from the log-softmax in place; coef scales the (B, c, D)
+            # side of each product instead of the (B, c, V) one
+            grad = _minus_onehot(logp.exp_(), t)  # (B, c, V)
+            s = coef[:, i : i + chunk, None]  # (B, c, 1)
             g = grad.to(h.dtype) if not autocast else grad  # autocast: the matmuls cast as autograd's would
             if grad_h is not None:
-                grad_h[:, i : i + chunk] = g @ weight
-            if grad_w is not None and (autocast or g.dtype != grad_w.dtype):
-                grad_w += g.flatten(0, 1).transpose(0, 1) @ part.flatten(0, 1)  # (V, D), then widened
-            elif grad_w is not None:  # no (V, D) temporary (out=, not addmm_: torch's FLOP counter sees it)
-                torch.addmm(grad_w, g.flatten(0, 1).transpose(0, 1), part.flatten(0, 1), out=grad_w)
+                grad_h[:, i : i + chunk] = (g @ weight) * s
+            if grad_w is not None:
+                scaled = (part * s).to(part.dtype).flatten(0, 1)  # (B c, D)
+                if autocast or g.dtype != grad_w.dtype:
+                    grad_w += g.flatten(0, 1).transpose(0, 1) @ scaled  # (V, D), then widened
+                else:  # no (V, D) temporary (out=, not addmm_: torch's FLOP counter sees it)
+                    torch.addmm(grad_w, g.flatten(0, 1).transpose(0, 1), scaled, out=grad_w)
             if grad_b is not None:
-                grad_b += grad.sum((0, 1))
+                grad_b += s.flatten().to(grad.dtype) @ grad.flatten(0, 1)
             del grad, g
         ce = torch.cat(ces, dim=1)  # (B, S)
         ctx.grads = (grad_h, grad_w, grad_b)
