@@ -1,9 +1,9 @@
 """Step time and per-process model state: `train.parallel: fsdp` vs `ddp` over the same processes.
 
-Each process builds the same tiny Llama with 4 transformer heads (hidden 256, 6 layers, vocab 8192, as
-bench_memory.py), takes its own batch of random token ids and runs the trainer's step: `model.trunk`, the per-head
-`forward_backward`, the gradient sum over processes (DDP: step.py's bucketed all-reduce; FSDP: its reduce-scatter),
-global-norm clipping and AdamW. DDP and FSDP alternate round by round in fresh process groups; the script prints
+Each process builds the same Llama with 4 transformer heads (by default hidden 256, 6 layers, vocab 8192, as
+bench_memory.py; `--hidden --layers --attn-heads --mlp --vocab` set another shape), takes its own batch of random
+token ids and runs the trainer's step: `model.trunk`, the per-head `forward_backward`, the gradient sum over
+processes (DDP: step.py's bucketed all-reduce; FSDP: its reduce-scatter), global-norm clipping and AdamW. DDP and FSDP alternate round by round in fresh process groups; the script prints
 the median step time of each, their ratio, and the parameters and AdamW state each process holds.
 
     python benchmarks/bench_fsdp.py [--procs 2] [--steps 5] [--rounds 2] [--device cpu|cuda] [--json OUT]
@@ -31,9 +31,9 @@ from torch.distributed.tensor import DTensor
 from wmtp_studio.train import fsdp
 from wmtp_studio.train.loss import forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, build_tiny_hf
-from wmtp_studio.train.step import _all_reduce_grads
+from wmtp_studio.train.step import sum_grads
 
-HIDDEN, LAYERS, ATTN_HEADS, HEADS = 256, 6, 4, 4
+HEADS = 4
 MIB = 2**20
 
 
@@ -51,7 +51,7 @@ def _rank(rank: int, args: argparse.Namespace, parallel: str, port: int, out: st
     torch.set_num_threads(args.threads)
     device = torch.device("cuda", rank) if cuda else torch.device("cpu")
     torch.manual_seed(0)  # the same model on every process
-    hf = build_tiny_hf("llama", args.vocab, HIDDEN, LAYERS, ATTN_HEADS, None, args.seq, {})
+    hf = build_tiny_hf("llama", args.vocab, args.hidden, args.layers, args.attn_heads, args.mlp, args.seq, {})
     model = MTPModel(hf, HEADS, "transformer", base_id="bench").to(device)
     if parallel == "fsdp":
         fsdp.shard(model, bf16=cuda)
@@ -74,7 +74,7 @@ def _rank(rank: int, args: argparse.Namespace, parallel: str, port: int, out: st
         if parallel == "fsdp":
             fsdp.clip_grad_norm(params, 1.0)
         else:
-            _all_reduce_grads(params, args.procs)
+            sum_grads(params, args.procs)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -107,6 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=128)
     p.add_argument("--vocab", type=int, default=8192)
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--layers", type=int, default=6, help="decoder layers (trunk + head 0)")
+    p.add_argument("--attn-heads", type=int, default=4)
+    p.add_argument("--mlp", type=int, help="MLP width (default 4 x hidden)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per process")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--port", type=int, default=29591)

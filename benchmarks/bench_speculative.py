@@ -8,6 +8,8 @@ transformer and linear), in a temporary directory. Reports tokens/s of each, the
 (tokens per verify pass), the cost of one forward pass of each, and how many outputs are identical.
 
     python benchmarks/bench_speculative.py [--model RUN/model ...] [--prompts 100] [--device cpu] [--json OUT]
+    python benchmarks/bench_speculative.py --device cuda --heads transformer --set model.tiny.hidden_size=2048 \
+        --set model.tiny.num_layers=13 --set model.tiny.num_attention_heads=16 ...     # ~1B (see README)
 """
 
 from __future__ import annotations
@@ -72,12 +74,12 @@ class Result:
         }
 
 
-def train_model(root: Path, heads: str, steps: int) -> Path:
-    """Train the tiny quickstart recipe with `heads` and return its exported model directory."""
+def train_model(root: Path, heads: str, steps: int, more: list[str]) -> Path:
+    """Train the tiny quickstart recipe with `heads` (and the overrides `more`) and return its exported model."""
     from wmtp_studio.recipe import load_recipe
     from wmtp_studio.train.loop import train
 
-    overrides = [f"name=bench-spec-{heads}", f"train.steps={steps}", f"model.heads={heads}", *QUIET]
+    overrides = [f"name=bench-spec-{heads}", f"train.steps={steps}", f"model.heads={heads}", *QUIET, *more]
     run = root / heads
     run.mkdir(parents=True)
     (run / "recipe.json").write_text(load_recipe(RECIPE, overrides, env={}).canonical_json())
@@ -145,6 +147,14 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", action="append", type=Path, help="a trained MTP model directory (repeatable)")
     p.add_argument("--train-steps", type=int, default=600, help="steps per trained model without --model")
+    p.add_argument(
+        "--heads", nargs="+", choices=("transformer", "linear"), default=["transformer", "linear"],
+        help="head kinds trained without --model",
+    )  # fmt: skip
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="recipe override for the trained models, e.g. model.tiny.hidden_size=2048 (repeatable)",
+    )  # fmt: skip
     p.add_argument("--prompts", type=int, default=100, help="prompts of the generated test split")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--warmup", type=int, default=5, help="untimed prompts per decoder first")
@@ -158,7 +168,7 @@ def main() -> None:
     quiet_transformers()
     with tempfile.TemporaryDirectory(prefix="bench-spec-") as tmp:
         os.environ["WMTP_HOME"] = str(Path(tmp) / "home")  # tokenizer cache stays out of ~/.wmtp
-        paths = args.model or [train_model(Path(tmp), h, args.train_steps) for h in ("transformer", "linear")]
+        paths = args.model or [train_model(Path(tmp), h, args.train_steps, args.set) for h in args.heads]
         torch.set_num_threads(args.threads)  # the trainer sets its own
         results = [bench(path, args) for path in paths]
     env = {

@@ -516,19 +516,6 @@ class Recipe(Section):
             )
         return self
 
-    @model_validator(mode="after")
-    def _grpo_refresh_not_sharded(self) -> Recipe:
-        # a refresh samples on rank 0 alone, and a sharded model's forward needs every rank
-        if (
-            isinstance(self.algorithm, GRPOConfig)
-            and self.algorithm.refresh_steps
-            and self.train.parallel == "fsdp"
-        ):
-            raise ValueError(
-                "algorithm.refresh_steps does not work with train.parallel: fsdp yet; use ddp or refresh_steps: 0"
-            )
-        return self
-
     @property
     def n_heads(self) -> int:
         """Heads actually trained: the NTP control always has one."""

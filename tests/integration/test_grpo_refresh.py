@@ -41,7 +41,7 @@ def comment_task(path: Path) -> Path:
     return path
 
 
-def grpo_run(run_dir: Path, data: Path) -> Path:
+def grpo_run(run_dir: Path, data: Path, *overrides: str) -> Path:
     return make_run(
         run_dir,
         "tiny-grpo-wmtp.yaml",
@@ -56,6 +56,7 @@ def grpo_run(run_dir: Path, data: Path) -> Path:
         "algorithm.group_size=4",
         "algorithm.max_new_tokens=10",
         "algorithm.temperature=1.0",
+        *overrides,
     )
 
 

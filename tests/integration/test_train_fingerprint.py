@@ -6,6 +6,8 @@ rescale in algorithms.py). Every algorithm, packing off and on, critic Stage 1, 
 micro-batches per step, and an interrupted then resumed run must write the same metrics.jsonl lines (kinds,
 steps, events, every value) and leave the same tensors: bit for bit (the tensors' sha256 included) with the torch
 and CPU of the record; elsewhere, where the last bits of float sums may differ, the values agree to 1e-4.
+One entry was re-recorded on purpose since: `critic-all-accum2`, when critic's weight statistics and value-loss
+mean became the whole optimiser step's rather than each micro-batch's (the other 13 runs stayed bit-identical).
 """
 
 from __future__ import annotations

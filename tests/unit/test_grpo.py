@@ -12,7 +12,7 @@ from torch.testing import assert_close
 from tests.unit.test_loss import COEFS, tiny_mtp
 from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import GRPOConfig, load_recipe
-from wmtp_studio.train import grpo
+from wmtp_studio.train import grpo, grpo_refresh
 from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
 from wmtp_studio.train.data import Encoded, Example, collate
 from wmtp_studio.train.loss import forward_backward, head_mask, weighted_mtp_loss
@@ -100,8 +100,10 @@ def test_groups_are_the_completions_of_one_prompt() -> None:
     # one per prompt in data order, the correct one where there is one (a refresh's samples take its id)
     assert [(e.prompt, e.id) for e in groups.pool] == [("p1", "t1"), ("p2", "t2"), ("p3", "t3")]
     assert groups.made_at == -1
-    assert grpo.refresh_prompts(groups.pool, 2, 0, 6) == grpo.refresh_prompts(groups.pool, 2, 0, 6)
-    assert len(grpo.refresh_prompts(groups.pool, 2, 0, 6)) == 2
+    assert grpo_refresh.refresh_prompts(groups.pool, 2, 0, 6) == grpo_refresh.refresh_prompts(
+        groups.pool, 2, 0, 6
+    )
+    assert len(grpo_refresh.refresh_prompts(groups.pool, 2, 0, 6)) == 2
 
 
 def test_a_recipe_without_mixed_groups_is_refused(tmp_path: Path) -> None:
@@ -201,11 +203,23 @@ def test_an_epoch_budget_gives_grpo_the_steps_of_baseline(tmp_path: Path) -> Non
     assert steps == {"baseline-mtp": 48, "grpo-wmtp": 48}
 
 
-def test_a_refresh_under_fsdp_is_refused_by_name() -> None:
-    from wmtp_studio.errors import RecipeError
+def test_refresh_slices_depend_on_prompt_and_group_counts_only() -> None:
+    """Slice j is one generate call seeded with (seed, step, j), whatever process samples it."""
+    cut = grpo_refresh.slices
 
-    with pytest.raises(
-        RecipeError, match=r"algorithm\.refresh_steps does not work with train\.parallel: fsdp"
-    ):
-        load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", ["train.parallel=fsdp"])
-    assert load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", ["train.parallel=fsdp", "algorithm.refresh_steps=0"])
+    def spans(prompts: int, group: int) -> list[tuple[int, int]]:
+        return [(part.start, part.stop) for part in cut(prompts, group)]
+
+    # 8 prompts, G = 4: per = max(1, min(64 // 4 = 16, ceil(8 / 8) = 1)) = 1 -> 8 slices of 4 samples
+    assert spans(8, 4) == [(i, i + 1) for i in range(8)]
+    # 100 prompts, G = 4: per = min(16, ceil(100 / 8) = 13) = 13 -> 7 x 13 = 91, then 9
+    assert spans(100, 4) == [(13 * i, 13 * i + 13) for i in range(7)] + [(91, 100)]
+    # 300 prompts, G = 8: per = min(64 // 8 = 8, ceil(300 / 8) = 38) = 8 -> 64 samples a call, 37 x 8 = 296, then 4
+    assert spans(300, 8)[-2:] == [(288, 296), (296, 300)] and len(spans(300, 8)) == 38
+    # G = 128 > 64: one prompt a call; no prompts: no slice
+    assert spans(3, 128) == [(0, 1), (1, 2), (2, 3)] and spans(0, 4) == []
+    seeds = {grpo_refresh.slice_seed(0, 6, j) for j in range(8)}
+    assert len(seeds) == 8 and grpo_refresh.slice_seed(0, 6, 3) == grpo_refresh.slice_seed(0, 6, 3)
+    assert grpo_refresh.slice_seed(0, 6, 3) != grpo_refresh.slice_seed(0, 9, 3)
+    # a refresh under fsdp is a valid recipe
+    assert load_recipe(RECIPES / "tiny-grpo-wmtp.yaml", ["train.parallel=fsdp"]).train.parallel == "fsdp"

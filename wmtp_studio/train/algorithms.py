@@ -29,6 +29,8 @@ from wmtp_studio.train.loss import ExtraLossFn, UpFrontWeights, WeightFn, head_c
 from wmtp_studio.train.model import MTPModel, TrunkOutput, ValueHead
 from wmtp_studio.train.reference import reference_ce
 from wmtp_studio.train.weights import (
+    CriticStepStats,
+    critic_step_stats,
     critic_weights,
     ema_update,
     excess_loss,
@@ -88,15 +90,19 @@ def algorithm_hooks(
     value_head: ValueHead | None,
     reference: nn.Module | None,
     diag: StepDiagnostics,
-    value_scale: float,
+    value_count: float,
     *,
     value_rows: ValueRows | None = None,
+    critic: tuple[CriticStep, int] | None = None,
     selection: Rho1Selection | None = None,
     scores: GradScores | None = None,
 ) -> tuple[WeightFn, ExtraLossFn | None]:
-    """Weights function and extra loss of one micro-batch; `value_scale` divides the value loss (processes x accum).
+    """Weights function and extra loss of one micro-batch; `value_count` divides the value loss's squared errors:
+    the step's value entries over every micro-batch and process (`value_entries`), so that the value losses summed
+    over them are the step's one MSE.
 
-    `value_rows`: critic rows seen by the value loss only. `selection`: rho1 select chosen over the whole step.
+    `value_rows`: critic rows seen by the value loss only. `critic`: the step's TD errors and statistics and this
+    micro-batch's index in it (`critic_step`). `selection`: rho1 select chosen over the whole step.
     `scores`: grad-wmtp's running statistics and step sums (`grad_step_scores`).
     """
     algo = recipe.algorithm
@@ -105,7 +111,7 @@ def algorithm_hooks(
             return UpFrontWeights(lambda _k, m: m.float()), None  # METHOD.md: w = 1 (`uniform_weights`)
         case CriticConfig():
             assert value_head is not None
-            return _critic_hooks(algo, batch, trunk, value_head, diag, value_scale, value_rows)
+            return _critic_hooks(algo, batch, trunk, value_head, diag, value_count, value_rows, critic)
         case Rho1Config():
             if selection is not None:
                 ref_ce = selection.ref_ce
@@ -123,28 +129,35 @@ def algorithm_hooks(
     raise AssertionError(f"unhandled algorithm {algo}")
 
 
+@torch.no_grad()
+def _td_errors(algo: CriticConfig, values: Tensor, batch: Batch) -> Tensor:
+    """The batch's TD errors (B, S), indexed by target token, from V(s_t) (B, S)."""
+    return td_errors(
+        values.detach(),
+        batch.rewards,
+        batch.completion_mask,
+        batch.segment_ids,
+        batch.example_end,
+        gamma=algo.gamma,
+        gae_lambda=algo.gae_lambda,
+    )
+
+
 def _critic_hooks(
     algo: CriticConfig,
     batch: Batch,
     trunk: TrunkOutput,
     value_head: ValueHead,
     diag: StepDiagnostics,
-    value_scale: float,
+    value_count: float,
     rows: ValueRows | None,
+    step: tuple[CriticStep, int] | None,
 ) -> tuple[WeightFn, ExtraLossFn]:
     # One value forward serves the TD errors (detached) and the value loss, unless the value loss must reach the
-    # trunk, in which case it runs again on the head loop's trunk output.
+    # trunk, in which case it runs again on the head loop's trunk output. A step of several micro-batches or
+    # processes made its TD errors before the first of them (`critic_step`), with the same parameters.
     values = value_head(trunk.hidden.detach())  # (B, S) V(s_t), before this step's update
-    with torch.no_grad():
-        delta = td_errors(
-            values.detach(),
-            batch.rewards,
-            batch.completion_mask,
-            batch.segment_ids,
-            batch.example_end,
-            gamma=algo.gamma,
-            gae_lambda=algo.gae_lambda,
-        )  # (B, S) indexed by target token
+    delta = step[0].deltas[step[1]] if step is not None else _td_errors(algo, values, batch)
 
     def weights_for(k: int, m: Tensor) -> Tensor:
         # Head k at t predicts x_{t+k+1}, so it takes delta_{t+k+1}.
@@ -156,6 +169,7 @@ def _critic_hooks(
             w_max=algo.w_max,
             norm=algo.norm,
             mean_one=algo.mean_one,
+            step=step[0].heads[k] if step is not None else None,
         )
 
     def value_loss(h: Tensor) -> Tensor:
@@ -173,11 +187,62 @@ def _critic_hooks(
             n = n + m.sum()
             moments = ev_moments(v, b.rewards, m)
             diag.ev = moments if diag.ev is None else diag.ev + moments
-        mse = sq / n.clamp(min=1)
         diag.add("value_loss", sq, n)
-        return algo.value_coef * mse / value_scale
+        return algo.value_coef * sq / max(value_count, 1.0)
 
     return UpFrontWeights(weights_for), value_loss
+
+
+@dataclass
+class CriticStep:
+    """critic-wmtp over an optimiser step of several micro-batches or processes: each micro-batch's TD errors,
+    made before any of them is trained on, and each head's z-score and `mean_one` statistics over the step."""
+
+    deltas: list[Tensor]  # per micro-batch (B, S), indexed by target token
+    heads: list[CriticStepStats]  # per head
+
+
+def value_entries(micro: list[Batch], rows: list[Batch | None]) -> float:
+    """The value loss's entries in this process's micro-batches and their value-only rows (CPU masks)."""
+    return float(sum(int(value_mask(b).sum()) for b in [*micro, *(r for r in rows if r is not None)]))
+
+
+@torch.no_grad()
+def critic_step(
+    recipe: Recipe,
+    model: MTPModel,
+    value_head: ValueHead | None,
+    micro: list[Batch],
+    reduce: Callable[[Tensor], list[float]],
+    world: int,
+    device: torch.device,
+) -> CriticStep | None:
+    """critic's TD errors and weight statistics over the whole optimiser step, so that grad_accum 2 x batch 4 (or
+    2 processes x batch 4) weighs each token as one batch of 8 does (METHOD.md, Fair comparison): the z-score and
+    the mean-one rescale use the step's valid entries, as rho1 select's threshold does. It costs one trunk
+    forward without gradients per micro-batch. None with one micro-batch in one process, or when the recipe
+    neither z-scores nor rescales (then each micro-batch's own weights are already the step's)."""
+    algo = recipe.algorithm
+    if not isinstance(algo, CriticConfig) or (len(micro) == 1 and world == 1):
+        return None
+    if algo.norm != "zscore" and not algo.mean_one:
+        return None
+    assert value_head is not None
+    deltas, masks = [], []
+    for cpu_batch in micro:
+        b = cpu_batch.to(device)
+        deltas.append(_td_errors(algo, value_head(model.trunk(b.input_ids, b.segment_ids).hidden), b))
+        masks.append([head_mask(b.token_mask, b.segment_ids, k) for k in range(recipe.n_heads)])
+    stats = critic_step_stats(
+        [[shift_to_head(d, k) for d in deltas] for k in range(recipe.n_heads)],
+        [[m[k] for m in masks] for k in range(recipe.n_heads)],
+        reduce,
+        beta=algo.beta,
+        w_min=algo.w_min,
+        w_max=algo.w_max,
+        norm=algo.norm,
+    )
+    return CriticStep(deltas, stats)
 
 
 @torch.no_grad()

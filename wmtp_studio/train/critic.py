@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from wmtp_studio.recipe import Stage1Config
 from wmtp_studio.train.data import Batch
@@ -98,9 +98,15 @@ def stage1(
     heldout: list[Batch],
     log: Callable[[int, dict[str, float]], None],
     grad_clip: float,
+    *,
+    reduce: Callable[[Tensor], list[float]],
+    sum_grads: Callable[[list[nn.Parameter]], None],
 ) -> int:
     """Train the value head with the trunk frozen; stop after cfg.steps or `patience` evals without improvement.
 
+    `train` yields this process's share of each global batch; `reduce` sums a vector over processes and
+    `sum_grads` sums gradients over them, so the squared errors divided by the global count make one MSE of the
+    whole batch whatever the process count (and every process's value head takes the same update).
     Returns the number of Stage 1 steps taken. `log(step, metrics)` receives train and held-out metrics.
     """
     opt = torch.optim.AdamW(head.parameters(), lr=cfg.lr)
@@ -111,17 +117,19 @@ def stage1(
             hidden = model.trunk(
                 batch.input_ids, batch.segment_ids
             ).hidden  # trunk frozen: no graph, no gradient
-        loss, _ = value_mse(head(hidden), batch)
+        m = value_mask(batch).float()
+        (count,) = reduce(m.sum().detach().double().reshape(1).cpu())
+        sq = (((head(hidden) - batch.rewards) ** 2) * m).sum()
+        loss = sq / max(count, 1.0)
         loss.backward()
+        sum_grads(list(head.parameters()))
         torch.nn.utils.clip_grad_norm_(head.parameters(), grad_clip)
         opt.step()
         opt.zero_grad(set_to_none=True)
         if step % cfg.eval_every == 0 or step == cfg.steps:
             stats = heldout_value_stats(model, head, heldout)
-            log(
-                step,
-                {"train_value_loss": float(loss.detach()), **{f"heldout_{k}": v for k, v in stats.items()}},
-            )
+            (train_loss,) = reduce(loss.detach().double().reshape(1).cpu())
+            log(step, {"train_value_loss": train_loss, **{f"heldout_{k}": v for k, v in stats.items()}})
             if stats["value_loss"] < best - 1e-6:
                 best, stale = stats["value_loss"], 0
             else:

@@ -5,10 +5,11 @@ train/validation split). `GroupSet` is the groups the loop trains on; its comple
 `weights.group_advantages`, and the groups without signal (all rewards equal) never reach a batch: their weight
 would be 0 (DAPO's dynamic sampling, arXiv 2503.14476, drops them too). They are counted in the stats.
 
-On-policy refresh (`refresh_steps: N`): after every N optimiser steps, rank 0 samples G completions per training
-prompt with the KV-cache sampler (evaluate/generate.py), judges them in the sandbox as `wmtp label` does, and
-writes them to `grpo/step_<n>.jsonl` in the run directory; every rank reads that file, and training goes on with
-those groups from the start of a fresh epoch plan (seeded with train.seed + n). Resume: the groups in force are
+On-policy refresh (`refresh_steps: N`): after every N optimiser steps, the current model samples G completions
+per training prompt with the KV-cache sampler, the sandbox judges them as `wmtp label` does (every process its
+share of the prompts, then every process gathers all the samples: grpo_refresh.py), rank 0 writes them to
+`grpo/step_<n>.jsonl` in the run directory, and training goes on with those groups from the start of a fresh
+epoch plan (seeded with train.seed + n). Resume: the groups in force are
 part of each checkpoint (`grpo_groups.json`, the labelled completions themselves), so a resumed run trains on
 exactly the groups the uninterrupted one did, whatever the sampler's nondeterminism on a GPU.
 """
@@ -16,8 +17,6 @@ exactly the groups the uninterrupted one did, whatever the sampler's nondetermin
 from __future__ import annotations
 
 import json
-import random
-import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -25,8 +24,9 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import GRPOConfig, Recipe
+from wmtp_studio.recipe import GRPOConfig
 from wmtp_studio.train.data import Encoded, Example, encode
+from wmtp_studio.train.grpo_refresh import refresh_prompts, sampled_and_judged
 from wmtp_studio.train.weights import group_advantages
 
 if TYPE_CHECKING:
@@ -111,28 +111,19 @@ def refresh(s: Setup, state: TrainerState) -> Setup:
     algo = s.recipe.algorithm
     assert isinstance(algo, GRPOConfig) and s.groups is not None
     path = s.run_dir / "grpo" / f"step_{state.step}.jsonl"
-    timing: dict[str, float] = {}
+    prompts = refresh_prompts(s.groups.pool, algo.refresh_prompts, s.recipe.train.seed, state.step)
+    examples, gen_s, judge_s = sampled_and_judged(s, prompts, state.step)
     if s.accel.is_main_process:
-        prompts = refresh_prompts(s.groups.pool, algo.refresh_prompts, s.recipe.train.seed, state.step)
-        start = time.perf_counter()
-        sampled = sample_groups(
-            s.model, s.tokenizer, prompts, s.recipe, seed=s.recipe.train.seed + state.step
-        )
-        timing["gen_s"] = time.perf_counter() - start
-        start = time.perf_counter()
-        labelled = judge(sampled, s.recipe)
-        timing["judge_s"] = time.perf_counter() - start
-        _write_jsonl(path, labelled)
-    s.accel.wait_for_everyone()
-    examples = _read_jsonl(path)
+        _write_jsonl(path, examples)
     stats = group_stats(examples)
-    if timing:
-        samples = max(1, len(examples))
-        timing |= {
-            "samples": float(len(examples)),
-            "gen_s_per_sample": timing["gen_s"] / samples,
-            "judge_s_per_sample": timing["judge_s"] / samples,
-        }
+    samples = max(1, len(examples))
+    timing = {
+        "gen_s": gen_s,
+        "judge_s": judge_s,
+        "samples": float(len(examples)),
+        "gen_s_per_sample": gen_s / samples,
+        "judge_s_per_sample": judge_s / samples,
+    }
     kept = examples
     if stats["zero_var_fraction"] == 1.0:  # nothing to learn from this refresh: keep the groups in force
         if not s.train_data:
@@ -148,6 +139,7 @@ def refresh(s: Setup, state: TrainerState) -> Setup:
         data={
             "path": str(path.relative_to(s.run_dir)),
             "samples": len(examples),
+            "processes": s.world,
             "kept_previous": kept is not examples,
         }
         | stats
@@ -169,74 +161,6 @@ def with_groups(s: Setup, groups: GroupSet) -> Setup:
     return replace(s, train_data=train, train_plan=plan, groups=groups)
 
 
-def refresh_prompts(pool: tuple[Example, ...], count: int | None, seed: int, step: int) -> list[Example]:
-    """The prompts a refresh samples for: all, or `count` of them drawn with (seed, step), in pool order."""
-    if count is None or count >= len(pool):
-        return list(pool)
-    keep = sorted(random.Random(f"grpo-refresh-{seed}-{step}").sample(range(len(pool)), count))
-    return [pool[i] for i in keep]
-
-
-def _stop(recipe: Recipe) -> tuple[str, ...]:
-    from wmtp_studio.evaluate.tasks import CODE_STOP, GENERATED_STOP
-    from wmtp_studio.prompts import MBPP_STOP
-
-    return {"mbpp": MBPP_STOP, "generated": GENERATED_STOP}.get(recipe.data.source, CODE_STOP)
-
-
-def sample_groups(
-    model: Any, tokenizer: Any, prompts: list[Example], recipe: Recipe, *, seed: int
-) -> list[Example]:
-    """G completions per prompt from head 0 (KV-cache sampler, the recipe's T and top-p), unlabelled (is_correct 0)."""
-    from wmtp_studio.evaluate.generate import SamplingConfig, generate
-    from wmtp_studio.train.model import generation_budget
-
-    algo = recipe.algorithm
-    assert isinstance(algo, GRPOConfig)
-    cfg = SamplingConfig(
-        n=algo.group_size,
-        temperature=algo.temperature,
-        top_p=algo.top_p,
-        max_new_tokens=generation_budget(model, algo.max_new_tokens),
-        stop=_stop(recipe),
-        seed=seed,
-        batch_size=64,
-    )
-    samples = generate(model, tokenizer, [(str(i), p.prompt) for i, p in enumerate(prompts)], cfg)
-    mbpp = recipe.data.source == "mbpp"
-    out = []
-    for smp in samples:
-        p = prompts[int(smp.prompt_id)]
-        # MBPP trains on code + "[DONE]" (prompts.mbpp_completion), the stop the sample was cut at
-        text = smp.text.rstrip() + "\n[DONE]" if mbpp else smp.text
-        out.append(Example(p.prompt, text, 0, p.tests, p.id))
-    return out
-
-
-def program(example: Example, mbpp: bool) -> tuple[str, int]:
-    """The program that judges a completion, and where its tests start (as `wmtp label` and evaluation build it):
-    MBPP: completion, then the asserts (prompts.mbpp_program); else prompt + completion + a newline + asserts."""
-    tests = "".join(t + "\n" for t in example.tests)
-    if mbpp:
-        from wmtp_studio.prompts import mbpp_program
-
-        text = mbpp_program({"test_list": list(example.tests)}, example.completion.removesuffix("[DONE]"))
-        return text, len(text) - len(tests)
-    text = example.prompt + example.completion + "\n" + tests
-    return text, len(text) - len(tests)
-
-
-def judge(examples: list[Example], recipe: Recipe) -> list[Example]:
-    """Each completion labelled is_correct by running its program in the sandbox (the recipe's eval limits)."""
-    from wmtp_studio.evaluate.run import make_sandbox
-
-    mbpp = recipe.data.source == "mbpp"
-    built = [program(e, mbpp) for e in examples]
-    with make_sandbox(None, None, recipe.eval.timeout_s, recipe.eval.memory_mb) as sandbox:
-        results = sandbox.run_many([p for p, _ in built], tests_from=[start for _, start in built])
-    return [replace(e, is_correct=int(r.passed)) for e, r in zip(examples, results, strict=True)]
-
-
 def _record(e: Example) -> dict[str, Any]:
     return asdict(e) | {"tests": list(e.tests)}
 
@@ -250,10 +174,6 @@ def _write_jsonl(path: Path, examples: list[Example]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(_record(e)) + "\n" for e in examples))
     tmp.replace(path)
-
-
-def _read_jsonl(path: Path) -> list[Example]:
-    return [_example(json.loads(line)) for line in path.read_text().splitlines() if line]
 
 
 def save_groups(groups: GroupSet, checkpoint: Path) -> None:

@@ -30,7 +30,7 @@ from wmtp_studio.train.critic import heldout_value_stats, stage1
 from wmtp_studio.train.data import Batch, collate, epoch_plan
 from wmtp_studio.train.loss import HIST_EDGES
 from wmtp_studio.train.setup import Setup, setup
-from wmtp_studio.train.step import StepResult, head_metrics, train_step, validate
+from wmtp_studio.train.step import StepResult, head_metrics, reduce_sum, sum_grads, train_step, validate
 
 EXIT_INTERRUPTED = 143  # 128 + SIGTERM: checkpointed, can be resumed
 log = logging.getLogger("wmtp.train")  # progress lines for train.log (python -m wmtp_studio.train sets it up)
@@ -141,18 +141,19 @@ def _run_stage1(s: Setup, state: State) -> None:
     cfg = s.recipe.train
     train_part = s.stage1_data  # labelled examples of the training problems; held-out problems never straddle
 
-    def stream() -> Iterator[Batch]:  # every process sees the same batches: value heads stay identical
-        epoch = 0
+    def stream() -> Iterator[Batch]:  # this process's share of each global batch, as in Stage 2
+        epoch, b, rank = 0, cfg.batch_size, s.accel.process_index
         while True:
             for rows in epoch_plan(
                 [len(e.ids) for e in train_part],
-                cfg.batch_size,
+                b * s.world,
                 cfg.seed + 1,
                 epoch,
                 cfg.packing,
                 cfg.seq_len,
             ):
-                yield collate(rows, train_part, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device)
+                mine = rows[rank * b : (rank + 1) * b]
+                yield collate(mine, train_part, cfg, s.tokenizer.pad_token_id, None).to(s.accel.device)
             epoch += 1
 
     steps = stage1(
@@ -163,6 +164,8 @@ def _run_stage1(s: Setup, state: State) -> None:
         s.value_heldout_batches,
         lambda step, m: s.writer.write("stage1", step, metrics=m),
         cfg.grad_clip,
+        reduce=lambda v: reduce_sum(s, v),
+        sum_grads=lambda params: sum_grads(params, s.world),
     )
     state.stage1_done = True
     s.writer.write("event", 0, event="stage1_done", data={"steps": steps})

@@ -21,8 +21,10 @@ from wmtp_studio.train import fsdp
 from wmtp_studio.train.algorithms import (
     StepDiagnostics,
     algorithm_hooks,
+    critic_step,
     grad_step_scores,
     rho1_step_selection,
+    value_entries,
 )
 from wmtp_studio.train.critic import ValueRows
 from wmtp_studio.train.data import Batch, collate, epoch_plan
@@ -51,11 +53,12 @@ def next_batch(s: Setup, state: State) -> Batch:
     return collate(mine, s.train_data, s.recipe.train, s.tokenizer.pad_token_id, s.ref_ce)  # on the CPU
 
 
-def _value_rows(s: Setup, g: int) -> ValueRows | None:
+def _value_batch(s: Setup, g: int) -> Batch | None:
     """critic, `train_on: correct`: the incorrect rows riding with the step's g-th micro-batch, seen by the value
-    loss only (METHOD.md: else every Stage 2 reward is 1 and V drifts to 1). `s.value_rows` rows per micro-batch
-    keep the data's ratio of incorrect to correct examples; their own plan, a function of (seed, g) only, so
-    resumed runs see the same rows. The LM rows, and so the LM loss's tokens, stay those of every other algorithm.
+    loss only (METHOD.md: else every Stage 2 reward is 1 and V drifts to 1), on the CPU. `s.value_rows` rows per
+    micro-batch keep the data's ratio of incorrect to correct examples; their own plan, a function of (seed, g)
+    only, so resumed runs see the same rows. The LM rows, and so the LM loss's tokens, stay those of every other
+    algorithm.
     """
     if not s.value_extra:
         return None
@@ -66,13 +69,20 @@ def _value_rows(s: Setup, g: int) -> ValueRows | None:
     if not plan:
         return None
     mine = plan[index % len(plan)][s.accel.process_index * per : (s.accel.process_index + 1) * per]
-    batch = collate(mine, s.value_extra, s.recipe.train, s.tokenizer.pad_token_id, None).to(s.accel.device)
+    return collate(mine, s.value_extra, s.recipe.train, s.tokenizer.pad_token_id, None)
+
+
+def _value_rows(s: Setup, cpu_batch: Batch | None) -> ValueRows | None:
+    """The value-only rows with the trunk's hidden states on them (with gradient if the value loss trains it)."""
+    if cpu_batch is None:
+        return None
+    batch = cpu_batch.to(s.accel.device)
     algo = s.recipe.algorithm
     with torch.set_grad_enabled(algo.name == "critic-wmtp" and algo.value_trunk_grad):
         return ValueRows(batch, s.model.trunk(batch.input_ids, batch.segment_ids).hidden)
 
 
-def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
+def sum_grads(params: list[torch.nn.Parameter], world: int) -> None:
     """Sum gradients over processes in ~64 MB buckets (missing gradients count as zero)."""
     if world == 1:
         return
@@ -95,12 +105,45 @@ def _all_reduce_grads(params: list[torch.nn.Parameter], world: int) -> None:
             bucket, size = [], 0
 
 
-def _reduce(s: Setup, values: torch.Tensor) -> list[float]:
+def reduce_sum(s: Setup, values: torch.Tensor) -> list[float]:
     """Sum a vector over processes and read it (the step's one host sync besides the grad norm)."""
     if s.world > 1:
         values = values.to(s.accel.device, torch.float64)
         dist.all_reduce(values)
     return [float(v) for v in values.tolist()]
+
+
+def _whole_step_stats(s: Setup, heads: HeadStats, diag: StepDiagnostics) -> HeadStats:
+    """The logged statistics of every process, not rank 0's share: per-head sums (CE, accuracy, counts, weight
+    moments), weight min/max and histograms, and the algorithms' diagnostics, in two small collectives, so a
+    2-process run logs the numbers one process logs for the same global batch. The weight entropy, a detail
+    of the first micro-batch, stays rank 0's."""
+    if s.world == 1:
+        return heads
+    col = {name: i for i, name in enumerate(STAT_FIELDS)}
+    device = heads.stats.device
+    names = sorted(diag.sums)  # the same names on every process: they come from the recipe, not the data
+    sums = [
+        heads.stats.flatten(),
+        *([heads.hist.flatten()] if heads.hist is not None else []),
+        *([diag.ev.to(device)] if diag.ev is not None else []),
+        *(torch.stack([diag.sums[k].to(device), diag.counts[k].to(device)]) for k in names),
+    ]
+    flat = torch.cat([x.double() for x in sums])
+    dist.all_reduce(flat)
+    extremes = torch.stack([heads.stats[:, col["w_min"]], -heads.stats[:, col["w_max"]]]).double()
+    dist.all_reduce(extremes, op=dist.ReduceOp.MIN)
+    parts = iter(flat.split([x.numel() for x in sums]))
+    stats = next(parts).view_as(heads.stats).to(heads.stats.dtype)
+    stats[:, col["w_min"]], stats[:, col["w_max"]] = extremes[0], -extremes[1]
+    stats[:, col["w_entropy"]] = heads.stats[:, col["w_entropy"]]
+    hist = next(parts).view_as(heads.hist).to(heads.hist.dtype) if heads.hist is not None else None
+    if diag.ev is not None:
+        diag.ev = next(parts).to(diag.ev.dtype)
+    for k in names:
+        total, count = next(parts)
+        diag.sums[k], diag.counts[k] = total.float(), count.float()
+    return HeadStats(heads.loss, heads.extra, stats, hist, heads.weights)
 
 
 @dataclass
@@ -119,17 +162,22 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
     """One optimiser step over grad_accum micro-batches; skipped (not counted) when the loss is not finite."""
     cfg = s.recipe.train
     micro = [next_batch(s, state) for _ in range(cfg.grad_accum)]
+    value_batches = [_value_batch(s, state.step * cfg.grad_accum + i) for i in range(cfg.grad_accum)]
     n = s.recipe.n_heads
     counts = torch.tensor(  # per-head valid entries of the whole step, every process (masks built on the CPU)
         [float(sum(int(head_mask(b.token_mask, b.segment_ids, k).sum()) for b in micro)) for k in range(n)]
+        + [value_entries(micro, value_batches) if s.value_head is not None else 0.0]  # critic's value loss
     )
-    denominators = _reduce(s, counts)
+    *denominators, value_count = reduce_sum(s, counts)
     diag = StepDiagnostics()
     heads: HeadStats | None = None
     with s.accel.autocast():  # rho1 select: the kept tokens are chosen over the whole step first
         selection = rho1_step_selection(s.recipe, s.model, micro, s.reference, s.world, s.accel.device)
         scores = grad_step_scores(  # grad-wmtp: running score statistics (the first step's, computed first)
-            s.recipe, s.model, micro, state.score_ema, lambda v: _reduce(s, v), s.accel.device
+            s.recipe, s.model, micro, state.score_ema, lambda v: reduce_sum(s, v), s.accel.device
+        )
+        critic = critic_step(  # critic: TD errors and weight statistics of the whole step
+            s.recipe, s.model, s.value_head, micro, lambda v: reduce_sum(s, v), s.world, s.accel.device
         )
     for i, cpu_batch in enumerate(micro):
         batch = cpu_batch.to(s.accel.device)
@@ -142,8 +190,9 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
                 s.value_head,
                 s.reference,
                 diag,
-                value_scale=s.world * cfg.grad_accum,
-                value_rows=_value_rows(s, state.step * cfg.grad_accum + i),
+                value_count=value_count,
+                value_rows=_value_rows(s, value_batches[i]),
+                critic=(critic, i) if critic else None,
                 selection=selection[i] if selection else None,
                 scores=scores,
             )
@@ -164,12 +213,13 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
             )
         heads = heads.merge(stats) if heads is not None else stats
     assert heads is not None
+    heads = _whole_step_stats(s, heads, diag)
     params = [p for g in s.optimizer.param_groups for p in g["params"]]
     if s.fsdp:  # FSDP reduced the model's gradients already; the value head is replicated
-        _all_reduce_grads([p for p in params if not isinstance(p, DTensor)], s.world)
+        sum_grads([p for p in params if not isinstance(p, DTensor)], s.world)
         grad_norm = fsdp.clip_grad_norm(params, cfg.grad_clip)
     else:
-        _all_reduce_grads(params, s.world)
+        sum_grads(params, s.world)
         grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip))
     tokens = sum(b.tokens for b in micro)
     local = torch.stack(
@@ -179,7 +229,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
             torch.tensor(float(stop_requested), dtype=torch.float64),
         ]
     )
-    loss, tokens_all, stop = _reduce(s, local)
+    loss, tokens_all, stop = reduce_sum(s, local)
     finite = math.isfinite(loss) and math.isfinite(grad_norm)
     if finite:
         s.optimizer.step()
@@ -187,7 +237,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
         state.step += 1
         state.nonfinite_streak = 0
         if scores is not None:  # the step's scores join the running statistics, logged per head
-            state.score_ema = scores.updated(_reduce(s, scores.sums.flatten()))
+            state.score_ema = scores.updated(reduce_sum(s, scores.sums.flatten()))
             for k, e in enumerate(state.score_ema):
                 if e is not None:
                     diag.add(f"head{k}/score_mu", torch.tensor(e[0]))

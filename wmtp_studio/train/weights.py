@@ -27,6 +27,8 @@ before clipping), as `zscore` does. A skipped (non-finite) step leaves the EMA a
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -132,6 +134,7 @@ def critic_weights(
     w_max: float = 5.0,
     norm: str = "zscore",
     mean_one: bool = True,
+    step: CriticStepStats | None = None,
 ) -> Tensor:
     """critic-wmtp weights for one head: w = clip(exp(norm(delta) / beta), w_min, w_max), rescaled to mean 1.
 
@@ -139,13 +142,67 @@ def critic_weights(
     mask: (B, S) bool, m_{t,k}. Returns w: (B, S) float32, 0 where mask is false.
     `norm` is "zscore" (over this head's valid entries of the batch) or "none". With `mean_one` the clipped
     weights are divided by their mean over valid entries (so they may exceed w_max slightly, as in rho1).
+    `step`: the z-score's mean and std and the clipped weights' mean taken over the whole optimiser step (every
+    micro-batch and process, `critic_step_stats`) in place of this batch's.
     """
-    d = zscore(delta, mask) if norm == "zscore" else delta.float()
+    if norm != "zscore":
+        d = delta.float()
+    elif step is None:
+        d = zscore(delta, mask)
+    else:
+        d = (delta.float() - step.mean) / step.std if step.std > 1e-8 else torch.zeros_like(delta.float())
     w = torch.exp(d / beta).clamp(w_min, w_max)
     w = torch.where(mask, w, torch.zeros_like(w))
     if mean_one:
-        w = torch.where(mask, w / masked_mean(w, mask), torch.zeros_like(w))
+        w_mean = masked_mean(w, mask) if step is None else max(step.w_mean, 1e-30)
+        w = torch.where(mask, w / w_mean, torch.zeros_like(w))
     return w
+
+
+@dataclass(frozen=True)
+class CriticStepStats:
+    """One head's critic statistics over a whole optimiser step: the mean and population std of its valid TD
+    errors (the z-score's) and the mean of its clipped weights (`mean_one`'s)."""
+
+    mean: float
+    std: float
+    w_mean: float
+
+
+@torch.no_grad()
+def critic_step_stats(
+    deltas: Sequence[Sequence[Tensor]],
+    masks: Sequence[Sequence[Tensor]],
+    reduce: Callable[[Tensor], list[float]],
+    *,
+    beta: float,
+    w_min: float,
+    w_max: float,
+    norm: str,
+) -> list[CriticStepStats]:
+    """Each head's `CriticStepStats` from its aligned TD errors and masks, `deltas[k][i]` and `masks[k][i]` for
+    head k and micro-batch i of this process; `reduce` sums a vector over processes (two calls in all). The
+    moments are float64 sums, so the result does not depend on how the step's rows are split into micro-batches
+    and processes (METHOD.md, Fair comparison)."""
+    n_heads = len(deltas)
+    moments = torch.zeros(n_heads, 3, dtype=torch.float64)  # per head: count, sum, sum of squares
+    for k in range(n_heads):
+        for d, m in zip(deltas[k], masks[k], strict=True):
+            x = d.double()[m]
+            moments[k] += torch.stack([x.new_tensor(float(x.numel())), x.sum(), (x * x).sum()]).cpu()
+    n, s1, s2 = torch.tensor(reduce(moments.flatten()), dtype=torch.float64).view(n_heads, 3).unbind(1)
+    mean = s1 / n.clamp(min=1)
+    std = (s2 / n.clamp(min=1) - mean * mean).clamp(min=0).sqrt()
+    w_sums = torch.zeros(n_heads, dtype=torch.float64)
+    for k in range(n_heads):
+        partial = CriticStepStats(float(mean[k]), float(std[k]), 1.0)
+        for d, m in zip(deltas[k], masks[k], strict=True):
+            w = critic_weights(
+                d, m, beta=beta, w_min=w_min, w_max=w_max, norm=norm, mean_one=False, step=partial
+            )
+            w_sums[k] += w.double()[m].sum().cpu()
+    w_mean = torch.tensor(reduce(w_sums), dtype=torch.float64) / n.clamp(min=1)
+    return [CriticStepStats(float(mean[k]), float(std[k]), float(w_mean[k])) for k in range(n_heads)]
 
 
 @torch.no_grad()
