@@ -1,5 +1,6 @@
 """Peak memory and step time: NTP (n=1) vs MTP n=4 naive, per-head, and per-head with chunked CE (METHOD.md,
-"Loss": memory; recipe `train.ce_chunk`).
+"Loss": memory; recipe `train.ce_chunk`), both ways: weights known before the CE (one pass per chunk) and weights
+read from the CE (the backward recomputes each chunk's logits).
 
 A tiny Llama (hidden 256, 6 layers, vocab 8192 by default: a ~5M-parameter trunk below the head-0 layer),
 transformer heads, random token ids, every token trained. One step = `model.trunk` + `forward_backward` + AdamW.
@@ -25,22 +26,32 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from wmtp_studio.train.loss import forward_backward, head_mask
+from wmtp_studio.train.loss import UpFrontWeights, WeightFn, forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, build_tiny_hf, decoder_parts
 
-# name: (heads, naive, chunked CE)
+# name: (heads, naive, chunked CE, weights known before the CE as ntp's / baseline-mtp's are)
 CONFIGS = {
-    "ntp": (1, False, False),
-    "mtp4-naive": (4, True, False),
-    "mtp4-per-head": (4, False, False),
-    "mtp4-chunked": (4, False, True),
+    "ntp": (1, False, False, True),
+    "mtp4-naive": (4, True, False, True),
+    "mtp4-per-head": (4, False, False, True),
+    "mtp4-chunked": (4, False, True, True),
+    "mtp4-chunk-recomp": (4, False, True, False),
 }
+CHUNKED = ("mtp4-chunked", "mtp4-chunk-recomp")
+
+
+def reads_ce(_k: int, ce: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """w = 1 on valid entries, computed from the CE as rho1-wmtp's weights are (so chunked CE must recompute)."""
+    return m.float() * (ce >= 0)
+
+
 HIDDEN, LAYERS, ATTN_HEADS = 256, 6, 4
 MIB = 2**20
 
@@ -101,23 +112,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()  # kernels are asynchronous: time what ran, not what was queued
 
 
-def measure(name: str, vocab: int, args: argparse.Namespace) -> Result:
-    """Build one configuration, warm up, time `args.steps` steps and read its peak memory."""
-    n, naive, chunked = CONFIGS[name]
-    device = torch.device(args.device)
-    cuda = device.type == "cuda"
-    model = build(n, vocab, args.seq, device)
-    model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+def inputs(vocab: int, args: argparse.Namespace, device: torch.device) -> torch.Tensor:
     gen = torch.Generator().manual_seed(1)
-    x = torch.randint(vocab, (args.batch, args.seq), generator=gen).to(device)  # (B, S)
+    return torch.randint(vocab, (args.batch, args.seq), generator=gen).to(device)  # (B, S)
+
+
+def step_fn(
+    name: str, model: MTPModel, opt: torch.optim.Optimizer, x: torch.Tensor, args: argparse.Namespace
+) -> Callable[[], float]:
+    """One timed training step of configuration `name` on `model` (trunk, `forward_backward`, AdamW): seconds."""
+    n, naive, chunked, upfront = CONFIGS[name]
+    weights_for: WeightFn = UpFrontWeights(lambda _k, m: m.float()) if upfront else reads_ce
+    device = x.device
     mask = torch.ones_like(x, dtype=torch.bool)  # (B, S): every token trained
     denominators = [float(head_mask(mask, None, k).sum()) for k in range(n)]
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and cuda)
-    sync(device)
-    if cuda:
-        torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated() / MIB if cuda else current_rss_mib()
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device.type == "cuda")
 
     def step() -> float:
         sync(device)
@@ -130,7 +139,7 @@ def measure(name: str, vocab: int, args: argparse.Namespace) -> Result:
                 x,
                 mask,
                 None,
-                lambda _k, _ce, m: m.float(),
+                weights_for,
                 [1.0] * n,
                 denominators,
                 naive=naive,
@@ -141,12 +150,57 @@ def measure(name: str, vocab: int, args: argparse.Namespace) -> Result:
         sync(device)
         return time.perf_counter() - start
 
+    return step
+
+
+def measure(name: str, vocab: int, args: argparse.Namespace) -> Result:
+    """Build one configuration, warm up, time `args.steps` steps and read its peak memory."""
+    n, naive = CONFIGS[name][:2]
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    model = build(n, vocab, args.seq, device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = inputs(vocab, args, device)
+    step = step_fn(name, model, opt, x, args)
+    sync(device)
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated() / MIB if cuda else current_rss_mib()
     for _ in range(args.warmup):
         step()
     times = [step() for _ in range(args.steps)]
     peak = torch.cuda.max_memory_allocated() / MIB if cuda else rss_mib()
     med = statistics.median(times)
     return Result(name, vocab, n, naive, peak, base, med, args.batch * args.seq / med)
+
+
+def paired(vocab: int, args: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Step time of the chunked configurations against the unchunked per-head one, in one process on one model,
+    step by step in rotating order: per configuration its median step time and the median over steps of (its step
+    i / per-head's step i), so that load on a shared machine hits every configuration alike."""
+    names = ["mtp4-per-head", *CHUNKED]
+    device = torch.device(args.device)
+    model = build(4, vocab, args.seq, device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    x = inputs(vocab, args, device)
+    steps = {name: step_fn(name, model, opt, x, args) for name in names}
+    for _ in range(args.warmup):
+        for step in steps.values():
+            step()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(args.paired_steps):
+        for name in names[i % len(names) :] + names[: i % len(names)]:
+            times[name].append(steps[name]())
+    base = times["mtp4-per-head"]
+    return {
+        name: {
+            "step_s": statistics.median(t),
+            "paired_ratio": statistics.median(a / b for a, b in zip(t, base, strict=True)),
+        }
+        for name, t in times.items()
+    }
 
 
 def run_child(name: str, vocab: int, args: argparse.Namespace) -> Result:
@@ -181,21 +235,23 @@ def ratio_table(results: list[Result]) -> dict[str, dict[str, float]]:
                 "increase": r.increase_mib / max(ntp.increase_mib, 1e-9),
                 "step_time": r.step_s / ntp.step_s,
             }
-    if "mtp4-chunked" in by and "mtp4-per-head" in by:
-        out.setdefault("mtp4-chunked", {})["step_time_vs_unchunked"] = (
-            by["mtp4-chunked"].step_s / by["mtp4-per-head"].step_s
-        )
+    for name in CHUNKED:
+        if name in by and "mtp4-per-head" in by:
+            out.setdefault(name, {})["step_time_vs_unchunked"] = by[name].step_s / by["mtp4-per-head"].step_s
     return out
 
 
 def report(
-    results: list[Result], args: argparse.Namespace, params: dict[int, dict[str, int]]
+    results: list[Result],
+    args: argparse.Namespace,
+    params: dict[int, dict[str, int]],
+    pairs: dict[int, dict[str, dict[str, float]]],
 ) -> dict[str, Any]:
     cuda = args.device.startswith("cuda")
     measure_name = "CUDA max_memory_allocated" if cuda else "peak RSS (ru_maxrss, one process per config)"
     print(
         f"\ntorch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-        f"precision {args.precision}, batch {args.batch} x seq {args.seq}, ce_chunk {args.ce_chunk} (mtp4-chunked), "
+        f"precision {args.precision}, batch {args.batch} x seq {args.seq}, ce_chunk {args.ce_chunk} (chunked configs), "
         f"{args.steps} timed steps after {args.warmup} warm-up, median of {args.rounds} round(s); "
         f"load average {os.getloadavg()[0]:.2f}"
     )
@@ -204,16 +260,16 @@ def report(
     base = "allocated" if cuda else "current RSS"
     print(f"memory: {measure_name}; base = {base} after building model + optimiser; increase = peak - base\n")
     print(
-        f"{'vocab':>7} {'config':<15}{'peak MiB':>10}{'base MiB':>10}{'increase':>10}{'step s':>9}{'tok/s':>9}"
+        f"{'vocab':>7} {'config':<18}{'peak MiB':>10}{'base MiB':>10}{'increase':>10}{'step s':>9}{'tok/s':>9}"
     )
     for r in results:
         print(
-            f"{r.vocab:>7} {r.config:<15}{r.peak_mib:>10.0f}{r.base_mib:>10.0f}{r.increase_mib:>10.0f}"
+            f"{r.vocab:>7} {r.config:<18}{r.peak_mib:>10.0f}{r.base_mib:>10.0f}{r.increase_mib:>10.0f}"
             f"{r.step_s:>9.3f}{r.tokens_per_s:>9.0f}"
         )
     ratios = {v: ratio_table([r for r in results if r.vocab == v]) for v in params}
     print(
-        f"\n{'vocab':>7} {'ratio to ntp':<15}{'peak':>10}{'increase':>10}{'step time':>11}{'vs unchunked':>14}"
+        f"\n{'vocab':>7} {'ratio to ntp':<18}{'peak':>10}{'increase':>10}{'step time':>11}{'vs unchunked':>14}"
     )
     for vocab, table in ratios.items():
         for name, q in table.items():
@@ -221,16 +277,26 @@ def report(
                 continue
             rest = f"{q['step_time_vs_unchunked']:>13.2f}x" if "step_time_vs_unchunked" in q else ""
             print(
-                f"{vocab:>7} {name:<15}{q['peak']:>9.2f}x{q['increase']:>9.2f}x{q['step_time']:>10.2f}x{rest}"
+                f"{vocab:>7} {name:<18}{q['peak']:>9.2f}x{q['increase']:>9.2f}x{q['step_time']:>10.2f}x{rest}"
             )
+    if pairs:
+        print(
+            f"\nstep time in one process, configurations in rotating order, {args.paired_steps} steps each after"
+            f" {args.warmup} warm-up\n{'vocab':>7} {'config':<18}{'step s':>9}{'paired vs per-head':>20}"
+        )
+        for vocab, table in pairs.items():
+            for name, q in table.items():
+                print(f"{vocab:>7} {name:<18}{q['step_s']:>9.3f}{q['paired_ratio']:>19.3f}x")
     print()
     for vocab, table in ratios.items():
-        goals = [("mtp4-per-head", "peak", 1.10), ("mtp4-chunked", "peak", 1.05)]
-        goals.append(("mtp4-chunked", "step_time_vs_unchunked", 1.05))
+        goals = [("mtp4-per-head", "peak", 1.10)]
+        goals += [(name, key, 1.05) for name in CHUNKED for key in ("peak", "step_time_vs_unchunked")]
         for name, key, limit in goals:
-            if key in table.get(name, {}):
-                value = table[name][key]
-                what = "peak vs NTP" if key == "peak" else "step time vs unchunked per-head"
+            value = table.get(name, {}).get(key)
+            what = "peak vs NTP" if key == "peak" else "step time vs unchunked per-head"
+            if key != "peak" and name in pairs.get(vocab, {}):  # the paired ratio is the less noisy one
+                value, what = pairs[vocab][name]["paired_ratio"], what + " (paired)"
+            if value is not None:
                 print(
                     f"vocab {vocab}: goal {name} {what} <= {limit:.2f}x: "
                     f"{'met' if value <= limit else 'NOT met'} ({value:.3f}x)"
@@ -244,6 +310,7 @@ def report(
         "params": {str(v): c for v, c in params.items()},
         "results": [asdict(r) | {"increase_mib": r.increase_mib} for r in results],
         "ratios_to_ntp": {str(v): t for v, t in ratios.items()},
+        "paired_step_time": {str(v): t for v, t in pairs.items()},
     }
 
 
@@ -255,8 +322,12 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--vocab", type=int, nargs="+", default=[8192], help="one or more vocabulary sizes")
+    p.add_argument("--ce-chunk", type=int, default=64, help="train.ce_chunk of the chunked configurations")
     p.add_argument(
-        "--ce-chunk", type=int, default=64, help="train.ce_chunk of the mtp4-chunked configuration"
+        "--paired-steps",
+        type=int,
+        default=3,
+        help="timed steps per configuration of the one-process chunked vs unchunked comparison (0: skip it)",
     )
     p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(CONFIGS), metavar="CONFIG")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -282,7 +353,12 @@ def main() -> None:
             else:
                 runs[vocab, name].append(run_child(name, vocab, args))
             print(f"round {r + 1}: vocab {vocab} {name} done", file=sys.stderr)
-    out = report([combine(rs) for rs in runs.values()], args, params)
+    pairs = {}
+    if args.paired_steps > 0 and "mtp4-per-head" in names and any(n in names for n in CHUNKED):
+        for vocab in args.vocab:
+            pairs[vocab] = paired(vocab, args)
+            print(f"paired step times: vocab {vocab} done", file=sys.stderr)
+    out = report([combine(rs) for rs in runs.values()], args, params, pairs)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=2)

@@ -25,7 +25,15 @@ from wmtp_studio.recipe import (
 )
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
-from wmtp_studio.train.loss import ExtraLossFn, WeightFn, head_ce, head_mask, head_scores, head_targets
+from wmtp_studio.train.loss import (
+    ExtraLossFn,
+    UpFrontWeights,
+    WeightFn,
+    head_ce,
+    head_mask,
+    head_scores,
+    head_targets,
+)
 from wmtp_studio.train.model import MTPModel, TrunkOutput, ValueHead
 from wmtp_studio.train.reference import reference_ce
 from wmtp_studio.train.weights import (
@@ -44,7 +52,6 @@ from wmtp_studio.train.weights import (
     shift_to_head,
     step_stats,
     td_errors,
-    uniform_weights,
 )
 
 
@@ -111,7 +118,7 @@ def algorithm_hooks(
     algo = recipe.algorithm
     match algo:
         case NTPConfig() | BaselineMTPConfig():
-            return uniform_weights, None  # METHOD.md: w = 1
+            return UpFrontWeights(lambda _k, m: m.float()), None  # METHOD.md: w = 1 (`uniform_weights`)
         case CriticConfig():
             assert value_head is not None
             return _critic_hooks(algo, batch, trunk, value_head, diag, value_count, value_rows, critic)
@@ -162,7 +169,7 @@ def _critic_hooks(
     values = value_head(trunk.hidden.detach())  # (B, S) V(s_t), before this step's update
     delta = step[0].deltas[step[1]] if step is not None else _td_errors(algo, values, batch)
 
-    def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
+    def weights_for(k: int, m: Tensor) -> Tensor:
         # Head k at t predicts x_{t+k+1}, so it takes delta_{t+k+1}.
         return critic_weights(
             shift_to_head(delta, k),
@@ -193,7 +200,7 @@ def _critic_hooks(
         diag.add("value_loss", sq, n)
         return algo.value_coef * sq / max(value_count, 1.0)
 
-    return weights_for, value_loss
+    return UpFrontWeights(weights_for), value_loss
 
 
 @dataclass
@@ -461,7 +468,7 @@ def _grpo_live(batch: Batch, k: int) -> Tensor | None:
 def _grpo_weights_fn(
     algo: GRPOConfig, batch: Batch, diag: StepDiagnostics, step: list[StepStats] | None
 ) -> WeightFn:
-    def weights_for(k: int, _ce: Tensor, m: Tensor) -> Tensor:
+    def weights_for(k: int, m: Tensor) -> Tensor:
         live = _grpo_live(batch, k)
         if live is None or batch.advantages is None:
             return torch.zeros_like(m, dtype=torch.float32)
@@ -479,7 +486,7 @@ def _grpo_weights_fn(
             step=step[k] if step is not None else None,
         )
 
-    return weights_for
+    return UpFrontWeights(weights_for)
 
 
 @torch.no_grad()

@@ -1,14 +1,22 @@
-"""Cross-entropy of a linear unembedding over a chunk of positions whose logits are never kept for the backward.
+"""Cross-entropy of a linear unembedding over chunks of positions whose logits are never kept for the backward.
 
-`LinearCE.apply(h, weight, bias, targets)` returns the per-token CE of logits = h W^T + b and whether their argmax
-is the target, keeping only h and the log-sum-exp (B, c) for the backward, which recomputes the logits once and
-turns them into the gradient in place: dCE/dlogits = softmax(logits) - onehot(target) (the textbook gradient of
-log-sum-exp minus the target logit). So a chunk's (B, c, V) logits exist twice at most (the logits and their
-gradient), in the forward and in the backward, and never for the whole sequence; compared with autograd's own
-path the cost is one more matmul and no saved (B, c, V) log-softmax.
+Two ways, both exact (the per-token arithmetic of the whole-sequence path; only the order of sums differs):
 
-Autocast (bf16 training): the state seen by the forward is re-entered in the backward, so the recomputed logits
-and the two gradient matmuls run in the dtype autograd's own linear backward would use.
+- `LinearCE.apply(h, weight, bias, targets)` returns the per-token CE of logits = h W^T + b and whether their
+  argmax is the target, keeping only h for the backward, which recomputes the logits once and turns them into the
+  gradient in place: dCE/dlogits = softmax(logits) - onehot(target) (the textbook gradient of log-sum-exp minus
+  the target logit). Any use of the CE is allowed (weights read from it: rho1-wmtp, grad-wmtp), at the price of
+  one more unembedding matmul: 4 in all (forward 1, backward 3) against autograd's 3.
+- `linear_ce_loss(h, weight, bias, targets, coef, chunk)` returns sum_t coef_t CE_t when the per-token
+  coefficients are known before the CE (weights that do not read it: ntp, baseline-mtp, critic-wmtp, grpo-wmtp).
+  Then dL/dlogits_t = coef_t (softmax_t - onehot_t) is known while a chunk's logits exist, so one pass over each
+  chunk makes its CE, grad_h and its share of grad_W (3 matmuls, as autograd's own path), and the backward only
+  scales them by the incoming gradient: no recompute. grad_W (V, D) and grad_h (B, S, D) are held from the
+  forward to the backward, which in the per-head loss follows at once.
+
+Either way a chunk's (B, c, V) logits exist twice at most (the logits and their softmax) and never for the whole
+sequence. Autocast (bf16 training): the recompute re-enters the forward's autocast state, and the fused pass runs
+under it, so the logits and the two gradient matmuls run in the dtype autograd's own linear backward would use.
 """
 
 from __future__ import annotations
@@ -18,11 +26,17 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 
 def _wide(x: Tensor) -> Tensor:
     """At least fp32 (fp64 stays fp64), like `loss.token_ce`."""
     return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _minus_onehot(grad: Tensor, targets: Tensor) -> Tensor:
+    """softmax (B, c, V) -> softmax - onehot(targets), in place."""
+    return grad.scatter_add_(-1, targets[..., None], grad.new_full((*targets.shape, 1), -1.0))
 
 
 class LinearCE(torch.autograd.Function):
@@ -32,28 +46,92 @@ class LinearCE(torch.autograd.Function):
     def forward(ctx: Any, h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor) -> Any:
         device = h.device.type
         ctx.autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device), device)
-        logits = _wide(F.linear(h, weight, bias))  # (B, c, V)
-        lse = logits.logsumexp(-1)  # (B, c)
-        ce = lse - logits.gather(-1, targets[..., None]).squeeze(-1)
+        logits = F.linear(h, weight, bias)  # (B, c, V)
         hits = logits.argmax(-1) == targets
-        ctx.save_for_backward(h, weight, bias, targets, lse)
+        ce = -_wide(logits).log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)  # F.cross_entropy's
+        ctx.save_for_backward(h, weight, bias, targets)
         ctx.mark_non_differentiable(hits)
         return ce, hits
 
     @staticmethod
     def backward(ctx: Any, grad_ce: Tensor, _grad_hits: Tensor | None) -> Any:
-        h, weight, bias, targets, lse = ctx.saved_tensors
+        h, weight, bias, targets = ctx.saved_tensors
         enabled, dtype, device = ctx.autocast
         with torch.autocast(device, dtype, enabled=enabled):
             logits = F.linear(h, weight, bias)  # (B, c, V), the dtype the forward had before widening
-            grad = (
-                _wide(logits).sub_(lse[..., None]).exp_()
-            )  # softmax; a fresh tensor when logits were narrower
+            grad = _minus_onehot(_wide(logits).softmax(-1), targets)  # (B, c, V) dCE/dlogits
             del logits
-            grad.scatter_add_(-1, targets[..., None], grad.new_full((*targets.shape, 1), -1.0))  # - onehot
-            grad.mul_(grad_ce[..., None].to(grad.dtype))  # (B, c, V) dCE/dlogits
             g = grad.to(h.dtype) if not enabled else grad
-            grad_h = g @ weight  # (B, c, D)
-            grad_w = g.flatten(0, 1).transpose(0, 1) @ h.flatten(0, 1)  # (V, D)
-        grad_b = grad.sum((0, 1)).to(bias.dtype) if bias is not None and ctx.needs_input_grad[2] else None
+            s = grad_ce[
+                ..., None
+            ]  # (B, c, 1): scales the (B, c, D) side of each product, not the (B, c, V) one
+            grad_h = (g @ weight) * s  # (B, c, D)
+            grad_w = g.flatten(0, 1).transpose(0, 1) @ (h * s).to(h.dtype).flatten(0, 1)  # (V, D)
+        grad_b = None
+        if bias is not None and ctx.needs_input_grad[2]:
+            grad_b = (s.flatten().to(grad.dtype) @ grad.flatten(0, 1)).to(bias.dtype)  # (V,)
         return grad_h.to(h.dtype), grad_w.to(weight.dtype), grad_b, None
+
+
+class _FusedLinearCE(torch.autograd.Function):
+    """(h (B, S, D), weight, bias, targets (B, S), coef (B, S), chunk) -> (sum_t coef_t CE_t, CE (B, S), hits)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, coef: Tensor, chunk: int
+    ) -> Any:
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        autocast = torch.is_autocast_enabled(h.device.type)
+        grad_h = torch.empty_like(h) if need_h else None  # (B, S, D)
+        grad_w = torch.zeros_like(weight) if need_w else None  # (V, D)
+        grad_b = torch.zeros_like(bias) if bias is not None and need_b else None  # (V,)
+        ces, hits = [], []
+        for i in range(0, h.shape[1], chunk):
+            part, t = h[:, i : i + chunk], targets[:, i : i + chunk]  # (B, c, D), (B, c)
+            logits = F.linear(part, weight, bias)  # (B, c, V)
+            hits.append(logits.argmax(-1) == t)
+            logp = _wide(logits).log_softmax(-1)
+            del logits
+            ces.append(-logp.gather(-1, t[..., None]).squeeze(-1))  # (B, c), F.cross_entropy's arithmetic
+            # dL/dlogits = coef (softmax - onehot): softmax from the log-softmax in place; coef scales the (B, c, D)
+            # side of each product instead of the (B, c, V) one
+            grad = _minus_onehot(logp.exp_(), t)  # (B, c, V)
+            s = coef[:, i : i + chunk, None]  # (B, c, 1)
+            g = grad.to(h.dtype) if not autocast else grad  # autocast: the matmuls cast as autograd's would
+            if grad_h is not None:
+                grad_h[:, i : i + chunk] = (g @ weight) * s
+            if grad_w is not None:
+                scaled = (part * s).to(part.dtype).flatten(0, 1)  # (B c, D)
+                if autocast or g.dtype != grad_w.dtype:
+                    grad_w += g.flatten(0, 1).transpose(0, 1) @ scaled  # (V, D), then widened
+                else:  # no (V, D) temporary (out=, not addmm_: torch's FLOP counter sees it)
+                    torch.addmm(grad_w, g.flatten(0, 1).transpose(0, 1), scaled, out=grad_w)
+            if grad_b is not None:
+                grad_b += s.flatten().to(grad.dtype) @ grad.flatten(0, 1)
+            del grad, g
+        ce = torch.cat(ces, dim=1)  # (B, S)
+        ctx.grads = (grad_h, grad_w, grad_b)
+        hit = torch.cat(hits, dim=1)
+        ctx.mark_non_differentiable(ce, hit)
+        return (coef * ce).sum(), ce, hit
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad_loss: Tensor, _grad_ce: Tensor | None, _grad_hits: Tensor | None) -> Any:
+        if ctx.grads is None:
+            raise RuntimeError("linear_ce_loss keeps its gradients for one backward only")
+        grads, ctx.grads = ctx.grads, None  # scaled in place: the forward's buffers are not needed again
+        out = [g.mul_(grad_loss) if g is not None else None for g in grads]
+        return *out, None, None, None
+
+
+def linear_ce_loss(
+    h: Tensor, weight: Tensor, bias: Tensor | None, targets: Tensor, coef: Tensor, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """sum_t coef_t CE_t of logits = h W^T + b over (B, S) positions, `chunk` positions at a time, with gradient;
+    also the CE (B, S) (fp32 at least, no gradient) and whether each argmax is the target (B, S) bool.
+
+    coef (B, S) holds each token's coefficient, detached (its weight, mask and head coefficient): it must not
+    depend on this CE. The gradients are made in the forward (see the module docstring)."""
+    out: tuple[Tensor, Tensor, Tensor] = _FusedLinearCE.apply(h, weight, bias, targets, coef.detach(), chunk)
+    return out

@@ -9,8 +9,10 @@ graph alive and back-propagates once (the materialised path, for tests and the m
 `weighted_mtp_loss` is the same formula on materialised (B, S, n, V) logits. All give the same loss and gradients.
 
 `ce_chunk` (recipe `train.ce_chunk`) also splits each head's unembedding and CE over the sequence (`head_ce`): a
-head's (B, S, V) logits never exist at once, only (B, chunk, V), in the backward too (chunked_ce.py recomputes a
-chunk's logits when its gradient is needed: one extra unembedding matmul per head, METHOD.md "Loss").
+head's (B, S, V) logits never exist at once, only (B, chunk, V), in the backward too. Weights that do not read the
+CE (`UpFrontWeights`: ntp, baseline-mtp, critic-wmtp, grpo-wmtp) are made before it, so each chunk's gradients come
+out of the pass that computes its CE (`upfront_head_loss`); weights read from the CE (rho1-wmtp, grad-wmtp) make
+chunked_ce.py recompute a chunk's logits when its gradient is needed (one extra unembedding matmul per head).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.train.chunked_ce import LinearCE
+from wmtp_studio.train.chunked_ce import LinearCE, linear_ce_loss
 from wmtp_studio.train.model import MTPModel, TrunkOutput
 from wmtp_studio.train.weights import shift_to_head
 
@@ -81,12 +83,17 @@ def head_ce(
     return model.with_unembedding(_chunked_ce, h, targets, chunk)
 
 
-def _chunked_ce(out: nn.Module, h: Tensor, targets: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
-    """`LinearCE` over `chunk` positions at a time: (B, S, D), (B, S) -> CE (B, S) fp32, hits (B, S) bool."""
+def _linear(out: nn.Module) -> nn.Linear:
     if not isinstance(out, nn.Linear):
         raise StudioError(
             f"train.ce_chunk needs a linear output embedding, this model has {type(out).__name__}"
         )
+    return out
+
+
+def _chunked_ce(out: nn.Module, h: Tensor, targets: Tensor, chunk: int) -> tuple[Tensor, Tensor]:
+    """`LinearCE` over `chunk` positions at a time: (B, S, D), (B, S) -> CE (B, S) fp32, hits (B, S) bool."""
+    out = _linear(out)
     parts = [
         LinearCE.apply(h[:, i : i + chunk], out.weight, out.bias, targets[:, i : i + chunk])
         for i in range(0, h.shape[1], chunk)
@@ -129,6 +136,32 @@ def head_scores(
     """Head k's (B, S) score alone, without gradient (grad-wmtp's first-step statistics); `chunk` as in `head_ce`."""
     h = model.head_hidden(k, trunk)  # (B, S, D)
     return model.with_unembedding(_chunk_scores, h, targets, k, score_for, chunk)
+
+
+def upfront_head_loss(
+    model: MTPModel,
+    k: int,
+    trunk: TrunkOutput,
+    hidden: Tensor | None,
+    targets: Tensor,
+    coef: Tensor,
+    chunk: int | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """sum_t coef_t CE_{t,k} (with gradient), head k's CE (B, S) and hits (B, S), for coefficients (B, S) known
+    before the CE (`UpFrontWeights`). With `chunk`, `chunked_ce.linear_ce_loss` makes each chunk's gradients in
+    the pass that computes its CE (no recompute); without, the arithmetic of `head_ce`."""
+    h = model.head_hidden(k, trunk, hidden)  # (B, S, D)
+    if not chunk or chunk >= h.shape[1]:
+        ce, hits = _ce_and_hits(model, h, targets)
+        return (coef * ce).sum(), ce.detach(), hits
+    return model.with_unembedding(_upfront_chunked, h, targets, coef, chunk)
+
+
+def _upfront_chunked(
+    out: nn.Module, h: Tensor, targets: Tensor, coef: Tensor, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    linear = _linear(out)
+    return linear_ce_loss(h, linear.weight, linear.bias, targets, coef, chunk)
 
 
 def scored_head_ce(
@@ -193,6 +226,21 @@ def weighted_mtp_loss(
 
 # weights_for(k, ce_k detached (B, S), m_{t,k} (B, S)) -> w_{t,k} (B, S)
 WeightFn = Callable[[int, Tensor, Tensor], Tensor]
+
+
+@dataclass(frozen=True)
+class UpFrontWeights:
+    """A `WeightFn` whose weights do not read the head's CE (ntp, baseline-mtp, critic-wmtp, grpo-wmtp): made from
+    (k, m_{t,k}) alone. `forward_backward` makes them before the head's logits, so that with `ce_chunk` each chunk's
+    CE and gradients come out of one pass (`upfront_head_loss`) instead of a backward that recomputes the logits,
+    which weights read from the CE (rho1-wmtp, grad-wmtp) need."""
+
+    before_ce: Callable[[int, Tensor], Tensor]  # (k, m_{t,k} (B, S) bool) -> w_{t,k} (B, S)
+
+    def __call__(self, k: int, _ce: Tensor, m: Tensor) -> Tensor:
+        return self.before_ce(k, m)
+
+
 # extra_loss(trunk hidden (B, S, D)) -> scalar added to the loss (critic value loss)
 ExtraLossFn = Callable[[Tensor], Tensor]
 # score_for(k, logits (B, c, V) detached, targets (B, c), unembedding weight (V, D)) -> (B, c): what weights_for
@@ -283,7 +331,7 @@ def forward_backward(
     terms (summed over micro-batches, gradients summed over processes) are the per-head mean of the whole step.
     `extra_loss` receives the detached trunk output (requires grad) and its result is added to the loss.
     `score_for` scores each head's entries from its logits while they exist (grad-wmtp, `scored_head_ce`);
-    weights_for then gets that score in place of the CE.
+    weights_for then gets that score in place of the CE. `UpFrontWeights` are made before the head's CE.
     `detail` also records histograms, entropy and the weights themselves (on logging steps only). `ce_chunk`:
     see `head_ce`. A trunk without gradient (frozen, `train.freeze: trunk`) gets no backward of its own.
     """
@@ -292,16 +340,26 @@ def forward_backward(
     extra_value = torch.zeros((), device=input_ids.device)
     h = trunk.hidden.detach().requires_grad_(True) if not naive else trunk.hidden
     total: Tensor | None = None
+    upfront = isinstance(weights_for, UpFrontWeights) and score_for is None
+    upfront = upfront and backward and torch.is_grad_enabled()
     for k in range(model.n_heads):
         targets = head_targets(input_ids, k)
-        if score_for is None:
-            ce, hits = head_ce(model, k, trunk, h, targets, ce_chunk)  # (B, S): one head's logits at a time
-            signal = ce.detach()
-        else:
-            ce, hits, signal = scored_head_ce(model, k, trunk, h, targets, score_for, ce_chunk)
         m = head_mask(token_mask, segment_ids, k)
-        w = weights_for(k, signal, m).detach()
-        term = head_coefs[k] * (w * m * ce).sum() / max(1.0, denominators[k])
+        if upfront:  # weights first, so that a chunked CE makes its gradients as it goes
+            assert isinstance(weights_for, UpFrontWeights)
+            w = weights_for.before_ce(k, m).detach()
+            weighted, ce, hits = upfront_head_loss(model, k, trunk, h, targets, w * m, ce_chunk)
+        else:
+            if score_for is None:
+                ce, hits = head_ce(
+                    model, k, trunk, h, targets, ce_chunk
+                )  # (B, S): one head's logits at a time
+                signal = ce.detach()
+            else:
+                ce, hits, signal = scored_head_ce(model, k, trunk, h, targets, score_for, ce_chunk)
+            w = weights_for(k, signal, m).detach()
+            weighted = (w * m * ce).sum()
+        term = head_coefs[k] * weighted / max(1.0, denominators[k])
         rows.append(_head_stats(hits, m, ce.detach(), w, detail))
         if detail:
             hists.append(weight_histogram(w, m))
