@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -139,6 +140,11 @@ def algorithm_hooks(
     raise AssertionError(f"unhandled algorithm {algo}")
 
 
+def _clip(algo: CriticConfig | GRPOConfig) -> dict[str, Any]:
+    """The weight formula's settings that critic-wmtp and grpo-wmtp share: beta, w_min, w_max, norm."""
+    return {"beta": algo.beta, "w_min": algo.w_min, "w_max": algo.w_max, "norm": algo.norm}
+
+
 @torch.no_grad()
 def _td_errors(algo: CriticConfig, values: Tensor, batch: Batch) -> Tensor:
     """The batch's TD errors (B, S), indexed by target token, from V(s_t) (B, S)."""
@@ -171,16 +177,8 @@ def _critic_hooks(
 
     def weights_for(k: int, m: Tensor) -> Tensor:
         # Head k at t predicts x_{t+k+1}, so it takes delta_{t+k+1}.
-        return critic_weights(
-            shift_to_head(delta, k),
-            m,
-            beta=algo.beta,
-            w_min=algo.w_min,
-            w_max=algo.w_max,
-            norm=algo.norm,
-            mean_one=algo.mean_one,
-            step=step[0].heads[k] if step is not None else None,
-        )
+        stats = step[0].heads[k] if step is not None else None
+        return critic_weights(shift_to_head(delta, k), m, **_clip(algo), mean_one=algo.mean_one, step=stats)
 
     def value_loss(h: Tensor) -> Tensor:
         # c_v * MSE(V, R) over the LM rows and the value-only rows together (METHOD.md: Stage 2 value
@@ -246,16 +244,7 @@ def critic_step(
 
     def weigh(k: int, i: int, stats: StepStats) -> Tensor:
         d, m = shift_to_head(deltas[i], k), masks[i][k]
-        return critic_weights(
-            d,
-            m,
-            beta=algo.beta,
-            w_min=algo.w_min,
-            w_max=algo.w_max,
-            norm=algo.norm,
-            mean_one=False,
-            step=stats,
-        )
+        return critic_weights(d, m, **_clip(algo), mean_one=False, step=stats)
 
     per_head = [[m[k] for m in masks] for k in range(recipe.n_heads)]
     shifted = [[shift_to_head(d, k) for d in deltas] for k in range(recipe.n_heads)]
@@ -478,10 +467,7 @@ def _grpo_weights_fn(
             batch.advantages,
             live,
             m,
-            beta=algo.beta,
-            w_min=algo.w_min,
-            w_max=algo.w_max,
-            norm=algo.norm,
+            **_clip(algo),
             mean_one=algo.mean_one,
             step=step[k] if step is not None else None,
         )
@@ -514,16 +500,6 @@ def grpo_step(
         x = live[k][i]
         if x is None:
             return torch.zeros(valid[k][i].shape)
-        return grpo_weights(
-            adv[i],
-            x,
-            valid[k][i],
-            beta=algo.beta,
-            w_min=algo.w_min,
-            w_max=algo.w_max,
-            norm=algo.norm,
-            mean_one=False,
-            step=stats,
-        )
+        return grpo_weights(adv[i], x, valid[k][i], **_clip(algo), mean_one=False, step=stats)
 
     return step_stats([adv] * n, scored, valid, weigh, reduce)

@@ -145,13 +145,7 @@ def critic_weights(
     `step`: the z-score's mean and std and the clipped weights' mean taken over the whole optimiser step (every
     micro-batch and process, `step_stats`) in place of this batch's.
     """
-    if norm != "zscore":
-        d = delta.float()
-    elif step is None:
-        d = zscore(delta, mask)
-    else:
-        d = _step_zscore(delta, step)
-    w = torch.exp(d / beta).clamp(w_min, w_max)
+    w = torch.exp(_normalised(delta, mask, norm, step) / beta).clamp(w_min, w_max)
     w = torch.where(mask, w, torch.zeros_like(w))
     if mean_one:
         w_mean = masked_mean(w, mask) if step is None else max(step.w_mean, 1e-30)
@@ -404,13 +398,7 @@ def grpo_weights(
     which its group already normalised. A batch without signal gets w = 0 everywhere (no NaN from the rescale).
     """
     live = mask & signal
-    if norm != "zscore":
-        a = adv.float()
-    elif step is None:
-        a = zscore(adv, live)
-    else:
-        a = _step_zscore(adv, step)
-    w = torch.exp(a / beta).clamp(w_min, w_max)
+    w = torch.exp(_normalised(adv, live, norm, step) / beta).clamp(w_min, w_max)
     w = torch.where(live, w, torch.zeros_like(w))
     if mean_one:
         w_mean = masked_mean(w, mask).clamp(min=1e-12) if step is None else max(step.w_mean, 1e-12)
@@ -418,7 +406,12 @@ def grpo_weights(
     return w
 
 
-def _step_zscore(x: Tensor, step: StepStats) -> Tensor:
-    """x z-scored with a whole step's mean and std (0 where that std is ~0, as `zscore`)."""
+def _normalised(x: Tensor, mask: Tensor, norm: str, step: StepStats | None) -> Tensor:
+    """x as float32, z-scored with `norm: zscore`: over the entries of `mask`, or with a whole step's mean and std
+    (`step`; 0 where that std is ~0, as `zscore`)."""
     x = x.float()
+    if norm != "zscore":
+        return x
+    if step is None:
+        return zscore(x, mask)
     return (x - step.mean) / step.std if step.std > 1e-8 else torch.zeros_like(x)
