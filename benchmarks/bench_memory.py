@@ -1,6 +1,7 @@
 """Peak memory and step time: NTP (n=1) vs MTP n=4 naive, per-head, and per-head with chunked CE (METHOD.md,
-"Loss": memory; recipe `train.ce_chunk`), both ways: weights known before the CE (one pass per chunk) and weights
-read from the CE (the backward recomputes each chunk's logits).
+"Loss": memory; recipe `train.ce_chunk`), three ways: weights known before the CE and weights read from each
+entry's own gradient score (one pass per chunk), and weights read from the CE (the backward recomputes each
+chunk's logits).
 
 A tiny Llama (hidden 256, 6 layers, vocab 8192 by default: a ~5M-parameter trunk below the head-0 layer),
 transformer heads, random token ids, every token trained. One step = `model.trunk` + `forward_backward` + AdamW.
@@ -33,23 +34,36 @@ from typing import Any
 
 import torch
 
-from wmtp_studio.train.loss import UpFrontWeights, WeightFn, forward_backward, head_mask
+from wmtp_studio.train.loss import EntryWeights, UpFrontWeights, WeightFn, forward_backward, head_mask
 from wmtp_studio.train.model import MTPModel, build_tiny_hf, decoder_parts
 
-# name: (heads, naive, chunked CE, weights known before the CE as ntp's / baseline-mtp's are)
+# name: (heads, naive, chunked CE, weights): "upfront" known before the CE (ntp's, baseline-mtp's), "score" each
+# entry's from its own gradient score (grad-wmtp's), "ce" read from the CE (rho1 weighted's)
 CONFIGS = {
-    "ntp": (1, False, False, True),
-    "mtp4-naive": (4, True, False, True),
-    "mtp4-per-head": (4, False, False, True),
-    "mtp4-chunked": (4, False, True, True),
-    "mtp4-chunk-recomp": (4, False, True, False),
+    "ntp": (1, False, False, "upfront"),
+    "mtp4-naive": (4, True, False, "upfront"),
+    "mtp4-per-head": (4, False, False, "upfront"),
+    "mtp4-chunked": (4, False, True, "upfront"),
+    "mtp4-chunk-scored": (4, False, True, "score"),
+    "mtp4-chunk-recomp": (4, False, True, "ce"),
 }
-CHUNKED = ("mtp4-chunked", "mtp4-chunk-recomp")
+CHUNKED = ("mtp4-chunked", "mtp4-chunk-scored", "mtp4-chunk-recomp")
 
 
 def reads_ce(_k: int, ce: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """w = 1 on valid entries, computed from the CE as rho1-wmtp's weights are (so chunked CE must recompute)."""
     return m.float() * (ce >= 0)
+
+
+def weights(kind: str) -> WeightFn:
+    """w = 1 on valid entries, made the way `kind` says (see CONFIGS)."""
+    if kind == "upfront":
+        return UpFrontWeights(lambda _k, m: m.float())
+    if kind == "score":  # from each entry's ||softmax - onehot||, as grad-wmtp's `score: logit`; no rescale
+        return EntryWeights(
+            "logit", reads_ce, lambda _k, s, m: m.float() * (s >= 0), lambda _k, _s, _m, u: u.new_ones(())
+        )
+    return reads_ce
 
 
 HIDDEN, LAYERS, ATTN_HEADS = 256, 6, 4
@@ -121,8 +135,8 @@ def step_fn(
     name: str, model: MTPModel, opt: torch.optim.Optimizer, x: torch.Tensor, args: argparse.Namespace
 ) -> Callable[[], float]:
     """One timed training step of configuration `name` on `model` (trunk, `forward_backward`, AdamW): seconds."""
-    n, naive, chunked, upfront = CONFIGS[name]
-    weights_for: WeightFn = UpFrontWeights(lambda _k, m: m.float()) if upfront else reads_ce
+    n, naive, chunked, kind = CONFIGS[name]
+    weights_for = weights(kind)
     device = x.device
     mask = torch.ones_like(x, dtype=torch.bool)  # (B, S): every token trained
     denominators = [float(head_mask(mask, None, k).sum()) for k in range(n)]

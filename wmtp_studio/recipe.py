@@ -219,10 +219,12 @@ class TrainSection(Section):
     ce_chunk: Int | None = Field(None, ge=0)
     """Compute each head's unembedding and cross-entropy over this many sequence positions at a time, so that a
     head's (batch, seq_len, vocab) logits never exist at once, in the backward too; also the rho1 reference's.
-    Weights that do not read the CE (ntp, baseline-mtp, critic-wmtp, grpo-wmtp) get each chunk's gradients in the
-    pass that computes its CE; with weights read from the CE (rho1-wmtp, grad-wmtp) the chunk's logits are
-    recomputed in the backward: one extra unembedding forward per head. 0 or null: off. Worth it with large
-    vocabularies (32k+), where the logits outweigh the trunk's activations."""
+    Weights that do not read the CE (ntp, baseline-mtp, critic-wmtp, grpo-wmtp, rho1 select over several
+    micro-batches or processes, chosen before the pass) or read only each entry's own gradient score (grad-wmtp)
+    get each chunk's gradients in the pass that computes its CE; with weights read from the whole batch's CE (rho1
+    weighted, rho1 select on one micro-batch of one process) the chunk's logits are recomputed in the backward: one
+    extra unembedding forward per head. 0 or null: off. Worth it with large vocabularies (32k+), where the logits
+    outweigh the trunk's activations."""
     max_nonfinite: Int = Field(5, ge=1)
     """Abort after this many consecutive steps with a non-finite loss or gradient."""
     log_every: Int = Field(10, ge=1)

@@ -219,6 +219,24 @@ def test_chunked_ce_costs_a_recompute_only_when_the_weights_read_the_ce() -> Non
     assert step_flops(reads_ce, CHUNK) - step_flops(reads_ce, None) == 345_600
 
 
+@pytest.mark.parametrize(("mode", "recomputed"), [("select", 0), ("weighted", 691_200)])
+def test_rho1_select_over_a_step_recomputes_no_logits(mode: str, recomputed: int) -> None:
+    """rho1 select chosen over the whole step (two micro-batches here) knows every weight before the training pass
+    (its selection pass scored the CE), so chunked CE makes the gradients as it computes the CE: the step costs
+    the matmuls of the whole-sequence one. rho1 weighted reads the CE inside the pass: the backward recomputes
+    each chunk's logits, 3 heads x 2 micro-batches x 2 x (3 * 12) x 32 x 50 = 691,200 more. Either way the chunked
+    reference skips each row's last position, which predicts nothing: 2 x 3 rows x 2 x 32 x 50 = 19,200 fewer."""
+    model = tiny(3)
+    reference = build_tiny_hf("llama", V, 32, 2, 4, None, 64, {}).double().eval()
+    flops = []
+    for chunk in ((), (f"train.ce_chunk={CHUNK}",)):
+        r = recipe("rho1-wmtp", f"algorithm.mode={mode}", *chunk)
+        with FlopCounterMode(display=False) as counter:
+            one_step(r, model, None, reference)
+        flops.append(counter.get_total_flops())
+    assert flops[1] - flops[0] == recomputed - 19_200 and flops[0] > 0
+
+
 def test_chunked_reference_ce_equals_whole() -> None:
     ref = build_tiny_hf("gpt2", V, 32, 2, 4, None, 64, {}).double().eval()
     b = micro_batches()[1]

@@ -11,15 +11,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch.testing import assert_close
+from torch.utils.flop_counter import FlopCounterMode
 
 from tests.unit.test_rho1_select import batch_of_8, rows, tiny
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.tracking import allowed_params
 from wmtp_studio.train.algorithms import GradScores, StepDiagnostics, algorithm_hooks, grad_step_scores
 from wmtp_studio.train.data import Batch
-from wmtp_studio.train.loss import forward_backward, head_mask, head_targets
-from wmtp_studio.train.model import MTPModel
-from wmtp_studio.train.weights import ema_update, grad_scores, grad_weights, score_sums
+from wmtp_studio.train.loss import EntryWeights, forward_backward, head_mask, head_targets
+from wmtp_studio.train.model import MTPModel, build_tiny_hf
+from wmtp_studio.train.weights import ema_update, grad_scores, grad_weights, masked_mean, score_sums
 
 ROOT = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
@@ -142,7 +143,7 @@ def step(
 
 @pytest.mark.parametrize("score", ["logit", "hidden"])
 def test_chunked_ce_scores_and_trains_like_the_whole_sequence(score: str) -> None:
-    # train.ce_chunk: the score comes from each chunk's logits, computed again without gradient
+    # train.ce_chunk: the score comes from each chunk's gradient in the pass that makes it
     model, b = tiny(), batch_of_8()
     first = step(model, [b], score, naive=False, ema=None)[2]
     g_all, loss_all, ema_all = step(model, [b], score, False, first)
@@ -152,6 +153,23 @@ def test_chunked_ce_scores_and_trains_like_the_whole_sequence(score: str) -> Non
         assert a == pytest.approx(c, rel=1e-9)
     for name in g_all:
         assert_close(g_chk[name], g_all[name], atol=2e-6, rtol=1e-5, msg=name)
+
+
+@pytest.mark.parametrize("score", ["logit", "hidden"])
+def test_chunked_ce_makes_the_scores_and_gradients_in_one_pass(score: str) -> None:
+    """Each chunk's score is the norm of the gradient the chunked pass makes anyway (softmax - onehot, or its
+    product with W, which is grad_h's matmul), so no logits are recomputed and no extra pass scores them: the
+    chunked step costs the matmuls of the whole-sequence one, and with `score: hidden` one (B*S, V) x (V, D)
+    matmul per head less (the whole-sequence path multiplies by W once for the score, once for grad_h)."""
+    model, b = tiny(), batch_of_8()
+    first = step(model, [b], score, naive=False, ema=None)[2]
+    flops = {}
+    for chunk in (None, 5):
+        with FlopCounterMode(display=False) as counter:
+            step(model, [b], score, False, first, chunk=chunk)
+        flops[chunk] = counter.get_total_flops()
+    # 3 heads x 2 x (8 * 12 positions) x 32 (D) x 50 (V) = 921,600; was 2 more of those per head when chunked
+    assert flops[None] - flops[5] == (921_600 if score == "hidden" else 0) and flops[5] > 0
 
 
 @pytest.mark.parametrize("score", ["logit", "hidden"])
@@ -218,3 +236,43 @@ def test_mlflow_params_carry_the_grad_section() -> None:
         "algorithm.norm": "zscore",
         "algorithm.mean_one": "True",
     }
+
+
+@pytest.mark.parametrize("score", ["logit", "hidden"])
+def test_one_pass_scores_under_bf16_autocast_match_the_whole_sequence(score: str) -> None:
+    """bf16 autocast (the trainer's GPU default): weights read from each entry's score (here w = s / mean s) give
+    the whole-sequence path's loss, weights and gradients to bf16's precision when the chunked pass makes the
+    score (every gradient within 2 % of its largest entry)."""
+    torch.manual_seed(0)
+    model = MTPModel(build_tiny_hf("llama", 300, 64, 2, 4, None, 64, {}), 2, "transformer")
+    with torch.no_grad():  # confident logits, so that the scores (and the weights) spread
+        model.hf.get_output_embeddings().weight.mul_(6.0)
+    x = torch.randint(0, 300, (2, 40))
+    mask = torch.ones_like(x, dtype=torch.bool)
+    mask[1, 30:] = False
+    dens = [float(head_mask(mask, None, k).sum()) for k in range(2)]
+
+    def score_for(_k: int, logits: torch.Tensor, t: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return grad_scores(logits, t, w if score == "hidden" else None)
+
+    def full(_k: int, s: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+        return torch.where(m, s / masked_mean(s, m), torch.zeros_like(s))
+
+    weights = EntryWeights(score, full, lambda _k, s, m: s * m, lambda _k, _s, m, u: masked_mean(u, m))  # type: ignore[arg-type]
+    out = []
+    for chunk in (None, 7):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", torch.bfloat16):
+            stats = forward_backward(
+                model, model.trunk(x), x, mask, None, weights, [1.0, 0.5], dens, score_for=score_for,
+                ce_chunk=chunk, detail=True,
+            )  # fmt: skip
+        out.append((stats, {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (a, g_a), (b, g_b) = out
+    assert float(b.loss) == pytest.approx(float(a.loss), rel=1e-3)
+    for wa, wb in zip(a.weights, b.weights, strict=True):  # the weights themselves: not all 1
+        assert float(wa.max()) > 1.05
+        assert_close(wb, wa, atol=1e-2, rtol=1e-2)
+    assert set(g_a) == set(g_b) and len(g_a) > 10
+    for name, g in g_a.items():
+        assert float((g_b[name] - g).abs().max()) <= 0.02 * float(g.abs().max()), name

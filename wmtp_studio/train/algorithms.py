@@ -27,6 +27,7 @@ from wmtp_studio.recipe import (
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import (
+    EntryWeights,
     ExtraLossFn,
     UpFrontWeights,
     WeightFn,
@@ -45,6 +46,7 @@ from wmtp_studio.train.weights import (
     grad_scores,
     grad_weights,
     grpo_weights,
+    masked_mean,
     rho1_weights,
     score_sums,
     select_rescale,
@@ -134,7 +136,7 @@ def algorithm_hooks(
             return _rho1_weights_fn(algo, ref_ce, diag, selection), None
         case GradConfig():
             assert scores is not None, "grad-wmtp needs the step's running statistics"
-            return scores.weights_for, None
+            return scores.weights(), None
         case GRPOConfig():
             return _grpo_weights_fn(algo, batch, diag, grpo), None
     raise AssertionError(f"unhandled algorithm {algo}")
@@ -341,15 +343,22 @@ def _gather_heads(local: list[Tensor], world: int) -> tuple[list[Tensor], list[i
 def _rho1_weights_fn(
     algo: Rho1Config, ref_ce: Tensor, diag: StepDiagnostics, selection: Rho1Selection | None
 ) -> WeightFn:
+    if selection is not None:  # select, chosen over the whole step beforehand: w = N_k / K_k on kept entries
+        step = selection
+
+        def kept(k: int, m: Tensor) -> Tensor:
+            chosen = step.kept[k]
+            return m if chosen is None else chosen & m
+
+        def seen(k: int, ce: Tensor, m: Tensor) -> None:
+            n = m.float().sum()
+            diag.add(f"head{k}/excess_mean", (excess_loss(ce, ref_ce, k) * m).sum(), n)
+            diag.add(f"head{k}/selected_fraction", kept(k, m).float().sum(), n)
+
+        return UpFrontWeights(lambda k, m: kept(k, m).float() * step.scale[k], seen)
+
     def weights_for(k: int, ce: Tensor, m: Tensor) -> Tensor:
         e = excess_loss(ce, ref_ce, k)  # (B, S): CE_{t,k} - CE^ref_{t+k+1}
-        if selection is not None:  # select, chosen over the whole step: w = N_k / K_k on kept entries
-            chosen = selection.kept[k]
-            n = m.float().sum()
-            diag.add(f"head{k}/excess_mean", (e * m).sum(), n)
-            kept = m if chosen is None else chosen & m
-            diag.add(f"head{k}/selected_fraction", kept.float().sum(), n)
-            return kept.float() * selection.scale[k]
         w = rho1_weights(
             e,
             m,
@@ -400,6 +409,31 @@ class GradScores:
             norm=a.norm,
             mean_one=a.mean_one,
         )
+
+    def entry(self, k: int, score: Tensor, m: Tensor) -> Tensor:
+        """The clipped weights before the mean-one rescale (B, c): each entry's from its own score."""
+        a = self.algo
+        return grad_weights(
+            score,
+            m,
+            self.stats[k, 0],
+            self.stats[k, 1],
+            beta=a.beta,
+            w_min=a.w_min,
+            w_max=a.w_max,
+            norm=a.norm,
+            mean_one=False,
+        )
+
+    def divisor(self, k: int, score: Tensor, m: Tensor, u: Tensor) -> Tensor:
+        """The mean-one rescale's divisor of head k's clipped weights u (1 without `mean_one`); adds the scores
+        to the step's sums, as `weights_for` does."""
+        self.sums[k] += score_sums(score, m)
+        return masked_mean(u, m) if self.algo.mean_one else torch.ones((), device=u.device)
+
+    def weights(self) -> EntryWeights:
+        """loss.EntryWeights: `weights_for` on a whole head, or chunk by chunk under `train.ce_chunk`."""
+        return EntryWeights(self.algo.score, self.weights_for, self.entry, self.divisor)
 
     def updated(self, step_sums: list[float]) -> list[tuple[float, float] | None]:
         """The running statistics after this step; `step_sums`: `sums` flattened and summed over processes."""

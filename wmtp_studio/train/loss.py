@@ -11,7 +11,8 @@ graph alive and back-propagates once (the materialised path, for tests and the m
 `ce_chunk` (recipe `train.ce_chunk`) also splits each head's unembedding and CE over the sequence (`head_ce`): a
 head's (B, S, V) logits never exist at once, only (B, chunk, V), in the backward too. Weights that do not read the
 CE (`UpFrontWeights`: ntp, baseline-mtp, critic-wmtp, grpo-wmtp) are made before it, so each chunk's gradients come
-out of the pass that computes its CE (`upfront_head_loss`); weights read from the CE (rho1-wmtp, grad-wmtp) make
+out of the pass that computes its CE (`upfront_head_loss`), and so do weights that read only each entry's own
+gradient score (`EntryWeights`: grad-wmtp, `entry_head_loss`); weights read from the CE (rho1-wmtp) make
 chunked_ce.py recompute a chunk's logits when its gradient is needed (one extra unembedding matmul per head).
 """
 
@@ -19,13 +20,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.train.chunked_ce import LinearCE, linear_ce_loss
+from wmtp_studio.train.chunked_ce import LinearCE, linear_ce_loss, scored_linear_ce_loss
 from wmtp_studio.train.model import MTPModel, TrunkOutput
 from wmtp_studio.train.weights import shift_to_head
 
@@ -164,6 +166,45 @@ def _upfront_chunked(
     return linear_ce_loss(h, linear.weight, linear.bias, targets, coef, chunk)
 
 
+def entry_head_loss(
+    model: MTPModel,
+    k: int,
+    trunk: TrunkOutput,
+    hidden: Tensor | None,
+    targets: Tensor,
+    m: Tensor,
+    weights: EntryWeights,
+    chunk: int,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """sum_t w_t m_t CE_{t,k} (with gradient), head k's CE (B, S), hits (B, S) and weights w (B, S) for
+    `EntryWeights`, `chunk` positions at a time in one pass (`chunked_ce.scored_linear_ce_loss`): each chunk's
+    u from the score of the gradient the pass makes, then w = u / the divisor, which scales the term."""
+    h = model.head_hidden(k, trunk, hidden)  # (B, S, D)
+    mf = m.float()
+
+    def coef_of(start: int, stop: int, score: Tensor) -> Tensor:
+        return weights.entry(k, score, m[:, start:stop]) * mf[:, start:stop]  # (B, c)
+
+    loss, ce, hits, score, u = model.with_unembedding(
+        _scored_chunked, h, targets, coef_of, chunk, weights.score
+    )
+    divisor = weights.divisor(k, score, m, u).detach()  # 0-d
+    w = torch.where(m, u / divisor, torch.zeros_like(u))  # as `weights.critic_weights`' mean-one rescale
+    return loss / divisor, ce, hits, w
+
+
+def _scored_chunked(
+    out: nn.Module,
+    h: Tensor,
+    targets: Tensor,
+    coef_of: Callable[[int, int, Tensor], Tensor],
+    chunk: int,
+    score: Literal["logit", "hidden"],
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    linear = _linear(out)
+    return scored_linear_ce_loss(h, linear.weight, linear.bias, targets, coef_of, chunk, score)
+
+
 def scored_head_ce(
     model: MTPModel,
     k: int,
@@ -175,7 +216,7 @@ def scored_head_ce(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """`head_ce` plus `score_for`'s (B, S) score of every entry, taken from the logits the CE computes. With
     `chunk`, the logits of each chunk are computed once more without gradient for the score (`LinearCE` keeps
-    none): one more unembedding matmul per head, the price of never holding (B, S, V)."""
+    none); training steps take `entry_head_loss` instead, which makes the score in the pass."""
     h = model.head_hidden(k, trunk, hidden)  # (B, S, D)
     if chunk and chunk < h.shape[1]:
         return model.with_unembedding(_chunked_scored_ce, h, targets, k, score_for, chunk)
@@ -230,15 +271,41 @@ WeightFn = Callable[[int, Tensor, Tensor], Tensor]
 
 @dataclass(frozen=True)
 class UpFrontWeights:
-    """A `WeightFn` whose weights do not read the head's CE (ntp, baseline-mtp, critic-wmtp, grpo-wmtp): made from
-    (k, m_{t,k}) alone. `forward_backward` makes them before the head's logits, so that with `ce_chunk` each chunk's
-    CE and gradients come out of one pass (`upfront_head_loss`) instead of a backward that recomputes the logits,
-    which weights read from the CE (rho1-wmtp, grad-wmtp) need."""
+    """A `WeightFn` whose weights do not read the head's CE (ntp, baseline-mtp, critic-wmtp, grpo-wmtp, and rho1
+    select chosen over the whole step beforehand): made from (k, m_{t,k}) alone. `forward_backward` makes them
+    before the head's logits, so that with `ce_chunk` each chunk's CE and gradients come out of one pass
+    (`upfront_head_loss`) instead of a backward that recomputes the logits, which weights read from the CE (rho1's
+    otherwise) need. `seen` gets the head's CE afterwards, for diagnostics that read it (not the weights)."""
 
     before_ce: Callable[[int, Tensor], Tensor]  # (k, m_{t,k} (B, S) bool) -> w_{t,k} (B, S)
+    seen: Callable[[int, Tensor, Tensor], None] | None = None  # (k, CE (B, S) detached, m_{t,k})
 
-    def __call__(self, k: int, _ce: Tensor, m: Tensor) -> Tensor:
-        return self.before_ce(k, m)
+    def __call__(self, k: int, ce: Tensor, m: Tensor) -> Tensor:
+        w = self.before_ce(k, m)
+        if self.seen is not None:
+            self.seen(k, ce, m)
+        return w
+
+
+@dataclass(frozen=True)
+class EntryWeights:
+    """A `WeightFn` of scores (grad-wmtp's): the weight of an entry is u(its own score), divided by one number per
+    head and micro-batch known once every u is (its mean-one rescale). `forward_backward` hands it the score
+    (`score_for`) in place of the CE. With `ce_chunk`, each chunk's u is made from the score of the gradient the
+    chunked pass makes anyway, so its gradients come out of that pass (`entry_head_loss`) and the divisor scales
+    the head's term afterwards: no recompute and no extra pass over the logits for the score."""
+
+    score: Literal["logit", "hidden"]  # what the entries read (`weights.grad_scores`)
+    full: WeightFn  # (k, score (B, S), m) -> w (B, S): the whole head's weights at once (unchunked)
+    entry: Callable[
+        [int, Tensor, Tensor], Tensor
+    ]  # (k, score (B, c), m (B, c)) -> u (B, c), 0 where m is false
+    divisor: Callable[
+        [int, Tensor, Tensor, Tensor], Tensor
+    ]  # (k, score (B, S), m, u (B, S)) -> 0-d: w = u / it
+
+    def __call__(self, k: int, score: Tensor, m: Tensor) -> Tensor:
+        return self.full(k, score, m)
 
 
 # extra_loss(trunk hidden (B, S, D)) -> scalar added to the loss (critic value loss)
@@ -331,7 +398,8 @@ def forward_backward(
     terms (summed over micro-batches, gradients summed over processes) are the per-head mean of the whole step.
     `extra_loss` receives the detached trunk output (requires grad) and its result is added to the loss.
     `score_for` scores each head's entries from its logits while they exist (grad-wmtp, `scored_head_ce`);
-    weights_for then gets that score in place of the CE. `UpFrontWeights` are made before the head's CE.
+    weights_for then gets that score in place of the CE. `UpFrontWeights` are made before the head's CE;
+    `EntryWeights` with `ce_chunk`, chunk by chunk inside it (`entry_head_loss`).
     `detail` also records histograms, entropy and the weights themselves (on logging steps only). `ce_chunk`:
     see `head_ce`. A trunk without gradient (frozen, `train.freeze: trunk`) gets no backward of its own.
     """
@@ -342,6 +410,9 @@ def forward_backward(
     total: Tensor | None = None
     upfront = isinstance(weights_for, UpFrontWeights) and score_for is None
     upfront = upfront and backward and torch.is_grad_enabled()
+    entrywise = (
+        isinstance(weights_for, EntryWeights) and bool(ce_chunk) and backward and torch.is_grad_enabled()
+    )
     for k in range(model.n_heads):
         targets = head_targets(input_ids, k)
         m = head_mask(token_mask, segment_ids, k)
@@ -349,6 +420,11 @@ def forward_backward(
             assert isinstance(weights_for, UpFrontWeights)
             w = weights_for.before_ce(k, m).detach()
             weighted, ce, hits = upfront_head_loss(model, k, trunk, h, targets, w * m, ce_chunk)
+            if weights_for.seen is not None:
+                weights_for.seen(k, ce, m)
+        elif entrywise:  # each chunk's weights from its own scores, in the pass that makes its gradients
+            assert isinstance(weights_for, EntryWeights) and ce_chunk
+            weighted, ce, hits, w = entry_head_loss(model, k, trunk, h, targets, m, weights_for, ce_chunk)
         else:
             if score_for is None:
                 ce, hits = head_ce(
