@@ -397,32 +397,17 @@ class GradScores:
 
     def weights_for(self, k: int, score: Tensor, m: Tensor) -> Tensor:
         self.sums[k] += score_sums(score, m)
-        a = self.algo
-        return grad_weights(
-            score,
-            m,
-            self.stats[k, 0],
-            self.stats[k, 1],
-            beta=a.beta,
-            w_min=a.w_min,
-            w_max=a.w_max,
-            norm=a.norm,
-            mean_one=a.mean_one,
-        )
+        return self._weights(k, score, m, self.algo.mean_one)
 
     def entry(self, k: int, score: Tensor, m: Tensor) -> Tensor:
         """The clipped weights before the mean-one rescale (B, c): each entry's from its own score."""
+        return self._weights(k, score, m, False)
+
+    def _weights(self, k: int, score: Tensor, m: Tensor, mean_one: bool) -> Tensor:
         a = self.algo
+        mu, sigma = self.stats[k, 0], self.stats[k, 1]
         return grad_weights(
-            score,
-            m,
-            self.stats[k, 0],
-            self.stats[k, 1],
-            beta=a.beta,
-            w_min=a.w_min,
-            w_max=a.w_max,
-            norm=a.norm,
-            mean_one=False,
+            score, m, mu, sigma, beta=a.beta, w_min=a.w_min, w_max=a.w_max, norm=a.norm, mean_one=mean_one
         )
 
     def divisor(self, k: int, score: Tensor, m: Tensor, u: Tensor) -> Tensor:
