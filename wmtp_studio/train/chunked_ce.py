@@ -1,6 +1,7 @@
 """Cross-entropy of a linear unembedding over chunks of positions whose logits are never kept for the backward.
 
-Two ways (the second in two forms), all exact (the per-token arithmetic of the whole-sequence path; only the order of sums differs):
+Two ways (the second in two forms), all exact (the per-token arithmetic of the whole-sequence path; only the
+order of sums differs):
 
 - `LinearCE.apply(h, weight, bias, targets)` returns the per-token CE of logits = h W^T + b and whether their
   argmax is the target, keeping only h for the backward, which recomputes the logits once and turns them into the
@@ -117,9 +118,8 @@ class _FusedLinearCE(torch.autograd.Function):
             grad = _minus_onehot(logp.exp_(), t)  # (B, c, V)
             g = grad.to(h.dtype) if not autocast else grad  # autocast: the matmuls cast as autograd's would
             gw = g @ weight if grad_h is not None or score == "hidden" else None  # (B, c, D), unscaled grad_h
-            if callable(
-                coef
-            ):  # the chunk's coefficients from its own score (`weights.grad_scores`' arithmetic)
+            # a callable coef: the chunk's coefficients from its own score (`weights.grad_scores`' arithmetic)
+            if callable(coef):
                 norm_of = gw if score == "hidden" else grad
                 assert norm_of is not None
                 scores.append(torch.linalg.vector_norm(norm_of.float(), dim=-1))  # (B, c)
