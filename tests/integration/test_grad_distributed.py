@@ -24,7 +24,7 @@ def _rank(rank: int, out: str) -> None:
     os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29547"}
     dist.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        from wmtp_studio.train.algorithms import grad_step_scores
+        from wmtp_studio.train.grad import grad_step_scores
 
         model, full = tiny(), batch_of_8()
         mine = [rows(full, 4 * rank, 4 * rank + 4)]

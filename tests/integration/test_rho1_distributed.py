@@ -10,7 +10,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.unit.test_rho1_select import CPU, RECIPE, batch_of_8, kept_in_one_batch, rows, tiny
-from wmtp_studio.train.algorithms import rho1_step_selection
+from wmtp_studio.train.rho1 import rho1_step_selection
 
 
 def _rank(rank: int, out: str) -> None:

@@ -13,7 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from wmtp_studio.errors import StudioError
 from wmtp_studio.recipe import Recipe, load_recipe
-from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks, rho1_step_selection
+from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import (
     WeightFn,
@@ -25,6 +25,7 @@ from wmtp_studio.train.loss import (
 )
 from wmtp_studio.train.model import MTPModel, ValueHead, build_tiny_hf
 from wmtp_studio.train.reference import reference_ce
+from wmtp_studio.train.rho1 import rho1_step_selection
 
 ROOT = Path(__file__).resolve().parents[2]
 V, S, CHUNK = 50, 12, 5  # 12 positions in chunks of 5, 5, 2: the last chunk is ragged

@@ -16,8 +16,9 @@ from torch.utils.flop_counter import FlopCounterMode
 from tests.unit.test_rho1_select import batch_of_8, rows, tiny
 from wmtp_studio.recipe import load_recipe
 from wmtp_studio.tracking import allowed_params
-from wmtp_studio.train.algorithms import GradScores, StepDiagnostics, algorithm_hooks, grad_step_scores
+from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
 from wmtp_studio.train.data import Batch
+from wmtp_studio.train.grad import GradScores, grad_step_scores
 from wmtp_studio.train.loss import EntryWeights, forward_backward, head_mask, head_targets
 from wmtp_studio.train.model import MTPModel, build_tiny_hf
 from wmtp_studio.train.weights import ema_update, grad_scores, grad_weights, masked_mean, score_sums

@@ -9,10 +9,11 @@ import torch
 from torch.testing import assert_close
 
 from wmtp_studio.recipe import load_recipe
-from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks, rho1_step_selection
+from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import forward_backward, head_mask, head_targets, token_ce
 from wmtp_studio.train.model import MTPModel, build_tiny_hf
+from wmtp_studio.train.rho1 import rho1_step_selection
 from wmtp_studio.train.weights import excess_loss, rho1_weights
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,7 +1,8 @@
 """The one place the algorithms differ: how a micro-batch's weights (and extra loss) are made.
 
 `algorithm_hooks` is a single `match` on the recipe's algorithm; the formulas live in weights.py (pure functions)
-and the loss in loss.py. Diagnostics specific to an algorithm are accumulated into `StepDiagnostics`.
+and the loss in loss.py. What is chosen over a whole optimiser step before its micro-batches run is here for
+critic and grpo, in rho1.py for rho1 select and in grad.py for grad-wmtp's running statistics. Diagnostics specific to an algorithm are accumulated into `StepDiagnostics`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 
 from wmtp_studio.recipe import (
@@ -26,32 +26,18 @@ from wmtp_studio.recipe import (
 )
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask
 from wmtp_studio.train.data import Batch
-from wmtp_studio.train.loss import (
-    EntryWeights,
-    ExtraLossFn,
-    UpFrontWeights,
-    WeightFn,
-    head_ce,
-    head_mask,
-    head_scores,
-    head_targets,
-)
+from wmtp_studio.train.grad import GradScores
+from wmtp_studio.train.loss import ExtraLossFn, UpFrontWeights, WeightFn, head_mask
 from wmtp_studio.train.model import MTPModel, TrunkOutput, ValueHead
 from wmtp_studio.train.reference import reference_ce
+from wmtp_studio.train.rho1 import Rho1Selection
 from wmtp_studio.train.weights import (
     StepStats,
     critic_weights,
-    ema_update,
     excess_loss,
-    grad_scores,
-    grad_weights,
     grpo_weights,
-    masked_mean,
     rho1_weights,
-    score_sums,
     select_rescale,
-    select_scale,
-    select_top,
     shift_to_head,
     step_stats,
     td_errors,
@@ -83,15 +69,6 @@ class StepDiagnostics:
         if self.ev is not None:
             out |= ev_metrics(self.ev)
         return out
-
-
-@dataclass
-class Rho1Selection:
-    """rho1 `select` for one micro-batch, chosen over the whole optimiser step (see `rho1_step_selection`)."""
-
-    kept: list[Tensor | None]  # per head (B, S) bool; None: the head keeps every valid entry (keep_head0)
-    scale: list[float]  # per head N_k / K_k over the step: the loss divides by N_k, the kept mean by K_k
-    ref_ce: Tensor  # (B, S) CE^ref used for the selection (computed once when live)
 
 
 def algorithm_hooks(
@@ -254,92 +231,6 @@ def critic_step(
     return CriticStep(deltas, stats)
 
 
-@torch.no_grad()
-def rho1_step_selection(
-    recipe: Recipe,
-    model: MTPModel,
-    micro: list[Batch],
-    reference: nn.Module | None,
-    world: int,
-    device: torch.device,
-) -> list[Rho1Selection] | None:
-    """rho1 `select` over the whole optimiser step: every micro-batch and every process (METHOD.md, rho1-wmtp).
-
-    Each head's excess losses of the step are scored first (one extra forward without gradients), gathered
-    across processes in (process, micro-batch, row, position) order, and the top round(ratio * N_k) are kept,
-    ties broken by that order: grad_accum 2 x batch 4 (or 2 processes x batch 4) keeps exactly what one batch of 8
-    keeps. None when there is nothing to coordinate (one micro-batch, one process) or the mode is not select.
-    """
-    algo = recipe.algorithm
-    if not isinstance(algo, Rho1Config) or algo.mode != "select" or (len(micro) == 1 and world == 1):
-        return None
-    n = recipe.n_heads
-    selected = [k for k in range(n) if not (k == 0 and algo.keep_head0)]
-    masks: list[list[Tensor]] = [[] for _ in range(n)]  # [head][micro-batch] (B, S) bool
-    scores: list[list[Tensor]] = [[] for _ in range(n)]  # [head][micro-batch] valid e, row-major
-    refs = []
-    for cpu_batch in micro:
-        b = cpu_batch.to(device)
-        if b.ref_ce is not None:
-            ref = b.ref_ce
-        else:
-            assert reference is not None, "live rho1 needs the reference model"
-            ref = reference_ce(reference, b.input_ids, b.segment_ids, recipe.train.ce_chunk)
-        refs.append(ref)
-        trunk = model.trunk(b.input_ids, b.segment_ids) if selected else None
-        for k in selected:
-            assert trunk is not None
-            ce, _ = head_ce(model, k, trunk, None, head_targets(b.input_ids, k), recipe.train.ce_chunk)
-            m = head_mask(b.token_mask, b.segment_ids, k)
-            masks[k].append(m)
-            scores[k].append(excess_loss(ce, ref, k)[m])
-    local = [torch.cat(scores[k]) if k in selected else torch.zeros(0, device=device) for k in range(n)]
-    everyone, offsets = _gather_heads(local, world)
-    kept: list[list[Tensor | None]] = [[None] * n for _ in micro]
-    scale = [1.0] * n
-    for k in selected:
-        total = everyone[k].numel()
-        keep = max(1, round(total * algo.ratio))  # round half to even, as rho1_weights
-        mine = select_top(everyone[k], keep)[offsets[k] : offsets[k] + local[k].numel()]
-        scale[k] = select_scale(total, min(keep, total))
-        start = 0
-        for i, m in enumerate(masks[k]):
-            count = int(m.sum())
-            out = torch.zeros_like(m)
-            out[m] = mine[start : start + count]
-            kept[i][k] = out
-            start += count
-    return [Rho1Selection(kept[i], scale, refs[i]) for i in range(len(micro))]
-
-
-def _gather_heads(local: list[Tensor], world: int) -> tuple[list[Tensor], list[int]]:
-    """Concatenate each head's 1-D scores over processes in rank order; also this process's offset per head."""
-    if world == 1:
-        return local, [0] * len(local)
-    device = local[0].device
-    sizes = torch.tensor([x.numel() for x in local], dtype=torch.long, device=device)
-    all_sizes = [torch.zeros_like(sizes) for _ in range(world)]
-    dist.all_gather(all_sizes, sizes)
-    width = max(int(z.sum()) for z in all_sizes)
-    flat = torch.zeros(width, dtype=torch.float32, device=device)
-    flat[: int(sizes.sum())] = torch.cat([x.float() for x in local])
-    gathered = [torch.empty_like(flat) for _ in range(world)]
-    dist.all_gather(gathered, flat)
-    rank = dist.get_rank()
-    heads, offsets = [], []
-    for k in range(len(local)):
-        pieces: list[Tensor] = []
-        offset = 0
-        for r in range(world):
-            begin = int(all_sizes[r][:k].sum())
-            if r == rank:
-                offset = sum(p.numel() for p in pieces)
-            pieces.append(gathered[r][begin : begin + int(all_sizes[r][k])])
-        heads.append(torch.cat(pieces))
-        offsets.append(offset)
-    return heads, offsets
-
-
 def _rho1_weights_fn(
     algo: Rho1Config, ref_ce: Tensor, diag: StepDiagnostics, selection: Rho1Selection | None
 ) -> WeightFn:
@@ -378,90 +269,6 @@ def _rho1_weights_fn(
         return w
 
     return weights_for
-
-
-@dataclass
-class GradScores:
-    """grad-wmtp over one optimiser step (formulas: weights.py): the running statistics its weights use (those of
-    the steps before it) and the sums of its own valid scores, for the EMA update once the step is done."""
-
-    algo: GradConfig
-    # per head the running (mean, variance) before this step; None: no history yet
-    ema: list[tuple[float, float] | None]
-    stats: Tensor  # (n, 2) per head (mu, sigma) on the device; (0, 0) without history: z = 0
-    sums: Tensor  # (n, 3) per head (N, sum s, sum s^2) of this step's valid scores, this process
-
-    def score_for(self, _k: int, logits: Tensor, targets: Tensor, w_out: Tensor) -> Tensor:
-        """loss.ScoreFn; `w_out` (V, D): the unembedding weight, which `score: hidden` reads."""
-        return grad_scores(logits, targets, w_out if self.algo.score == "hidden" else None)
-
-    def weights_for(self, k: int, score: Tensor, m: Tensor) -> Tensor:
-        self.sums[k] += score_sums(score, m)
-        return self._weights(k, score, m, self.algo.mean_one)
-
-    def entry(self, k: int, score: Tensor, m: Tensor) -> Tensor:
-        """The clipped weights before the mean-one rescale (B, c): each entry's from its own score."""
-        return self._weights(k, score, m, False)
-
-    def _weights(self, k: int, score: Tensor, m: Tensor, mean_one: bool) -> Tensor:
-        a = self.algo
-        mu, sigma = self.stats[k, 0], self.stats[k, 1]
-        return grad_weights(
-            score, m, mu, sigma, beta=a.beta, w_min=a.w_min, w_max=a.w_max, norm=a.norm, mean_one=mean_one
-        )
-
-    def divisor(self, k: int, score: Tensor, m: Tensor, u: Tensor) -> Tensor:
-        """The mean-one rescale's divisor of head k's clipped weights u (1 without `mean_one`); adds the scores
-        to the step's sums, as `weights_for` does."""
-        self.sums[k] += score_sums(score, m)
-        return masked_mean(u, m) if self.algo.mean_one else torch.ones((), device=u.device)
-
-    def weights(self) -> EntryWeights:
-        """loss.EntryWeights: `weights_for` on a whole head, or chunk by chunk under `train.ce_chunk`."""
-        return EntryWeights(self.algo.score, self.weights_for, self.entry, self.divisor)
-
-    def updated(self, step_sums: list[float]) -> list[tuple[float, float] | None]:
-        """The running statistics after this step; `step_sums`: `sums` flattened and summed over processes."""
-        rows = [tuple(step_sums[3 * k : 3 * k + 3]) for k in range(len(self.ema))]
-        return [
-            ema_update(e, (r[0], r[1], r[2]), self.algo.momentum) for e, r in zip(self.ema, rows, strict=True)
-        ]
-
-
-@torch.no_grad()
-def grad_step_scores(
-    recipe: Recipe,
-    model: MTPModel,
-    micro: list[Batch],
-    ema: list[tuple[float, float] | None] | None,
-    reduce: Callable[[Tensor], list[float]],
-    device: torch.device,
-) -> GradScores | None:
-    """grad-wmtp's state for one step (None for the other algorithms). `ema`: the running statistics so far, None
-    before the first step: then the step's own statistics, summed over its micro-batches and (`reduce`) processes
-    in a pass without gradients, initialise them (weights.py)."""
-    algo = recipe.algorithm
-    if not isinstance(algo, GradConfig):
-        return None
-    n = recipe.n_heads
-    scores = GradScores(
-        algo, [None] * n, torch.zeros(n, 2), torch.zeros(n, 3, dtype=torch.float64, device=device)
-    )
-    if ema is None:
-        for cpu_batch in micro:
-            b = cpu_batch.to(device)
-            trunk = model.trunk(b.input_ids, b.segment_ids)
-            for k in range(n):
-                targets = head_targets(b.input_ids, k)
-                score = head_scores(model, k, trunk, targets, scores.score_for, recipe.train.ce_chunk)
-                scores.sums[k] += score_sums(score, head_mask(b.token_mask, b.segment_ids, k))
-        ema = scores.updated(reduce(scores.sums.flatten()))
-        scores.sums.zero_()
-    scores.ema = list(ema)
-    scores.stats = torch.tensor(
-        [(e[0], math.sqrt(e[1])) if e is not None else (0.0, 0.0) for e in ema], device=device
-    )
-    return scores
 
 
 def _grpo_live(batch: Batch, k: int) -> Tensor | None:

@@ -22,14 +22,14 @@ from wmtp_studio.train.algorithms import (
     StepDiagnostics,
     algorithm_hooks,
     critic_step,
-    grad_step_scores,
     grpo_step,
-    rho1_step_selection,
     value_entries,
 )
 from wmtp_studio.train.critic import ValueRows
 from wmtp_studio.train.data import Batch, collate, epoch_plan
+from wmtp_studio.train.grad import grad_step_scores
 from wmtp_studio.train.loss import STAT_FIELDS, HeadStats, forward_backward, head_mask
+from wmtp_studio.train.rho1 import rho1_step_selection
 from wmtp_studio.train.setup import Setup
 from wmtp_studio.train.weights import uniform_weights
 
