@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from wmtp_studio.errors import StudioError
 from wmtp_studio.train.chunked_ce import LinearCE, linear_ce_loss, scored_linear_ce_loss
 from wmtp_studio.train.model import MTPModel, TrunkOutput
-from wmtp_studio.train.weights import shift_to_head
+from wmtp_studio.train.weights import rescale_mean_one, shift_to_head
 
 # Weight histogram bin edges, fixed so that histograms compare across steps and runs; last bin is [5, inf).
 HIST_EDGES: tuple[float, ...] = tuple(round(0.25 * i, 2) for i in range(21))
@@ -189,7 +189,7 @@ def entry_head_loss(
         _scored_chunked, h, targets, coef_of, chunk, weights.score
     )
     divisor = weights.divisor(k, score, m, u).detach()  # 0-d
-    w = torch.where(m, u / divisor, torch.zeros_like(u))  # as `weights.critic_weights`' mean-one rescale
+    w = rescale_mean_one(u, m, divisor)
     return loss / divisor, ce, hits, w
 
 
@@ -413,28 +413,13 @@ def forward_backward(
     entrywise = (
         isinstance(weights_for, EntryWeights) and bool(ce_chunk) and backward and torch.is_grad_enabled()
     )
+    way = "upfront" if upfront else "entrywise" if entrywise else "after"
     for k in range(model.n_heads):
         targets = head_targets(input_ids, k)
         m = head_mask(token_mask, segment_ids, k)
-        if upfront:  # weights first, so that a chunked CE makes its gradients as it goes
-            assert isinstance(weights_for, UpFrontWeights)
-            w = weights_for.before_ce(k, m).detach()
-            weighted, ce, hits = upfront_head_loss(model, k, trunk, h, targets, w * m, ce_chunk)
-            if weights_for.seen is not None:
-                weights_for.seen(k, ce, m)
-        elif entrywise:  # each chunk's weights from its own scores, in the pass that makes its gradients
-            assert isinstance(weights_for, EntryWeights) and ce_chunk
-            weighted, ce, hits, w = entry_head_loss(model, k, trunk, h, targets, m, weights_for, ce_chunk)
-        else:
-            if score_for is None:
-                ce, hits = head_ce(
-                    model, k, trunk, h, targets, ce_chunk
-                )  # (B, S): one head's logits at a time
-                signal = ce.detach()
-            else:
-                ce, hits, signal = scored_head_ce(model, k, trunk, h, targets, score_for, ce_chunk)
-            w = weights_for(k, signal, m).detach()
-            weighted = (w * m * ce).sum()
+        weighted, ce, hits, w = _weighted_head(
+            model, k, trunk, h, targets, m, weights_for, score_for, ce_chunk, way
+        )
         term = head_coefs[k] * weighted / max(1.0, denominators[k])
         rows.append(_head_stats(hits, m, ce.detach(), w, detail))
         if detail:
@@ -459,3 +444,38 @@ def forward_backward(
         trunk.hidden.backward(h.grad)
     hist = torch.stack(hists) if hists else None
     return HeadStats(loss, extra_value, torch.stack(rows), hist, kept)
+
+
+def _weighted_head(
+    model: MTPModel,
+    k: int,
+    trunk: TrunkOutput,
+    h: Tensor,
+    targets: Tensor,
+    m: Tensor,
+    weights_for: WeightFn,
+    score_for: ScoreFn | None,
+    ce_chunk: int | None,
+    way: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Head k's sum_t w m CE (with gradient), its CE and hits (B, S) and its weights w (B, S), made `way`:
+    "upfront" (weights first, so that a chunked CE makes its gradients as it goes), "entrywise" (each chunk's
+    weights from its own scores, in the pass that makes its gradients) or "after" (from the whole head's CE or
+    score)."""
+    if way == "upfront":
+        assert isinstance(weights_for, UpFrontWeights)
+        w = weights_for.before_ce(k, m).detach()
+        weighted, ce, hits = upfront_head_loss(model, k, trunk, h, targets, w * m, ce_chunk)
+        if weights_for.seen is not None:
+            weights_for.seen(k, ce, m)
+        return weighted, ce, hits, w
+    if way == "entrywise":
+        assert isinstance(weights_for, EntryWeights) and ce_chunk
+        return entry_head_loss(model, k, trunk, h, targets, m, weights_for, ce_chunk)
+    if score_for is None:
+        ce, hits = head_ce(model, k, trunk, h, targets, ce_chunk)  # (B, S): one head's logits at a time
+        signal = ce.detach()
+    else:
+        ce, hits, signal = scored_head_ce(model, k, trunk, h, targets, score_for, ce_chunk)
+    w = weights_for(k, signal, m).detach()
+    return (w * m * ce).sum(), ce, hits, w

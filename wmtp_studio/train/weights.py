@@ -59,6 +59,12 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     return (x * m).sum() / m.sum().clamp(min=1)
 
 
+def rescale_mean_one(w: Tensor, mask: Tensor, mean: Tensor | float) -> Tensor:
+    """The mean-one rescale: w / mean on the entries of `mask`, 0 elsewhere (`mean`: of w over them, taken over
+    the batch, the whole optimiser step or, chunked, the head: see `loss.entry_head_loss`)."""
+    return torch.where(mask, w / mean, torch.zeros_like(w))
+
+
 @torch.no_grad()
 def zscore(x: Tensor, mask: Tensor) -> Tensor:
     """(x - mean) / std over the entries where `mask` is true (population std); 0 where std is ~0 or mask false.
@@ -149,8 +155,7 @@ def critic_weights(
     w = torch.exp(_normalised(delta, mask, norm, step) / beta).clamp(w_min, w_max)
     w = torch.where(mask, w, torch.zeros_like(w))
     if mean_one:
-        w_mean = masked_mean(w, mask) if step is None else max(step.w_mean, 1e-30)
-        w = torch.where(mask, w / w_mean, torch.zeros_like(w))
+        w = rescale_mean_one(w, mask, masked_mean(w, mask) if step is None else max(step.w_mean, 1e-30))
     return w
 
 
@@ -268,7 +273,7 @@ def rho1_weights(
         logits = torch.where(valid, z / temperature, torch.full_like(z, float("-inf")))
         w = n * torch.softmax(logits.flatten(), dim=0).view_as(z)
         w = torch.where(valid, w.clamp(eps, w_max), torch.zeros_like(w))
-        return torch.where(valid, w / masked_mean(w, valid), torch.zeros_like(w))
+        return rescale_mean_one(w, valid, masked_mean(w, valid))
     raise ValueError(f"unknown rho1 mode {mode!r}")
 
 
@@ -402,8 +407,9 @@ def grpo_weights(
     w = torch.exp(_normalised(adv, live, norm, step) / beta).clamp(w_min, w_max)
     w = torch.where(live, w, torch.zeros_like(w))
     if mean_one:
-        w_mean = masked_mean(w, mask).clamp(min=1e-12) if step is None else max(step.w_mean, 1e-12)
-        w = torch.where(mask, w / w_mean, torch.zeros_like(w))
+        w = rescale_mean_one(
+            w, mask, masked_mean(w, mask).clamp(min=1e-12) if step is None else max(step.w_mean, 1e-12)
+        )
     return w
 
 
