@@ -205,12 +205,7 @@ def supervise(
     assert run.id is not None
     run_id, run_dir = run.id, Path(run.run_dir)
     log_path = log_path or run_dir / rundir.TRAIN_LOG
-    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), HF_HUB_DISABLE_PROGRESS_BARS="1")
-    env["PYTHONUNBUFFERED"] = (
-        "1"  # the job's output reaches train.log (the Log tab) line by line, as it happens
-    )
-    env["WMTP_TRAINER_MLFLOW"] = "off"  # the worker forwards the stored metrics itself (mlflow_sync)
-    env[SUPERVISOR_ENV] = supervisor_identity()  # the trainer checkpoints and exits once this process is gone
+    env = _job_env(gpus)
     cmd = launch_command(run, gpus=gpus, processes=max(1, len(gpus)))
     taken = _take_dir(engine, run, owner, token, lease_s, poll_s, grace_s)
     if taken is not None:
@@ -245,28 +240,63 @@ def supervise(
             error_tail=last_lines,
         )
         return JobOutcome("queued" if recorded else "fenced", code, "", ingested, tail.malformed, proc.pid)
-    if code == 0 and watch.stopping is None:
-        recipe = recipe_from_json(run.recipe_json, f"run {run_id}")
-        for i, benchmark in enumerate(recipe.eval.benchmarks):  # the recipe's evaluations, after training
-            out = eval_dir(run_dir, i, benchmark)
-            with open(log_path, "ab") as log:
-                ev = _spawn_job(eval_command(run, benchmark, out), log, env)
-            if not watch.follow(ev):
-                return JobOutcome("fenced", ev.returncode, "", ingested, tail.malformed, proc.pid)
-            if watch.stopping is not None or ev.returncode != 0:
-                code = ev.returncode
-                break
-            store.record_results(
-                engine=engine, run_id=run_id, results=read_results(out), samples=out / SAMPLES
-            )
+    if code == 0 and watch.stopping is None:  # the recipe's evaluations, after training
+        held, code = _evaluate(engine, run, log_path, env, watch)
+        if not held:
+            return JobOutcome("fenced", code, "", ingested, tail.malformed, proc.pid)
+    outcome, error_tail = _record_end(engine, run_id, owner, token, code, watch.stopping, log_path)
+    return JobOutcome(outcome, code, error_tail, ingested, tail.malformed, proc.pid)
+
+
+def _job_env(gpus: Sequence[int]) -> dict[str, str]:
+    """The environment of a job's processes: its GPUs, unbuffered output (train.log, the Log tab, line by line as
+    it happens), no MLflow of the trainer's own (the worker forwards the stored metrics: mlflow_sync) and this
+    process's identity, without which the trainer checkpoints and exits."""
+    env = dict(os.environ, CUDA_VISIBLE_DEVICES=",".join(map(str, gpus)), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    env["PYTHONUNBUFFERED"] = "1"
+    env["WMTP_TRAINER_MLFLOW"] = "off"
+    env[SUPERVISOR_ENV] = supervisor_identity()
+    return env
+
+
+def _evaluate(
+    engine: Engine, run: Run, log_path: Path, env: dict[str, str], watch: _JobWatch
+) -> tuple[bool, int | None]:
+    """Run the recipe's evaluations one after the other, recording each one's results: whether the lease still
+    held (False: fenced) and the exit code, 0 once every evaluation is recorded, else the first that stopped."""
+    assert run.id is not None
+    recipe = recipe_from_json(run.recipe_json, f"run {run.id}")
+    for i, benchmark in enumerate(recipe.eval.benchmarks):
+        out = eval_dir(Path(run.run_dir), i, benchmark)
+        with open(log_path, "ab") as log:
+            ev = _spawn_job(eval_command(run, benchmark, out), log, env)
+        if not watch.follow(ev):
+            return False, ev.returncode
+        if watch.stopping is not None or ev.returncode != 0:
+            return True, ev.returncode
+        store.record_results(engine=engine, run_id=run.id, results=read_results(out), samples=out / SAMPLES)
+    return True, 0
+
+
+def _record_end(
+    engine: Engine,
+    run_id: int,
+    owner: str,
+    token: int,
+    code: int | None,
+    stopping: RunStatus | None,
+    log_path: Path,
+) -> tuple[str, str]:
+    """Record how the job ended: the outcome (its status, or fenced when the lease was lost meanwhile) and the
+    log tail stored with a failure. A crash (killed by a signal) is re-queued to resume from its checkpoint."""
     status: RunStatus
-    if code == 0 and watch.stopping is None:
+    if code == 0 and stopping is None:
         status, error_tail = "succeeded", ""
-    elif watch.stopping is not None:
-        status, error_tail = watch.stopping, ""
+    elif stopping is not None:
+        status, error_tail = stopping, ""
     else:
         status, error_tail = "failed", _tail_of(log_path)
-    if status == "failed" and killed_by_signal(code, error_tail):  # a crash: retried from the checkpoint
+    if status == "failed" and killed_by_signal(code, error_tail):
         crashed = store.requeue_crashed_run(
             engine=engine,
             run_id=run_id,
@@ -275,7 +305,7 @@ def supervise(
             exit_code=code,
             error_tail=error_tail or None,
         )
-        return JobOutcome(crashed or "fenced", code, error_tail, ingested, tail.malformed, proc.pid)
+        return crashed or "fenced", error_tail
     recorded = store.finish_run(
         engine=engine,
         run_id=run_id,
@@ -286,7 +316,7 @@ def supervise(
         error_tail=error_tail or None,
     )
     mlflow_sync.nudge()  # the final status and evaluations
-    return JobOutcome(status if recorded else "fenced", code, error_tail, ingested, tail.malformed, proc.pid)
+    return status if recorded else "fenced", error_tail
 
 
 def _take_dir(
