@@ -14,9 +14,9 @@ from wmtp_studio.series import FeedBatch
 from wmtp_studio.settings import Settings
 from wmtp_studio.store import Point
 from wmtp_studio.tui.compare_feed import CompareFeed, CompareRead
+from wmtp_studio.tui.compare_messages import ComparePolled
 from wmtp_studio.tui.context import StudioContext
-from wmtp_studio.tui.screens.compare import ComparePolled
-from wmtp_studio.tui.screens.run import RunPolled
+from wmtp_studio.tui.run_feed import RunPolled
 from wmtp_studio.tui.screens.runs import RunsPolled, RunsScreen
 
 

@@ -25,13 +25,13 @@ from wmtp_studio import store
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import utcnow
 from wmtp_studio.settings import Settings
-from wmtp_studio.submit import QUICKSTART_ALGORITHMS, QUICKSTART_ALL_ALGORITHMS, QUICKSTART_DURATION
+from wmtp_studio.submit import QUICKSTART_ALGORITHMS, QUICKSTART_ALL_ALGORITHMS
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.embedded import EmbeddedWorker, start_if_needed
 from wmtp_studio.tui.intents import OpenComparison, OpenRun
 from wmtp_studio.tui.modals import ErrorModal
-from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.polling import Poll
+from wmtp_studio.tui.quickstart_offer import QUICKSTART_QUESTION, QuickstartOffer
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
 from wmtp_studio.tui.screenshot import default_filename, screenshot_svg, svg_to_png
@@ -39,22 +39,6 @@ from wmtp_studio.tui.screenshot import default_filename, screenshot_svg, svg_to_
 if TYPE_CHECKING:
     from wmtp_studio.tui.compare_feed import SetWatcher
 
-QUICKSTART_QUESTION = (
-    "The studio has no runs yet. Queue the quickstart comparison?\n\n"
-    "It pre-trains a tiny model on a generated code task, fine-tunes it with ntp, baseline-mtp, critic-wmtp "
-    "and rho1-wmtp, and evaluates pass@1 on held-out problems. With one fine-tuning seed it takes "
-    f"{QUICKSTART_DURATION}; three seeds take about 3x as long and show which differences are within seed noise."
-)
-QUICKSTART_CHOICES = (
-    ("1", "Fast: 1 seed"),
-    ("3", "Thorough: 3 seeds, seed noise measured (about 3x as long)"),
-    (
-        "all",
-        f"Every algorithm: 1 seed, {len(QUICKSTART_ALL_ALGORITHMS)} fine-tunes, adding "
-        + ", ".join(a for a in QUICKSTART_ALL_ALGORITHMS if a not in QUICKSTART_ALGORITHMS),
-    ),
-    ("no", "Not now"),
-)
 MODES = (
     ("runs", "Runs", "Every run, live: open, compare, cancel, retry, reprioritise"),
     ("compare", "Compare", "Curves and pass@k of runs side by side"),
@@ -77,18 +61,6 @@ class SetsFinished(Message, bubble=False):
             return False
         message.summaries[:0] = self.summaries
         return True
-
-
-class QuickstartOffer(ChoiceModal):
-    """The quickstart question (wrapped to the dialog's width) and its choices: fast, thorough, not now."""
-
-    DEFAULT_CSS = """
-    QuickstartOffer > Vertical { width: 80; }
-    QuickstartOffer Label { width: 1fr; margin-bottom: 1; }
-    """
-
-    def __init__(self, question: str) -> None:
-        super().__init__(question, QUICKSTART_CHOICES)
 
 
 class StudioApp(App[None]):

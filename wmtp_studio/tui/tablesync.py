@@ -3,6 +3,8 @@
 Columns get explicit widths, measured here from the rows: DataTable measures auto-width columns only when idle and
 does not re-render rows it already cached with the old widths, so a table whose own size stays fixed (height 1fr)
 would show cells cut short. A column that needs more room rebuilds the table (rare: widths only grow).
+
+A table computed whole (the compare screen's results and config diff) is shown whole instead: `fill`.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from collections.abc import Sequence
 from rich.cells import cell_len
 from rich.text import Text
 from textual.widgets import DataTable
+
+from wmtp_studio.compare.export import Table, format_cell
 
 ShownCell = str | Text
 """A cell as a DataTable shows it (the results tables' values are `export.Cell`)."""
@@ -66,3 +70,12 @@ def current_key(table: DataTable[Text]) -> str | None:
     if not table.row_count or not table.is_valid_row_index(table.cursor_row):
         return None
     return table.coordinate_to_cell_key(table.cursor_coordinate).row_key.value
+
+
+def fill(table: DataTable, data: Table) -> None:
+    """Replace a DataTable's columns and rows with a Table's (column keys are their indices)."""
+    table.clear(columns=True)
+    for i, name in enumerate(data.columns):
+        table.add_column(name, key=str(i))
+    for row in data.rows:
+        table.add_row(*(format_cell(c) for c in row))

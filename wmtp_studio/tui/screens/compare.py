@@ -6,87 +6,31 @@ latest comparison set, the latest finished one if any, and its answer (Δ and p 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Select, Static, TabbedContent, TabPane
 from textual.worker import get_current_worker
 from textual_plotext import PlotextPlot
 
 from wmtp_studio import store
-from wmtp_studio.compare.export import ExportFormat, Series, Table, export_path, format_cell, render
-from wmtp_studio.compare.tables import CompareTables, compare_tables
+from wmtp_studio.compare.export import ExportFormat, Series, Table
+from wmtp_studio.compare.tables import compare_tables
 from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.series import SeriesStore
-from wmtp_studio.tui.compare_feed import CompareFeed, CompareRead, chart_series, set_summary, set_title
+from wmtp_studio.tui.compare_curves import COMBINED, HEAD0_CE, draw_curves, metric_names, shared_metrics
+from wmtp_studio.tui.compare_export import EXPORTS, export_target, write_export_file
+from wmtp_studio.tui.compare_feed import CompareFeed, chart_series, set_summary, set_title
+from wmtp_studio.tui.compare_messages import ComparePolled, RunsToPick, TablesComputed
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
-from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
-from wmtp_studio.tui.widgets.charts import PALETTE
-
-HEAD0_CE = "train/head0/ce+val/head0/val_ce"
-"""The default chart: head 0's cross-entropy (next-token prediction, weight 1) in training (solid) and on the
-held-out slice (dots). Every algorithm has a head 0, so these compare across algorithms and head counts."""
-LOSSES = "train/loss+val/val_loss"
-"""The total losses: sums over the heads (with their coefficients), so not comparable across head counts."""
-COMBINED = {
-    HEAD0_CE: "head-0 CE: train (solid) and val (dots)",
-    LOSSES: "total loss: train (solid) and val (dots); sums over heads",
-}
-MARKERS = ("hd", "dot")
-"""Plotext markers of the first metric (a solid line of quarter blocks) and the second (a line of bullets)."""
-EXPORTS: tuple[tuple[ExportFormat, str], ...] = (
-    ("md", "Results table as Markdown"),
-    ("tex", "Results table as LaTeX (booktabs)"),
-    ("csv", "Results table as CSV"),
-    ("png", "Chart of the selected metric as PNG"),
-    ("svg", "Chart of the selected metric as SVG"),
-)
-
-
-@dataclass
-class ComparePolled(Message, bubble=False):
-    """One read of `feed`: its runs and evaluations, and their new metric rows since the read before."""
-
-    feed: CompareFeed
-    read: CompareRead
-
-    def can_replace(self, message: Message) -> bool:
-        """A newer read (`message`) replaces this one and takes over its new rows, in order; unless it reads
-        other runs (other runs picked, or the latest set is another one): then these rows are of no use."""
-        if not isinstance(message, ComparePolled):
-            return False
-        older, newer = self.read, message.read
-        if message.feed is self.feed and newer.set_id == older.set_id:
-            for rid, batches in older.batches.items():
-                newer.batches[rid] = [*batches, *newer.batches.get(rid, [])]
-        return True
-
-
-@dataclass
-class TablesComputed(Message, bubble=False):
-    """The results and config tables, and the set's answer (a newer computation replaces them)."""
-
-    tables: CompareTables
-    summary: str
-
-    can_replace = replaced_by_same_kind
-
-
-@dataclass
-class RunsToPick(Message, bubble=False):
-    """The stored runs, newest first, to pick from (`p`)."""
-
-    runs: list[Run]
-
-    can_replace = replaced_by_same_kind
+from wmtp_studio.tui.polling import Poll, PollFailed
+from wmtp_studio.tui.tablesync import fill
 
 
 class CompareScreen(Screen[None]):
@@ -195,42 +139,18 @@ class CompareScreen(Screen[None]):
     # --- curves ------------------------------------------------------------------------------------------------
 
     def _update_metrics(self) -> None:
-        select = self.query_one("#metric", Select)
-        named = [set(self.series.get(r.id or 0, SeriesStore()).names()) for r in self.runs]
-        shared = sorted(set.intersection(*named)) if named else []
+        select, shared = self.query_one("#metric", Select), shared_metrics(self.runs, self.series)
         if [*COMBINED, *shared] != self._metric_options:
             self._metric_options, current = [*COMBINED, *shared], select.value
             select.set_options([*((label, v) for v, label in COMBINED.items()), *((n, n) for n in shared)])
             select.value = current if current in self._metric_options else HEAD0_CE
 
     def _metric_names(self) -> list[str]:
-        value = self.query_one("#metric", Select).value
-        return (value if isinstance(value, str) else HEAD0_CE).split("+")
+        return metric_names(self.query_one("#metric", Select).value)
 
     def draw_chart(self) -> None:
-        chart = self.query_one("#chart", PlotextPlot)
-        plt, width = chart.plt, max(chart.size.width, 40)
-        plt.clear_figure()
-        names, self.drawn, steps = self._metric_names(), [], []
-        # One colour and legend entry per run; a second metric (val) is drawn in bullets, under every run's
-        # solid line (a line of bullets between sparse val points would hide the training curves).
-        for j, name in reversed(list(enumerate(names))):
-            for i, run in enumerate(self.runs):
-                series = self.series.get(run.id or 0, SeriesStore()).get(name)
-                if series is None or not len(series):
-                    continue
-                xs, ys = series.downsample(width)
-                label = str(run.name or run.id) if j == 0 else None
-                color, marker = PALETTE[i % len(PALETTE)], MARKERS[min(j, 1)]
-                plt.plot(xs, ys, label=label, color=color, marker=marker)
-                self.drawn.append((str(run.name or run.id), name, color, marker))
-                steps += [xs[0], xs[-1]]
-        if steps:  # whole steps: plotext's own ticks split the range into fractions (78.8)
-            ticks = sorted({round(min(steps) + (max(steps) - min(steps)) * t / 4) for t in range(5)})
-            plt.xticks([float(t) for t in ticks], [str(t) for t in ticks])
-        value = self.query_one("#metric", Select).value
-        plt.title(COMBINED.get(value, " + ".join(names)) if isinstance(value, str) else " + ".join(names))
-        plt.xlabel("step")
+        chart, value = self.query_one("#chart", PlotextPlot), self.query_one("#metric", Select).value
+        self.drawn = draw_curves(chart.plt, max(chart.size.width, 40), self.runs, self.series, value)
         chart.refresh()
 
     def on_resize(self) -> None:
@@ -265,8 +185,8 @@ class CompareScreen(Screen[None]):
         select.set_options((label, i) for i, label in enumerate(tables.labels))
         if tables.labels:
             select.value = tables.baseline
-        _fill(self.query_one("#results-table", DataTable), tables.results)
-        _fill(self.query_one("#config-table", DataTable), tables.config)
+        fill(self.query_one("#results-table", DataTable), tables.results)
+        fill(self.query_one("#config-table", DataTable), tables.config)
         self.query_one("#results-note", Static).update(tables.results.note or "No evaluations yet.")
 
     # --- actions -----------------------------------------------------------------------------------------------
@@ -296,10 +216,7 @@ class CompareScreen(Screen[None]):
             return
         names = self._metric_names()
         series = chart_series(self.runs, self.series, names)
-        label = (
-            f"set{self.set_id}" if self.set_id is not None else "-".join(["runs", *map(str, self.run_ids)])
-        )
-        path = export_path(self.ctx.settings.home, label, chosen, datetime.now())
+        path = export_target(self.ctx.settings.home, self.set_id, self.run_ids, chosen, datetime.now())
         self.write_export(chosen, path, self.table, series, " + ".join(names))
 
     @work(thread=True, group="compare-export")
@@ -307,9 +224,7 @@ class CompareScreen(Screen[None]):
         self, fmt: ExportFormat, path: Path, table: Table, series: list[Series], title: str
     ) -> None:
         try:
-            data = render(fmt, table=table, series=series, title=title, ylabel="value")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
+            write_export_file(fmt, path, table, series, title)
         except OSError as exc:
             self.app.call_from_thread(self.app.push_screen, ErrorModal(f"cannot write {path}: {exc}"))
             return
@@ -330,12 +245,3 @@ class CompareScreen(Screen[None]):
         self.series, self.runs, self.evaluations, self._evaluation_ids = {}, [], {}, set()
         self._fresh = True
         self.poll()
-
-
-def _fill(table: DataTable, data: Table) -> None:
-    """Replace a DataTable's columns and rows with a Table's (column keys are their indices)."""
-    table.clear(columns=True)
-    for i, name in enumerate(data.columns):
-        table.add_column(name, key=str(i))
-    for row in data.rows:
-        table.add_row(*(format_cell(c) for c in row))

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from rich.text import Text
 from textual import work
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -18,7 +17,6 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.timer import Timer
 from textual.widgets import Button, Footer, Header, Input, OptionList, Static
-from textual.widgets.option_list import Option
 
 from wmtp_studio import store
 from wmtp_studio.errors import StudioError
@@ -28,22 +26,11 @@ from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.polling import replaced_by_same_kind
 from wmtp_studio.tui.queue_form import ComparisonForm
+from wmtp_studio.tui.recipe_list import Entry, list_options, list_recipes
 from wmtp_studio.tui.widgets.yaml_editor import YamlEditor
 
 VALIDATE_AFTER_S = 0.3
 """Validation waits this long after the last keystroke."""
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One recipe in the list: a file of the recipes directory or a recipe saved in the database."""
-
-    key: str
-    label: str
-    name: str
-    text: str | None = None
-    """The saved YAML (database entries); files are read when opened."""
-    path: Path | None = None
 
 
 @dataclass
@@ -65,25 +52,6 @@ class EntryRead(Message, bubble=False):
     text: str
 
     can_replace = replaced_by_same_kind
-
-
-def list_options(folder: Path | None, files: list[Entry], saved: list[Entry]) -> list[Option]:
-    """The two groups, each under a header (a disabled option), with a line saying so when one is empty."""
-
-    def group(header: str, entries: list[Entry], empty: str) -> list[Option]:
-        rows = [Option(e.label, id=e.key) for e in entries]
-        return [
-            Option(header, disabled=True),
-            *(rows or [Option(Text(f"  {empty}", style="italic"), disabled=True)]),
-        ]
-
-    where = f"{folder.name}/" if folder is not None else "recipes/"
-    return [
-        *group(
-            f"Files in {where}", files, f"no {where} folder here" if folder is None else "no *.yaml files"
-        ),
-        *group("Saved in the studio", saved, "none yet (ctrl+s saves)"),
-    ]
 
 
 def budget(recipe: Recipe) -> str:
@@ -142,16 +110,7 @@ class RecipesScreen(Screen[None]):
 
     @work(thread=True, exclusive=True, group="recipes-list")
     def action_reload(self) -> None:
-        folder = self.ctx.recipes_dir
-        if folder is not None and not folder.is_dir():
-            folder = None
-        files = [] if folder is None else sorted(folder.glob("*.y*ml"))
-        file_entries = [Entry(f"file:{p.name}", p.name, p.stem, path=p) for p in files]
-        saved = [
-            Entry(f"db:{r.name}", r.name, r.name, text=r.yaml_text)
-            for r in store.list_saved_recipes(engine=self.ctx.engine)
-        ]
-        self.post_message(RecipesListed(folder, file_entries, saved))
+        self.post_message(RecipesListed(*list_recipes(self.ctx.recipes_dir, self.ctx.engine)))
 
     def on_recipes_listed(self, listed: RecipesListed) -> None:
         folder, files, saved = listed.folder, listed.files, listed.saved

@@ -6,7 +6,6 @@ coalesced and only the visible tab is drawn (the others when they are shown).
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,53 +22,22 @@ from textual.timer import Timer
 from textual.widgets import DataTable, Footer, Label, Log, Static, TabbedContent, TabPane
 
 from wmtp_studio import store
-from wmtp_studio.errors import StudioError
-from wmtp_studio.models import ComparisonSet, Evaluation, Run
+from wmtp_studio.models import Evaluation, Run
 from wmtp_studio.rundir.results import SampleVerdict
-from wmtp_studio.series import FeedBatch, MetricFeed, RunData, TextTail
+from wmtp_studio.series import RunData
 from wmtp_studio.tui.context import StudioContext
 from wmtp_studio.tui.modals import ErrorModal
 from wmtp_studio.tui.polling import Poll, PollFailed, replaced_by_same_kind
+from wmtp_studio.tui.run_feed import RunFeed, RunPolled
 from wmtp_studio.tui.widgets.charts import CurvesPanel, RunProgress
 from wmtp_studio.tui.widgets.evaluations import EvaluationTable
 from wmtp_studio.tui.widgets.recipe import RecipeView
-from wmtp_studio.tui.widgets.samples import SamplesView, find_samples, read_samples
+from wmtp_studio.tui.widgets.samples import SamplesView, load_samples
 from wmtp_studio.tui.widgets.tokens import TokensPanel
 from wmtp_studio.tui.widgets.weights import WeightsPanel, informative_head
 
-CHARTED = re.compile(
-    r"train/(loss|lr|grad_norm|value_loss|head\d+/(ce|w_entropy|w_std|selected_fraction|score_mu|score_sigma)"
-    r"|grpo/(reward_mean|reward_std|zero_var_fraction))|val/.+|stage1/.+"
-)
-"""The metrics the panels draw; the others are not kept in memory."""
 TABS_OF = {"points": {"curves", "weights"}, "hist": {"weights"}, "tokens": {"tokens"}}
 """Which tabs draw what changed."""
-
-
-@dataclass
-class RunPolled(Message, bubble=False):
-    """What one read found: the run and its evaluations, and the increments since the read before: new metric rows
-    and log lines."""
-
-    run: Run
-    batches: list[FeedBatch]
-    evaluations: list[Evaluation]
-    log_reset: bool
-    """The log file was replaced: clear what is shown before adding `log_lines`."""
-    log_lines: list[str]
-    log_found: bool
-    comparison_set: ComparisonSet | None
-    """Read once, with the run's first read."""
-
-    def can_replace(self, message: Message) -> bool:
-        """A newer read (`message`) replaces this one and takes over its increments, in order."""
-        if not isinstance(message, RunPolled):
-            return False
-        message.batches[:0] = self.batches
-        if not message.log_reset:  # after a reset, the lines read before it are gone
-            message.log_reset, message.log_lines[:0] = self.log_reset, self.log_lines
-        message.comparison_set = message.comparison_set or self.comparison_set
-        return True
 
 
 @dataclass
@@ -111,9 +79,7 @@ class RunScreen(Screen[None]):
     def __init__(self, ctx: StudioContext, run_id: int) -> None:
         super().__init__()
         self.ctx, self.run_id = ctx, run_id
-        self.feed = MetricFeed(
-            engine=ctx.engine, run_id=run_id, keep=lambda n: CHARTED.fullmatch(n) is not None
-        )
+        self.feed = RunFeed(engine=ctx.engine, run_id=run_id)
         self.data = RunData()
         self.run: Run | None = None
         self.head = 0
@@ -122,7 +88,6 @@ class RunScreen(Screen[None]):
         whose weights vary (`informative_head`)."""
         self.stale: set[str] = {"curves", "weights", "tokens"}
         """Tabs whose data changed since they were last drawn."""
-        self._log_tail: TextTail | None = None
         self._last_draw = 0.0
         self._draw_timer: Timer | None = None
 
@@ -154,21 +119,7 @@ class RunScreen(Screen[None]):
 
     def read(self) -> Iterator[RunPolled]:
         """What is new; a long run's first read comes in pages, one message each."""
-        run = store.get_run(engine=self.ctx.engine, run_id=self.run_id)
-        if run is None:
-            raise StudioError(f"no run with id {self.run_id}")
-        cset = None
-        if self.run is None and run.comparison_set_id is not None:
-            cset = store.get_comparison_set(engine=self.ctx.engine, comparison_set_id=run.comparison_set_id)
-        if self._log_tail is None:
-            self._log_tail = TextTail(Path(run.run_dir) / "train.log")
-        more = True
-        while more:
-            batch = self.feed.fetch()
-            more = batch.more
-            evaluations = store.list_evaluations(engine=self.ctx.engine, run_id=self.run_id)
-            reset, lines = self._log_tail.read()
-            yield RunPolled(run, [batch], evaluations, reset, lines, self._log_tail.found, cset)
+        yield from self.feed.read(first=self.run is None)
 
     def on_poll_failed(self, failed: PollFailed) -> None:
         if self.run is None:  # nothing to show: say why, stop polling and go back once the modal is closed
@@ -266,18 +217,7 @@ class RunScreen(Screen[None]):
 
     @work(thread=True, group="samples", exclusive=True, exit_on_error=False)
     def _load_samples(self, evaluation: Evaluation, run_dir: Path) -> None:
-        caption = f"{evaluation.benchmark} (k={evaluation.k})"
-        path = find_samples(evaluation.protocol, run_dir, evaluation.benchmark)
-        if path is None:
-            self.post_message(SamplesLoaded(f"{caption}: no samples file found", []))
-            return
-        try:
-            samples = read_samples(path)
-        except (OSError, ValueError) as exc:
-            reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON lines"
-            self.post_message(SamplesLoaded(f"{caption}: {path}: {reason}", []))
-            return
-        self.post_message(SamplesLoaded(f"{caption}, {path}", samples))
+        self.post_message(SamplesLoaded(*load_samples(evaluation, run_dir)))
 
     def on_samples_loaded(self, loaded: SamplesLoaded) -> None:
         self.query_one(SamplesView).show(loaded.caption, loaded.samples)

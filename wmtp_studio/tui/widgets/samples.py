@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Label, Static
 
 import wmtp_studio.rundir.results as evalfiles
 from wmtp_studio.errors import StudioError
+from wmtp_studio.models import Evaluation
 from wmtp_studio.rundir.results import SampleVerdict
 
 MAX_SAMPLES = 20_000  # rows shown; a samples file is read up to this many lines
@@ -37,6 +38,20 @@ def find_samples(protocol: dict[str, Any], run_dir: Path, benchmark: str) -> Pat
         except (OSError, StudioError):
             continue
     return None
+
+
+def load_samples(evaluation: Evaluation, run_dir: Path) -> tuple[str, list[SampleVerdict]]:
+    """An evaluation's samples and the caption saying where they came from, or why there are none."""
+    caption = f"{evaluation.benchmark} (k={evaluation.k})"
+    path = find_samples(evaluation.protocol, run_dir, evaluation.benchmark)
+    if path is None:
+        return f"{caption}: no samples file found", []
+    try:
+        samples = read_samples(path)
+    except (OSError, ValueError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not valid JSON lines"
+        return f"{caption}: {path}: {reason}", []
+    return f"{caption}, {path}", samples
 
 
 def why(sample: SampleVerdict) -> str:
