@@ -29,7 +29,8 @@ from wmtp_studio.cli import SetOpt, err, fail
 from wmtp_studio.database import MIGRATIONS
 from wmtp_studio.errors import StudioError
 from wmtp_studio.models import FINISHED_STATUSES, RUN_STATUSES, Run, Worker, utcnow
-from wmtp_studio.recipe import ALGORITHMS, load_recipe
+from wmtp_studio.recipe import load_recipe
+from wmtp_studio.recipe_algorithms import ALGORITHMS
 from wmtp_studio.settings import Settings
 from wmtp_studio.submit import (
     QUICKSTART_ALGORITHMS,

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from tests.integration.test_train_cli import wmtp
-from wmtp_studio.recipe import DataSection
+from wmtp_studio.recipe_sections import DataSection
 from wmtp_studio.train.data import load_examples
 
 MBPP = Path(__file__).resolve().parents[1] / "data" / "mbpp"

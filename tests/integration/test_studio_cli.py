@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.conftest import RECIPES, ROOT
 from tests.integration.jobs import studio_env, studio_run
-from wmtp_studio.recipe import ALGORITHMS
+from wmtp_studio.recipe_algorithms import ALGORITHMS
 from wmtp_studio.submit import QUICKSTART_ALL_ALGORITHMS
 
 

@@ -8,7 +8,8 @@ import pytest
 
 from wmtp_studio.compare import expand, recipe_diff, run_name
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import ALGORITHMS, load_recipe
+from wmtp_studio.recipe import load_recipe
+from wmtp_studio.recipe_algorithms import ALGORITHMS
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

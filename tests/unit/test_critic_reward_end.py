@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from wmtp_studio.recipe import TrainSection
+from wmtp_studio.recipe_sections import TrainSection
 from wmtp_studio.train.data import Encoded, Example, collate, encode
 from wmtp_studio.train.tokenizer import train_bpe
 from wmtp_studio.train.weights import td_errors

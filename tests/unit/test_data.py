@@ -18,7 +18,7 @@ import torch
 from wmtp_studio import prompts
 from wmtp_studio.errors import StudioError
 from wmtp_studio.gentask import generate
-from wmtp_studio.recipe import DataSection, GeneratedData, TrainSection
+from wmtp_studio.recipe_sections import DataSection, GeneratedData, TrainSection
 from wmtp_studio.train.data import (
     Batch,
     Encoded,

@@ -11,7 +11,8 @@ from torch.testing import assert_close
 
 from tests.unit.test_loss import COEFS, tiny_mtp
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import GRPOConfig, load_recipe
+from wmtp_studio.recipe import load_recipe
+from wmtp_studio.recipe_algorithms import GRPOConfig
 from wmtp_studio.train import grpo, grpo_refresh
 from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks, grpo_step
 from wmtp_studio.train.data import Encoded, Example, collate

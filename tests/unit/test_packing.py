@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from wmtp_studio.recipe import TrainSection
+from wmtp_studio.recipe_sections import TrainSection
 from wmtp_studio.train.data import Encoded, Example, collate, encode, epoch_plan, example_chunks
 from wmtp_studio.train.loss import head_mask
 from wmtp_studio.train.model import MTPModel, build_tiny_hf, packed_attention

@@ -12,17 +12,9 @@ import pytest
 from pydantic import BaseModel
 
 from wmtp_studio.errors import RecipeError
-from wmtp_studio.recipe import (
-    BaselineMTPConfig,
-    CriticConfig,
-    NTPConfig,
-    Recipe,
-    Rho1Config,
-    Section,
-    load_recipe,
-    load_recipe_text,
-    recipe_from_json,
-)
+from wmtp_studio.recipe import Recipe, load_recipe, load_recipe_text, recipe_from_json
+from wmtp_studio.recipe_algorithms import BaselineMTPConfig, CriticConfig, NTPConfig, Rho1Config
+from wmtp_studio.recipe_sections import Section
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 

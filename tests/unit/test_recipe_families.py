@@ -9,7 +9,8 @@ from typing import Any
 import pytest
 
 from wmtp_studio.compare import expand
-from wmtp_studio.recipe import ALGORITHMS, Recipe, load_recipe
+from wmtp_studio.recipe import Recipe, load_recipe
+from wmtp_studio.recipe_algorithms import ALGORITHMS
 from wmtp_studio.submit import QUICKSTART_ALGORITHMS, quickstart_recipes
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"

@@ -10,7 +10,9 @@ import pytest
 
 from tests.unit.test_data import CORPUS as CODE
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import ModelSection, NTPConfig, Recipe, TinyModel, TokenizerSection, TrainSection
+from wmtp_studio.recipe import Recipe
+from wmtp_studio.recipe_algorithms import NTPConfig
+from wmtp_studio.recipe_sections import ModelSection, TinyModel, TokenizerSection, TrainSection
 from wmtp_studio.train.tokenizer import EOS, PAD, PROBES, check_same_tokenizer, load_tokenizer, train_bpe
 
 PROSE = [

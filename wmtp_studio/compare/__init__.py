@@ -21,7 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import ALGORITHMS, Recipe, parse_recipe
+from wmtp_studio.recipe import Recipe, parse_recipe
+from wmtp_studio.recipe_algorithms import ALGORITHMS
 
 FACTOR = "algorithm x seed"
 

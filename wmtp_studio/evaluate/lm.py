@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import DataSection, GeneratedData, TrainSection
+from wmtp_studio.recipe_sections import DataSection, GeneratedData, TrainSection
 from wmtp_studio.train.data import Example, collate, encode, epoch_plan, load_examples
 from wmtp_studio.train.loss import forward_backward
 from wmtp_studio.train.model import MTPModel

@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from wmtp_studio.recipe import (
+from wmtp_studio.recipe import Recipe
+from wmtp_studio.recipe_algorithms import (
     BaselineMTPConfig,
     CriticConfig,
     GradConfig,
     GRPOConfig,
     NTPConfig,
-    Recipe,
     Rho1Config,
 )
 from wmtp_studio.train.critic import ValueRows, ev_metrics, ev_moments, value_mask

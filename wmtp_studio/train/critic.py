@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from wmtp_studio.recipe import Stage1Config
+from wmtp_studio.recipe_algorithms import Stage1Config
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import head_mask
 from wmtp_studio.train.model import MTPModel, ValueHead

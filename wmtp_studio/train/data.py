@@ -20,7 +20,7 @@ from torch import Tensor
 
 from wmtp_studio import prompts
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import DataSection, TrainSection
+from wmtp_studio.recipe_sections import DataSection, TrainSection
 from wmtp_studio.records import read_records, require_fields
 
 

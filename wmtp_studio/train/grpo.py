@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import GRPOConfig
+from wmtp_studio.recipe_algorithms import GRPOConfig
 from wmtp_studio.train.data import Encoded, Example, encode
 from wmtp_studio.train.grpo_refresh import refresh_prompts, sampled_and_judged
 from wmtp_studio.train.weights import group_advantages

@@ -27,7 +27,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from wmtp_studio.recipe import GRPOConfig, Recipe
+from wmtp_studio.recipe import Recipe
+from wmtp_studio.recipe_algorithms import GRPOConfig
 from wmtp_studio.train.data import Example
 
 if TYPE_CHECKING:

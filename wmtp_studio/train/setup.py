@@ -20,7 +20,8 @@ from typing import Any
 import torch
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import GRPOConfig, Recipe, recipe_from_json
+from wmtp_studio.recipe import Recipe, recipe_from_json
+from wmtp_studio.recipe_algorithms import GRPOConfig
 from wmtp_studio.runrefs import check_local_paths, resolve_run_refs
 from wmtp_studio.tracking import MlflowLogger
 from wmtp_studio.train import fsdp, grpo

@@ -22,7 +22,7 @@ from textual.worker import Worker as ThreadWorker
 from textual.worker import WorkerState
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.recipe import ALGORITHMS
+from wmtp_studio.recipe_algorithms import ALGORITHMS
 
 Submit = Callable[[list[str], list[int], int], str]
 """(algorithms, seeds, priority) -> the message to show once queued; raises StudioError when refused."""
