@@ -12,7 +12,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from wmtp_studio.recipe import GradConfig, Recipe
+from wmtp_studio.recipe import Recipe
+from wmtp_studio.recipe_algorithms import GradConfig
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import EntryWeights, head_mask, head_scores, head_targets
 from wmtp_studio.train.model import MTPModel

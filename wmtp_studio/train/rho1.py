@@ -11,7 +11,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from wmtp_studio.recipe import Recipe, Rho1Config
+from wmtp_studio.recipe import Recipe
+from wmtp_studio.recipe_algorithms import Rho1Config
 from wmtp_studio.train.data import Batch
 from wmtp_studio.train.loss import head_ce, head_mask, head_targets
 from wmtp_studio.train.model import MTPModel
