@@ -23,7 +23,7 @@ import subprocess
 import threading
 import time
 from types import FrameType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from sqlalchemy.engine import Engine
@@ -36,6 +36,10 @@ from wmtp_studio.settings import Settings
 from wmtp_studio.taskqueue import announce
 from wmtp_studio.workers import mlflow_sync
 from wmtp_studio.workers.supervise import supervise
+
+if TYPE_CHECKING:
+    from huey import Huey
+    from huey.consumer import Consumer
 
 log = logging.getLogger("wmtp_worker")
 
@@ -250,6 +254,29 @@ def main(argv: list[str] | None = None) -> None:
     app(args=argv, prog_name="wmtp-worker")
 
 
+def _consume(huey: Huey, worker: WorkerDaemon) -> Consumer:
+    """Start Huey's consumer (its wake-ups set `worker.wake`), then put in its place signal handlers that stop the
+    worker gracefully: SIGTERM and SIGINT checkpoint the running jobs and shut down."""
+    consumer = huey.create_consumer(
+        workers=1,
+        periodic=False,
+        initial_delay=0.05,
+        max_delay=0.5,
+        check_worker_health=False,
+        shutdown_timeout=5,
+    )
+    consumer.start()  # installs Huey's signal handlers; ours replace them below
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: checkpointing running jobs and shutting down", signal.Signals(signum).name)
+        worker.stop.set()
+        worker.wake.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return consumer
+
+
 @app.command()
 def run_worker(
     cpu: Annotated[bool, typer.Option("--cpu", help="Offer no GPU (CPU jobs only).")] = False,
@@ -296,23 +323,7 @@ def run_worker(
     tasks.on_wake(lambda _run_id: worker.wake.set())
     forwarder = mlflow_sync.Forwarder(engine=engine, uri=settings.mlflow_uri)
     forwarder.start()  # a background thread: MLflow never holds up jobs or leases
-    consumer = huey.create_consumer(
-        workers=1,
-        periodic=False,
-        initial_delay=0.05,
-        max_delay=0.5,
-        check_worker_health=False,
-        shutdown_timeout=5,
-    )
-    consumer.start()  # installs Huey's signal handlers; ours replace them below
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        log.info("received %s: checkpointing running jobs and shutting down", signal.Signals(signum).name)
-        worker.stop.set()
-        worker.wake.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    consumer = _consume(huey, worker)
     log.info("worker %s: %s slot(s), gpus %s", worker.worker_id, slots, gpu_ids or "none")
     try:
         serve(

@@ -25,7 +25,8 @@ QUICKSTART_CHOICES = (
 
 
 class QuickstartOffer(ChoiceModal):
-    """The quickstart question (wrapped to the dialog's width) and its choices: fast, thorough, not now."""
+    """The quickstart question (wrapped to the dialog's width) and its choices: fast, thorough, every algorithm,
+    not now."""
 
     DEFAULT_CSS = """
     QuickstartOffer > Vertical { width: 80; }
