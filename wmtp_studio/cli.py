@@ -407,7 +407,7 @@ def label(
     slots: Annotated[int | None, typer.Option(min=1)] = None,
 ) -> None:
     """Run candidate solutions against their tests and write `is_correct` (critic-wmtp's verifiable rewards)."""
-    from wmtp_studio.evaluate.run import label_file
+    from wmtp_studio.evaluate.label import label_file
 
     try:
         counts = label_file(

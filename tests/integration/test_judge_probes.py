@@ -11,7 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from wmtp_studio.evaluate.run import judge_all, make_sandbox
+from wmtp_studio.evaluate.judging import judge_all, make_sandbox
 from wmtp_studio.evaluate.sandbox import Result, Sandbox
 from wmtp_studio.evaluate.tasks import Benchmark, load_benchmark
 

@@ -94,7 +94,7 @@ def evaluate_lm(
     from transformers import AutoTokenizer
 
     from wmtp_studio.evaluate.generate import greedy_decode, self_speculative_decode
-    from wmtp_studio.evaluate.run import resolve_model_dir
+    from wmtp_studio.evaluate.model_files import resolve_model_dir
     from wmtp_studio.train.model import generation_budget, load_mtp, quiet_transformers
 
     quiet_transformers()

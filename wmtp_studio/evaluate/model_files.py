@@ -1,6 +1,7 @@
-"""Checks of a model directory's files before transformers reads them, so that a truncated or garbled file is a
-StudioError naming that file and the problem, not a SafetensorError, JSONDecodeError or TypeError traceback
-from deep inside the loaders. Torch-free: it reads JSON and safetensors headers only."""
+"""The model directory a path means (a run directory, a checkpoint or a model directory), and checks of its files
+before transformers reads them, so that a truncated or garbled file is a StudioError naming that file and the
+problem, not a SafetensorError, JSONDecodeError or TypeError traceback from deep inside the loaders. Torch-free:
+it reads JSON and safetensors headers only."""
 
 from __future__ import annotations
 
@@ -9,11 +10,36 @@ from pathlib import Path
 from typing import Any
 
 from wmtp_studio.errors import StudioError
+from wmtp_studio.rundir import MODEL, RECIPE
+from wmtp_studio.rundir.checkpoints import TRAINER_STATE, latest_checkpoint
 
 HEAD_KINDS = ("transformer", "linear")
 MAX_HEADS = 16  # as ModelSection.n_heads
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "vocab.txt")
 """Any one of these lets transformers build a tokenizer (fast serialisation, sentencepiece, BPE or WordPiece)."""
+
+
+def resolve_model_dir(path: Path) -> tuple[Path, Path | None]:
+    """(model directory, run directory or None) for a run directory, a checkpoint or a model directory; its files
+    are checked (`check_model_dir`), so a corrupted one is a StudioError naming it."""
+    model_dir, run_dir = _locate_model_dir(path)
+    check_model_dir(model_dir)
+    return model_dir, run_dir
+
+
+def _locate_model_dir(path: Path) -> tuple[Path, Path | None]:
+    if (path / RECIPE).is_file():
+        if (path / MODEL).is_dir():
+            return path / MODEL, path
+        latest = latest_checkpoint(path)
+        if latest is None:
+            raise StudioError(f"{path} is a run directory without a model or a checkpoint yet")
+        return latest / MODEL, path
+    if (path / MODEL).is_dir() and (path / TRAINER_STATE).is_file():
+        return path / MODEL, None  # a checkpoint directory
+    if (path / "config.json").is_file():
+        return path, None
+    raise StudioError(f"{path} is neither a run directory, a checkpoint nor a model directory")
 
 
 def check_model_dir(model_dir: Path) -> None:

@@ -10,131 +10,19 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from wmtp_studio.errors import StudioError
-from wmtp_studio.evaluate.model_files import check_model_dir
+from wmtp_studio.evaluate.judging import judge_all, limits_of, make_sandbox, verdict
+from wmtp_studio.evaluate.model_files import resolve_model_dir
 from wmtp_studio.evaluate.passk import summarize
-from wmtp_studio.evaluate.sandbox import Limits, Result, Sandbox, Tier
-from wmtp_studio.evaluate.tasks import (
-    MBPP_ROW,
-    Benchmark,
-    Task,
-    is_mbpp_record,
-    mbpp_label_record,
-    mbpp_label_rows,
-    stdio_passed,
-)
-from wmtp_studio.prompts import MBPP_STOP, mbpp_program
+from wmtp_studio.evaluate.tasks import Benchmark, Task
 from wmtp_studio.recipe import recipe_from_json
-from wmtp_studio.records import read_records
-from wmtp_studio.rundir import METRICS, MODEL, RECIPE
-from wmtp_studio.rundir.checkpoints import TRAINER_STATE, latest_checkpoint
+from wmtp_studio.rundir import METRICS, RECIPE
 from wmtp_studio.rundir.metrics import read_metrics
 from wmtp_studio.rundir.results import EvalResults, ProblemCount, SampleVerdict, write_results, write_samples
-
-STDERR_TAIL = 2000  # characters of a sample's stderr kept in samples.jsonl
-
-
-def verdict(
-    task_id: str, index: int, completion: str, r: Result, finish: str = "", tokens: int = 0
-) -> SampleVerdict:
-    """The samples.jsonl record of one judged sample."""
-    return SampleVerdict(
-        task_id=task_id,
-        index=index,
-        completion=completion,
-        passed=r.passed,
-        status=r.status,
-        tier=r.tier.name.lower(),
-        finish_reason=finish,
-        n_tokens=tokens,
-        detail=r.detail,
-        line=r.line,
-        expected=r.expected,
-        got=r.got,
-        exception=r.exception,
-        stderr=r.stderr[-STDERR_TAIL:] if not r.passed else "",
-        output_truncated=r.output_truncated,
-        duration_s=round(r.duration_s, 4),
-    )
-
-
-def resolve_model_dir(path: Path) -> tuple[Path, Path | None]:
-    """(model directory, run directory or None) for a run directory, a checkpoint or a model directory; its files
-    are checked (model_files.py), so a corrupted one is a StudioError naming it."""
-    model_dir, run_dir = _locate_model_dir(path)
-    check_model_dir(model_dir)
-    return model_dir, run_dir
-
-
-def _locate_model_dir(path: Path) -> tuple[Path, Path | None]:
-    if (path / RECIPE).is_file():
-        if (path / MODEL).is_dir():
-            return path / MODEL, path
-        latest = latest_checkpoint(path)
-        if latest is None:
-            raise StudioError(f"{path} is a run directory without a model or a checkpoint yet")
-        return latest / MODEL, path
-    if (path / MODEL).is_dir() and (path / TRAINER_STATE).is_file():
-        return path / MODEL, None  # a checkpoint directory
-    if (path / "config.json").is_file():
-        return path, None
-    raise StudioError(f"{path} is neither a run directory, a checkpoint nor a model directory")
-
-
-def judge_all(
-    sandbox: Sandbox,
-    tasks: dict[str, Task],
-    completions: Sequence[tuple[str, int, str]],
-    progress: Callable[[int], None] | None = None,
-) -> list[Result]:
-    """The sandbox's Result for each (task_id, index, completion), in order; program by program in its slots."""
-    if any(tasks[t].kind == "stdio" for t, _, _ in completions):
-        return _judge_stdio(sandbox, tasks, completions, progress)
-    found = [(tasks[task_id], completion) for task_id, _, completion in completions]
-    return sandbox.run_many(
-        [task.program(c) for task, c in found],
-        entry_points=[(task.entry_point,) if task.entry_point else () for task, _ in found],
-        tests_from=[task.tests_from(c) for task, c in found],
-        on_result=(lambda _i, _r: progress(1)) if progress else None,
-    )
-
-
-def _judge_stdio(
-    sandbox: Sandbox,
-    tasks: dict[str, Task],
-    completions: Sequence[tuple[str, int, str]],
-    progress: Callable[[int], None] | None,
-) -> list[Result]:
-    """stdin/stdout tasks: each test case is a run; the trusted parent compares stdout with the expected output."""
-    out = []
-    for task_id, _, completion in completions:
-        cases = tasks[task_id].stdio_cases
-        for n, (stdin, expected) in enumerate(cases, start=1):
-            r = sandbox.run(tasks[task_id].program(completion), stdin=stdin)
-            complete = not r.output_truncated  # a cut stdout cannot be compared
-            ok = (
-                r.status in ("passed", "failed")
-                and r.exit_code == 0
-                and complete
-                and stdio_passed(r.stdout, expected)
-            )
-            if not ok and r.exit_code == 0:
-                why = "wrong answer" if complete else "stdout past the output cap, cannot be compared"
-                r = replace(r, status="wrong_answer", detail=f"case {n} of {len(cases)}: {why}",
-                            expected=expected[:200], got=r.stdout[:200])  # fmt: skip
-            elif not ok:
-                r = replace(r, detail=f"case {n} of {len(cases)}: {r.detail}")
-            r = replace(r, passed=ok, status="passed" if ok else r.status)
-            if not ok:
-                break
-        out.append(r)
-        if progress:
-            progress(1)
-    return out
 
 
 def results_by_task(verdicts: Sequence[SampleVerdict]) -> dict[str, list[bool]]:
@@ -208,28 +96,6 @@ def append_eval_events(run_dir: Path, results: EvalResults) -> None:
             )
     finally:
         writer.close()
-
-
-def make_sandbox(
-    require_tier: str | None, slots: int | None, timeout_s: float | None = None, memory_mb: int | None = None
-) -> Sandbox:
-    """A sandbox with the given limits (defaults: `Limits()`)."""
-    tier = Tier[require_tier.upper()] if require_tier else None
-    if timeout_s is not None and not timeout_s > 0:
-        raise StudioError(f"--timeout must be a positive number of seconds, got {timeout_s}")
-    if memory_mb is not None and memory_mb < 64:
-        raise StudioError(
-            f"--memory must be at least 64 MiB (an interpreter needs that much), got {memory_mb}"
-        )
-    base = Limits()
-    limits = Limits(timeout_s=timeout_s or base.timeout_s, memory_mb=memory_mb or base.memory_mb)
-    return Sandbox(require_tier=tier, slots=slots, limits=limits)
-
-
-def limits_of(sandbox: Sandbox) -> dict[str, Any]:
-    """The limits a result was judged under, for its protocol."""
-    lim = sandbox.limits
-    return {"timeout_s": lim.timeout_s, "memory_mb": lim.memory_mb, "max_output_bytes": lim.max_output_bytes}
 
 
 @dataclass(frozen=True)
@@ -416,121 +282,3 @@ def evaluate_samples(
     sampling = {"source": str(path)}
     limits = limits_of(sandbox)
     return write_outputs(out_dir, bench, verdicts, ks, sampling, "external", limits), out_dir
-
-
-def label_file(
-    path: Path,
-    out: Path,
-    *,
-    model: Path | None = None,
-    n: int = 4,
-    temperature: float = 0.8,
-    max_new_tokens: int = 256,
-    require_tier: str | None = None,
-    slots: int | None = None,
-    progress: Progress | None = None,
-) -> dict[str, int]:
-    """`wmtp label`: write `is_correct` for every (prompt, completion) by running its tests in the sandbox.
-
-    Input JSONL lines need `prompt` and `tests` (assert strings); `completion` is optional when `model` is given,
-    which samples `n` candidates per distinct prompt at `temperature` and adds them as rows (the verifiable
-    rewards of critic-wmtp need incorrect candidates too). Program = prompt + completion + tests.
-    An MBPP file (task_id, text, code, test_list) is labelled on its train split instead: candidates are sampled
-    after the evaluation's 3-shot prompt, judged as MBPP programs, and written back as MBPP records (`code` =
-    the candidate) with `is_correct`, the one data file of the mbpp-1b recipes.
-    """
-    rows: list[dict[str, Any]] = []
-    records = read_records(path)
-    if records and is_mbpp_record(records[0][1]):
-        rows, records = mbpp_label_rows(path), []
-    for where, rec in records:
-        if (
-            not isinstance(rec.get("prompt"), str)
-            or not isinstance(rec.get("tests"), list)
-            or not rec["tests"]
-        ):
-            raise StudioError(f"{path} {where}: needs a string `prompt` and a non-empty list `tests`")
-        if "completion" in rec and not isinstance(rec["completion"], str):
-            raise StudioError(f"{path} {where}: `completion` must be a string")
-        rows.append(rec)
-    if model is not None:
-        stop = MBPP_STOP if rows and MBPP_ROW in rows[0] else None
-        rows += _sample_candidates(rows, model, n, temperature, max_new_tokens, progress, stop)
-    rows = [r for r in rows if "completion" in r]
-    if not rows:
-        raise StudioError(f"{path}: no completions to label (give completions or --model to sample them)")
-    programs = [
-        mbpp_program(r[MBPP_ROW], r["completion"])
-        if MBPP_ROW in r
-        else r["prompt"] + r["completion"] + "\n" + "\n".join(r["tests"]) + "\n"
-        for r in rows
-    ]
-    # where the benchmark's own asserts start: only they are instrumented
-    starts = [
-        len(prog) - len("\n".join(r[MBPP_ROW]["test_list"] if MBPP_ROW in r else r["tests"]) + "\n")
-        for prog, r in zip(programs, rows, strict=True)
-    ]
-    with make_sandbox(require_tier, slots) as sandbox:
-        results = sandbox.run_many(programs, tests_from=starts)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    with open(tmp, "w") as fh:
-        for r, res in zip(rows, results, strict=True):
-            fh.write(
-                json.dumps(
-                    {
-                        **mbpp_label_record(r),
-                        "is_correct": int(res.passed),
-                        "label_status": res.status,
-                        "label_tier": res.tier.name.lower(),
-                    }
-                )
-                + "\n"
-            )
-    tmp.replace(out)
-    return {"rows": len(rows), "correct": sum(r.passed for r in results)}
-
-
-def _sample_candidates(
-    rows: list[dict[str, Any]],
-    model_path: Path,
-    n: int,
-    temperature: float,
-    max_new_tokens: int,
-    progress: Progress | None,
-    stop: Sequence[str] | None = None,
-) -> list[dict[str, Any]]:
-    from transformers import AutoTokenizer
-
-    from wmtp_studio.evaluate.generate import SamplingConfig, generate
-    from wmtp_studio.train.model import generation_budget, load_mtp, quiet_transformers
-
-    quiet_transformers()
-    model_dir, _ = resolve_model_dir(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_mtp(model_dir).eval()
-    max_new_tokens = generation_budget(model, max_new_tokens)
-    prompts = {r["prompt"]: r for r in rows}
-    ids = {f"p{i}": p for i, p in enumerate(prompts)}
-    cfg = SamplingConfig(
-        n=n,
-        temperature=temperature,
-        top_p=0.95,
-        max_new_tokens=max_new_tokens,
-        stop=tuple(stop) if stop else ("\ndef ", "\nclass ", "\nif __name__", "\nprint(", "\n#"),
-    )
-    samples = generate(
-        model,
-        tokenizer,
-        list(ids.items()),
-        cfg,
-        progress=(lambda k: progress("generate", k, len(ids) * n)) if progress else None,
-    )
-    extra = []
-    for s in samples:
-        base = prompts[ids[s.prompt_id]]
-        extra.append(
-            {k: v for k, v in base.items() if k not in ("completion", "is_correct")}
-            | {"completion": s.text, "source": f"sampled:{model_dir}"}
-        )
-    return extra

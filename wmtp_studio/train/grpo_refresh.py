@@ -120,7 +120,7 @@ def program(example: Example, mbpp: bool) -> tuple[str, int]:
 
 def judge(examples: list[Example], recipe: Recipe) -> list[Example]:
     """Each completion labelled is_correct by running its program in the sandbox (the recipe's eval limits)."""
-    from wmtp_studio.evaluate.run import make_sandbox
+    from wmtp_studio.evaluate.judging import make_sandbox
 
     if not examples:  # a process with no share (fewer slices than processes)
         return []
