@@ -99,16 +99,11 @@ def _sample_candidates(
     progress: Progress | None,
     stop: Sequence[str] | None = None,
 ) -> list[dict[str, Any]]:
-    from transformers import AutoTokenizer
-
     from wmtp_studio.evaluate.generate import SamplingConfig, generate
-    from wmtp_studio.train.model import generation_budget, load_mtp, quiet_transformers
+    from wmtp_studio.train.model import load_for_generation
 
-    quiet_transformers()
     model_dir, _ = resolve_model_dir(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_mtp(model_dir).eval()
-    max_new_tokens = generation_budget(model, max_new_tokens)
+    model, tokenizer, max_new_tokens = load_for_generation(model_dir, max_new_tokens)
     prompts = {r["prompt"]: r for r in rows}
     ids = {f"p{i}": p for i, p in enumerate(prompts)}
     cfg = SamplingConfig(

@@ -91,17 +91,12 @@ def evaluate_lm(
     max_new_tokens: int = 64,
 ) -> dict[str, Any]:
     """Held-out LM metrics plus greedy and self-speculative decoding speed (tokens/s, batch 1, KV cache)."""
-    from transformers import AutoTokenizer
-
     from wmtp_studio.evaluate.generate import greedy_decode, self_speculative_decode
     from wmtp_studio.evaluate.model_files import resolve_model_dir
-    from wmtp_studio.train.model import generation_budget, load_mtp, quiet_transformers
+    from wmtp_studio.train.model import load_for_generation
 
-    quiet_transformers()
     model_dir, _ = resolve_model_dir(model_path)
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_mtp(model_dir).eval()
-    max_new_tokens = generation_budget(model, max_new_tokens)
+    model, tokenizer, max_new_tokens = load_for_generation(model_dir, max_new_tokens)
     examples, loss_on = heldout_examples(spec, limit)
     results: dict[str, Any] = {
         "model": str(model_dir),

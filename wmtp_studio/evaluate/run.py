@@ -152,15 +152,10 @@ def evaluate_model(req: EvalRequest, progress: Progress | None = None) -> tuple[
     bench = load_benchmark(benchmark_for_run(req.benchmark, run_dir), limit=req.limit)
     # refuses early when the tier is not available
     sandbox = make_sandbox(req.require_tier, req.slots, req.timeout_s or bench.timeout_s, req.memory_mb)
-    from transformers import AutoTokenizer
-
     from wmtp_studio.evaluate.generate import SamplingConfig, generate
-    from wmtp_studio.train.model import generation_budget, load_mtp, quiet_transformers
+    from wmtp_studio.train.model import load_for_generation
 
-    quiet_transformers()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    model = load_mtp(model_dir).eval()
-    max_new = generation_budget(model, req.max_new_tokens)
+    model, tokenizer, max_new = load_for_generation(model_dir, req.max_new_tokens)
     total = len(bench.tasks) * req.n
     samples = []
     groups: dict[tuple[str, ...], list[Task]] = {}  # tasks may carry their own stop sequences

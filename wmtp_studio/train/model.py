@@ -378,3 +378,14 @@ def generation_budget(model: MTPModel, requested: int) -> int:
     """New tokens that fit beside a prompt: at most half of the model's positions (its max_position_embeddings)."""
     room = getattr(model.hf.config, "max_position_embeddings", None)
     return min(requested, room // 2) if isinstance(room, int) else requested
+
+
+def load_for_generation(model_dir: Path, max_new_tokens: int) -> tuple[MTPModel, Any, int]:
+    """What the evaluator samples with: the model in eval mode, its tokenizer (transformers' warnings quiet) and
+    `max_new_tokens` capped by `generation_budget`."""
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = load_mtp(model_dir).eval()
+    return model, tokenizer, generation_budget(model, max_new_tokens)
