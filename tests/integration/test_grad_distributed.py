@@ -29,7 +29,7 @@ def _rank(rank: int, out: str) -> None:
         model, full = tiny(), batch_of_8()
         mine = [rows(full, 4 * rank, 4 * rank + 4)]
         scores = grad_step_scores(
-            recipe(), model, mine, None, _all_reduce, CPU
+            recipe(), model, mine, None, _all_reduce, 2, CPU
         )  # the first step's statistics
         assert scores is not None
         torch.save(scores.ema, f"{out}/rank{rank}.pt")

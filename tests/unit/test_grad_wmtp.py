@@ -126,16 +126,16 @@ def step(
     r = recipe(f"algorithm.score={score}", *more)
     model.zero_grad(set_to_none=True)
     dens = [float(sum(int(head_mask(b.token_mask, b.segment_ids, k).sum()) for b in micro)) for k in range(3)]
-    scores = grad_step_scores(r, model, micro, ema, total, CPU)
+    scores = grad_step_scores(r, model, micro, ema, total, 1, CPU)
     assert isinstance(scores, GradScores)
     loss = 0.0
-    for b in micro:
+    for i, b in enumerate(micro):
         trunk = model.trunk(b.input_ids, b.segment_ids)
-        wf, extra = algorithm_hooks(r, b, trunk, None, None, StepDiagnostics(), 1.0, scores=scores)
+        wf, extra = algorithm_hooks(r, b, trunk, None, None, StepDiagnostics(), 1.0, scores=(scores, i))
         assert extra is None
         out = forward_backward(
             model, trunk, b.input_ids, b.token_mask, b.segment_ids, wf, [1.0, 0.5, 0.25], dens,
-            score_for=scores.score_for, naive=naive, ce_chunk=chunk,
+            score_for=scores.score_fn, naive=naive, ce_chunk=chunk,
         )  # fmt: skip
         loss += float(out.loss)
     grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
@@ -187,7 +187,7 @@ def test_per_head_backward_equals_naive(score: str) -> None:
     assert ema_seq == ema_nai
     # The weights really differ from 1 (else this would compare plain MTP with itself).
     r = recipe(f"algorithm.score={score}")
-    scores = grad_step_scores(r, model, [b], ema, total, CPU)
+    scores = grad_step_scores(r, model, [b], ema, total, 1, CPU)
     assert scores is not None
     trunk = model.trunk(b.input_ids)
     m = head_mask(b.token_mask, b.segment_ids, 1)
@@ -215,13 +215,35 @@ def test_first_step_statistics_and_accumulation_independence() -> None:
     assert loss_two == pytest.approx(loss_one, rel=1e-6)
     for name in g_one:
         assert_close(g_two[name], g_one[name], atol=2e-6, rtol=1e-5, msg=name)
-    # With mean_one (the default) each micro-batch rescales its own weights to mean 1, as critic-wmtp does:
-    # the statistics still agree, the loss only up to the ratio of the halves' weight means.
-    _, l1, e1 = step(model, [full], "logit", False, ema_one)
-    _, l2, e2 = step(model, halves, "logit", False, ema_one)
+    # With mean_one (the default) the halves are scored before the step and their weights divided by the mean
+    # over both, as critic-wmtp's and grpo-wmtp's: the same loss and gradients again (each half rescaled to its
+    # own mean, the loss differed by 3.7e-4).
+    g1, l1, e1 = step(model, [full], "logit", False, ema_one)
+    g2, l2, e2 = step(model, halves, "logit", False, ema_one)
     for a, b in zip(e1, e2, strict=True):
         assert a == pytest.approx(b, rel=1e-5)
-    assert l2 == pytest.approx(l1, rel=1e-2) and l2 != pytest.approx(l1, rel=1e-6)
+    assert l2 == pytest.approx(l1, rel=1e-6)
+    for name in g1:
+        assert_close(g2[name], g1[name], atol=2e-6, rtol=1e-5, msg=name)
+    # The weights: mean 1 over the step's valid entries of each head, not over each half's.
+    scores = grad_step_scores(recipe(), model, halves, ema_one, total, 1, CPU)
+    assert scores is not None and scores.score_fn is None  # scored already: the training pass does not score
+    for k in range(3):
+        ms = [head_mask(h.token_mask, h.segment_ids, k) for h in halves]
+        ws = [scores.weights(i).before_ce(k, m) for i, m in enumerate(ms)]  # type: ignore[union-attr]
+        means = [float(w[m].mean()) for w, m in zip(ws, ms, strict=True)]
+        assert float(torch.cat([w[m] for w, m in zip(ws, ms, strict=True)]).mean()) == pytest.approx(
+            1.0, abs=1e-6
+        )
+        assert abs(means[0] - 1.0) > 1e-4, means  # the halves' own means are not 1
+    # mean_one_over: micro-batch rescales each half to its own mean, scored in the pass that trains on it: the
+    # loss differs by the ratio of the halves' weight means (no extra forward).
+    _, l3, e3 = step(model, halves, "logit", False, ema_one, "algorithm.mean_one_over=micro-batch")
+    for a, b in zip(e1, e3, strict=True):
+        assert a == pytest.approx(b, rel=1e-5)
+    assert l3 == pytest.approx(l1, rel=1e-3) and l3 != pytest.approx(l1, rel=1e-5)
+    r = recipe("algorithm.mean_one_over=micro-batch")
+    assert grad_step_scores(r, model, halves, ema_one, total, 1, CPU).score_fn is not None  # type: ignore[union-attr]
 
 
 def test_mlflow_params_carry_the_grad_section() -> None:
@@ -236,6 +258,7 @@ def test_mlflow_params_carry_the_grad_section() -> None:
         "algorithm.w_max": "5.0",
         "algorithm.norm": "zscore",
         "algorithm.mean_one": "True",
+        "algorithm.mean_one_over": "step",
     }
 
 

@@ -84,7 +84,7 @@ def algorithm_hooks(
     critic: tuple[CriticStep, int] | None = None,
     grpo: list[StepStats] | None = None,
     selection: Rho1Selection | None = None,
-    scores: GradScores | None = None,
+    scores: tuple[GradScores, int] | None = None,
 ) -> tuple[WeightFn, ExtraLossFn | None]:
     """Weights function and extra loss of one micro-batch; `value_count` divides the value loss's squared errors:
     the step's value entries over every micro-batch and process (`value_entries`), so that the value losses summed
@@ -93,7 +93,7 @@ def algorithm_hooks(
     `value_rows`: critic rows seen by the value loss only. `critic`: the step's TD errors and statistics and this
     micro-batch's index in it (`critic_step`). `grpo`: grpo's weight statistics over the whole step (`grpo_step`).
     `selection`: rho1 select chosen over the whole step.
-    `scores`: grad-wmtp's running statistics and step sums (`grad_step_scores`).
+    `scores`: grad-wmtp's running statistics and step sums (`grad_step_scores`), and this micro-batch's index.
     """
     algo = recipe.algorithm
     match algo:
@@ -113,7 +113,7 @@ def algorithm_hooks(
             return _rho1_weights_fn(algo, ref_ce, diag, selection), None
         case GradConfig():
             assert scores is not None, "grad-wmtp needs the step's running statistics"
-            return scores.weights(), None
+            return scores[0].weights(scores[1]), None
         case GRPOConfig():
             return _grpo_weights_fn(algo, batch, diag, grpo), None
     raise AssertionError(f"unhandled algorithm {algo}")

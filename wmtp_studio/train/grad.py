@@ -1,6 +1,11 @@
 """grad-wmtp over one optimiser step (formulas: weights.py): the running statistics of the gradient-norm scores
 its weights read, initialised from the first step's own scores, and the sums that update them once a step is
-done. `GradScores.weights` is the loss's `EntryWeights` (loss.py), whole heads or chunk by chunk.
+done. One micro-batch in one process: `GradScores.weights` is the loss's `EntryWeights` (loss.py), which scores
+whole heads or chunk by chunk in the pass that trains on them. A step of several micro-batches or processes scores
+them all first (one pass without gradients), so that the mean-one rescale divides by the mean over the whole step,
+as critic's and grpo's do (METHOD.md, Fair comparison): grad_accum 2 x batch 4 (or 2 processes x batch 4) weighs
+each token as one batch of 8 does. Its weights are then known before the pass (`GradScores.weights`).
+`mean_one_over: micro-batch` keeps each micro-batch's own mean instead, without that pass.
 """
 
 from __future__ import annotations
@@ -15,9 +20,16 @@ from torch import Tensor
 from wmtp_studio.recipe import Recipe
 from wmtp_studio.recipe_algorithms import GradConfig
 from wmtp_studio.train.data import Batch
-from wmtp_studio.train.loss import EntryWeights, head_mask, head_scores, head_targets
+from wmtp_studio.train.loss import EntryWeights, ScoreFn, UpFrontWeights, head_mask, head_scores, head_targets
 from wmtp_studio.train.model import MTPModel
-from wmtp_studio.train.weights import ema_update, grad_scores, grad_weights, masked_mean, score_sums
+from wmtp_studio.train.weights import (
+    ema_update,
+    grad_scores,
+    grad_weights,
+    masked_mean,
+    rescale_mean_one,
+    score_sums,
+)
 
 
 @dataclass
@@ -30,6 +42,15 @@ class GradScores:
     ema: list[tuple[float, float] | None]
     stats: Tensor  # (n, 2) per head (mu, sigma) on the device; (0, 0) without history: z = 0
     sums: Tensor  # (n, 3) per head (N, sum s, sum s^2) of this step's valid scores, this process
+    # scored before the step (several micro-batches or processes, `mean_one`): per micro-batch, per head the scores
+    # (B, S), and per head the mean of the clipped weights over the step's valid entries, every process
+    before: list[list[Tensor]] | None = None
+    w_mean: list[float] | None = None
+
+    @property
+    def score_fn(self) -> ScoreFn | None:
+        """What `forward_backward` scores the heads with in the pass that trains on them: None once scored."""
+        return None if self.before is not None else self.score_for
 
     def score_for(self, _k: int, logits: Tensor, targets: Tensor, w_out: Tensor) -> Tensor:
         """loss.ScoreFn; `w_out` (V, D): the unembedding weight, which `score: hidden` reads."""
@@ -56,9 +77,14 @@ class GradScores:
         self.sums[k] += score_sums(score, m)
         return masked_mean(u, m) if self.algo.mean_one else torch.ones((), device=u.device)
 
-    def weights(self) -> EntryWeights:
-        """loss.EntryWeights: `weights_for` on a whole head, or chunk by chunk under `train.ce_chunk`."""
-        return EntryWeights(self.algo.score, self.weights_for, self.entry, self.divisor)
+    def weights(self, i: int) -> EntryWeights | UpFrontWeights:
+        """Micro-batch i's weights: from the scores made before the step, rescaled by the step's mean
+        (`before`); else loss.EntryWeights, `weights_for` on a whole head or chunk by chunk (`train.ce_chunk`)."""
+        if self.before is None:
+            return EntryWeights(self.algo.score, self.weights_for, self.entry, self.divisor)
+        scores, w_mean = self.before[i], self.w_mean
+        assert w_mean is not None
+        return UpFrontWeights(lambda k, m: rescale_mean_one(self.entry(k, scores[k], m), m, w_mean[k]))
 
     def updated(self, step_sums: list[float]) -> list[tuple[float, float] | None]:
         """The running statistics after this step; `step_sums`: `sums` flattened and summed over processes."""
@@ -75,11 +101,14 @@ def grad_step_scores(
     micro: list[Batch],
     ema: list[tuple[float, float] | None] | None,
     reduce: Callable[[Tensor], list[float]],
+    world: int,
     device: torch.device,
 ) -> GradScores | None:
     """grad-wmtp's state for one step (None for the other algorithms). `ema`: the running statistics so far, None
     before the first step: then the step's own statistics, summed over its micro-batches and (`reduce`) processes
-    in a pass without gradients, initialise them (weights.py)."""
+    in a pass without gradients, initialise them (weights.py). With `mean_one` over the step (`mean_one_over`) and
+    several micro-batches or processes, that pass runs every step and keeps the scores, and the clipped weights'
+    mean over the step is taken from them (one trunk and unembedding forward per micro-batch, without gradients)."""
     algo = recipe.algorithm
     if not isinstance(algo, GradConfig):
         return None
@@ -87,18 +116,39 @@ def grad_step_scores(
     scores = GradScores(
         algo, [None] * n, torch.zeros(n, 2), torch.zeros(n, 3, dtype=torch.float64, device=device)
     )
-    if ema is None:
+    step_wide = algo.mean_one and algo.mean_one_over == "step" and (len(micro) > 1 or world > 1)
+    before: list[list[Tensor]] = []
+    masks: list[list[Tensor]] = []
+    if ema is None or step_wide:
         for cpu_batch in micro:
             b = cpu_batch.to(device)
             trunk = model.trunk(b.input_ids, b.segment_ids)
+            heads = [head_mask(b.token_mask, b.segment_ids, k) for k in range(n)]
+            made = [
+                head_scores(
+                    model, k, trunk, head_targets(b.input_ids, k), scores.score_for, recipe.train.ce_chunk
+                )
+                for k in range(n)
+            ]
             for k in range(n):
-                targets = head_targets(b.input_ids, k)
-                score = head_scores(model, k, trunk, targets, scores.score_for, recipe.train.ce_chunk)
-                scores.sums[k] += score_sums(score, head_mask(b.token_mask, b.segment_ids, k))
+                scores.sums[k] += score_sums(made[k], heads[k])
+            before.append(made)
+            masks.append(heads)
+    if ema is None:
         ema = scores.updated(reduce(scores.sums.flatten()))
-        scores.sums.zero_()
+        if not step_wide:  # the pass that trains on them adds them again
+            scores.sums.zero_()
     scores.ema = list(ema)
     scores.stats = torch.tensor(
         [(e[0], math.sqrt(e[1])) if e is not None else (0.0, 0.0) for e in ema], device=device
     )
+    if step_wide:
+        u = torch.zeros(n, 2, dtype=torch.float64, device=device)  # per head (sum of clipped weights, count)
+        for made, heads in zip(before, masks, strict=True):
+            for k in range(n):
+                u[k, 0] += scores.entry(k, made[k], heads[k]).double().sum()
+                u[k, 1] += heads[k].double().sum()
+        total = reduce(u.flatten())
+        scores.before = before
+        scores.w_mean = [max(total[2 * k] / max(total[2 * k + 1], 1.0), 1e-30) for k in range(n)]
     return scores

@@ -175,7 +175,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
     with s.accel.autocast():  # rho1 select: the kept tokens are chosen over the whole step first
         selection = rho1_step_selection(s.recipe, s.model, micro, s.reference, s.world, s.accel.device)
         scores = grad_step_scores(  # grad-wmtp: running score statistics (the first step's, computed first)
-            s.recipe, s.model, micro, state.score_ema, lambda v: reduce_sum(s, v), s.accel.device
+            s.recipe, s.model, micro, state.score_ema, lambda v: reduce_sum(s, v), s.world, s.accel.device
         )
         critic = critic_step(  # critic: TD errors and weight statistics of the whole step
             s.recipe, s.model, s.value_head, micro, lambda v: reduce_sum(s, v), s.world, s.accel.device
@@ -197,7 +197,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
                 critic=(critic, i) if critic else None,
                 grpo=grpo,
                 selection=selection[i] if selection else None,
-                scores=scores,
+                scores=(scores, i) if scores else None,
             )
             stats = forward_backward(
                 s.model,
@@ -209,7 +209,7 @@ def train_step(s: Setup, state: State, detail: bool, stop_requested: bool) -> St
                 s.recipe.head_coefficients,
                 denominators,
                 extra_loss=extra,
-                score_for=scores.score_for if scores else None,
+                score_for=scores.score_fn if scores else None,
                 naive=cfg.naive_loss,
                 detail=detail and i == 0,
                 ce_chunk=cfg.ce_chunk,

@@ -19,9 +19,9 @@ with N, mean and (population) variance of the step's valid scores over every mic
 Step 1 has no history: its statistics come from a pass without gradients over the step first, and they are
 the EMA's initial value (mu_k = mean, sigma_k^2 = var). Reducing sums over the whole step makes the EMA, and so
 the clipped weights, independent of gradient accumulation and process count; the mean-1 rescale (`mean_one`) is
-over each micro-batch's valid entries on each process (unlike critic-wmtp's and grpo-wmtp's, whose signals are
-known before the step: a step-wide one here would need every micro-batch's logits before the first backward, one
-more forward pass per step). A head with no valid entry in a step keeps its EMA; sigma_k ~ 0 gives z = 0 (w = 1
+over the whole step's valid entries too, from scores made in a pass without gradients before the step when it has
+several micro-batches or processes (grad.py; `mean_one_over: micro-batch`: over each micro-batch's on each
+process, without that pass). A head with no valid entry in a step keeps its EMA; sigma_k ~ 0 gives z = 0 (w = 1
 before clipping), as `zscore` does. A skipped (non-finite) step leaves the EMA as it was.
 """
 
