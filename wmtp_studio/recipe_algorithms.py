@@ -136,9 +136,9 @@ class GradConfig(Section):
     """Rescale each head's weights to mean 1 over valid entries."""
     mean_one_over: Literal["step", "micro-batch"] = "step"
     """Where that mean is taken. `step`: over every micro-batch and process, so that grad_accum and the process
-    count do not change the weights (as critic's and grpo's); with several of them the step scores them all first,
-    one forward without gradients per micro-batch (1.33x the step's matmul FLOPs). `micro-batch`: each
-    micro-batch's own on each process, scored in the pass that trains on it (no extra forward)."""
+    count do not change the weights (as critic's and grpo's): one micro-batch per process all-reduces each head's
+    mean in the pass; with grad_accum > 1 the step scores its micro-batches first, one forward without gradients
+    each (1.33x the step's matmul FLOPs). `micro-batch`: each micro-batch's own on each process (no extra forward)."""
 
     @model_validator(mode="after")
     def _clip_range(self) -> GradConfig:

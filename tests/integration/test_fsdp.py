@@ -48,6 +48,8 @@ ALGORITHMS = {
     "ntp": ("tiny-ntp.yaml", ()),
     "baseline-mtp": ("tiny-baseline-mtp.yaml", ("train.ce_chunk=8",)),
     "grad-wmtp": ("tiny-grad-wmtp.yaml", ("algorithm.score=hidden", "train.ce_chunk=8")),
+    # one micro-batch per process: the mean-one rescale's mean is all-reduced head by head inside the pass
+    "grad-wmtp-accum1": ("tiny-grad-wmtp.yaml", ("train.grad_accum=1",)),
     "critic-wmtp": ("tiny-critic-wmtp.yaml", ("algorithm.stage1.steps=3", "algorithm.stage1.eval_every=3")),
     "rho1-wmtp": ("tiny-rho1-wmtp.yaml", ()),  # select, across both processes
 }

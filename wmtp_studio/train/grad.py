@@ -1,11 +1,11 @@
 """grad-wmtp over one optimiser step (formulas: weights.py): the running statistics of the gradient-norm scores
 its weights read, initialised from the first step's own scores, and the sums that update them once a step is
-done. One micro-batch in one process: `GradScores.weights` is the loss's `EntryWeights` (loss.py), which scores
-whole heads or chunk by chunk in the pass that trains on them. A step of several micro-batches or processes scores
-them all first (one pass without gradients), so that the mean-one rescale divides by the mean over the whole step,
-as critic's and grpo's do (METHOD.md, Fair comparison): grad_accum 2 x batch 4 (or 2 processes x batch 4) weighs
-each token as one batch of 8 does. Its weights are then known before the pass (`GradScores.weights`).
-`mean_one_over: micro-batch` keeps each micro-batch's own mean instead, without that pass.
+done. `GradScores.weights` is the loss's `EntryWeights` (loss.py), which scores whole heads or chunk by chunk in
+the pass that trains on them. The mean-one rescale divides by the mean over the whole step, as critic's and grpo's
+do (METHOD.md, Fair comparison), so that grad_accum 2 x batch 4 (or 2 processes x batch 4) weighs each token as one
+batch of 8 does: with one micro-batch per process, each head's mean is all-reduced in that pass before its backward;
+a step of several micro-batches scores them all first (one pass without gradients), and its weights are then known
+before the pass (`UpFrontWeights`). `mean_one_over: micro-batch` keeps each micro-batch's own mean on each process.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 from torch import Tensor
 
 from wmtp_studio.recipe import Recipe
@@ -46,6 +47,8 @@ class GradScores:
     # (B, S), and per head the mean of the clipped weights over the step's valid entries, every process
     before: list[list[Tensor]] | None = None
     w_mean: list[float] | None = None
+    # one micro-batch in each of several processes: each head's mean is all-reduced in the pass instead
+    across: bool = False
 
     @property
     def score_fn(self) -> ScoreFn | None:
@@ -57,25 +60,29 @@ class GradScores:
         return grad_scores(logits, targets, w_out if self.algo.score == "hidden" else None)
 
     def weights_for(self, k: int, score: Tensor, m: Tensor) -> Tensor:
-        self.sums[k] += score_sums(score, m)
-        return self._weights(k, score, m, self.algo.mean_one)
+        u = self.entry(k, score, m)
+        return rescale_mean_one(u, m, self.divisor(k, score, m, u))
 
     def entry(self, k: int, score: Tensor, m: Tensor) -> Tensor:
         """The clipped weights before the mean-one rescale (B, c): each entry's from its own score."""
-        return self._weights(k, score, m, False)
-
-    def _weights(self, k: int, score: Tensor, m: Tensor, mean_one: bool) -> Tensor:
         a = self.algo
         mu, sigma = self.stats[k, 0], self.stats[k, 1]
         return grad_weights(
-            score, m, mu, sigma, beta=a.beta, w_min=a.w_min, w_max=a.w_max, norm=a.norm, mean_one=mean_one
+            score, m, mu, sigma, beta=a.beta, w_min=a.w_min, w_max=a.w_max, norm=a.norm, mean_one=False
         )
 
     def divisor(self, k: int, score: Tensor, m: Tensor, u: Tensor) -> Tensor:
-        """The mean-one rescale's divisor of head k's clipped weights u (1 without `mean_one`); adds the scores
-        to the step's sums, as `weights_for` does."""
+        """The mean-one rescale's divisor of head k's clipped weights u (1 without `mean_one`): their mean over
+        the valid entries, of every process with `across` (one small all-reduce per head, in head order on every
+        process). Adds the scores to the step's sums."""
         self.sums[k] += score_sums(score, m)
-        return masked_mean(u, m) if self.algo.mean_one else torch.ones((), device=u.device)
+        if not self.algo.mean_one:
+            return torch.ones((), device=u.device)
+        if not self.across:
+            return masked_mean(u, m)
+        total = torch.stack([(u.double() * m).sum(), m.double().sum()])
+        dist.all_reduce(total)
+        return (total[0] / total[1].clamp(min=1)).clamp(min=1e-30).to(u.dtype)
 
     def weights(self, i: int) -> EntryWeights | UpFrontWeights:
         """Micro-batch i's weights: from the scores made before the step, rescaled by the step's mean
@@ -107,8 +114,9 @@ def grad_step_scores(
     """grad-wmtp's state for one step (None for the other algorithms). `ema`: the running statistics so far, None
     before the first step: then the step's own statistics, summed over its micro-batches and (`reduce`) processes
     in a pass without gradients, initialise them (weights.py). With `mean_one` over the step (`mean_one_over`) and
-    several micro-batches or processes, that pass runs every step and keeps the scores, and the clipped weights'
-    mean over the step is taken from them (one trunk and unembedding forward per micro-batch, without gradients)."""
+    several micro-batches, that pass runs every step and keeps the scores, and the clipped weights' mean over the
+    step is taken from them (one trunk and unembedding forward per micro-batch, without gradients); with one
+    micro-batch on each of several processes, the pass that trains all-reduces each head's mean (`across`)."""
     algo = recipe.algorithm
     if not isinstance(algo, GradConfig):
         return None
@@ -116,7 +124,9 @@ def grad_step_scores(
     scores = GradScores(
         algo, [None] * n, torch.zeros(n, 2), torch.zeros(n, 3, dtype=torch.float64, device=device)
     )
-    step_wide = algo.mean_one and algo.mean_one_over == "step" and (len(micro) > 1 or world > 1)
+    over_step = algo.mean_one and algo.mean_one_over == "step"
+    step_wide = over_step and len(micro) > 1
+    scores.across = over_step and len(micro) == 1 and world > 1
     before: list[list[Tensor]] = []
     masks: list[list[Tensor]] = []
     if ema is None or step_wide:
