@@ -24,11 +24,11 @@ from pathlib import Path
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from safetensors.torch import load_file
 from torch.distributed.tensor import DTensor
 
 from tests.integration.conftest import lines, make_run, train_losses
+from tests.integration.ranks import run_ranks
 from wmtp_studio.train.fsdp import shard
 from wmtp_studio.train.loop import train
 from wmtp_studio.train.loss import forward_backward
@@ -218,24 +218,19 @@ def _loss_and_grads(
     return float(stats.loss), {n: g.full_tensor() if isinstance(g, DTensor) else g for n, g in grads.items()}
 
 
-def _shard_rank(rank: int, out: str, port: int) -> None:
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        results = {}
-        for name, naive, bf16, chunk, scored in CASES:
-            model = _tiny()
-            shard(model, bf16)
-            loss, grads = _loss_and_grads(model, slice(2 * rank, 2 * rank + 2), naive, chunk, scored)
-            total = torch.tensor([loss])
-            dist.all_reduce(total)
-            results[name] = (float(total), grads)
-            assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 is the compute copy only
-        if rank == 0:
-            torch.save(results, out)
-    finally:
-        dist.destroy_process_group()
+def _shard_rank(rank: int, out: str) -> None:
+    torch.set_num_threads(1)
+    results = {}
+    for name, naive, bf16, chunk, scored in CASES:
+        model = _tiny()
+        shard(model, bf16)
+        loss, grads = _loss_and_grads(model, slice(2 * rank, 2 * rank + 2), naive, chunk, scored)
+        total = torch.tensor([loss])
+        dist.all_reduce(total)
+        results[name] = (float(total), grads)
+        assert all(p.dtype == torch.float32 for p in model.parameters())  # bf16 is the compute copy only
+    if rank == 0:
+        torch.save(results, out)
 
 
 def test_fsdp_units_sum_gradients_in_fp32_and_in_bf16(tmp_path: Path) -> None:
@@ -245,7 +240,7 @@ def test_fsdp_units_sum_gradients_in_fp32_and_in_bf16(tmp_path: Path) -> None:
     gathered root call: the chunked CE (chunks of 5, 5, 5, 1 positions) and grad-wmtp's hidden score, chunked and
     whole. bf16 FSDP on a GPU: tests/gpu/test_fsdp_cuda.py."""
     torch.set_num_threads(1)
-    mp.spawn(_shard_rank, args=(str(tmp_path / "out.pt"), free_port()), nprocs=2, join=True)
+    run_ranks(_shard_rank, str(tmp_path / "out.pt"))
     results = torch.load(tmp_path / "out.pt", weights_only=False)
     for name, _naive, bf16, chunk, scored in CASES:
         want_loss, want = _loss_and_grads(_tiny(), slice(0, 4), False, chunk, scored)  # one process

@@ -3,14 +3,13 @@ the statistics of one batch of 8 (the step's score sums are reduced over every p
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from tests.integration.ranks import run_ranks
 from tests.unit.test_grad_wmtp import CPU, batch_of_8, recipe, rows, step, tiny
 
 
@@ -21,25 +20,18 @@ def _all_reduce(v: torch.Tensor) -> list[float]:
 
 
 def _rank(rank: int, out: str) -> None:
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29547"}
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        from wmtp_studio.train.grad import grad_step_scores
+    from wmtp_studio.train.grad import grad_step_scores
 
-        model, full = tiny(), batch_of_8()
-        mine = [rows(full, 4 * rank, 4 * rank + 4)]
-        scores = grad_step_scores(
-            recipe(), model, mine, None, _all_reduce, 2, CPU
-        )  # the first step's statistics
-        assert scores is not None
-        torch.save(scores.ema, f"{out}/rank{rank}.pt")
-    finally:
-        dist.destroy_process_group()
+    model, full = tiny(), batch_of_8()
+    mine = [rows(full, 4 * rank, 4 * rank + 4)]
+    scores = grad_step_scores(recipe(), model, mine, None, _all_reduce, 2, CPU)  # the first step's statistics
+    assert scores is not None
+    torch.save(scores.ema, f"{out}/rank{rank}.pt")
 
 
 def test_two_gloo_ranks_start_from_the_statistics_of_one_batch_of_8(tmp_path: Path) -> None:
     torch.set_num_threads(1)
-    mp.spawn(_rank, args=(str(tmp_path),), nprocs=2, join=True)
+    run_ranks(_rank, str(tmp_path))
     parts = [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert parts[0] == parts[1]  # every rank holds the same running statistics
     _, _, one = step(tiny(), [batch_of_8()], "logit", False, None)  # one process, the whole batch
@@ -50,39 +42,34 @@ def test_two_gloo_ranks_start_from_the_statistics_of_one_batch_of_8(tmp_path: Pa
 def _one_micro_batch_each(rank: int, out: str, first: list) -> None:  # type: ignore[type-arg]
     """One micro-batch of 4 rows on each of two ranks, whole heads and chunked: loss, summed gradients and the
     updated statistics, as train_step makes them (global denominators, gradients summed over processes)."""
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29548"}
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
-        from wmtp_studio.train.grad import grad_step_scores
-        from wmtp_studio.train.loss import forward_backward, head_mask
+    from wmtp_studio.train.algorithms import StepDiagnostics, algorithm_hooks
+    from wmtp_studio.train.grad import grad_step_scores
+    from wmtp_studio.train.loss import forward_backward, head_mask
 
-        results = {}
-        for chunk in (None, 5):
-            model, mine = tiny(), rows(batch_of_8(), 4 * rank, 4 * rank + 4)
-            r = recipe()
-            counts = [float(head_mask(mine.token_mask, mine.segment_ids, k).sum()) for k in range(3)]
-            dens = _all_reduce(torch.tensor(counts))
-            scores = grad_step_scores(r, model, [mine], first, _all_reduce, 2, CPU)
-            assert scores is not None and scores.across and scores.before is None  # no pass before the step
-            trunk = model.trunk(mine.input_ids, mine.segment_ids)
-            wf, _ = algorithm_hooks(r, mine, trunk, None, None, StepDiagnostics(), 1.0, scores=(scores, 0))
-            stats = forward_backward(
-                model, trunk, mine.input_ids, mine.token_mask, mine.segment_ids, wf, [1.0, 0.5, 0.25], dens,
-                score_for=scores.score_fn, ce_chunk=chunk,
-            )  # fmt: skip
-            loss = _all_reduce(stats.loss.detach().reshape(1))[0]
-            grads = {}
-            for name, p in model.named_parameters():
-                if p.grad is not None:
-                    g = p.grad.double()
-                    dist.all_reduce(g)
-                    grads[name] = g.float()
-            results[chunk] = (loss, grads, scores.updated(_all_reduce(scores.sums.flatten())))
-        if rank == 0:
-            torch.save(results, f"{out}/results.pt")
-    finally:
-        dist.destroy_process_group()
+    results = {}
+    for chunk in (None, 5):
+        model, mine = tiny(), rows(batch_of_8(), 4 * rank, 4 * rank + 4)
+        r = recipe()
+        counts = [float(head_mask(mine.token_mask, mine.segment_ids, k).sum()) for k in range(3)]
+        dens = _all_reduce(torch.tensor(counts))
+        scores = grad_step_scores(r, model, [mine], first, _all_reduce, 2, CPU)
+        assert scores is not None and scores.across and scores.before is None  # no pass before the step
+        trunk = model.trunk(mine.input_ids, mine.segment_ids)
+        wf, _ = algorithm_hooks(r, mine, trunk, None, None, StepDiagnostics(), 1.0, scores=(scores, 0))
+        stats = forward_backward(
+            model, trunk, mine.input_ids, mine.token_mask, mine.segment_ids, wf, [1.0, 0.5, 0.25], dens,
+            score_for=scores.score_fn, ce_chunk=chunk,
+        )  # fmt: skip
+        loss = _all_reduce(stats.loss.detach().reshape(1))[0]
+        grads = {}
+        for name, p in model.named_parameters():
+            if p.grad is not None:
+                g = p.grad.double()
+                dist.all_reduce(g)
+                grads[name] = g.float()
+        results[chunk] = (loss, grads, scores.updated(_all_reduce(scores.sums.flatten())))
+    if rank == 0:
+        torch.save(results, f"{out}/results.pt")
 
 
 def test_one_micro_batch_on_each_of_two_ranks_trains_as_one_batch_of_8(tmp_path: Path) -> None:
@@ -91,7 +78,7 @@ def test_one_micro_batch_on_each_of_two_ranks_trains_as_one_batch_of_8(tmp_path:
     statistics on the batch of 8, whole heads and chunked (each rank's own mean: the loss differs, ~4e-4)."""
     torch.set_num_threads(1)
     first = step(tiny(), [batch_of_8()], "logit", False, None)[2]  # some history, the same on both ranks
-    mp.spawn(_one_micro_batch_each, args=(str(tmp_path), first), nprocs=2, join=True)
+    run_ranks(_one_micro_batch_each, str(tmp_path), first)
     results = torch.load(tmp_path / "results.pt", weights_only=False)
     for chunk in (None, 5):
         g_one, loss_one, ema_one = step(tiny(), [batch_of_8()], "logit", False, first, chunk=chunk)

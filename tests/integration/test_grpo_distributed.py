@@ -5,18 +5,16 @@ before any training step, samples equal to the unsharded model's."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from tests.integration.conftest import lines, train_losses
-from tests.integration.test_fsdp import _cut_back, free_port, launch
+from tests.integration.ranks import run_ranks
+from tests.integration.test_fsdp import _cut_back, launch
 from tests.integration.test_grpo_refresh import comment_task, grpo_run
 from wmtp_studio import gentask
 from wmtp_studio.evaluate.generate import SamplingConfig, generate
@@ -94,25 +92,20 @@ def _step_loss(model: MTPModel) -> float:
     return float(stats.loss)
 
 
-def _lockstep_rank(rank: int, tok: Any, out: str, port: int) -> None:
-    os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        torch.set_num_threads(1)
-        model = _tiny(tok)
-        shard(model, bf16=False)
-        mine = [0, 2] if rank == 0 else [1]  # unequal shares: rank 1 idles while rank 0 samples its second
-        with lockstep(model, torch.device("cpu")):  # before any training forward (a refresh at step 0)
-            got = [generate(model, tok, [(str(i), PROMPTS[i])], SAMPLING) for i in mine]
-        loss = _step_loss(model)  # training goes on with the gathered parameters
-        torch.save({"got": dict(zip(mine, got, strict=True)), "loss": loss}, f"{out}.{rank}")
-    finally:
-        dist.destroy_process_group()
+def _lockstep_rank(rank: int, tok: Any, out: str) -> None:
+    torch.set_num_threads(1)
+    model = _tiny(tok)
+    shard(model, bf16=False)
+    mine = [0, 2] if rank == 0 else [1]  # unequal shares: rank 1 idles while rank 0 samples its second
+    with lockstep(model, torch.device("cpu")):  # before any training forward (a refresh at step 0)
+        got = [generate(model, tok, [(str(i), PROMPTS[i])], SAMPLING) for i in mine]
+    loss = _step_loss(model)  # training goes on with the gathered parameters
+    torch.save({"got": dict(zip(mine, got, strict=True)), "loss": loss}, f"{out}.{rank}")
 
 
 def test_fsdp_processes_sample_in_lockstep_like_the_unsharded_model(tmp_path: Path) -> None:
     tok = train_bpe([p.prompt + p.completion for p in gentask.generate("train", 300)], 300, tmp_path / "tok")
-    mp.spawn(_lockstep_rank, args=(tok, str(tmp_path / "out"), free_port()), nprocs=2, join=True)
+    run_ranks(_lockstep_rank, tok, str(tmp_path / "out"))
     ranks = [torch.load(tmp_path / f"out.{r}", weights_only=False) for r in (0, 1)]
     model = _tiny(tok)
     want = [generate(model, tok, [(str(i), p)], SAMPLING) for i, p in enumerate(PROMPTS)]
