@@ -129,6 +129,15 @@ async def until(pilot: Pilot[Any], cond: Callable[[], bool], what: str, timeout:
         await pilot.pause(0.02)
 
 
+def choices_shown(app: App[Any]) -> bool:
+    """The app shows a ChoiceModal whose options are mounted (the screen is pushed before its compose runs)."""
+    from textual.widgets import OptionList
+
+    from wmtp_studio.tui.pickers import ChoiceModal
+
+    return isinstance(app.screen, ChoiceModal) and bool(app.screen.query(OptionList))
+
+
 def ago(seconds: float) -> datetime:
     return FROZEN - timedelta(seconds=seconds)
 

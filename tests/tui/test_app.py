@@ -11,12 +11,11 @@ import pytest
 from sqlalchemy.engine import Engine
 from textual.widgets import DataTable, OptionList
 
-from tests.tui.conftest import add_run, settle, until
+from tests.tui.conftest import add_run, choices_shown, settle, until
 from wmtp_studio import store
 from wmtp_studio.settings import Settings
 from wmtp_studio.submit import QUICKSTART_ALL_ALGORITHMS
 from wmtp_studio.tui.app import MODES, StudioApp, create_app
-from wmtp_studio.tui.pickers import ChoiceModal
 from wmtp_studio.tui.screens.queue import QueueScreen
 from wmtp_studio.tui.screens.runs import RunsScreen
 
@@ -68,7 +67,7 @@ async def _take_the_quickstart(settings: Settings, highlight: int | None, rows: 
     opens with), then wait for the `rows` runs queued; the ids of the options offered."""
     app = _app(settings, offer_quickstart=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
+        await until(pilot, lambda: choices_shown(app), "the quickstart offer")
         choices = app.screen.query_one(OptionList)
         offered = [choices.get_option_at_index(i).id for i in range(choices.option_count)]
         if highlight is not None:
@@ -113,7 +112,7 @@ async def test_declined_quickstart_queues_nothing_and_is_not_offered_to_a_used_s
 ) -> None:
     app = _app(settings, offer_quickstart=True)
     async with app.run_test(size=(120, 40)) as pilot:
-        await until(pilot, lambda: isinstance(app.screen, ChoiceModal), "the quickstart offer")
+        await until(pilot, lambda: choices_shown(app), "the quickstart offer")
         app.screen.query_one(OptionList).highlighted = 3  # not now
         await pilot.press("enter")
         await settle(pilot)

@@ -13,7 +13,7 @@ from textual.app import App
 from textual.widgets import DataTable, OptionList, Select, SelectionList, Static, TabbedContent
 
 from tests.evaluations import first_solved, greedy_pass1
-from tests.tui.conftest import ScreenApp, until
+from tests.tui.conftest import ScreenApp, choices_shown, until
 from wmtp_studio import store
 from wmtp_studio.compare import FACTOR, expand
 from wmtp_studio.models import Run
@@ -22,7 +22,7 @@ from wmtp_studio.rundir.metrics import MetricLine
 from wmtp_studio.settings import Settings
 from wmtp_studio.tui.compare_feed import CompareFeed
 from wmtp_studio.tui.context import StudioContext
-from wmtp_studio.tui.pickers import ChoiceModal, PickRunsModal
+from wmtp_studio.tui.pickers import PickRunsModal
 from wmtp_studio.tui.screens.compare import CompareScreen
 
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
@@ -139,7 +139,7 @@ async def test_exports_write_table_and_chart_files(ctx: StudioContext, settings:
         exports = settings.home / "exports"
         for index, ext in enumerate(["md", "tex", "csv", "png", "svg"]):
             await pilot.press("e")
-            await until(pilot, lambda: isinstance(pilot.app.screen, ChoiceModal), "the export picker")
+            await until(pilot, lambda: choices_shown(pilot.app), "the export picker")
             pilot.app.screen.query_one(OptionList).highlighted = index
             await pilot.press("enter")
             await until(pilot, lambda ext=ext: any(exports.glob(f"compare-set{set_id}-*.{ext}")), ext)
