@@ -5,7 +5,8 @@ tests/data/train_fingerprint.json was recorded by benchmarks/train_fingerprint.p
 rescale in algorithms.py). Every algorithm, packing off and on, critic Stage 1, rho1 cached and live, 1 and 2
 micro-batches per step, and an interrupted then resumed run must write the same metrics.jsonl lines (kinds,
 steps, events, every value) and leave the same tensors: bit for bit (the tensors' sha256 included) with the torch
-and CPU of the record; elsewhere, where the last bits of float sums may differ, the values agree to 1e-4.
+and CPU of the record; elsewhere, where the last bits of float sums may differ, the values agree to 1e-4 (a value
+rounded to 4 decimals for the metrics may round the other way: 1e-4 apart).
 One entry was re-recorded on purpose since: `critic-all-accum2`, when critic's weight statistics and value-loss
 mean became the whole optimiser step's rather than each micro-batch's (the other 13 runs stayed bit-identical).
 """
@@ -35,12 +36,20 @@ def _fingerprint_module() -> Any:
     return module
 
 
+def _rounded(x: float) -> bool:
+    """Whether x has at most 4 decimals, as the token weights the trainer rounds for its lines (`_top_tokens`)."""
+    return "e" not in repr(x) and len(repr(x).partition(".")[2]) <= 4
+
+
 def _close(want: Any, got: Any, where: str = "") -> None:
-    """Same structure; numbers equal to 1e-4 (relative) or 1e-6 (absolute), strings and ints exactly."""
+    """Same structure; numbers equal to 1e-4 (relative) or 1e-6 (absolute), or, rounded to 4 decimals, 1e-4 apart
+    (another CPU's last float bits can round a token weight of 0.97145 the other way); strings and ints exactly."""
     if isinstance(want, float) or isinstance(got, float):
         assert isinstance(got, int | float), where
-        assert math.isclose(want, got, rel_tol=1e-4, abs_tol=1e-6) or (
-            math.isnan(want) and math.isnan(got)
+        assert (
+            math.isclose(want, got, rel_tol=1e-4, abs_tol=1e-6)
+            or (_rounded(float(want)) and _rounded(float(got)) and abs(want - got) <= 1.000001e-4)
+            or (math.isnan(want) and math.isnan(got))
         ), f"{where}: {want!r} != {got!r}"
     elif isinstance(want, dict):
         assert isinstance(got, dict) and sorted(want) == sorted(got), where
