@@ -43,8 +43,8 @@ class GradScores:
     ema: list[tuple[float, float] | None]
     stats: Tensor  # (n, 2) per head (mu, sigma) on the device; (0, 0) without history: z = 0
     sums: Tensor  # (n, 3) per head (N, sum s, sum s^2) of this step's valid scores, this process
-    # scored before the step (several micro-batches or processes, `mean_one`): per micro-batch, per head the scores
-    # (B, S), and per head the mean of the clipped weights over the step's valid entries, every process
+    # scored before the step (several micro-batches, `mean_one`): per micro-batch, per head the clipped weights
+    # (B, S), and per head their mean over the step's valid entries, every process
     before: list[list[Tensor]] | None = None
     w_mean: list[float] | None = None
     # one micro-batch in each of several processes: each head's mean is all-reduced in the pass instead
@@ -89,9 +89,9 @@ class GradScores:
         (`before`); else loss.EntryWeights, `weights_for` on a whole head or chunk by chunk (`train.ce_chunk`)."""
         if self.before is None:
             return EntryWeights(self.algo.score, self.weights_for, self.entry, self.divisor)
-        scores, w_mean = self.before[i], self.w_mean
+        clipped, w_mean = self.before[i], self.w_mean
         assert w_mean is not None
-        return UpFrontWeights(lambda k, m: rescale_mean_one(self.entry(k, scores[k], m), m, w_mean[k]))
+        return UpFrontWeights(lambda k, m: rescale_mean_one(clipped[k], m, w_mean[k]))
 
     def updated(self, step_sums: list[float]) -> list[tuple[float, float] | None]:
         """The running statistics after this step; `step_sums`: `sums` flattened and summed over processes."""
@@ -127,8 +127,8 @@ def grad_step_scores(
     over_step = algo.mean_one and algo.mean_one_over == "step"
     step_wide = over_step and len(micro) > 1
     scores.across = over_step and len(micro) == 1 and world > 1
-    before: list[list[Tensor]] = []
-    masks: list[list[Tensor]] = []
+    # step-wide: per micro-batch, per head the scores and the masks
+    made_all: list[tuple[list[Tensor], list[Tensor]]] = []
     if ema is None or step_wide:
         for cpu_batch in micro:
             b = cpu_batch.to(device)
@@ -142,8 +142,8 @@ def grad_step_scores(
             ]
             for k in range(n):
                 scores.sums[k] += score_sums(made[k], heads[k])
-            before.append(made)
-            masks.append(heads)
+            if step_wide:
+                made_all.append((made, heads))
     if ema is None:
         ema = scores.updated(reduce(scores.sums.flatten()))
         if not step_wide:  # the pass that trains on them adds them again
@@ -154,11 +154,13 @@ def grad_step_scores(
     )
     if step_wide:
         u = torch.zeros(n, 2, dtype=torch.float64, device=device)  # per head (sum of clipped weights, count)
-        for made, heads in zip(before, masks, strict=True):
+        scores.before = []
+        for made, heads in made_all:
+            clipped = [scores.entry(k, made[k], heads[k]) for k in range(n)]
             for k in range(n):
-                u[k, 0] += scores.entry(k, made[k], heads[k]).double().sum()
+                u[k, 0] += clipped[k].double().sum()
                 u[k, 1] += heads[k].double().sum()
+            scores.before.append(clipped)
         total = reduce(u.flatten())
-        scores.before = before
         scores.w_mean = [max(total[2 * k] / max(total[2 * k + 1], 1.0), 1e-30) for k in range(n)]
     return scores
