@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal, Self
 
 from pydantic import Field, model_validator
 
@@ -33,6 +33,19 @@ class BaselineMTPConfig(Section):
     """Algorithm name."""
 
 
+class ClippedWeights(Section):
+    """Base of an algorithm whose weights are clipped to the range its `clip_fields` name: it must be ordered."""
+
+    clip_fields: ClassVar[tuple[str, str]] = ("w_min", "w_max")
+
+    @model_validator(mode="after")
+    def _clip_range(self) -> Self:
+        (low_name, low), (high_name, high) = ((f, getattr(self, f)) for f in self.clip_fields)
+        if low > high:
+            raise ValueError(f"{low_name} ({low}) must be at most {high_name} ({high})")
+        return self
+
+
 class Stage1Config(Section):
     """Value pre-training with the trunk frozen (critic-wmtp Stage 1)."""
 
@@ -48,7 +61,7 @@ class Stage1Config(Section):
     """Stop early after this many held-out measurements without improvement."""
 
 
-class CriticConfig(Section):
+class CriticConfig(ClippedWeights):
     """critic-wmtp: a value head trained on verifiable is-correct rewards; TD errors become token weights."""
 
     name: Literal["critic-wmtp"] = "critic-wmtp"
@@ -78,15 +91,11 @@ class CriticConfig(Section):
     stage1: Stage1Config = Stage1Config()
     """Stage 1 settings."""
 
-    @model_validator(mode="after")
-    def _clip_range(self) -> CriticConfig:
-        if self.w_min > self.w_max:
-            raise ValueError(f"w_min ({self.w_min}) must be at most w_max ({self.w_max})")
-        return self
 
-
-class Rho1Config(Section):
+class Rho1Config(ClippedWeights):
     """rho1-wmtp: excess loss against a frozen reference model selects or weights tokens (Rho-1)."""
+
+    clip_fields: ClassVar[tuple[str, str]] = ("eps", "w_max")
 
     name: Literal["rho1-wmtp"] = "rho1-wmtp"
     """Algorithm name."""
@@ -107,14 +116,8 @@ class Rho1Config(Section):
     cache: Flag = True
     """Compute the reference CE once per (reference, tokenizer, data, seq_len) and reuse it; else live."""
 
-    @model_validator(mode="after")
-    def _clip_range(self) -> Rho1Config:
-        if self.eps > self.w_max:
-            raise ValueError(f"eps ({self.eps}) must be at most w_max ({self.w_max})")
-        return self
 
-
-class GradConfig(Section):
+class GradConfig(ClippedWeights):
     """grad-wmtp: each token's importance is the norm of its CE gradient, normalised by a per-head running EMA."""
 
     name: Literal["grad-wmtp"] = "grad-wmtp"
@@ -140,14 +143,8 @@ class GradConfig(Section):
     mean in the pass; with grad_accum > 1 the step scores its micro-batches first, one forward without gradients
     each (1.33x the step's matmul FLOPs). `micro-batch`: each micro-batch's own on each process (no extra forward)."""
 
-    @model_validator(mode="after")
-    def _clip_range(self) -> GradConfig:
-        if self.w_min > self.w_max:
-            raise ValueError(f"w_min ({self.w_min}) must be at most w_max ({self.w_max})")
-        return self
 
-
-class GRPOConfig(Section):
+class GRPOConfig(ClippedWeights):
     """grpo-wmtp: group-relative verifiable rewards (DeepSeekMath GRPO, arXiv 2402.03300) become token weights.
 
     A group is the completions of one prompt; A_i = (R_i - mean R) / (std R + eps) over the group (population
@@ -183,12 +180,6 @@ class GRPOConfig(Section):
     """Nucleus threshold of a refresh."""
     max_new_tokens: Int = Field(128, ge=1)
     """Generation budget per sample of a refresh."""
-
-    @model_validator(mode="after")
-    def _clip_range(self) -> GRPOConfig:
-        if self.w_min > self.w_max:
-            raise ValueError(f"w_min ({self.w_min}) must be at most w_max ({self.w_max})")
-        return self
 
 
 AlgorithmConfig = Annotated[
