@@ -46,6 +46,7 @@ def main(
     )
     from wmtp_studio.train.loop import train
     from wmtp_studio.train.model import quiet_transformers
+    from wmtp_studio.train.setup import leave_process_group
 
     quiet_transformers()
     try:
@@ -65,16 +66,8 @@ def main(
         code = 2
     import torch.distributed as dist
 
-    if dist.is_available() and dist.is_initialized():
-        # Everything is written (model/, metrics, checkpoints, MLflow ended). Free gloo/NCCL, then leave without
-        # the interpreter's teardown: torch's C++ static destructors can abort a finished rank there ("terminate
-        # called without an active exception", SIGABRT with no Python frame; about 1 FSDP run in 8 on gloo), and
-        # the launcher would report a trained run as failed.
-        dist.destroy_process_group()
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+    if dist.is_available() and dist.is_initialized():  # model/, metrics, checkpoints written, MLflow ended
+        leave_process_group(code)
     raise typer.Exit(code)
 
 
