@@ -413,7 +413,9 @@ def forward_backward(
     entrywise = (
         isinstance(weights_for, EntryWeights) and bool(ce_chunk) and backward and torch.is_grad_enabled()
     )
-    way = "upfront" if upfront else "entrywise" if entrywise else "after"
+    way: Literal["upfront", "entrywise", "after"] = (
+        "upfront" if upfront else "entrywise" if entrywise else "after"
+    )
     for k in range(model.n_heads):
         targets = head_targets(input_ids, k)
         m = head_mask(token_mask, segment_ids, k)
@@ -456,7 +458,7 @@ def _weighted_head(
     weights_for: WeightFn,
     score_for: ScoreFn | None,
     ce_chunk: int | None,
-    way: str,
+    way: Literal["upfront", "entrywise", "after"],
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Head k's sum_t w m CE (with gradient), its CE and hits (B, S) and its weights w (B, S), made `way`:
     "upfront" (weights first, so that a chunked CE makes its gradients as it goes), "entrywise" (each chunk's

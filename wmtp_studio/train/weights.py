@@ -21,8 +21,8 @@ the EMA's initial value (mu_k = mean, sigma_k^2 = var). Reducing sums over the w
 the clipped weights, independent of gradient accumulation and process count; the mean-1 rescale (`mean_one`) is
 over the whole step's valid entries too: all-reduced head by head in the pass with one micro-batch per process, or
 from scores made in a pass without gradients before a step of several micro-batches (grad.py;
-`mean_one_over: micro-batch`: over each micro-batch's on each process). A head with no valid entry in a step keeps its EMA; sigma_k ~ 0 gives z = 0 (w = 1
-before clipping), as `zscore` does. A skipped (non-finite) step leaves the EMA as it was.
+`mean_one_over: micro-batch`: over each micro-batch's on each process). A head with no valid entry in a step keeps
+its EMA; sigma_k ~ 0 gives z = 0 (w = 1 before clipping), as `zscore` does. A skipped (non-finite) step leaves the EMA as it was.
 """
 
 from __future__ import annotations
